@@ -1,0 +1,651 @@
+//! The run configuration carried in the boot payload (see `payload.rs`).
+//!
+//! The format is sluice's own: UTF-8 text, one `key = value` per line, `#`
+//! starts a comment (whole-line or trailing), blank lines are ignored and
+//! whitespace around keys and values is trimmed. xtask parses it before it
+//! builds a disk image, and the kernel parses it again from the ramdisk, so
+//! parsing never allocates and never panics; every error names its line.
+//!
+//! Key namespace: `platform`, `guest.*` and `ram_mib` are defined here. The
+//! `coalesce.*` prefix is reserved for the upcoming coalescing options; until
+//! those exist such keys are rejected with a dedicated message. Any other
+//! unknown key is an error too, so a typo can never be silently ignored.
+
+use core::fmt;
+
+/// Real-mode code can only address the first MiB (plus the HMA, which sluice
+/// does not use for loading), so `real:` entries and load addresses must be
+/// below this.
+pub const REAL_MODE_LIMIT: u32 = 0x10_0000;
+
+/// Smallest accepted `ram_mib`.
+pub const RAM_MIB_MIN: u32 = 16;
+/// Largest accepted `ram_mib`: the guest's physical memory sits below 4 GiB.
+pub const RAM_MIB_MAX: u32 = 4096;
+/// `ram_mib` when the key is absent.
+pub const RAM_MIB_DEFAULT: u32 = 64;
+
+/// Keys this version understands, in the order `write_to` emits them.
+pub const KNOWN_KEYS: [&str; 5] = [
+    "platform",
+    "guest.name",
+    "guest.entry",
+    "guest.load",
+    "ram_mib",
+];
+
+/// Index of `guest.load` in [`KNOWN_KEYS`], for the cross-key check.
+const GUEST_LOAD_SLOT: usize = 3;
+
+/// How the kernel ends a run once the guest is done (or fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Platform {
+    /// Write to QEMU's `isa-debug-exit` device so QEMU exits with a status.
+    Qemu,
+    /// Use Bochs' magic breakpoint / shutdown port.
+    Bochs,
+    /// Real machine: print the result and halt.
+    #[default]
+    Hardware,
+}
+
+impl Platform {
+    /// The spelling used in the configuration text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Qemu => "qemu",
+            Platform::Bochs => "bochs",
+            Platform::Hardware => "hardware",
+        }
+    }
+}
+
+/// How the guest binary is interpreted and where it starts executing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EntryMode {
+    /// No guest: the hypervisor runs its self-tests only.
+    #[default]
+    None,
+    /// Flat real-mode binary entered at `seg:off`.
+    RealSegOff { seg: u16, off: u16 },
+    /// Flat real-mode binary entered at a linear address below 1 MiB
+    /// (e.g. `real:0x7c00`, the boot-sector convention).
+    RealAddr(u32),
+    /// ELF64 executable; the entry point comes from its header.
+    Elf64,
+    /// Firmware image whose last byte lies at 1 MiB - 1 and at 4 GiB - 1
+    /// (as on a PC after reset); entered at F000:FFF0, the reset vector.
+    Firmware,
+}
+
+impl EntryMode {
+    /// Linear address of the entry point for the `real:` modes.
+    pub fn real_linear(self) -> Option<u32> {
+        match self {
+            EntryMode::RealSegOff { seg, off } => Some(u32::from(seg) * 16 + u32::from(off)),
+            EntryMode::RealAddr(addr) => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// Initial `(CS, IP)` for real-mode entries.
+    ///
+    /// For `real:ADDR` below 64 KiB this is `0:ADDR` (so `real:0x7c00` enters
+    /// at 0000:7C00 like a BIOS does). Above that, the 64 KiB bank goes into CS
+    /// and the rest into IP, which still yields `CS*16 + IP == ADDR`.
+    /// `firmware` enters at the reset vector F000:FFF0.
+    pub fn real_cs_ip(self) -> Option<(u16, u16)> {
+        match self {
+            EntryMode::RealSegOff { seg, off } => Some((seg, off)),
+            // ADDR < 1 MiB, so both parts fit in 16 bits.
+            EntryMode::RealAddr(addr) => Some((((addr >> 4) & 0xF000) as u16, addr as u16)),
+            EntryMode::Firmware => Some((0xF000, 0xFFF0)),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed configuration. String fields borrow from the parsed text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config<'a> {
+    pub platform: Platform,
+    /// Free-form label for logs; `none` when absent.
+    pub guest_name: &'a str,
+    pub guest_entry: EntryMode,
+    /// Explicit `guest.load`; `None` means "derive from the entry"
+    /// (see [`Config::load_address`]).
+    pub guest_load: Option<u32>,
+    pub ram_mib: u32,
+}
+
+impl Default for Config<'_> {
+    fn default() -> Self {
+        Config {
+            platform: Platform::Hardware,
+            guest_name: "none",
+            guest_entry: EntryMode::None,
+            guest_load: None,
+            ram_mib: RAM_MIB_DEFAULT,
+        }
+    }
+}
+
+impl<'a> Config<'a> {
+    /// Where a `real:` flat binary is loaded: the explicit `guest.load`, else
+    /// the entry's linear address. `None` for non-`real:` entry modes.
+    pub fn load_address(&self) -> Option<u32> {
+        let derived = self.guest_entry.real_linear()?;
+        Some(self.guest_load.unwrap_or(derived))
+    }
+
+    /// Guest RAM size in bytes.
+    pub fn ram_bytes(&self) -> u64 {
+        u64::from(self.ram_mib) << 20
+    }
+
+    /// Writes the configuration in the text format, such that [`parse`] gives
+    /// back an equal `Config`. Every key is written, so the text does not
+    /// depend on the reader's defaults.
+    ///
+    /// Fails with `fmt::Error` if the configuration cannot be represented
+    /// (a guest name that is empty, contains `#` or a line break, or has
+    /// surrounding whitespace; or values outside the accepted ranges).
+    pub fn write_to(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        let name = self.guest_name;
+        if name.is_empty()
+            || name.trim() != name
+            || name.contains(['#', '\n', '\r'])
+            || !(RAM_MIB_MIN..=RAM_MIB_MAX).contains(&self.ram_mib)
+        {
+            return Err(fmt::Error);
+        }
+        writeln!(w, "platform = {}", self.platform.as_str())?;
+        writeln!(w, "guest.name = {name}")?;
+        match self.guest_entry {
+            EntryMode::None => writeln!(w, "guest.entry = none")?,
+            EntryMode::RealSegOff { seg, off } => {
+                writeln!(w, "guest.entry = real:{seg:#x}:{off:#x}")?
+            }
+            EntryMode::RealAddr(addr) => writeln!(w, "guest.entry = real:{addr:#x}")?,
+            EntryMode::Elf64 => writeln!(w, "guest.entry = elf64")?,
+            EntryMode::Firmware => writeln!(w, "guest.entry = firmware")?,
+        }
+        if let Some(load) = self.guest_load {
+            writeln!(w, "guest.load = {load:#x}")?;
+        }
+        writeln!(w, "ram_mib = {}", self.ram_mib)
+    }
+}
+
+/// A configuration error and the 1-based line it was found on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError<'a> {
+    pub line: usize,
+    pub kind: ConfigErrorKind<'a>,
+}
+
+/// What went wrong; text fragments borrow from the input so messages can
+/// quote it without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigErrorKind<'a> {
+    /// A non-blank, non-comment line without `=`.
+    MissingEquals {
+        text: &'a str,
+    },
+    /// `= value` with nothing before the `=`.
+    EmptyKey,
+    UnknownKey {
+        key: &'a str,
+    },
+    /// A `coalesce.*` key: reserved, not yet supported.
+    ReservedKey {
+        key: &'a str,
+    },
+    DuplicateKey {
+        key: &'a str,
+        first_line: usize,
+    },
+    EmptyValue {
+        key: &'a str,
+    },
+    BadPlatform {
+        value: &'a str,
+    },
+    BadEntry {
+        value: &'a str,
+    },
+    /// A `real:` number that is not `0x` hex / decimal or does not fit.
+    BadEntryNumber {
+        value: &'a str,
+        bits: u8,
+    },
+    /// A `real:` entry whose linear address is not below 1 MiB.
+    EntryAbove1M {
+        linear: u32,
+    },
+    BadLoad {
+        value: &'a str,
+    },
+    LoadAbove1M {
+        value: u32,
+    },
+    /// `guest.load` given although `guest.entry` is not `real:...`.
+    LoadWithoutRealEntry,
+    BadRam {
+        value: &'a str,
+    },
+    RamOutOfRange {
+        value: u64,
+    },
+}
+
+impl fmt::Display for ConfigError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.kind)
+    }
+}
+
+impl fmt::Display for ConfigErrorKind<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ConfigErrorKind::*;
+        match *self {
+            MissingEquals { text } => write!(f, "expected 'key = value', got '{text}'"),
+            EmptyKey => write!(f, "missing key before '='"),
+            UnknownKey { key } => {
+                write!(f, "unknown key '{key}' (expected one of: ")?;
+                for (i, k) in KNOWN_KEYS.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(k)?;
+                }
+                f.write_str(")")
+            }
+            ReservedKey { key } => write!(
+                f,
+                "key '{key}': coalesce.* keys are reserved and not supported by this version"
+            ),
+            DuplicateKey { key, first_line } => {
+                write!(f, "duplicate key '{key}' (first set on line {first_line})")
+            }
+            EmptyValue { key } => write!(f, "{key}: missing value"),
+            BadPlatform { value } => {
+                write!(f, "platform: expected qemu, bochs or hardware, got '{value}'")
+            }
+            BadEntry { value } => write!(
+                f,
+                "guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64 or firmware, got '{value}'"
+            ),
+            BadEntryNumber { value, bits } => write!(
+                f,
+                "guest.entry: '{value}' is not a {bits}-bit number (use 0x hex or decimal)"
+            ),
+            EntryAbove1M { linear } => write!(
+                f,
+                "guest.entry: real-mode entry must be below 1 MiB (0x100000), got linear address {linear:#x}"
+            ),
+            BadLoad { value } => write!(
+                f,
+                "guest.load: expected an address (0x hex or decimal), got '{value}'"
+            ),
+            LoadAbove1M { value } => write!(
+                f,
+                "guest.load must be below 1 MiB (0x100000), got {value:#x}"
+            ),
+            LoadWithoutRealEntry => write!(
+                f,
+                "guest.load only applies to guest.entry = real:..., which is not set"
+            ),
+            BadRam { value } => write!(f, "ram_mib: expected a decimal integer, got '{value}'"),
+            RamOutOfRange { value } => write!(
+                f,
+                "ram_mib must be {RAM_MIB_MIN}..={RAM_MIB_MAX}, got {value}"
+            ),
+        }
+    }
+}
+
+/// Parses `0x`-prefixed hex or plain decimal into a u64 (no sign, no `_`).
+fn parse_number(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    // from_str_radix would accept a leading '+'; the format does not.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+fn parse_entry(value: &str) -> Result<EntryMode, ConfigErrorKind<'_>> {
+    match value {
+        "none" => return Ok(EntryMode::None),
+        "elf64" => return Ok(EntryMode::Elf64),
+        "firmware" => return Ok(EntryMode::Firmware),
+        _ => {}
+    }
+    let Some(rest) = value.strip_prefix("real:") else {
+        return Err(ConfigErrorKind::BadEntry { value });
+    };
+    fn number(s: &str, bits: u8) -> Result<u64, ConfigErrorKind<'_>> {
+        let s = s.trim();
+        match parse_number(s) {
+            Some(n) if n >> bits == 0 => Ok(n),
+            _ => Err(ConfigErrorKind::BadEntryNumber { value: s, bits }),
+        }
+    }
+    let mode = match rest.split_once(':') {
+        Some((seg, off)) => EntryMode::RealSegOff {
+            seg: number(seg, 16)? as u16,
+            off: number(off, 16)? as u16,
+        },
+        None => EntryMode::RealAddr(number(rest, 32)? as u32),
+    };
+    // Unwrap-free: both branches above are real modes.
+    let linear = mode.real_linear().unwrap_or(0);
+    if linear >= REAL_MODE_LIMIT {
+        return Err(ConfigErrorKind::EntryAbove1M { linear });
+    }
+    Ok(mode)
+}
+
+/// Parses configuration text. Absent keys keep their defaults.
+pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
+    let mut config = Config::default();
+    // Line on which each known key was set (0 = not yet), indexed like KNOWN_KEYS.
+    let mut seen = [0usize; KNOWN_KEYS.len()];
+
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let err = |kind| ConfigError { line, kind };
+        let content = match raw.split_once('#') {
+            Some((before, _comment)) => before,
+            None => raw,
+        }
+        .trim();
+        if content.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = content.split_once('=') else {
+            return Err(err(ConfigErrorKind::MissingEquals { text: content }));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(err(ConfigErrorKind::EmptyKey));
+        }
+        let Some(slot) = KNOWN_KEYS.iter().position(|k| *k == key) else {
+            return Err(err(if key.starts_with("coalesce.") {
+                ConfigErrorKind::ReservedKey { key }
+            } else {
+                ConfigErrorKind::UnknownKey { key }
+            }));
+        };
+        if seen[slot] != 0 {
+            return Err(err(ConfigErrorKind::DuplicateKey {
+                key,
+                first_line: seen[slot],
+            }));
+        }
+        seen[slot] = line;
+        if value.is_empty() {
+            return Err(err(ConfigErrorKind::EmptyValue { key }));
+        }
+
+        match key {
+            "platform" => {
+                config.platform = match value {
+                    "qemu" => Platform::Qemu,
+                    "bochs" => Platform::Bochs,
+                    "hardware" => Platform::Hardware,
+                    _ => return Err(err(ConfigErrorKind::BadPlatform { value })),
+                }
+            }
+            "guest.name" => config.guest_name = value,
+            "guest.entry" => config.guest_entry = parse_entry(value).map_err(err)?,
+            "guest.load" => {
+                let n = parse_number(value).ok_or(err(ConfigErrorKind::BadLoad { value }))?;
+                if n >= u64::from(REAL_MODE_LIMIT) {
+                    // Clamp for the message only; anything this big is simply "too big".
+                    let value = u32::try_from(n).unwrap_or(u32::MAX);
+                    return Err(err(ConfigErrorKind::LoadAbove1M { value }));
+                }
+                config.guest_load = Some(n as u32);
+            }
+            "ram_mib" => {
+                // Decimal only: a size in MiB has no reason to be hex.
+                if !value.chars().all(|c| c.is_ascii_digit()) {
+                    return Err(err(ConfigErrorKind::BadRam { value }));
+                }
+                let n: u64 = value.parse().unwrap_or(u64::MAX);
+                if !(u64::from(RAM_MIB_MIN)..=u64::from(RAM_MIB_MAX)).contains(&n) {
+                    return Err(err(ConfigErrorKind::RamOutOfRange { value: n }));
+                }
+                config.ram_mib = n as u32;
+            }
+            _ => unreachable!("key was found in KNOWN_KEYS"),
+        }
+    }
+
+    // Cross-key check, reported on the guest.load line (keys may come in any order).
+    let load_line = seen[GUEST_LOAD_SLOT];
+    if load_line != 0 && config.guest_entry.real_linear().is_none() {
+        return Err(ConfigError {
+            line: load_line,
+            kind: ConfigErrorKind::LoadWithoutRealEntry,
+        });
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_text(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    fn round_trip(c: Config<'_>) {
+        let mut s = String::new();
+        c.write_to(&mut s).unwrap();
+        assert_eq!(parse(&s).unwrap(), c, "text was:\n{s}");
+    }
+
+    #[test]
+    fn guest_load_slot_matches_key_table() {
+        assert_eq!(KNOWN_KEYS[GUEST_LOAD_SLOT], "guest.load");
+    }
+
+    #[test]
+    fn empty_text_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            parse("\n  # only a comment\n\n").unwrap(),
+            Config::default()
+        );
+        let d = Config::default();
+        assert_eq!(d.platform, Platform::Hardware);
+        assert_eq!(d.guest_name, "none");
+        assert_eq!(d.guest_entry, EntryMode::None);
+        assert_eq!(d.ram_mib, 64);
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            "# test run\r\n platform = qemu \r\nguest.name=boot sector test # trailing\n\
+             guest.entry = real:0x7c00\nram_mib = 128\n",
+        )
+        .unwrap();
+        assert_eq!(c.platform, Platform::Qemu);
+        assert_eq!(c.guest_name, "boot sector test");
+        assert_eq!(c.guest_entry, EntryMode::RealAddr(0x7c00));
+        assert_eq!(c.guest_entry.real_cs_ip(), Some((0, 0x7c00)));
+        assert_eq!(c.load_address(), Some(0x7c00));
+        assert_eq!(c.ram_mib, 128);
+        assert_eq!(c.ram_bytes(), 128 << 20);
+    }
+
+    #[test]
+    fn entry_modes() {
+        let e = parse_entry;
+        assert_eq!(e("none"), Ok(EntryMode::None));
+        assert_eq!(e("elf64"), Ok(EntryMode::Elf64));
+        assert_eq!(e("firmware"), Ok(EntryMode::Firmware));
+        assert_eq!(
+            e("real:0x07C0:0"),
+            Ok(EntryMode::RealSegOff { seg: 0x7c0, off: 0 })
+        );
+        assert_eq!(
+            e("real:4096:0x10"),
+            Ok(EntryMode::RealSegOff {
+                seg: 0x1000,
+                off: 0x10
+            })
+        );
+        assert_eq!(e("real:31744"), Ok(EntryMode::RealAddr(0x7c00)));
+        assert_eq!(EntryMode::Firmware.real_cs_ip(), Some((0xF000, 0xFFF0)));
+        assert_eq!(EntryMode::Elf64.real_cs_ip(), None);
+        // Above 64 KiB the bank goes into CS.
+        let cs_ip = EntryMode::RealAddr(0x9_1234).real_cs_ip().unwrap();
+        assert_eq!(cs_ip, (0x9000, 0x1234));
+        assert_eq!(u32::from(cs_ip.0) * 16 + u32::from(cs_ip.1), 0x9_1234);
+    }
+
+    #[test]
+    fn load_address_defaults_and_override() {
+        let c = parse("guest.entry = real:0x1000:0x20").unwrap();
+        assert_eq!(c.load_address(), Some(0x10020));
+        let c = parse("guest.load = 0x8000\nguest.entry = real:0:0x8000").unwrap();
+        assert_eq!(c.guest_load, Some(0x8000));
+        assert_eq!(c.load_address(), Some(0x8000));
+        assert_eq!(parse("guest.entry = elf64").unwrap().load_address(), None);
+    }
+
+    #[test]
+    fn unknown_key_message() {
+        assert_eq!(
+            err_text("platform = qemu\n\nram_mb = 64"),
+            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, ram_mib)"
+        );
+        assert!(err_text("timeout_s = 5").contains("unknown key 'timeout_s'"));
+    }
+
+    #[test]
+    fn reserved_coalesce_keys() {
+        let e = parse("\ncoalesce.window = 4").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert_eq!(
+            e.kind,
+            ConfigErrorKind::ReservedKey {
+                key: "coalesce.window"
+            }
+        );
+    }
+
+    #[test]
+    fn ram_errors() {
+        assert_eq!(
+            err_text("# x\nram_mib = 5"),
+            "line 2: ram_mib must be 16..=4096, got 5"
+        );
+        assert!(err_text("ram_mib = 4097").contains("got 4097"));
+        assert!(err_text("ram_mib = 0x40").contains("expected a decimal integer, got '0x40'"));
+        assert!(err_text("ram_mib = -1").contains("got '-1'"));
+        // Overflowing u64 is still a range error, not a panic.
+        assert!(err_text("ram_mib = 99999999999999999999999").contains("must be 16..=4096"));
+        assert_eq!(parse("ram_mib = 16").unwrap().ram_mib, 16);
+        assert_eq!(parse("ram_mib = 4096").unwrap().ram_mib, 4096);
+    }
+
+    #[test]
+    fn entry_errors() {
+        assert_eq!(
+            err_text("\n\n\nguest.entry = foo"),
+            "line 4: guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64 or firmware, got 'foo'"
+        );
+        assert!(err_text("guest.entry = real:0x10000:0").contains("'0x10000' is not a 16-bit"));
+        assert!(err_text("guest.entry = real:zz").contains("'zz' is not a 32-bit"));
+        assert!(err_text("guest.entry = real:").contains("'' is not a 32-bit"));
+        assert!(err_text("guest.entry = real:+5").contains("'+5'"));
+        assert!(err_text("guest.entry = real:0x100000").contains("below 1 MiB"));
+        assert!(err_text("guest.entry = real:0xffff:0x10").contains("0x100000"));
+        assert!(err_text("guest.entry = real:1:2:3").contains("'2:3'"));
+    }
+
+    #[test]
+    fn load_errors() {
+        assert!(err_text("guest.entry = real:0x7c00\nguest.load = 0x100000")
+            .contains("line 2: guest.load must be below 1 MiB"));
+        assert!(err_text("guest.load = 0xfffffffffffffffffff").contains("expected an address"));
+        assert_eq!(
+            err_text("guest.load = 0x7c00\nguest.entry = elf64"),
+            "line 1: guest.load only applies to guest.entry = real:..., which is not set"
+        );
+        assert!(err_text("guest.load = 0x7c00").starts_with("line 1: guest.load only"));
+    }
+
+    #[test]
+    fn syntax_errors() {
+        assert_eq!(
+            err_text("platform qemu"),
+            "line 1: expected 'key = value', got 'platform qemu'"
+        );
+        assert_eq!(err_text(" = qemu"), "line 1: missing key before '='");
+        assert_eq!(err_text("platform ="), "line 1: platform: missing value");
+        assert_eq!(
+            err_text("platform = qemu\nplatform = bochs"),
+            "line 2: duplicate key 'platform' (first set on line 1)"
+        );
+        assert_eq!(
+            err_text("platform = QEMU"),
+            "line 1: platform: expected qemu, bochs or hardware, got 'QEMU'"
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        round_trip(Config::default());
+        round_trip(Config {
+            platform: Platform::Qemu,
+            guest_name: "my guest = 1",
+            guest_entry: EntryMode::RealSegOff {
+                seg: 0xffff,
+                off: 0xf,
+            },
+            guest_load: Some(0x500),
+            ram_mib: 4096,
+        });
+        round_trip(Config {
+            platform: Platform::Bochs,
+            guest_name: "x",
+            guest_entry: EntryMode::RealAddr(0xf_ffff),
+            guest_load: None,
+            ram_mib: 16,
+        });
+        for entry in [EntryMode::Elf64, EntryMode::Firmware, EntryMode::None] {
+            round_trip(Config {
+                guest_entry: entry,
+                ..Config::default()
+            });
+        }
+    }
+
+    #[test]
+    fn write_rejects_unrepresentable() {
+        let mut s = String::new();
+        for name in ["", " padded", "a#b", "two\nlines"] {
+            let c = Config {
+                guest_name: name,
+                ..Config::default()
+            };
+            assert!(c.write_to(&mut s).is_err(), "{name:?}");
+        }
+        let c = Config {
+            ram_mib: 1,
+            ..Config::default()
+        };
+        assert!(c.write_to(&mut s).is_err());
+    }
+}

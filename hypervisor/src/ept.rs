@@ -1,0 +1,648 @@
+//! Extended Page Tables: builds the 4-level guest-physical → host-physical tables
+//! and the EPT pointer (EPTP) that the VMCS field 0x201A holds, and walks them
+//! back for tests and for EPT-violation reports.
+//!
+//! Source: Intel SDM Vol 3C 29.3 "The Extended Page Table Mechanism (EPT)" —
+//! Table 29-1 (EPTP format) through Table 29-6 (EPT page-table entry), and
+//! 29.3.7 for the EPT memory-type bits.
+
+use bitflags::bitflags;
+
+/// Size of an EPT paging structure and of the smallest page.
+pub const PAGE_4K: u64 = 1 << 12;
+pub const PAGE_2M: u64 = 1 << 21;
+pub const PAGE_1G: u64 = 1 << 30;
+
+/// A 4-level EPT translates 48-bit guest-physical addresses.
+pub const MAX_GPA: u64 = 1 << 48;
+/// Entries hold physical addresses up to bit 51 (MAXPHYADDR ≤ 52).
+pub const MAX_HPA: u64 = 1 << 52;
+
+/// Physical-address bits 51:12 of an EPT entry or of the EPTP.
+const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// Bit 7 of a PDPTE/PDE: the entry maps a 1 GiB / 2 MiB page instead of
+/// referencing the next table.
+const LARGE_PAGE: u64 = 1 << 7;
+/// EPT memory type lives in bits 5:3 of leaf entries.
+const MEMORY_TYPE_SHIFT: u64 = 3;
+/// Bit 6 of a leaf: ignore the guest PAT when combining memory types.
+const IGNORE_PAT: u64 = 1 << 6;
+
+/// Page-table-frame seam. The kernel implements it over its physical-memory
+/// mapping; tests over heap-backed arrays.
+pub trait FrameSource {
+    /// A fresh, zero-filled, 4 KiB-aligned frame, or `None` when out of memory.
+    fn alloc_zeroed_frame(&mut self) -> Option<u64>;
+    /// The 512 entries of the frame at physical address `phys` (one that this
+    /// source handed out).
+    fn frame_mut(&mut self, phys: u64) -> &mut [u64; 512];
+}
+
+bitflags! {
+    /// Access-permission bits 2:0 of an EPT entry (Tables 29-2..29-6). An entry
+    /// with all three clear is not present.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct EptAccess: u64 {
+        const READ = 1 << 0;
+        const WRITE = 1 << 1;
+        /// Supervisor-mode execute (or all execute without mode-based
+        /// execute control).
+        const EXECUTE = 1 << 2;
+        const RWX = Self::READ.bits() | Self::WRITE.bits() | Self::EXECUTE.bits();
+    }
+}
+
+/// EPT memory types (SDM 29.3.7); the values 2, 3 and 7 are reserved and make
+/// a leaf misconfigured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MemoryType {
+    Uncacheable = 0,
+    WriteCombining = 1,
+    WriteThrough = 4,
+    WriteProtected = 5,
+    WriteBack = 6,
+}
+
+/// Size of the page a leaf entry maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    Size4K,
+    Size2M,
+    Size1G,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Size4K => PAGE_4K,
+            PageSize::Size2M => PAGE_2M,
+            PageSize::Size1G => PAGE_1G,
+        }
+    }
+
+    /// Paging level whose entry is the leaf: 1 = PT, 2 = PD, 3 = PDPT.
+    const fn level(self) -> u32 {
+        match self {
+            PageSize::Size4K => 1,
+            PageSize::Size2M => 2,
+            PageSize::Size1G => 3,
+        }
+    }
+}
+
+/// What the builder may use. Fill from `IA32_VMX_EPT_VPID_CAP` (bits 16, 17,
+/// 21), e.g. via [`EptCaps::from_vmx_caps`]; clear a field to opt out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EptCaps {
+    /// 2 MiB pages (PDE with bit 7).
+    pub large_2m: bool,
+    /// 1 GiB pages (PDPTE with bit 7).
+    pub large_1g: bool,
+    /// Set EPTP bit 6 so the CPU maintains accessed/dirty flags.
+    pub accessed_dirty: bool,
+}
+
+impl EptCaps {
+    pub const fn from_vmx_caps(c: &crate::vmx_caps::EptCaps) -> Self {
+        EptCaps {
+            large_2m: c.pages_2m,
+            large_1g: c.pages_1g,
+            accessed_dirty: c.accessed_dirty,
+        }
+    }
+}
+
+/// The EPT pointer (Table 29-1): memory type of the paging structures in bits
+/// 2:0 (always write-back here — the tables are ordinary RAM), page-walk length
+/// minus one in bits 5:3 (3 for four levels), A/D enable in bit 6, and the
+/// PML4 physical address in bits 51:12.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eptp(pub u64);
+
+impl Eptp {
+    pub const fn new(pml4_phys: u64, accessed_dirty: bool) -> Self {
+        let mut v = (pml4_phys & ADDR_MASK) | (3 << 3) | MemoryType::WriteBack as u64;
+        if accessed_dirty {
+            v |= 1 << 6;
+        }
+        Eptp(v)
+    }
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    pub const fn pml4(self) -> u64 {
+        self.0 & ADDR_MASK
+    }
+    pub const fn memory_type(self) -> u8 {
+        (self.0 & 7) as u8
+    }
+    pub const fn walk_length(self) -> u8 {
+        ((self.0 >> 3) & 7) as u8 + 1
+    }
+    pub const fn accessed_dirty(self) -> bool {
+        self.0 & (1 << 6) != 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EptError {
+    /// An address or length is not a multiple of 4 KiB.
+    Misaligned,
+    /// `build_identity` was asked for zero bytes of RAM.
+    Empty,
+    /// The range does not fit a 48-bit guest-physical or 52-bit host-physical
+    /// address space.
+    AddressTooLarge,
+    /// The frame source ran dry.
+    OutOfFrames,
+    /// The frame source returned an address that is not 4 KiB aligned or does
+    /// not fit in an EPT entry.
+    BadFrame(u64),
+    /// A large-page mapping covers `gpa`, where a 4 KiB mapping was requested;
+    /// splitting large pages is not supported.
+    LargePageInTheWay { gpa: u64 },
+    /// A large page was requested at `gpa` but a lower-level table is already
+    /// there.
+    TableInTheWay { gpa: u64 },
+}
+
+/// A leaf found by [`translate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EptLeaf {
+    pub access: EptAccess,
+    /// Raw bits 5:3; compare with `MemoryType::X as u8`.
+    pub memory_type: u8,
+    pub ignore_pat: bool,
+    pub size: PageSize,
+    /// The whole entry, for diagnostics (A/D bits, user-execute, ...).
+    pub entry: u64,
+}
+
+/// Index into the table at `level` (4 = PML4 .. 1 = PT) for `gpa`.
+const fn index(gpa: u64, level: u32) -> usize {
+    ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) as usize
+}
+
+const fn is_present(entry: u64) -> bool {
+    entry & EptAccess::RWX.bits() != 0
+}
+
+fn alloc_table(src: &mut impl FrameSource) -> Result<u64, EptError> {
+    let phys = src.alloc_zeroed_frame().ok_or(EptError::OutOfFrames)?;
+    if phys & !ADDR_MASK != 0 {
+        return Err(EptError::BadFrame(phys));
+    }
+    Ok(phys)
+}
+
+/// Walks from the PML4 down to the table holding the level-`leaf_level` entry
+/// for `gpa`, creating missing tables. Returns (table phys, index).
+fn walk_create(
+    src: &mut impl FrameSource,
+    pml4: u64,
+    gpa: u64,
+    leaf_level: u32,
+) -> Result<(u64, usize), EptError> {
+    let mut table = pml4;
+    let mut level = 4;
+    while level > leaf_level {
+        let i = index(gpa, level);
+        let entry = src.frame_mut(table)[i];
+        table = if !is_present(entry) {
+            let next = alloc_table(src)?;
+            // Non-leaf entries grant everything; the leaf decides. Bits 7:3
+            // must stay 0 in a non-leaf entry.
+            src.frame_mut(table)[i] = next | EptAccess::RWX.bits();
+            next
+        } else if entry & LARGE_PAGE != 0 && level <= 3 {
+            return Err(EptError::LargePageInTheWay { gpa });
+        } else {
+            entry & ADDR_MASK
+        };
+        level -= 1;
+    }
+    Ok((table, index(gpa, leaf_level)))
+}
+
+fn map_leaf(
+    src: &mut impl FrameSource,
+    pml4: u64,
+    gpa: u64,
+    hpa: u64,
+    size: PageSize,
+    access: EptAccess,
+    mem_type: MemoryType,
+) -> Result<(), EptError> {
+    let level = size.level();
+    let (table, i) = walk_create(src, pml4, gpa, level)?;
+    let slot = &mut src.frame_mut(table)[i];
+    if level > 1 && is_present(*slot) && *slot & LARGE_PAGE == 0 {
+        return Err(EptError::TableInTheWay { gpa });
+    }
+    // Ignore-PAT stays 0 so the guest's PAT can still pick UC/WC for its own
+    // mappings on top of the EPT write-back type (SDM 29.3.7.2).
+    let mut entry = (hpa & ADDR_MASK) | access.bits() | ((mem_type as u64) << MEMORY_TYPE_SHIFT);
+    if level > 1 {
+        entry |= LARGE_PAGE;
+    }
+    *slot = entry;
+    Ok(())
+}
+
+/// Identity-maps guest-physical [0, `ram_bytes`) read/write/execute,
+/// write-back, with the largest pages `caps` allows at each aligned position,
+/// and nothing above `ram_bytes` (so stray guest accesses there become EPT
+/// violations the hypervisor can report).
+pub fn build_identity(
+    src: &mut impl FrameSource,
+    ram_bytes: u64,
+    caps: EptCaps,
+) -> Result<Eptp, EptError> {
+    if !ram_bytes.is_multiple_of(PAGE_4K) {
+        return Err(EptError::Misaligned);
+    }
+    if ram_bytes == 0 {
+        return Err(EptError::Empty);
+    }
+    if ram_bytes > MAX_GPA {
+        return Err(EptError::AddressTooLarge);
+    }
+    let pml4 = alloc_table(src)?;
+    let mut addr = 0;
+    while addr < ram_bytes {
+        let left = ram_bytes - addr;
+        let size = if caps.large_1g && addr.is_multiple_of(PAGE_1G) && left >= PAGE_1G {
+            PageSize::Size1G
+        } else if caps.large_2m && addr.is_multiple_of(PAGE_2M) && left >= PAGE_2M {
+            PageSize::Size2M
+        } else {
+            PageSize::Size4K
+        };
+        map_leaf(
+            src,
+            pml4,
+            addr,
+            addr,
+            size,
+            EptAccess::RWX,
+            MemoryType::WriteBack,
+        )?;
+        addr += size.bytes();
+    }
+    Ok(Eptp::new(pml4, caps.accessed_dirty))
+}
+
+/// Maps guest-physical [`gpa`, `gpa + len`) to host-physical [`hpa`, ...) with
+/// 4 KiB pages, creating tables as needed. Existing 4 KiB mappings are
+/// replaced (the caller must INVEPT if the EPT is live); a large page covering
+/// part of the range is an error, since splitting is not implemented.
+pub fn map_range(
+    src: &mut impl FrameSource,
+    eptp: Eptp,
+    gpa: u64,
+    hpa: u64,
+    len: u64,
+    access: EptAccess,
+    mem_type: MemoryType,
+) -> Result<(), EptError> {
+    if !(gpa | hpa | len).is_multiple_of(PAGE_4K) {
+        return Err(EptError::Misaligned);
+    }
+    let gpa_end = gpa.checked_add(len).ok_or(EptError::AddressTooLarge)?;
+    let hpa_end = hpa.checked_add(len).ok_or(EptError::AddressTooLarge)?;
+    if gpa_end > MAX_GPA || hpa_end > MAX_HPA {
+        return Err(EptError::AddressTooLarge);
+    }
+    let mut off = 0;
+    while off < len {
+        map_leaf(
+            src,
+            eptp.pml4(),
+            gpa + off,
+            hpa + off,
+            PageSize::Size4K,
+            access,
+            mem_type,
+        )?;
+        off += PAGE_4K;
+    }
+    Ok(())
+}
+
+/// Walks the EPT for `gpa`. Returns the host-physical address and the leaf,
+/// or `None` if any level is not present (what would be an EPT violation).
+pub fn translate(src: &mut impl FrameSource, eptp: Eptp, gpa: u64) -> Option<(u64, EptLeaf)> {
+    if gpa >= MAX_GPA {
+        return None;
+    }
+    let mut table = eptp.pml4();
+    let mut level = 4;
+    loop {
+        let entry = src.frame_mut(table)[index(gpa, level)];
+        if !is_present(entry) {
+            return None;
+        }
+        let size = match level {
+            1 => Some(PageSize::Size4K),
+            2 if entry & LARGE_PAGE != 0 => Some(PageSize::Size2M),
+            3 if entry & LARGE_PAGE != 0 => Some(PageSize::Size1G),
+            _ => None,
+        };
+        if let Some(size) = size {
+            let base = entry & ADDR_MASK & !(size.bytes() - 1);
+            let leaf = EptLeaf {
+                access: EptAccess::from_bits_truncate(entry),
+                memory_type: ((entry >> MEMORY_TYPE_SHIFT) & 7) as u8,
+                ignore_pat: entry & IGNORE_PAT != 0,
+                size,
+                entry,
+            };
+            return Some((base | (gpa & (size.bytes() - 1)), leaf));
+        }
+        table = entry & ADDR_MASK;
+        level -= 1;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_frames {
+    use super::FrameSource;
+
+    /// Heap-backed frames at fake physical addresses `BASE + i * 4096`, far
+    /// from the guest range so a confused gpa/hpa shows up in tests.
+    pub struct TestFrames {
+        pub frames: Vec<Box<[u64; 512]>>,
+        pub limit: usize,
+    }
+
+    pub const BASE: u64 = 0x80_0000_0000;
+
+    impl TestFrames {
+        pub fn new() -> Self {
+            TestFrames {
+                frames: Vec::new(),
+                limit: usize::MAX,
+            }
+        }
+        pub fn with_limit(limit: usize) -> Self {
+            TestFrames {
+                frames: Vec::new(),
+                limit,
+            }
+        }
+    }
+
+    impl FrameSource for TestFrames {
+        fn alloc_zeroed_frame(&mut self) -> Option<u64> {
+            if self.frames.len() >= self.limit {
+                return None;
+            }
+            self.frames.push(Box::new([0; 512]));
+            Some(BASE + (self.frames.len() as u64 - 1) * 4096)
+        }
+        fn frame_mut(&mut self, phys: u64) -> &mut [u64; 512] {
+            assert_eq!(phys % 4096, 0, "unaligned table address {phys:#x}");
+            &mut self.frames[((phys - BASE) / 4096) as usize]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_frames::TestFrames;
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn caps(large_2m: bool, large_1g: bool) -> EptCaps {
+        EptCaps {
+            large_2m,
+            large_1g,
+            accessed_dirty: false,
+        }
+    }
+
+    fn assert_identity(src: &mut TestFrames, eptp: Eptp, gpa: u64, size: PageSize) {
+        let (hpa, leaf) = translate(src, eptp, gpa).unwrap_or_else(|| panic!("{gpa:#x} unmapped"));
+        assert_eq!(hpa, gpa);
+        assert_eq!(leaf.size, size, "{gpa:#x}");
+        assert_eq!(leaf.access, EptAccess::RWX);
+        assert_eq!(leaf.memory_type, MemoryType::WriteBack as u8);
+        assert_eq!(leaf.entry & 7, 7);
+        assert_eq!((leaf.entry >> 3) & 7, 6);
+        assert_eq!(leaf.entry & LARGE_PAGE != 0, size != PageSize::Size4K);
+        assert!(!leaf.ignore_pat);
+    }
+
+    #[test]
+    fn identity_64m_with_2m_pages_uses_three_frames() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 64 * MIB, caps(true, true)).unwrap();
+        assert_eq!(src.frames.len(), 3);
+        for gpa in [
+            0,
+            0xFFF,
+            2 * MIB - 1,
+            2 * MIB,
+            32 * MIB + 0x1234,
+            64 * MIB - 1,
+        ] {
+            assert_identity(&mut src, eptp, gpa, PageSize::Size2M);
+        }
+        assert_eq!(translate(&mut src, eptp, 64 * MIB), None);
+        assert_eq!(translate(&mut src, eptp, 4 * GIB), None);
+        assert_eq!(translate(&mut src, eptp, u64::MAX), None);
+    }
+
+    #[test]
+    fn identity_with_4k_tail() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 64 * MIB + PAGE_4K, caps(true, false)).unwrap();
+        assert_eq!(src.frames.len(), 4); // PML4, PDPT, PD, one PT
+        assert_identity(&mut src, eptp, 64 * MIB - 1, PageSize::Size2M);
+        assert_identity(&mut src, eptp, 64 * MIB, PageSize::Size4K);
+        assert_identity(&mut src, eptp, 64 * MIB + 0xFFF, PageSize::Size4K);
+        assert_eq!(translate(&mut src, eptp, 64 * MIB + PAGE_4K), None);
+    }
+
+    #[test]
+    fn identity_4g_with_1g_pages() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 4 * GIB, caps(true, true)).unwrap();
+        assert_eq!(src.frames.len(), 2); // PML4 + PDPT
+        for gpa in [0, GIB - 1, GIB, 3 * GIB + 0x5000, 4 * GIB - 1] {
+            assert_identity(&mut src, eptp, gpa, PageSize::Size1G);
+        }
+        assert_eq!(translate(&mut src, eptp, 4 * GIB), None);
+    }
+
+    #[test]
+    fn mixed_page_sizes() {
+        // 1 GiB + 2 MiB + 4 KiB: one of each leaf size.
+        let mut src = TestFrames::new();
+        let ram = GIB + 2 * MIB + PAGE_4K;
+        let eptp = build_identity(&mut src, ram, caps(true, true)).unwrap();
+        assert_eq!(src.frames.len(), 4); // PML4, PDPT, PD, PT
+        assert_identity(&mut src, eptp, GIB - 1, PageSize::Size1G);
+        assert_identity(&mut src, eptp, GIB, PageSize::Size2M);
+        assert_identity(&mut src, eptp, GIB + 2 * MIB, PageSize::Size4K);
+        assert_eq!(translate(&mut src, eptp, ram), None);
+    }
+
+    #[test]
+    fn only_4k_pages_without_caps() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 4 * MIB, caps(false, false)).unwrap();
+        assert_eq!(src.frames.len(), 3 + 2); // PML4, PDPT, PD, two PTs
+        assert_identity(&mut src, eptp, 0, PageSize::Size4K);
+        assert_identity(&mut src, eptp, 4 * MIB - 1, PageSize::Size4K);
+        assert_eq!(translate(&mut src, eptp, 4 * MIB), None);
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_reports_exhaustion() {
+        let mut src = TestFrames::new();
+        assert_eq!(
+            build_identity(&mut src, 4097, caps(true, true)),
+            Err(EptError::Misaligned)
+        );
+        assert_eq!(
+            build_identity(&mut src, 0, caps(true, true)),
+            Err(EptError::Empty)
+        );
+        assert_eq!(
+            build_identity(&mut src, MAX_GPA + PAGE_4K, caps(true, true)),
+            Err(EptError::AddressTooLarge)
+        );
+        let mut small = TestFrames::with_limit(2);
+        assert_eq!(
+            build_identity(&mut small, 64 * MIB, caps(true, false)),
+            Err(EptError::OutOfFrames)
+        );
+    }
+
+    #[test]
+    fn caps_from_vmx_caps() {
+        let hw = crate::vmx_caps::EptCaps {
+            pages_2m: true,
+            pages_1g: false,
+            accessed_dirty: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            EptCaps::from_vmx_caps(&hw),
+            EptCaps {
+                large_2m: true,
+                large_1g: false,
+                accessed_dirty: true
+            }
+        );
+    }
+
+    #[test]
+    fn eptp_bits() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(
+            &mut src,
+            2 * MIB,
+            EptCaps {
+                large_2m: true,
+                large_1g: false,
+                accessed_dirty: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(eptp.raw() & 0xFFF, 0x5E); // WB (6) | (4-1) << 3 | A/D << 6
+        assert_eq!(eptp.pml4(), test_frames::BASE);
+        assert_eq!(eptp.memory_type(), 6);
+        assert_eq!(eptp.walk_length(), 4);
+        assert!(eptp.accessed_dirty());
+        let plain = Eptp::new(0x1234_5000, false);
+        assert_eq!(plain.raw(), 0x1234_501E);
+        assert!(!plain.accessed_dirty());
+    }
+
+    #[test]
+    fn non_leaf_entries_are_rwx_with_clear_reserved_bits() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 2 * MIB + PAGE_4K, caps(true, false)).unwrap();
+        let pml4e = src.frame_mut(eptp.pml4())[0];
+        assert_eq!(pml4e & 0xFFF, 7);
+        let pdpte = src.frame_mut(pml4e & ADDR_MASK)[0];
+        assert_eq!(pdpte & 0xFFF, 7);
+        let pd = pdpte & ADDR_MASK;
+        assert_eq!(src.frame_mut(pd)[0] & 0xFFF, 0xB7); // 2M leaf: RWX | WB<<3 | PS
+        assert_eq!(src.frame_mut(pd)[1] & 0xFFF, 7); // PT pointer
+    }
+
+    #[test]
+    fn map_range_aliases_high_frames() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 64 * MIB, caps(true, true)).unwrap();
+        // Alias 64 KiB just below 4 GiB onto host frames elsewhere, read+execute, UC.
+        let gpa = 4 * GIB - 0x1_0000;
+        let hpa = 0x3_4560_0000;
+        map_range(
+            &mut src,
+            eptp,
+            gpa,
+            hpa,
+            0x1_0000,
+            EptAccess::READ | EptAccess::EXECUTE,
+            MemoryType::Uncacheable,
+        )
+        .unwrap();
+        assert_eq!(src.frames.len(), 3 + 2); // new PD and PT under the existing PDPT
+        let (h, leaf) = translate(&mut src, eptp, gpa + 0x1234).unwrap();
+        assert_eq!(h, hpa + 0x1234);
+        assert_eq!(leaf.access, EptAccess::READ | EptAccess::EXECUTE);
+        assert_eq!(leaf.memory_type, MemoryType::Uncacheable as u8);
+        assert_eq!(leaf.size, PageSize::Size4K);
+        assert_eq!(translate(&mut src, eptp, gpa - 1), None);
+        // RAM mapping is untouched.
+        assert_identity(&mut src, eptp, 0, PageSize::Size2M);
+        // Remapping a 4 KiB page replaces it.
+        map_range(
+            &mut src,
+            eptp,
+            gpa,
+            0x5000,
+            PAGE_4K,
+            EptAccess::RWX,
+            MemoryType::WriteBack,
+        )
+        .unwrap();
+        assert_eq!(translate(&mut src, eptp, gpa).unwrap().0, 0x5000);
+    }
+
+    #[test]
+    fn map_range_errors() {
+        let mut src = TestFrames::new();
+        let eptp = build_identity(&mut src, 64 * MIB, caps(true, true)).unwrap();
+        let rw = EptAccess::READ | EptAccess::WRITE;
+        let wb = MemoryType::WriteBack;
+        assert_eq!(
+            map_range(&mut src, eptp, 2 * MIB, 0x10_0000, PAGE_4K, rw, wb),
+            Err(EptError::LargePageInTheWay { gpa: 2 * MIB })
+        );
+        assert_eq!(
+            map_range(&mut src, eptp, 0x1000_0800, 0, PAGE_4K, rw, wb),
+            Err(EptError::Misaligned)
+        );
+        assert_eq!(
+            map_range(&mut src, eptp, 0x1000_0000, 0, 100, rw, wb),
+            Err(EptError::Misaligned)
+        );
+        assert_eq!(
+            map_range(&mut src, eptp, MAX_GPA, 0, PAGE_4K, rw, wb),
+            Err(EptError::AddressTooLarge)
+        );
+        assert_eq!(
+            map_range(&mut src, eptp, 0, MAX_HPA, PAGE_4K, rw, wb),
+            Err(EptError::AddressTooLarge)
+        );
+        assert_eq!(map_range(&mut src, eptp, 8 * GIB, 0, 0, rw, wb), Ok(()));
+    }
+}

@@ -1,0 +1,16 @@
+//! sluice's hypervisor core: everything that does not touch hardware (capability
+//! decoding, VMCS/EPT builders, exit handling, devices, the coalescer, configuration)
+//! as plain `no_std` Rust, unit-tested on the host. The bare-metal shim in `boot/`
+//! reads MSRs, executes VMX instructions and hands raw values to this crate.
+#![cfg_attr(not(test), no_std)]
+
+pub mod config;
+pub mod elf64;
+pub mod ept;
+pub mod frames;
+pub mod guest_paging;
+pub mod hypercall;
+pub mod payload;
+pub mod regs;
+pub mod vmcs;
+pub mod vmx_caps;
