@@ -1,0 +1,113 @@
+//! sluice: the bootable kernel. The bootloader (BIOS or UEFI) enters `kernel_main` in
+//! 64-bit mode; this crate is the thin platform shim: console, descriptor tables,
+//! memory, MSR and VMX instruction access. All logic lives in the `hypervisor` crate.
+#![no_std]
+#![no_main]
+#![feature(abi_x86_interrupt)]
+
+mod console;
+mod gdt;
+mod interrupts;
+mod memory;
+mod platform;
+mod vmx;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::{entry_point, BootInfo};
+use hypervisor::config::{self, Platform};
+use hypervisor::payload;
+use platform::status;
+
+const BOOT_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    // All physical memory mapped at a bootloader-chosen offset: VMX structures and
+    // guest RAM are addressed physically and touched through this window.
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+entry_point!(kernel_main, config = &BOOT_CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    let serial = console::init();
+    gdt::init();
+    interrupts::init();
+    println!(
+        "sluice {} -- a type-1 hypervisor for Intel VMX that coalesces port-IO exits",
+        env!("CARGO_PKG_VERSION")
+    );
+    if !serial {
+        // Nothing to print to; the run carries on so the screen console (when there is
+        // one) still works.
+    }
+
+    let payload_bytes: &[u8] = match boot_info.ramdisk_addr.into_option() {
+        // SAFETY: the bootloader mapped the ramdisk at this address with this length.
+        Some(addr) => unsafe {
+            core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize)
+        },
+        None => &[],
+    };
+    let run_config = if payload_bytes.is_empty() {
+        println!("sluice: no payload in the image; using the default configuration");
+        config::Config::default()
+    } else {
+        match payload::decode(payload_bytes).map(|p| (config::parse(p.config), p)) {
+            Ok((Ok(cfg), _)) => cfg,
+            Ok((Err(e), _)) => {
+                println!("sluice: error: configuration in the image: {e}");
+                platform::exit(status::BAD_PAYLOAD);
+            }
+            Err(e) => {
+                println!("sluice: error: payload in the image: {e}");
+                platform::exit(status::BAD_PAYLOAD);
+            }
+        }
+    };
+    platform::set(run_config.platform);
+    let platform_name = match run_config.platform {
+        Platform::Qemu => "qemu",
+        Platform::Bochs => "bochs",
+        Platform::Hardware => "hardware",
+    };
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        println!("sluice: error: the bootloader did not map physical memory");
+        platform::exit(status::KERNEL_FAULT);
+    };
+    let mut mem = memory::Memory::new(&boot_info.memory_regions, phys_offset);
+    println!(
+        "sluice: platform={platform_name} memory: {} MiB usable, firmware={}",
+        memory::usable_bytes(&boot_info.memory_regions) >> 20,
+        if boot_info.rsdp_addr.into_option().is_some() {
+            "acpi"
+        } else {
+            "no-acpi"
+        },
+    );
+
+    let probe = vmx::probe();
+    if let Some(caps) = &probe.caps {
+        let _ = caps.write_report(&mut console::ConsoleWriter);
+    }
+    if let Err(missing) = probe.verdict {
+        println!("sluice: error: {missing}");
+        platform::exit(status::UNSUPPORTED);
+    }
+    let caps = probe
+        .caps
+        .expect("a passing verdict comes with capabilities");
+    if let Err(e) = vmx::smoke_test(&mut mem, &caps) {
+        println!("sluice: error: {e}");
+        platform::exit(status::UNSUPPORTED);
+    }
+    println!("vmx: ready (VMXON and VMCS load succeeded)");
+    platform::exit(status::OK)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::print_emergency(format_args!("sluice: PANIC: {info}\n"));
+    platform::exit(status::KERNEL_FAULT)
+}
