@@ -1,0 +1,267 @@
+//! Command-line parsing for `cargo xtask`. Hand-written (no extra crates) and strict:
+//! an unknown command, an unknown flag or a bad value is a usage error naming it.
+
+use std::fmt;
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build [--release]             build the kernel and the BIOS and UEFI disk images
+                                (target/sluice/<profile>/sluice-{bios,uefi}.img)
+  run   [options]               boot sluice with its default guest and stream its console;
+                                the exit status is the run's status
+  test  [--release] [--host-only] [--filter TEXT]
+                                host unit tests, then end-to-end boots in Bochs and QEMU
+  help                          this text
+
+run options:
+  --release                     build with optimizations
+  --emulator auto|qemu|bochs    auto (default): QEMU with KVM on an Intel host with nested
+                                VMX, otherwise Bochs (which emulates VMX with EPT)
+  --firmware bios|uefi          boot firmware (default bios; Bochs boots BIOS only)
+  --cpu MODEL                   Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
+  --timeout SECONDS             stop a hung run after this long (default 120)
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    Auto,
+    Qemu,
+    Bochs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunArgs {
+    pub release: bool,
+    pub emulator: Emulator,
+    pub firmware: Firmware,
+    pub cpu: Option<String>,
+    pub timeout_s: u64,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            release: false,
+            emulator: Emulator::Auto,
+            firmware: Firmware::Bios,
+            cpu: None,
+            timeout_s: 120,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestArgs {
+    pub release: bool,
+    pub host_only: bool,
+    pub filter: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Build { release: bool },
+    Run(RunArgs),
+    Test(TestArgs),
+    Help,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Takes the value of `flag` from the argument list, which may be `--flag VALUE` or
+/// `--flag=VALUE`.
+fn value<'a>(
+    flag: &str,
+    inline: Option<&'a str>,
+    rest: &mut impl Iterator<Item = &'a str>,
+) -> Result<&'a str, UsageError> {
+    match inline.or_else(|| rest.next()) {
+        Some(v) if !v.is_empty() && !(inline.is_none() && v.starts_with("--")) => Ok(v),
+        _ => err(format!("{flag} needs a value")),
+    }
+}
+
+pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, UsageError> {
+    let mut args = args.into_iter();
+    let command = match args.next() {
+        None | Some("help" | "--help" | "-h") => return Ok(Command::Help),
+        Some(c) => c,
+    };
+    let mut run = RunArgs::default();
+    let mut test = TestArgs::default();
+    let mut release = false;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg, None),
+        };
+        match (command, flag) {
+            (_, "--help" | "-h") => return Ok(Command::Help),
+            ("build" | "run" | "test", "--release") if inline.is_none() => release = true,
+            ("run", "--emulator") => {
+                run.emulator = match value(flag, inline, &mut args)? {
+                    "auto" => Emulator::Auto,
+                    "qemu" => Emulator::Qemu,
+                    "bochs" => Emulator::Bochs,
+                    v => {
+                        return err(format!(
+                            "--emulator: expected auto, qemu or bochs, got '{v}'"
+                        ))
+                    }
+                }
+            }
+            ("run", "--firmware") => {
+                run.firmware = match value(flag, inline, &mut args)? {
+                    "bios" => Firmware::Bios,
+                    "uefi" => Firmware::Uefi,
+                    v => return err(format!("--firmware: expected bios or uefi, got '{v}'")),
+                }
+            }
+            ("run", "--cpu") => run.cpu = Some(value(flag, inline, &mut args)?.to_string()),
+            ("run", "--timeout") => {
+                let v = value(flag, inline, &mut args)?;
+                run.timeout_s = match v.parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return err(format!(
+                            "--timeout: expected a number of seconds, got '{v}'"
+                        ))
+                    }
+                }
+            }
+            ("test", "--host-only") if inline.is_none() => test.host_only = true,
+            ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
+            ("build" | "run" | "test", _) => {
+                return err(format!("unknown option '{arg}' for '{command}'"))
+            }
+            _ => return err(format!("unknown command '{command}'")),
+        }
+    }
+    match command {
+        "build" => Ok(Command::Build { release }),
+        "run" => {
+            if run.firmware == Firmware::Uefi && run.emulator == Emulator::Bochs {
+                return err(
+                    "Bochs has no UEFI firmware here; use --emulator qemu with --firmware uefi",
+                );
+            }
+            run.release = release;
+            Ok(Command::Run(run))
+        }
+        "test" => {
+            test.release = release;
+            Ok(Command::Test(test))
+        }
+        _ => err(format!("unknown command '{command}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, UsageError> {
+        parse(s.split_whitespace())
+    }
+
+    #[test]
+    fn no_command_or_help_prints_usage() {
+        assert_eq!(p(""), Ok(Command::Help));
+        assert_eq!(p("help"), Ok(Command::Help));
+        assert_eq!(p("run --help"), Ok(Command::Help));
+    }
+
+    #[test]
+    fn run_defaults_to_auto_bios() {
+        assert_eq!(p("run"), Ok(Command::Run(RunArgs::default())));
+    }
+
+    #[test]
+    fn run_takes_every_option_in_both_spellings() {
+        let want = RunArgs {
+            release: true,
+            emulator: Emulator::Qemu,
+            firmware: Firmware::Uefi,
+            cpu: Some("host".into()),
+            timeout_s: 30,
+        };
+        assert_eq!(
+            p("run --release --emulator qemu --firmware uefi --cpu host --timeout 30"),
+            Ok(Command::Run(want.clone()))
+        );
+        assert_eq!(
+            p("run --emulator=qemu --firmware=uefi --cpu=host --timeout=30 --release"),
+            Ok(Command::Run(want))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_flag() {
+        let e = p("run --emulator vmware").unwrap_err();
+        assert!(e.0.contains("--emulator") && e.0.contains("vmware"), "{e}");
+        assert!(p("run --firmware coreboot")
+            .unwrap_err()
+            .0
+            .contains("--firmware"));
+        assert!(p("run --timeout soon").unwrap_err().0.contains("--timeout"));
+        assert!(p("run --timeout 0").is_err());
+        assert!(p("run --cpu").unwrap_err().0.contains("needs a value"));
+        assert!(p("run --cpu --release")
+            .unwrap_err()
+            .0
+            .contains("needs a value"));
+    }
+
+    #[test]
+    fn unknown_commands_and_options_are_rejected() {
+        assert!(p("frobnicate")
+            .unwrap_err()
+            .0
+            .contains("unknown command 'frobnicate'"));
+        assert!(p("build --emulator qemu")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+        assert!(p("test --cpu x").unwrap_err().0.contains("unknown option"));
+        assert!(p("run --release=yes")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+    }
+
+    #[test]
+    fn bochs_with_uefi_is_refused() {
+        assert!(p("run --emulator bochs --firmware uefi").is_err());
+    }
+
+    #[test]
+    fn test_options() {
+        assert_eq!(
+            p("test --release --host-only --filter qemu"),
+            Ok(Command::Test(TestArgs {
+                release: true,
+                host_only: true,
+                filter: Some("qemu".into())
+            }))
+        );
+        assert_eq!(p("build --release"), Ok(Command::Build { release: true }));
+    }
+}

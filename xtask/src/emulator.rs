@@ -1,0 +1,437 @@
+//! Running an image in an emulator: QEMU (TCG, or KVM with nested VMX on an Intel host)
+//! or Bochs (which emulates VMX with EPT, driven headless under Xvfb). The console
+//! streams live; the run ends with the status the kernel reported, a hang (time limit)
+//! or an emulator failure. Every run works in its own folder, removed afterwards.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cli::Firmware;
+use crate::host;
+
+pub const DEFAULT_BOCHS_CPU: &str = "corei7_skylake_x";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    Qemu { kvm: bool },
+    Bochs,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub emulator: Emulator,
+    pub firmware: Firmware,
+    pub cpu: Option<String>,
+    pub timeout: Duration,
+    pub image: PathBuf,
+    /// A fresh folder for this run (bochsrc, serial log, firmware variables); removed
+    /// when the run ends.
+    pub workdir: PathBuf,
+    /// Copy the console to our stdout as it arrives.
+    pub echo: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The kernel reported `sluice: exit status N`.
+    Status(u32),
+    /// Nothing ended the run within the time limit.
+    Hang,
+    /// The emulator stopped without a status from the kernel.
+    EmulatorExited(String),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub ending: Ending,
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+/// The last `sluice: exit status N` line in the console, if any.
+pub fn reported_status(console: &str) -> Option<u32> {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("sluice: exit status ")
+        })
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// QEMU's isa-debug-exit makes QEMU exit with `(value << 1) | 1`.
+pub fn qemu_debug_exit_status(code: i32) -> Option<u32> {
+    (code & 1 == 1).then_some((code as u32) >> 1)
+}
+
+pub fn bochsrc(spec: &RunSpec, disk: &Path, serial: &Path) -> String {
+    let cpu = spec.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
+    format!(
+        "# written by cargo xtask for one run\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
+         vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
+         vga: extension=vbe\n\
+         display_library: x\n\
+         cpu: model={cpu}, count=1, ips=200000000, reset_on_triple_fault=0\n\
+         memory: guest=256, host=256\n\
+         ata0-master: type=disk, path={disk}, mode=flat\n\
+         boot: disk\n\
+         clock: sync=none, time0=local\n\
+         com1: enabled=1, mode=file, dev={serial}\n\
+         magic_break: enabled=1\n\
+         mouse: enabled=0\n\
+         log: bochs.log\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         info: action=ignore\n\
+         debug: action=ignore\n",
+        disk = disk.display(),
+        serial = serial.display(),
+    )
+}
+
+pub fn qemu_args(spec: &RunSpec, vars: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-machine",
+        "q35",
+        "-m",
+        "256M",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("-drive".into());
+    args.push(format!("format=raw,file={}", spec.image.display()));
+    if let Emulator::Qemu { kvm: true } = spec.emulator {
+        args.extend(["-accel".into(), "kvm".into()]);
+        args.extend([
+            "-cpu".into(),
+            spec.cpu.clone().unwrap_or_else(|| "host".into()),
+        ]);
+    } else if let Some(cpu) = &spec.cpu {
+        args.extend(["-cpu".into(), cpu.clone()]);
+    }
+    if let Some(vars) = vars {
+        args.push("-drive".into());
+        args.push(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            host::OVMF_CODE
+        ));
+        args.push("-drive".into());
+        args.push(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    args
+}
+
+pub fn run(spec: &RunSpec) -> Result<Outcome, String> {
+    let _ = std::fs::remove_dir_all(&spec.workdir);
+    std::fs::create_dir_all(&spec.workdir)
+        .map_err(|e| format!("creating {}: {e}", spec.workdir.display()))?;
+    let result = match spec.emulator {
+        Emulator::Bochs => run_bochs(spec),
+        Emulator::Qemu { .. } => run_qemu(spec),
+    };
+    let _ = std::fs::remove_dir_all(&spec.workdir);
+    result
+}
+
+fn spawn_group(cmd: &mut Command) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    // Own process group, so a hung run is stopped with everything it started
+    // (xvfb-run starts Xvfb next to Bochs).
+    cmd.process_group(0)
+        .spawn()
+        .map_err(|e| format!("could not start {:?}: {e}", cmd.get_program()))
+}
+
+/// SIGTERM first so xvfb-run removes its temporary files, then SIGKILL.
+fn stop_group(child: &mut Child) {
+    let pgid = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+    let _ = child.wait();
+}
+
+/// Echoes new console bytes and keeps them.
+struct Console {
+    text: Vec<u8>,
+    echo: bool,
+}
+
+impl Console {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.echo {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes);
+            let _ = out.flush();
+        }
+        self.text.extend_from_slice(bytes);
+    }
+    fn string(&self) -> String {
+        String::from_utf8_lossy(&self.text).into_owned()
+    }
+}
+
+fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
+    host::ensure(host::BOCHS_ALL)?;
+    let dir = &spec.workdir;
+    // Bochs leaves `<disk>.lock` beside the disk; a private copy keeps that inside the
+    // run folder, which is removed afterwards.
+    let disk = dir.join("disk.img");
+    std::fs::copy(&spec.image, &disk).map_err(|e| format!("copying the image: {e}"))?;
+    let serial = dir.join("serial.log");
+    std::fs::write(&serial, b"").map_err(|e| format!("creating the serial log: {e}"))?;
+    std::fs::write(dir.join("bochsrc"), bochsrc(spec, &disk, &serial))
+        .map_err(|e| format!("writing bochsrc: {e}"))?;
+    // Bochs' built-in debugger stops before the first instruction: continue, and quit
+    // when the kernel's magic breakpoint (`xchg bx, bx`) drops back into it.
+    std::fs::write(dir.join("debugger.rc"), "c\nquit\n")
+        .map_err(|e| format!("writing the debugger commands: {e}"))?;
+    let out = std::fs::File::create(dir.join("bochs.out")).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut child = spawn_group(
+        Command::new("xvfb-run")
+            .args(["-a", "bochs", "-q", "-f", "bochsrc", "-rc", "debugger.rc"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err),
+    )?;
+    let mut console = Console {
+        text: Vec::new(),
+        echo: spec.echo,
+    };
+    let mut log = std::fs::File::open(&serial).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut status_seen: Option<Instant> = None;
+    let ending = loop {
+        let n = log.read(&mut buf).unwrap_or(0);
+        if n > 0 {
+            console.push(&buf[..n]);
+            if status_seen.is_none() && reported_status(&console.string()).is_some() {
+                status_seen = Some(Instant::now());
+            }
+            continue;
+        }
+        if let Ok(Some(exit)) = child.try_wait() {
+            // Drain whatever Bochs wrote last.
+            while let Ok(n) = log.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                console.push(&buf[..n]);
+            }
+            break match reported_status(&console.string()) {
+                Some(s) => Ending::Status(s),
+                None => Ending::EmulatorExited(format!(
+                    "bochs exited ({exit}) {}",
+                    tail(dir, "bochs.out")
+                )),
+            };
+        }
+        if let Some(seen) = status_seen {
+            // The kernel is done; Bochs normally quits through the debugger at once.
+            if seen.elapsed() > Duration::from_secs(5) {
+                stop_group(&mut child);
+                break Ending::Status(reported_status(&console.string()).unwrap_or(0));
+            }
+        }
+        if start.elapsed() > spec.timeout {
+            stop_group(&mut child);
+            break Ending::Hang;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Outcome {
+        ending,
+        console: console.string(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The last lines of a file in the run folder, for error messages.
+fn tail(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(8);
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output:\n{}", lines[start..].join("\n"))
+    }
+}
+
+fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
+    let vars = match spec.firmware {
+        Firmware::Bios => {
+            host::ensure(host::QEMU_BIOS)?;
+            None
+        }
+        Firmware::Uefi => {
+            host::ensure(host::QEMU_UEFI)?;
+            // OVMF writes its variable store; each run gets a private copy.
+            let vars = spec.workdir.join("OVMF_VARS.fd");
+            std::fs::copy(host::OVMF_VARS, &vars)
+                .map_err(|e| format!("copying {}: {e}", host::OVMF_VARS))?;
+            Some(vars)
+        }
+    };
+    let start = Instant::now();
+    let mut child = spawn_group(
+        Command::new("qemu-system-x86_64")
+            .args(qemu_args(spec, vars.as_deref()))
+            .current_dir(&spec.workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut console = Console {
+        text: Vec::new(),
+        echo: spec.echo,
+    };
+    let ending = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(bytes) => {
+                console.push(&bytes);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Ok(Some(exit)) = child.try_wait() {
+            let _ = reader.join();
+            while let Ok(bytes) = rx.try_recv() {
+                console.push(&bytes);
+            }
+            let stderr = err_reader.join().unwrap_or_default();
+            let from_device = exit.code().and_then(qemu_debug_exit_status);
+            break match (from_device, reported_status(&console.string())) {
+                (Some(s), _) => Ending::Status(s),
+                (None, Some(s)) => Ending::Status(s),
+                (None, None) => {
+                    Ending::EmulatorExited(format!("qemu exited ({exit}) {}", stderr.trim()))
+                }
+            };
+        }
+        if start.elapsed() > spec.timeout {
+            stop_group(&mut child);
+            break Ending::Hang;
+        }
+    };
+    Ok(Outcome {
+        ending,
+        console: console.string(),
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(emulator: Emulator, firmware: Firmware, cpu: Option<&str>) -> RunSpec {
+        RunSpec {
+            emulator,
+            firmware,
+            cpu: cpu.map(String::from),
+            timeout: Duration::from_secs(1),
+            image: PathBuf::from("/img/sluice-bios.img"),
+            workdir: PathBuf::from("/run"),
+            echo: false,
+        }
+    }
+
+    #[test]
+    fn status_line_is_found_last_one_wins() {
+        let console = "boot\r\nsluice: exit status 1\r\nmore\nsluice: exit status 7\r\n";
+        assert_eq!(reported_status(console), Some(7));
+        assert_eq!(reported_status("sluice: exit status x\n"), None);
+        assert_eq!(reported_status("no status\n"), None);
+    }
+
+    #[test]
+    fn qemu_debug_exit_codes_map_back_to_the_status() {
+        assert_eq!(qemu_debug_exit_status(1), Some(0));
+        assert_eq!(qemu_debug_exit_status(3), Some(1));
+        assert_eq!(qemu_debug_exit_status(7), Some(3));
+        assert_eq!(qemu_debug_exit_status(0), None);
+        assert_eq!(qemu_debug_exit_status(2), None);
+    }
+
+    #[test]
+    fn bochsrc_names_the_cpu_disk_serial_and_magic_break() {
+        let rc = bochsrc(
+            &spec(Emulator::Bochs, Firmware::Bios, None),
+            Path::new("/r/disk.img"),
+            Path::new("/r/s.log"),
+        );
+        assert!(rc.contains("cpu: model=corei7_skylake_x,"));
+        assert!(rc.contains("path=/r/disk.img, mode=flat"));
+        assert!(rc.contains("com1: enabled=1, mode=file, dev=/r/s.log"));
+        assert!(rc.contains("magic_break: enabled=1"));
+        assert!(rc.contains("reset_on_triple_fault=0"));
+        let rc = bochsrc(
+            &spec(Emulator::Bochs, Firmware::Bios, Some("ryzen")),
+            Path::new("d"),
+            Path::new("s"),
+        );
+        assert!(rc.contains("cpu: model=ryzen,"));
+    }
+
+    #[test]
+    fn qemu_command_lines() {
+        let tcg = qemu_args(
+            &spec(Emulator::Qemu { kvm: false }, Firmware::Bios, None),
+            None,
+        );
+        let s = tcg.join(" ");
+        assert!(s.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(s.contains("format=raw,file=/img/sluice-bios.img"));
+        assert!(!s.contains("kvm") && !s.contains("pflash"));
+        let kvm = qemu_args(
+            &spec(Emulator::Qemu { kvm: true }, Firmware::Uefi, None),
+            Some(Path::new("/run/VARS.fd")),
+        );
+        let s = kvm.join(" ");
+        assert!(s.contains("-accel kvm -cpu host"));
+        assert!(s.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+        assert!(s.contains("if=pflash,format=raw,file=/run/VARS.fd"));
+    }
+}

@@ -1,0 +1,224 @@
+//! What the host machine offers: emulator binaries and firmware files (with the Debian
+//! package that provides each), and whether QEMU can use KVM with nested VMX.
+
+use std::path::Path;
+use std::process::Command;
+
+/// A host tool or file sluice's workflows need, and the Debian/Ubuntu package with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub what: &'static str,
+    /// A program on PATH, or an absolute file path.
+    pub probe: &'static str,
+    pub packages: &'static [&'static str],
+}
+
+pub const QEMU: Requirement = Requirement {
+    what: "QEMU (qemu-system-x86_64)",
+    probe: "qemu-system-x86_64",
+    packages: &["qemu-system-x86"],
+};
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF: Requirement = Requirement {
+    what: "UEFI firmware for QEMU (OVMF)",
+    probe: OVMF_CODE,
+    packages: &["ovmf"],
+};
+pub const BOCHS: Requirement = Requirement {
+    what: "Bochs (bochs)",
+    probe: "bochs",
+    packages: &["bochs", "bochsbios", "vgabios"],
+};
+pub const BOCHS_X: Requirement = Requirement {
+    what: "Bochs X11 display plugin",
+    probe: "/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_x_gui.so.0.0.0",
+    packages: &["bochs-x"],
+};
+pub const BOCHS_BIOS: Requirement = Requirement {
+    what: "Bochs BIOS ROM",
+    probe: "/usr/share/bochs/BIOS-bochs-latest",
+    packages: &["bochsbios"],
+};
+pub const VGABIOS: Requirement = Requirement {
+    what: "VGA BIOS ROM",
+    probe: "/usr/share/vgabios/vgabios.bin",
+    packages: &["vgabios"],
+};
+pub const XVFB: Requirement = Requirement {
+    what: "a virtual X server for headless Bochs (xvfb-run)",
+    probe: "xvfb-run",
+    packages: &["xvfb", "xauth"],
+};
+
+pub const BOCHS_ALL: &[Requirement] = &[BOCHS, BOCHS_BIOS, VGABIOS, BOCHS_X, XVFB];
+pub const QEMU_BIOS: &[Requirement] = &[QEMU];
+pub const QEMU_UEFI: &[Requirement] = &[QEMU, OVMF];
+
+fn present(req: &Requirement) -> bool {
+    if req.probe.starts_with('/') {
+        return Path::new(req.probe).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(req.probe).is_file()))
+        .unwrap_or(false)
+}
+
+/// Makes sure every requirement is there. Missing ones are installed with apt-get when
+/// running as root on a Debian-like system; otherwise the error names the packages.
+pub fn ensure(reqs: &[Requirement]) -> Result<(), String> {
+    let missing: Vec<&Requirement> = reqs.iter().filter(|r| !present(r)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing
+        .iter()
+        .flat_map(|r| r.packages.iter().copied())
+        .collect();
+    packages.dedup();
+    let names: Vec<&str> = missing.iter().map(|r| r.what).collect();
+    let can_install = is_root() && Path::new("/usr/bin/apt-get").exists();
+    if !can_install {
+        return Err(format!(
+            "missing {}: install with `sudo apt-get install {}`",
+            names.join(", "),
+            packages.join(" ")
+        ));
+    }
+    eprintln!(
+        "xtask: installing {} (missing {})",
+        packages.join(" "),
+        names.join(", ")
+    );
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("could not run apt-get: {e}"))?;
+    let still: Vec<&str> = missing
+        .iter()
+        .filter(|r| !present(r))
+        .map(|r| r.what)
+        .collect();
+    if !status.success() || !still.is_empty() {
+        return Err(format!(
+            "apt-get install {} failed; still missing: {}",
+            packages.join(" "),
+            still.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Whether QEMU can give a guest real VMX: an Intel CPU with VMX, /dev/kvm, and the
+/// kvm_intel module's `nested` parameter on. The reason is printed by `run`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NestedKvm {
+    Available,
+    Unavailable(String),
+}
+
+pub fn nested_kvm(cpuinfo: &str, dev_kvm_exists: bool, nested_param: Option<&str>) -> NestedKvm {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let vendor = field("vendor_id").unwrap_or_default();
+    let flags = field("flags").unwrap_or_default();
+    let has_vmx = flags.split_whitespace().any(|f| f == "vmx");
+    if vendor != "GenuineIntel" {
+        let vendor = if vendor.is_empty() {
+            "unknown"
+        } else {
+            vendor.as_str()
+        };
+        return NestedKvm::Unavailable(format!(
+            "the host CPU vendor is {vendor}, not Intel (sluice needs Intel VMX)"
+        ));
+    }
+    if !has_vmx {
+        return NestedKvm::Unavailable(
+            "the host CPU does not expose VMX (enable VT-x in firmware setup, or this is a VM without nested VMX)"
+                .into(),
+        );
+    }
+    if !dev_kvm_exists {
+        return NestedKvm::Unavailable(
+            "/dev/kvm is missing (load kvm_intel: `sudo modprobe kvm_intel`)".into(),
+        );
+    }
+    match nested_param.map(str::trim) {
+        Some("Y" | "y" | "1") => NestedKvm::Available,
+        Some(_) => NestedKvm::Unavailable(
+            "kvm_intel nested virtualization is off (enable with `sudo modprobe -r kvm_intel && sudo modprobe kvm_intel nested=1`)"
+                .into(),
+        ),
+        None => NestedKvm::Unavailable("kvm_intel is not loaded (/sys/module/kvm_intel/parameters/nested is missing)".into()),
+    }
+}
+
+pub fn detect_nested_kvm() -> NestedKvm {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let nested = std::fs::read_to_string("/sys/module/kvm_intel/parameters/nested").ok();
+    nested_kvm(&cpuinfo, Path::new("/dev/kvm").exists(), nested.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTEL: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme vmx sse2\n";
+    const AMD: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu svm sse2\n";
+    const INTEL_NO_VMX: &str = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 hypervisor\n";
+
+    #[test]
+    fn intel_with_vmx_kvm_and_nested_is_available() {
+        assert_eq!(nested_kvm(INTEL, true, Some("Y\n")), NestedKvm::Available);
+        assert_eq!(nested_kvm(INTEL, true, Some("1")), NestedKvm::Available);
+    }
+
+    #[test]
+    fn each_missing_piece_is_named() {
+        let why = |n| match n {
+            NestedKvm::Unavailable(s) => s,
+            NestedKvm::Available => panic!("expected unavailable"),
+        };
+        assert!(why(nested_kvm(AMD, true, Some("1"))).contains("AuthenticAMD"));
+        assert!(why(nested_kvm(INTEL_NO_VMX, true, Some("Y"))).contains("does not expose VMX"));
+        assert!(why(nested_kvm(INTEL, false, Some("Y"))).contains("/dev/kvm"));
+        assert!(why(nested_kvm(INTEL, true, Some("N"))).contains("nested"));
+        assert!(why(nested_kvm(INTEL, true, None)).contains("not loaded"));
+        assert!(why(nested_kvm("", true, None)).contains("unknown"));
+    }
+
+    #[test]
+    fn requirements_probe_programs_and_files() {
+        assert!(present(&Requirement {
+            what: "sh",
+            probe: "sh",
+            packages: &[]
+        }));
+        assert!(!present(&Requirement {
+            what: "x",
+            probe: "/nonexistent/sluice",
+            packages: &[]
+        }));
+        assert!(!present(&Requirement {
+            what: "x",
+            probe: "no-such-program-sluice",
+            packages: &[]
+        }));
+    }
+}

@@ -1,0 +1,142 @@
+//! `cargo xtask`: every sluice workflow (build, run, test) in one host tool.
+
+mod cli;
+mod e2e;
+mod emulator;
+mod host;
+mod image;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cli::{Command, Emulator as EmulatorChoice, Firmware, RunArgs};
+use emulator::{Emulator, Ending, RunSpec};
+use hypervisor::config::{Config, Platform};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(args.iter().map(String::as_str)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xtask: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            Ok(0)
+        }
+        Command::Build { release } => build(release).map(|_| 0),
+        Command::Run(args) => run(&args),
+        Command::Test(args) => e2e::test(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn build(release: bool) -> Result<image::Images, String> {
+    let kernel = image::build_kernel(release)?;
+    let payload = image::payload_bytes(&Config::default(), &[]);
+    let images = image::make_images(&kernel, &payload, &image::output_dir(release))?;
+    println!("xtask: kernel  {}", kernel.display());
+    println!("xtask: BIOS image {}", images.bios.display());
+    println!("xtask: UEFI image {}", images.uefi.display());
+    Ok(images)
+}
+
+/// A folder of its own for each run: images, bochsrc, logs; removed when it ends.
+pub fn run_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    image::workspace_root()
+        .join("target/sluice/runs")
+        .join(format!("{name}-{}-{n}", std::process::id()))
+}
+
+fn choose_emulator(args: &RunArgs) -> Emulator {
+    match args.emulator {
+        EmulatorChoice::Bochs => Emulator::Bochs,
+        EmulatorChoice::Qemu => match host::detect_nested_kvm() {
+            host::NestedKvm::Available => Emulator::Qemu { kvm: true },
+            host::NestedKvm::Unavailable(why) => {
+                eprintln!("xtask: QEMU without KVM (TCG): {why}; TCG has no VMX, so sluice will report that");
+                Emulator::Qemu { kvm: false }
+            }
+        },
+        EmulatorChoice::Auto => match host::detect_nested_kvm() {
+            host::NestedKvm::Available => {
+                eprintln!(
+                    "xtask: emulator: QEMU with KVM (the host has Intel VMX with nested KVM)"
+                );
+                Emulator::Qemu { kvm: true }
+            }
+            host::NestedKvm::Unavailable(why) if args.firmware == Firmware::Uefi => {
+                eprintln!("xtask: emulator: QEMU TCG for UEFI (Bochs has no UEFI firmware); no KVM: {why}");
+                Emulator::Qemu { kvm: false }
+            }
+            host::NestedKvm::Unavailable(why) => {
+                eprintln!("xtask: emulator: Bochs, which emulates VMX with EPT ({why})");
+                Emulator::Bochs
+            }
+        },
+    }
+}
+
+fn platform_of(emulator: &Emulator) -> Platform {
+    match emulator {
+        Emulator::Bochs => Platform::Bochs,
+        Emulator::Qemu { .. } => Platform::Qemu,
+    }
+}
+
+fn run(args: &RunArgs) -> Result<u8, String> {
+    let emulator = choose_emulator(args);
+    let kernel = image::build_kernel(args.release)?;
+    let config = Config {
+        platform: platform_of(&emulator),
+        ..Config::default()
+    };
+    let dir = run_dir("run");
+    let images = image::make_images(
+        &kernel,
+        &image::payload_bytes(&config, &[]),
+        &dir.join("image"),
+    )?;
+    let spec = RunSpec {
+        emulator,
+        firmware: args.firmware,
+        cpu: args.cpu.clone(),
+        timeout: Duration::from_secs(args.timeout_s),
+        image: match args.firmware {
+            Firmware::Bios => images.bios,
+            Firmware::Uefi => images.uefi,
+        },
+        workdir: dir.join("emulator"),
+        echo: true,
+    };
+    let outcome = emulator::run(&spec);
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = outcome?;
+    match outcome.ending {
+        Ending::Status(s) => {
+            eprintln!(
+                "xtask: run ended with status {s} after {:.1} s",
+                outcome.elapsed.as_secs_f64()
+            );
+            Ok(u8::try_from(s).unwrap_or(u8::MAX))
+        }
+        Ending::Hang => Err(format!(
+            "hang: no exit status from sluice within {} s (raise with --timeout)",
+            args.timeout_s
+        )),
+        Ending::EmulatorExited(why) => Err(why),
+    }
+}
