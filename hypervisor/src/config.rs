@@ -318,7 +318,9 @@ fn parse_number(s: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
-fn parse_entry(value: &str) -> Result<EntryMode, ConfigErrorKind<'_>> {
+/// Parses a `guest.entry` value (`none`, `real:SEG:OFF`, `real:ADDR`, `elf64`,
+/// `firmware`); xtask uses it for its `--entry` flag.
+pub fn parse_entry(value: &str) -> Result<EntryMode, ConfigErrorKind<'_>> {
     match value {
         "none" => return Ok(EntryMode::None),
         "elf64" => return Ok(EntryMode::Elf64),

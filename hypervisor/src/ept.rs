@@ -259,22 +259,43 @@ pub fn build_identity(
     ram_bytes: u64,
     caps: EptCaps,
 ) -> Result<Eptp, EptError> {
-    if !ram_bytes.is_multiple_of(PAGE_4K) {
+    build_guest_ram(src, ram_bytes, 0, caps)
+}
+
+/// Maps guest-physical [0, `ram_bytes`) to the host block [`host_base`,
+/// `host_base + ram_bytes`), read/write/execute, write-back. The guest sees RAM at 0
+/// while it really lives in a block the frame allocator handed out, so none of the
+/// hypervisor's own memory is reachable from the guest. Large pages are used where
+/// both the guest and the host address are aligned (SDM 29.3.2: a 2 MiB/1 GiB leaf
+/// maps an aligned host region).
+pub fn build_guest_ram(
+    src: &mut impl FrameSource,
+    ram_bytes: u64,
+    host_base: u64,
+    caps: EptCaps,
+) -> Result<Eptp, EptError> {
+    if !ram_bytes.is_multiple_of(PAGE_4K) || !host_base.is_multiple_of(PAGE_4K) {
         return Err(EptError::Misaligned);
     }
     if ram_bytes == 0 {
         return Err(EptError::Empty);
     }
-    if ram_bytes > MAX_GPA {
+    let host_end = host_base
+        .checked_add(ram_bytes)
+        .ok_or(EptError::AddressTooLarge)?;
+    if ram_bytes > MAX_GPA || host_end > MAX_HPA {
         return Err(EptError::AddressTooLarge);
     }
     let pml4 = alloc_table(src)?;
     let mut addr = 0;
     while addr < ram_bytes {
         let left = ram_bytes - addr;
-        let size = if caps.large_1g && addr.is_multiple_of(PAGE_1G) && left >= PAGE_1G {
+        let host = host_base + addr;
+        let fits =
+            |size: u64| addr.is_multiple_of(size) && host.is_multiple_of(size) && left >= size;
+        let size = if caps.large_1g && fits(PAGE_1G) {
             PageSize::Size1G
-        } else if caps.large_2m && addr.is_multiple_of(PAGE_2M) && left >= PAGE_2M {
+        } else if caps.large_2m && fits(PAGE_2M) {
             PageSize::Size2M
         } else {
             PageSize::Size4K
@@ -283,7 +304,7 @@ pub fn build_identity(
             src,
             pml4,
             addr,
-            addr,
+            host,
             size,
             EptAccess::RWX,
             MemoryType::WriteBack,
@@ -644,5 +665,34 @@ mod tests {
             Err(EptError::AddressTooLarge)
         );
         assert_eq!(map_range(&mut src, eptp, 8 * GIB, 0, 0, rw, wb), Ok(()));
+    }
+
+    #[test]
+    fn guest_ram_at_zero_maps_to_the_host_block() {
+        let mut src = TestFrames::new();
+        let caps = EptCaps {
+            large_2m: true,
+            large_1g: true,
+            accessed_dirty: false,
+        };
+        let base = 0x1_0000_0000; // 4 GiB: 1 GiB-aligned on both sides
+        let eptp = build_guest_ram(&mut src, 64 << 20, base, caps).unwrap();
+        let (hpa, leaf) = translate(&mut src, eptp, 0x12_3456).unwrap();
+        assert_eq!(hpa, base + 0x12_3456);
+        assert_eq!(leaf.size, PageSize::Size2M);
+        assert_eq!(
+            translate(&mut src, eptp, (64 << 20) - 1).unwrap().0,
+            base + (64 << 20) - 1
+        );
+        assert!(translate(&mut src, eptp, 64 << 20).is_none());
+        // A host block aligned to 4 KiB only forces 4 KiB leaves.
+        let mut src = TestFrames::new();
+        let eptp = build_guest_ram(&mut src, 4 << 20, 0x20_1000, caps).unwrap();
+        let (hpa, leaf) = translate(&mut src, eptp, 0x20_0000).unwrap();
+        assert_eq!((hpa, leaf.size), (0x40_1000, PageSize::Size4K));
+        assert_eq!(
+            build_guest_ram(&mut src, 4096, 0x800, caps),
+            Err(EptError::Misaligned)
+        );
     }
 }

@@ -7,10 +7,16 @@
 pub mod config;
 pub mod elf64;
 pub mod ept;
+pub mod exits;
 pub mod frames;
+pub mod guest_mem;
 pub mod guest_paging;
 pub mod hypercall;
+pub mod iobus;
+pub mod loader;
 pub mod payload;
 pub mod regs;
+pub mod stats;
 pub mod vmcs;
+pub mod vmcs_setup;
 pub mod vmx_caps;

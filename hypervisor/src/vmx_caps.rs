@@ -828,14 +828,15 @@ pub const fn check_platform(
     Ok(FeatureControlAction::AlreadyEnabled)
 }
 
+/// Raw capability-MSR values of CPU models, shared by the unit tests of every module
+/// that consumes `VmxCaps`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_cpus {
+    use super::RawVmxMsrs;
 
-    // Skylake-class values (revision 0x2b as reported by Bochs corei7_skylake_x).
-    const SKL_BASIC: u64 = 0x2b | (0x1000 << 32) | (6 << 50) | (1 << 54) | (1 << 55);
-    const SKL_PROCBASED2: u64 = 0x0053_ffff_0000_0000;
-    const SKL_EPT_VPID_CAP: u64 = (1 << 0)
+    pub const SKL_BASIC: u64 = 0x2b | (0x1000 << 32) | (6 << 50) | (1 << 54) | (1 << 55);
+    pub const SKL_PROCBASED2: u64 = 0x0053_ffff_0000_0000;
+    pub const SKL_EPT_VPID_CAP: u64 = (1 << 0)
         | (1 << 6)
         | (1 << 8)
         | (1 << 14)
@@ -850,10 +851,9 @@ mod tests {
         | (1 << 41)
         | (1 << 42)
         | (1 << 43);
-    // Locked, VMX outside SMX on.
-    const FC_ENABLED: u64 = 0x5;
-
-    fn skylake() -> RawVmxMsrs {
+    /// A Skylake-class CPU (Bochs corei7_skylake_x): TRUE controls, EPT with 2M/1G
+    /// pages and A/D, VPID, unrestricted guest, preemption timer.
+    pub fn skylake() -> RawVmxMsrs {
         RawVmxMsrs {
             basic: SKL_BASIC,
             pinbased: 0x0000_007f_0000_0016,
@@ -875,6 +875,16 @@ mod tests {
             vmfunc: Some(1),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_cpus::{skylake, SKL_EPT_VPID_CAP, SKL_PROCBASED2};
+    use super::*;
+
+    // Skylake-class values (revision 0x2b as reported by Bochs corei7_skylake_x).
+    // Locked, VMX outside SMX on.
+    const FC_ENABLED: u64 = 0x5;
 
     // Penryn-class: VMX with secondary controls but no EPT, VPID, unrestricted guest,
     // preemption timer or TRUE MSRs.

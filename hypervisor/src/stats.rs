@@ -1,0 +1,326 @@
+//! Run statistics — VM exits by basic exit reason (SDM Vol. 3D Appendix C),
+//! injected exceptions, refused MSR accesses — how a guest run ended, and the
+//! one-line `sluice-stats: {json}` record the kernel prints at the end of a
+//! run for xtask and benchmarks to parse.
+//!
+//! The JSON is written by hand (no heap, no serde): keys are fixed ASCII, the
+//! only free text is the guest name, which is escaped per RFC 8259 section 7.
+
+use core::fmt::{self, Write};
+
+use crate::iobus::IoBus;
+use crate::vmcs::exit_reason_name;
+
+/// Basic exit reasons counted individually (0..=79 covers every reason the
+/// SDM defines, up to WRMSRLIST); higher numbers land in `exits_other`.
+pub const EXIT_SLOTS: usize = 80;
+
+/// Counters kept by the exit dispatcher. Unknown-port counters live in the
+/// [`IoBus`] that saw the accesses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// VM exits by basic exit reason.
+    pub exits: [u64; EXIT_SLOTS],
+    /// VM exits with a basic reason ≥ [`EXIT_SLOTS`].
+    pub exits_other: u64,
+    /// Exceptions the hypervisor injected into the guest (#GP, #UD, re-injected faults).
+    pub injected_exceptions: u64,
+    /// RDMSR/WRMSR of MSRs outside the allow-list (answered with #GP).
+    pub unknown_msrs: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub const fn new() -> Self {
+        Stats {
+            exits: [0; EXIT_SLOTS],
+            exits_other: 0,
+            injected_exceptions: 0,
+            unknown_msrs: 0,
+        }
+    }
+
+    /// Counts one exit; takes the raw exit-reason field (only bits 15:0 matter).
+    pub fn count_exit(&mut self, raw_reason: u32) {
+        let basic = (raw_reason & 0xFFFF) as usize;
+        let slot = match self.exits.get_mut(basic) {
+            Some(s) => s,
+            None => &mut self.exits_other,
+        };
+        *slot = slot.saturating_add(1);
+    }
+
+    /// Exits counted for a basic reason.
+    pub fn exit_count(&self, basic: u16) -> u64 {
+        match self.exits.get(usize::from(basic)) {
+            Some(&n) => n,
+            None => 0,
+        }
+    }
+
+    pub fn total_exits(&self) -> u64 {
+        self.exits
+            .iter()
+            .fold(self.exits_other, |a, &n| a.saturating_add(n))
+    }
+}
+
+/// How a guest run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndKind {
+    /// The guest asked to end (hypercall EXIT).
+    Hypercall,
+    TripleFault,
+    EptViolation,
+    EptMisconfiguration,
+    /// HLT with nothing that could wake the guest.
+    Halt,
+    /// VM entry failed (the guest state or MSR-load area was rejected).
+    EntryFailure,
+    /// An exit the hypervisor does not handle.
+    Fatal,
+}
+
+impl EndKind {
+    /// Kebab-case name used in the stats line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EndKind::Hypercall => "hypercall",
+            EndKind::TripleFault => "triple-fault",
+            EndKind::EptViolation => "ept-violation",
+            EndKind::EptMisconfiguration => "ept-misconfiguration",
+            EndKind::Halt => "halt",
+            EndKind::EntryFailure => "entry-failure",
+            EndKind::Fatal => "fatal",
+        }
+    }
+}
+
+impl fmt::Display for EndKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Writes `s` as a JSON string literal (quotes included).
+pub fn write_json_string(w: &mut impl Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    for c in s.chars() {
+        match c {
+            '"' => w.write_str("\\\"")?,
+            '\\' => w.write_str("\\\\")?,
+            '\n' => w.write_str("\\n")?,
+            '\r' => w.write_str("\\r")?,
+            '\t' => w.write_str("\\t")?,
+            c if (c as u32) < 0x20 || c == '\u{7f}' => write!(w, "\\u{:04x}", c as u32)?,
+            c => w.write_char(c)?,
+        }
+    }
+    w.write_char('"')
+}
+
+/// Writes the run's statistics as exactly one line:
+///
+/// ```text
+/// sluice-stats: {"guest":"hello","end":"hypercall","exit_code":0,
+///   "exits":{"cpuid":2,"io_instruction":5},
+///   "unknown_ports":{"reads":1,"writes":0,"top":[{"port":"0x0070","reads":1,"writes":0}]},
+///   "injected_exceptions":0,"unknown_msrs":0}
+/// ```
+/// (shown wrapped; the real line has no breaks). `exits` lists reasons with a
+/// non-zero count in reason order, keyed by [`exit_reason_name`]; reasons
+/// without a name appear as `reason_N`, reasons past the table as `other`.
+/// `top` is busiest first.
+pub fn write_stats_line(
+    w: &mut impl Write,
+    guest: &str,
+    end: EndKind,
+    exit_code: u32,
+    stats: &Stats,
+    bus: &IoBus,
+) -> fmt::Result {
+    w.write_str("sluice-stats: {\"guest\":")?;
+    write_json_string(w, guest)?;
+    write!(
+        w,
+        ",\"end\":\"{}\",\"exit_code\":{},\"exits\":{{",
+        end.name(),
+        exit_code
+    )?;
+    let mut first = true;
+    let mut sep = |w: &mut _| -> fmt::Result {
+        if !core::mem::take(&mut first) {
+            Write::write_char(w, ',')?;
+        }
+        Ok(())
+    };
+    for (reason, &n) in stats.exits.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        sep(w)?;
+        match exit_reason_name(reason as u32) {
+            "unknown" => write!(w, "\"reason_{reason}\":{n}")?,
+            name => write!(w, "\"{name}\":{n}")?,
+        }
+    }
+    if stats.exits_other != 0 {
+        sep(w)?;
+        write!(w, "\"other\":{}", stats.exits_other)?;
+    }
+    write!(
+        w,
+        "}},\"unknown_ports\":{{\"reads\":{},\"writes\":{},\"top\":[",
+        bus.unknown_reads(),
+        bus.unknown_writes()
+    )?;
+    for (i, p) in bus.unknown_top().iter().flatten().enumerate() {
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        write!(
+            w,
+            "{{\"port\":\"{:#06x}\",\"reads\":{},\"writes\":{}}}",
+            p.port, p.reads, p.writes
+        )?;
+    }
+    writeln!(
+        w,
+        "]}},\"injected_exceptions\":{},\"unknown_msrs\":{}}}",
+        stats.injected_exceptions, stats.unknown_msrs
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmcs::exit_reason;
+
+    fn line(guest: &str, end: EndKind, code: u32, stats: &Stats, bus: &IoBus) -> String {
+        let mut s = String::new();
+        write_stats_line(&mut s, guest, end, code, stats, bus).unwrap();
+        s
+    }
+
+    #[test]
+    fn end_kind_names() {
+        let all = [
+            (EndKind::Hypercall, "hypercall"),
+            (EndKind::TripleFault, "triple-fault"),
+            (EndKind::EptViolation, "ept-violation"),
+            (EndKind::EptMisconfiguration, "ept-misconfiguration"),
+            (EndKind::Halt, "halt"),
+            (EndKind::EntryFailure, "entry-failure"),
+            (EndKind::Fatal, "fatal"),
+        ];
+        for (k, n) in all {
+            assert_eq!(k.name(), n);
+            assert_eq!(format!("{k}"), n);
+        }
+    }
+
+    #[test]
+    fn counting() {
+        let mut s = Stats::new();
+        s.count_exit(exit_reason::CPUID as u32);
+        s.count_exit(0x8000_0000 | exit_reason::ENTRY_FAILURE_INVALID_GUEST_STATE as u32);
+        s.count_exit(79);
+        s.count_exit(80);
+        s.count_exit(0xFFFF);
+        assert_eq!(s.exit_count(exit_reason::CPUID), 1);
+        assert_eq!(s.exit_count(33), 1);
+        assert_eq!(s.exit_count(79), 1);
+        assert_eq!(s.exit_count(80), 0);
+        assert_eq!(s.exits_other, 2);
+        assert_eq!(s.total_exits(), 5);
+        s.exits[0] = u64::MAX;
+        s.count_exit(0);
+        assert_eq!(s.exits[0], u64::MAX);
+    }
+
+    #[test]
+    fn empty_run() {
+        let bus = IoBus::new();
+        assert_eq!(
+            line("g", EndKind::Halt, 0, &Stats::new(), &bus),
+            "sluice-stats: {\"guest\":\"g\",\"end\":\"halt\",\"exit_code\":0,\"exits\":{},\
+             \"unknown_ports\":{\"reads\":0,\"writes\":0,\"top\":[]},\
+             \"injected_exceptions\":0,\"unknown_msrs\":0}\n"
+        );
+    }
+
+    #[test]
+    fn full_line() {
+        let mut s = Stats::new();
+        for _ in 0..5 {
+            s.count_exit(exit_reason::IO_INSTRUCTION as u32);
+        }
+        s.count_exit(exit_reason::CPUID as u32);
+        s.count_exit(exit_reason::CPUID as u32);
+        s.count_exit(35); // unnamed reason
+        s.count_exit(200);
+        s.count_exit(exit_reason::VMCALL as u32);
+        s.injected_exceptions = 3;
+        s.unknown_msrs = 1;
+        let mut bus = IoBus::new();
+        bus.read(0x1234, 1);
+        bus.write(0x70, 1, 0);
+        bus.write(0x70, 1, 0);
+        let l = line("linux", EndKind::Hypercall, 7, &s, &bus);
+        assert_eq!(
+            l,
+            "sluice-stats: {\"guest\":\"linux\",\"end\":\"hypercall\",\"exit_code\":7,\
+             \"exits\":{\"cpuid\":2,\"vmcall\":1,\"io_instruction\":5,\"reason_35\":1,\"other\":1},\
+             \"unknown_ports\":{\"reads\":1,\"writes\":2,\"top\":[\
+             {\"port\":\"0x0070\",\"reads\":0,\"writes\":2},\
+             {\"port\":\"0x1234\",\"reads\":1,\"writes\":0}]},\
+             \"injected_exceptions\":3,\"unknown_msrs\":1}\n"
+        );
+        assert_eq!(l.matches('\n').count(), 1);
+        assert!(balanced(&l));
+    }
+
+    /// A tiny structural check: braces/brackets balance outside strings.
+    fn balanced(l: &str) -> bool {
+        let json = l.strip_prefix("sluice-stats: ").unwrap().trim_end();
+        let (mut depth, mut in_str, mut esc) = (0i32, false, false);
+        for c in json.chars() {
+            if in_str {
+                match (esc, c) {
+                    (true, _) => esc = false,
+                    (false, '\\') => esc = true,
+                    (false, '"') => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => in_str = true,
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth -= 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return false;
+            }
+        }
+        depth == 0 && !in_str
+    }
+
+    #[test]
+    fn guest_name_is_escaped() {
+        let mut s = String::new();
+        write_json_string(&mut s, "a\"b\\c\nd\te\u{1}f\u{7f}é").unwrap();
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\te\\u0001f\\u007fé\"");
+        let bus = IoBus::new();
+        let l = line("we\"ird}\n", EndKind::Fatal, 0, &Stats::new(), &bus);
+        assert!(l.starts_with("sluice-stats: {\"guest\":\"we\\\"ird}\\n\",\"end\":\"fatal\""));
+        assert_eq!(l.matches('\n').count(), 1);
+        assert!(balanced(&l));
+    }
+}
