@@ -98,3 +98,18 @@ pub fn flush() {
         }
     }
 }
+
+/// Raw bytes from the guest (hypercall PRINT, the virtual UART), passed through as they
+/// are apart from the LF -> CR LF a terminal needs.
+pub fn write_bytes(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(uart) = CONSOLE.lock().as_mut() {
+            for &b in bytes {
+                if b == b'\n' {
+                    uart.send_bytes_exact(b"\r");
+                }
+                uart.send_bytes_exact(&[b]);
+            }
+        }
+    });
+}

@@ -54,7 +54,11 @@ pub fn init() {
     }
 }
 
-#[allow(dead_code)] // used by the VMCS host-state setup
 pub fn selectors() -> Selectors {
     GDT.get().expect("gdt::init runs first").1
+}
+
+/// Linear address of the TSS, for the VMCS host TR base (SDM 25.5.2).
+pub fn tss_base() -> u64 {
+    TSS.get().map_or(0, |t| t as *const TaskStateSegment as u64)
 }

@@ -10,11 +10,13 @@ mod gdt;
 mod interrupts;
 mod memory;
 mod platform;
+mod vm;
+mod vmexit;
 mod vmx;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
-use hypervisor::config::{self, Platform};
+use hypervisor::config::{self, EntryMode, Platform};
 use hypervisor::payload;
 use platform::status;
 
@@ -49,16 +51,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         },
         None => &[],
     };
-    let run_config = if payload_bytes.is_empty() {
+    let (run_config, guest_image) = if payload_bytes.is_empty() {
         println!("sluice: no payload in the image; using the default configuration");
-        config::Config::default()
+        (config::Config::default(), &[][..])
     } else {
-        match payload::decode(payload_bytes).map(|p| (config::parse(p.config), p)) {
-            Ok((Ok(cfg), _)) => cfg,
-            Ok((Err(e), _)) => {
-                println!("sluice: error: configuration in the image: {e}");
-                platform::exit(status::BAD_PAYLOAD);
-            }
+        match payload::decode(payload_bytes) {
+            Ok(p) => match config::parse(p.config) {
+                Ok(cfg) => (cfg, p.guest),
+                Err(e) => {
+                    println!("sluice: error: configuration in the image: {e}");
+                    platform::exit(status::BAD_PAYLOAD);
+                }
+            },
             Err(e) => {
                 println!("sluice: error: payload in the image: {e}");
                 platform::exit(status::BAD_PAYLOAD);
@@ -98,12 +102,47 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let caps = probe
         .caps
         .expect("a passing verdict comes with capabilities");
-    if let Err(e) = vmx::smoke_test(&mut mem, &caps) {
+    if let Err(e) = vmx::enable(&mut mem, &caps) {
         println!("sluice: error: {e}");
         platform::exit(status::UNSUPPORTED);
     }
     println!("vmx: ready (VMXON and VMCS load succeeded)");
-    platform::exit(status::OK)
+
+    if run_config.guest_entry == EntryMode::None {
+        println!("sluice: no guest configured; nothing to run");
+        platform::exit(status::OK);
+    }
+    println!(
+        "sluice: guest {} ({}, {} MiB RAM, {} bytes)",
+        run_config.guest_name,
+        EntryName(run_config.guest_entry),
+        run_config.ram_mib,
+        guest_image.len()
+    );
+    let prepared = match vm::prepare(&mut mem, &caps, &run_config, guest_image) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("sluice: error: cannot start the guest: {e}");
+            platform::exit(status::GUEST_STOPPED);
+        }
+    };
+    let code = vm::run(prepared, &caps, &run_config);
+    platform::exit(code)
+}
+
+/// `guest.entry` as the configuration spells it.
+struct EntryName(EntryMode);
+
+impl core::fmt::Display for EntryName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            EntryMode::None => write!(f, "none"),
+            EntryMode::RealSegOff { seg, off } => write!(f, "real:{seg:#x}:{off:#x}"),
+            EntryMode::RealAddr(a) => write!(f, "real:{a:#x}"),
+            EntryMode::Elf64 => write!(f, "elf64"),
+            EntryMode::Firmware => write!(f, "firmware"),
+        }
+    }
 }
 
 #[panic_handler]

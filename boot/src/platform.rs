@@ -22,6 +22,10 @@ pub mod status {
     pub const BAD_PAYLOAD: u32 = 2;
     /// The hypervisor itself faulted or panicked: a bug in sluice.
     pub const KERNEL_FAULT: u32 = 3;
+    /// The guest could not start or was stopped for misbehaving (EPT violation,
+    /// VM-entry failure, an exit sluice cannot handle). A guest that ends itself (exit
+    /// hypercall) passes its own status instead; a halt or triple fault is status 0.
+    pub const GUEST_STOPPED: u32 = 4;
 }
 
 static PLATFORM: AtomicU8 = AtomicU8::new(Platform::Hardware as u8);

@@ -114,7 +114,7 @@ fn vmread(field: u64) -> Result<u64, VmxError> {
 /// VMPTRLD all take an m64 holding the physical address).
 macro_rules! vmx_ptr_insn {
     ($name:ident, $mnemonic:literal) => {
-        fn $name(phys: u64) -> Result<(), VmxError> {
+        pub fn $name(phys: u64) -> Result<(), VmxError> {
             let rflags: u64;
             // SAFETY: the operand is a valid 4-KiB aligned region with the VMCS revision
             // identifier; failure is reported through RFLAGS and checked.
@@ -130,14 +130,9 @@ vmx_ptr_insn!(vmxon, "vmxon");
 vmx_ptr_insn!(vmclear, "vmclear");
 vmx_ptr_insn!(vmptrld, "vmptrld");
 
-fn vmxoff() {
-    // SAFETY: only called in VMX root operation after a successful VMXON.
-    unsafe { asm!("vmxoff") };
-}
-
 /// Allocates a VMXON/VMCS region: zeroed, with the revision identifier in bits 30:0 of
 /// its first dword (SDM 25.2, 25.11.5).
-fn vmx_region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64, VmxError> {
+pub fn region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64, VmxError> {
     let frame = mem
         .alloc_zeroed_frame()
         .ok_or(VmxError::OutOfMemory(what))?;
@@ -146,9 +141,10 @@ fn vmx_region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64
     Ok(frame)
 }
 
-/// Enters VMX operation and makes a VMCS current, then leaves again: proves the CPU
-/// accepts our VMXON region, CR0/CR4 and VMCS revision before any guest is built.
-pub fn smoke_test(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
+/// Enters VMX root operation on this CPU (SDM 24.7) and proves the CPU accepts our
+/// VMCS revision by making a scratch VMCS current once. sluice stays in VMX operation
+/// for the rest of the run.
+pub fn enable(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
     // CR0 and CR4 must honour the VMX fixed bits (SDM A.7, A.8); CR4.VMXE enables VMXON.
     let cr0 = (Cr0::read_raw() | caps.cr0_fixed0) & caps.cr0_fixed1;
     let cr4 = (Cr4::read_raw() | caps.cr4_fixed0 | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits())
@@ -159,12 +155,10 @@ pub fn smoke_test(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
         Cr0::write_raw(cr0);
         Cr4::write_raw(cr4);
     }
-    let vmxon_region = vmx_region(mem, caps.vmcs_revision, "VMXON region")?;
-    let vmcs = vmx_region(mem, caps.vmcs_revision, "VMCS")?;
+    let vmxon_region = region(mem, caps.vmcs_revision, "VMXON region")?;
+    let scratch = region(mem, caps.vmcs_revision, "VMCS")?;
     vmxon(vmxon_region)?;
-    let result = vmclear(vmcs)
-        .and_then(|_| vmptrld(vmcs))
-        .and_then(|_| vmclear(vmcs));
-    vmxoff();
-    result
+    vmclear(scratch)?;
+    vmptrld(scratch)?;
+    vmclear(scratch)
 }

@@ -1,0 +1,380 @@
+//! Running the guest: guest RAM, EPT, the VMCS (controls, host and guest state, all
+//! computed by `hypervisor::vmcs_setup`), then the VMLAUNCH/VMRESUME loop that hands
+//! every VM exit to `hypervisor::exits`. Intel SDM Vol. 3C chapters 25-29.
+
+use core::arch::asm;
+use core::fmt::Write;
+
+use hypervisor::config::Config;
+use hypervisor::ept::{self, EptAccess, FrameSource, MemoryType};
+use hypervisor::loader::{self, Start};
+use hypervisor::regs::GuestRegs;
+use hypervisor::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
+use hypervisor::vmcs_setup::{self, ControlAddrs, HostState};
+use hypervisor::vmx_caps::VmxCaps;
+use raw_cpuid::CpuId;
+use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::Msr;
+
+use hypervisor::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
+use hypervisor::guest_mem::SliceMemory;
+use hypervisor::iobus::{ConsoleSink, ConsoleUart, IoBus};
+use hypervisor::stats::{self, EndKind, Stats};
+
+use crate::console::ConsoleWriter;
+use crate::memory::Memory;
+use crate::platform::status;
+use crate::println;
+use crate::vmexit::{self, EntryFail, HwVmcs};
+use crate::vmx::{self, VmxError};
+
+/// The VPID of the guest (0 belongs to the host, SDM 27.2.1.1).
+const GUEST_VPID: u16 = 1;
+
+/// Why a guest could not be started at all.
+pub enum StartError {
+    Vmx(VmxError),
+    OutOfMemory(&'static str),
+    Load(loader::LoadError),
+    Ept(ept::EptError),
+    Controls(vmcs_setup::SetupError),
+    GuestState(vmcs_setup::GuestStateError),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StartError::Vmx(e) => write!(f, "{e}"),
+            StartError::OutOfMemory(what) => write!(f, "out of memory allocating {what}"),
+            StartError::Load(e) => write!(f, "loading the guest: {e}"),
+            StartError::Ept(e) => write!(f, "building EPT: {e:?}"),
+            StartError::Controls(e) => write!(f, "{e}"),
+            StartError::GuestState(e) => write!(f, "guest state would fail VM entry: {e}"),
+        }
+    }
+}
+
+impl From<VmxError> for StartError {
+    fn from(e: VmxError) -> Self {
+        StartError::Vmx(e)
+    }
+}
+
+/// EPT tables come from the frame allocator and are written through the
+/// physical-memory window.
+impl FrameSource for Memory {
+    fn alloc_zeroed_frame(&mut self) -> Option<u64> {
+        Memory::alloc_zeroed_frame(self)
+    }
+
+    fn frame_mut(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: EPT code only passes frames it got from alloc_zeroed_frame (4 KiB
+        // aligned RAM owned by the hypervisor), mapped at phys_offset.
+        unsafe { &mut *(self.phys_to_virt(phys) as *mut [u64; 512]) }
+    }
+}
+
+/// Guest RAM: one contiguous, 2 MiB-aligned host block, guest-physical 0 at its start.
+pub struct GuestRam {
+    pub host_base: u64,
+    pub bytes: &'static mut [u8],
+}
+
+fn alloc_guest_ram(mem: &mut Memory, ram_bytes: u64) -> Result<GuestRam, StartError> {
+    let base = mem
+        .frames
+        .alloc_contiguous(ram_bytes, ept::PAGE_2M)
+        .ok_or(StartError::OutOfMemory("guest RAM"))?;
+    let ptr = mem.phys_to_virt(base);
+    // SAFETY: the block was usable RAM and is now owned by the guest for the rest of
+    // the run; zeroing it keeps host data from leaking into the guest.
+    let bytes = unsafe {
+        core::ptr::write_bytes(ptr, 0, ram_bytes as usize);
+        core::slice::from_raw_parts_mut(ptr, ram_bytes as usize)
+    };
+    Ok(GuestRam {
+        host_base: base,
+        bytes,
+    })
+}
+
+/// A zeroed 4 KiB frame for a VMX bitmap, filled by `fill`; returns its physical
+/// address.
+fn bitmap_frame(
+    mem: &mut Memory,
+    what: &'static str,
+    fill: impl FnOnce(&mut [u8; 4096]),
+) -> Result<u64, StartError> {
+    let phys = mem
+        .alloc_zeroed_frame()
+        .ok_or(StartError::OutOfMemory(what))?;
+    // SAFETY: a fresh 4 KiB frame owned by the hypervisor, mapped at phys_offset.
+    fill(unsafe { &mut *(mem.phys_to_virt(phys) as *mut [u8; 4096]) });
+    Ok(phys)
+}
+
+fn host_state() -> HostState {
+    let sel = crate::gdt::selectors();
+    let gdtr = x86_64::instructions::tables::sgdt();
+    let idtr = x86_64::instructions::tables::sidt();
+    let rdmsr = |m: u32| unsafe { Msr::new(m).read() };
+    HostState {
+        cr0: Cr0::read_raw(),
+        cr3: Cr3::read_raw().0.start_address().as_u64(),
+        cr4: Cr4::read_raw(),
+        cs: sel.code.0,
+        ss: sel.data.0,
+        ds: sel.data.0,
+        es: sel.data.0,
+        fs: 0,
+        gs: 0,
+        tr: sel.tss.0,
+        fs_base: rdmsr(0xC000_0100),
+        gs_base: rdmsr(0xC000_0101),
+        tr_base: crate::gdt::tss_base(),
+        gdtr_base: gdtr.base.as_u64(),
+        idtr_base: idtr.base.as_u64(),
+        sysenter_cs: 0,
+        sysenter_esp: 0,
+        sysenter_eip: 0,
+        efer: rdmsr(0xC000_0080),
+        pat: rdmsr(0x277),
+        // The entry stub writes the real value before every VM entry.
+        rsp: 0,
+        rip: vmexit::exit_entry_point(),
+    }
+}
+
+/// INVEPT (SDM 31.3 "INVEPT"): type 1 single-context, 2 all-context.
+fn invept(kind: u64, eptp: u64) {
+    let descriptor: [u64; 2] = [eptp, 0];
+    // SAFETY: executed in VMX root operation with a valid descriptor; failure only
+    // means the type is unsupported, which the caller checked.
+    unsafe {
+        asm!("invept {k}, [{d}]", k = in(reg) kind, d = in(reg) &descriptor, options(nostack))
+    };
+}
+
+/// Everything the exit loop needs, prepared and loaded into the current VMCS.
+pub struct Prepared {
+    pub ram: GuestRam,
+    pub regs: GuestRegs,
+}
+
+/// Allocates and fills every VMX structure for `config`'s guest and makes its VMCS
+/// current. On success the next step is `vmexit::vm_run`.
+pub fn prepare(
+    mem: &mut Memory,
+    caps: &VmxCaps,
+    config: &Config,
+    image: &[u8],
+) -> Result<Prepared, StartError> {
+    let ram_bytes = config.ram_bytes();
+    let ram = alloc_guest_ram(mem, ram_bytes)?;
+    let loaded = loader::load(ram.bytes, config.guest_entry, image).map_err(StartError::Load)?;
+
+    let ept_caps = ept::EptCaps::from_vmx_caps(&caps.ept);
+    let eptp =
+        ept::build_guest_ram(mem, ram_bytes, ram.host_base, ept_caps).map_err(StartError::Ept)?;
+    if let Some(alias) = loaded.firmware_alias {
+        ept::map_range(
+            mem,
+            eptp,
+            alias.high,
+            ram.host_base + alias.low,
+            alias.len,
+            EptAccess::RWX,
+            MemoryType::WriteBack,
+        )
+        .map_err(StartError::Ept)?;
+    }
+
+    let long_mode = matches!(loaded.start, Start::Long { .. });
+    let controls = vmcs_setup::compute_controls(caps, long_mode).map_err(StartError::Controls)?;
+    let io_a = bitmap_frame(mem, "IO bitmap A", vmcs_setup::fill_io_bitmap)?;
+    let io_b = bitmap_frame(mem, "IO bitmap B", vmcs_setup::fill_io_bitmap)?;
+    let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| {
+        vmcs_setup::fill_msr_bitmap(b, vmcs_setup::PASSTHROUGH_MSRS)
+    })?;
+
+    // XSETBV runs in the host on the guest's behalf (exits::HostOps::xsetbv), which
+    // needs CR4.OSXSAVE in the host (SDM Vol. 2 XSETBV: #UD otherwise).
+    if CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_xsave())
+    {
+        // SAFETY: the CPU supports XSAVE; setting OSXSAVE only enables XGETBV/XSETBV.
+        unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSXSAVE)) };
+    }
+
+    let vmcs_region = vmx::region(mem, caps.vmcs_revision, "VMCS")?;
+    vmx::vmclear(vmcs_region)?;
+    vmx::vmptrld(vmcs_region)?;
+    let mut vmcs = HwVmcs;
+    let vpid = (caps.vpid.present).then_some(GUEST_VPID);
+    vmcs_setup::write_controls(
+        &mut vmcs,
+        &controls,
+        &ControlAddrs {
+            io_bitmap_a: io_a,
+            io_bitmap_b: io_b,
+            msr_bitmap,
+            eptp,
+            vpid,
+        },
+    );
+    vmcs_setup::write_host_state(&mut vmcs, &host_state());
+    let mut regs = GuestRegs::default();
+    match loaded.start {
+        Start::Real { cs, ip, ss, sp } => {
+            vmcs_setup::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
+        }
+        Start::ResetVector => {
+            let gprs = vmcs_setup::write_guest_reset_vector(&mut vmcs, caps);
+            let cpuid1_eax = CpuId::new().get_feature_info().map_or(0, |f| {
+                u32::from(f.stepping_id())
+                    | u32::from(f.model_id()) << 4
+                    | u32::from(f.family_id()) << 8
+                    | u32::from(f.extended_model_id()) << 16
+                    | u32::from(f.extended_family_id()) << 20
+            });
+            regs.rdx = gprs.rdx(cpuid1_eax);
+        }
+        Start::Long {
+            entry,
+            rsp,
+            cr3,
+            gdt_base,
+        } => vmcs_setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
+    }
+    vmcs_setup::check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
+    if caps.ept.invept_single_context {
+        invept(1, eptp.raw());
+    } else if caps.ept.invept_all_context {
+        invept(2, 0);
+    }
+    Ok(Prepared { ram, regs })
+}
+
+/// Explains a failed VMLAUNCH/VMRESUME (SDM 31.4 VM-instruction error numbers).
+pub fn describe_entry_failure(fail: EntryFail, w: &mut impl Write) {
+    let _ = match fail {
+        EntryFail::Invalid => writeln!(
+            w,
+            "sluice: VM entry failed: VMfailInvalid (no valid current VMCS)"
+        ),
+        EntryFail::Valid => {
+            let n = HwVmcs.read(VmcsField::VmInstructionError);
+            writeln!(
+                w,
+                "sluice: VM entry failed: VM-instruction error {n}: {}",
+                vm_instruction_error_text(n)
+            )
+        }
+    };
+}
+
+/// The real processor, for the exit handlers.
+struct KernelHost;
+
+impl HostOps for KernelHost {
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn console(&mut self, bytes: &[u8]) {
+        crate::console::write_bytes(bytes);
+    }
+
+    fn xsetbv(&mut self, xcr: u32, value: u64) {
+        // SAFETY: the handler validated the value against CPUID leaf 0xD, and
+        // vm::prepare set the host's CR4.OSXSAVE. The host never uses extended state
+        // (soft-float target), so the guest's XCR0 can stay loaded.
+        unsafe {
+            asm!("xsetbv", in("ecx") xcr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                 options(nostack));
+        }
+    }
+
+    fn wbinvd(&mut self) {
+        // SAFETY: writes back and invalidates caches; no memory-safety effect.
+        unsafe { asm!("wbinvd", options(nostack)) };
+    }
+
+    fn rdtsc(&mut self) -> u64 {
+        // SAFETY: RDTSC is unprivileged here (CR4.TSD is clear in the kernel).
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+}
+
+/// The guest's COM1 output goes to sluice's console.
+struct ConsoleOut;
+
+impl ConsoleSink for ConsoleOut {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        crate::console::write_bytes(bytes);
+    }
+}
+
+/// Runs the prepared guest until it ends; prints how it ended and the `sluice-stats`
+/// line, and returns the run's exit status.
+pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config) -> u32 {
+    let Prepared { ram, mut regs } = prepared;
+    let mut mem = SliceMemory::new(ram.bytes);
+    let mut uart = ConsoleUart::new(ConsoleOut);
+    let uart_ports = uart.ports();
+    let mut bus = IoBus::new();
+    if let Err(e) = bus.register(uart_ports, &mut uart) {
+        println!("sluice: error: IO bus: {e:?}");
+        return status::KERNEL_FAULT;
+    }
+    let mut stats = Stats::new();
+    let mut msrs = MsrFile::default();
+    let vcpu = VcpuConfig {
+        nested_vmx: false,
+        unrestricted_guest: true,
+        cr0_fixed0: caps.cr0_fixed0,
+        cr0_fixed1: caps.cr0_fixed1,
+        cr4_fixed0: caps.cr4_fixed0,
+        cr4_fixed1: caps.cr4_fixed1,
+    };
+    let mut vmcs = HwVmcs;
+    let mut host = KernelHost;
+    let mut launched = false;
+    let (kind, exit_code) = loop {
+        if let Err(fail) = vmexit::vm_run(&mut regs, launched) {
+            describe_entry_failure(fail, &mut ConsoleWriter);
+            break (EndKind::EntryFailure, 0);
+        }
+        launched = true;
+        let mut ctx = ExitContext {
+            vmcs: &mut vmcs,
+            regs: &mut regs,
+            mem: &mut mem,
+            host: &mut host,
+            bus: &mut bus,
+            stats: &mut stats,
+            msrs: &mut msrs,
+            config: vcpu,
+        };
+        match exits::handle_exit(&mut ctx) {
+            ExitAction::Resume => {}
+            ExitAction::End { kind, exit_code } => break (kind, exit_code),
+        }
+    };
+    let _ = exits::describe_end(&vmcs, kind, &mut ConsoleWriter);
+    let _ = stats::write_stats_line(
+        &mut ConsoleWriter,
+        config.guest_name,
+        kind,
+        exit_code,
+        &stats,
+        &bus,
+    );
+    match kind {
+        EndKind::Hypercall => exit_code,
+        EndKind::Halt | EndKind::TripleFault => status::OK,
+        _ => status::GUEST_STOPPED,
+    }
+}
