@@ -22,6 +22,13 @@ run options:
   --firmware bios|uefi          boot firmware (default bios; Bochs boots BIOS only)
   --cpu MODEL                   Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
   --timeout SECONDS             stop a hung run after this long (default 120)
+  --guest NAME|PATH             the guest to run: a built-in test guest (see guest/README.md)
+                                or a file (ELF64, boot sector, flat binary, firmware image);
+                                default: the demo guest hello64
+  --entry MODE                  how to start a guest file: elf64 | real:SEG:OFF | real:ADDR |
+                                firmware (reset vector F000:FFF0, image ending at 1 MiB and
+                                at 4 GiB); ELF files default to elf64
+  --ram MIB                     guest RAM in MiB (16..=4096, default 64)
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +51,9 @@ pub struct RunArgs {
     pub firmware: Firmware,
     pub cpu: Option<String>,
     pub timeout_s: u64,
+    pub guest: Option<String>,
+    pub entry: Option<String>,
+    pub ram_mib: Option<u32>,
 }
 
 impl Default for RunArgs {
@@ -54,6 +64,9 @@ impl Default for RunArgs {
             firmware: Firmware::Bios,
             cpu: None,
             timeout_s: 120,
+            guest: None,
+            entry: None,
+            ram_mib: None,
         }
     }
 }
@@ -147,6 +160,15 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     }
                 }
             }
+            ("run", "--guest") => run.guest = Some(value(flag, inline, &mut args)?.to_string()),
+            ("run", "--entry") => run.entry = Some(value(flag, inline, &mut args)?.to_string()),
+            ("run", "--ram") => {
+                let v = value(flag, inline, &mut args)?;
+                run.ram_mib = match v.parse::<u32>() {
+                    Ok(n) => Some(n),
+                    _ => return err(format!("--ram: expected a size in MiB, got '{v}'")),
+                }
+            }
             ("test", "--host-only") if inline.is_none() => test.host_only = true,
             ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
             ("build" | "run" | "test", _) => {
@@ -202,6 +224,9 @@ mod tests {
             firmware: Firmware::Uefi,
             cpu: Some("host".into()),
             timeout_s: 30,
+            guest: None,
+            entry: None,
+            ram_mib: None,
         };
         assert_eq!(
             p("run --release --emulator qemu --firmware uefi --cpu host --timeout 30"),
@@ -245,6 +270,18 @@ mod tests {
             .unwrap_err()
             .0
             .contains("unknown option"));
+    }
+
+    #[test]
+    fn run_takes_a_guest_entry_and_ram() {
+        let Ok(Command::Run(r)) = p("run --guest boot.bin --entry real:0x7c00 --ram 32") else {
+            panic!("expected run");
+        };
+        assert_eq!(r.guest.as_deref(), Some("boot.bin"));
+        assert_eq!(r.entry.as_deref(), Some("real:0x7c00"));
+        assert_eq!(r.ram_mib, Some(32));
+        assert!(p("run --ram lots").unwrap_err().0.contains("--ram"));
+        assert!(p("run --guest").unwrap_err().0.contains("needs a value"));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use hypervisor::config::Config;
 
 use crate::cli::{Firmware, TestArgs};
-use crate::emulator::{self, Emulator, Ending, RunSpec};
-use crate::image;
+use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::{guest_input, guests, image};
 
 /// One end-to-end case: boot, then require a status and console lines.
 pub struct Case {
@@ -22,6 +22,28 @@ pub struct Case {
     pub expect_lines: &'static [&'static str],
     /// None of these may appear.
     pub forbid: &'static [&'static str],
+    /// The guest to run; `None` boots without one (the capability probe only).
+    pub guest: Option<GuestSpec>,
+    /// What the `sluice-stats` line must say, for runs with a guest.
+    pub stats: Option<StatsExpect>,
+}
+
+/// A built-in guest, booted by name, or — with `entry` — as a user's file would be
+/// (the built binary's path plus an explicit `--entry`).
+pub struct GuestSpec {
+    pub name: &'static str,
+    pub entry: Option<&'static str>,
+}
+
+pub struct StatsExpect {
+    pub end: &'static str,
+    pub exit_code: u32,
+    /// `exits.<reason>` must be at least this.
+    pub exits_at_least: &'static [(&'static str, u64)],
+}
+
+const fn guest(name: &'static str) -> Option<GuestSpec> {
+    Some(GuestSpec { name, entry: None })
 }
 
 const BOCHS: Emulator = Emulator::Bochs;
@@ -53,6 +75,8 @@ pub const CASES: &[Case] = &[
             "sluice: exit status 0",
         ],
         forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
     },
     Case {
         name: "bochs-penryn-no-ept",
@@ -69,6 +93,8 @@ pub const CASES: &[Case] = &[
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
     },
     Case {
         // Nehalem: EPT and VPID, but unrestricted guest came with Westmere.
@@ -85,6 +111,8 @@ pub const CASES: &[Case] = &[
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
     },
     Case {
         name: "bochs-ryzen-no-vmx",
@@ -94,6 +122,8 @@ pub const CASES: &[Case] = &[
         expect_status: 1,
         expect_lines: &[BANNER, NO_VMX, "sluice: exit status 1"],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
     },
     Case {
         name: "qemu-bios-no-vmx",
@@ -108,6 +138,8 @@ pub const CASES: &[Case] = &[
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
     },
     Case {
         name: "qemu-uefi-no-vmx",
@@ -122,6 +154,159 @@ pub const CASES: &[Case] = &[
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
+    },
+    Case {
+        name: "bochs-hello64",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "vmx: ready",
+            "sluice: guest hello64 (elf64",
+            "hello from a 64-bit guest",
+            "hypercall print works",
+            "cpuid: hypervisor sluicesluice",
+            "cpuid: vmx hidden",
+            "guest: done",
+            "sluice-stats: ",
+            "sluice: exit status 0",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: guest("hello64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 2)],
+        }),
+    },
+    Case {
+        name: "bochs-hello-real",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "hello from real mode",
+            "real-mode hypercall works",
+            "sluicesluice",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: guest("hello-real"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 1)],
+        }),
+    },
+    Case {
+        // The user's-boot-sector path: a file plus `--entry real:0x7c00`.
+        name: "bochs-user-boot-sector",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "sluice: guest hello-real.bin (real:0x7c00",
+            "hello from real mode",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: Some(GuestSpec {
+            name: "hello-real",
+            entry: Some("real:0x7c00"),
+        }),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[],
+        }),
+    },
+    Case {
+        name: "bochs-vmxon-gets-ud",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &["guest: caught #UD"],
+        forbid: &["vmxon did not fault", "EXCEPTION", "PANIC"],
+        guest: guest("vmxon64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("vmxon", 1)],
+        }),
+    },
+    Case {
+        name: "bochs-unknown-msr-gets-gp",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &["guest: caught #GP"],
+        forbid: &["EXCEPTION", "PANIC"],
+        guest: guest("badmsr64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("rdmsr", 1)],
+        }),
+    },
+    Case {
+        name: "bochs-triple-fault-64",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "guest: about to triple-fault",
+            "sluice: guest stopped: triple fault at rip=",
+        ],
+        forbid: &["EXCEPTION", "PANIC"],
+        guest: guest("triple64"),
+        stats: Some(StatsExpect {
+            end: "triple-fault",
+            exit_code: 0,
+            exits_at_least: &[("triple_fault", 1)],
+        }),
+    },
+    Case {
+        name: "bochs-triple-fault-real",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "real: about to triple-fault",
+            "sluice: guest stopped: triple fault at rip=",
+        ],
+        forbid: &["EXCEPTION", "PANIC"],
+        guest: guest("triple-real"),
+        stats: Some(StatsExpect {
+            end: "triple-fault",
+            exit_code: 0,
+            exits_at_least: &[("triple_fault", 1)],
+        }),
+    },
+    Case {
+        name: "bochs-memory-outside-ram",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 4,
+        expect_lines: &[
+            "guest: touching 0x3fe00000",
+            "EPT violation",
+            "gpa=0x3fe00000",
+        ],
+        forbid: &["no EPT violation", "EXCEPTION", "PANIC"],
+        guest: guest("ept64"),
+        stats: Some(StatsExpect {
+            end: "ept-violation",
+            exit_code: 0,
+            exits_at_least: &[("ept_violation", 1)],
+        }),
     },
 ];
 
@@ -159,6 +344,53 @@ pub fn judge(case: &Case, ending: &Ending, console: &str) -> Result<(), String> 
             ));
         }
     }
+    if let (Some(want), Some(spec)) = (&case.stats, &case.guest) {
+        check_stats(console, spec, want)?;
+    }
+    Ok(())
+}
+
+/// Parses the one `sluice-stats: {json}` line and checks it against `want`.
+pub fn check_stats(console: &str, spec: &GuestSpec, want: &StatsExpect) -> Result<(), String> {
+    let lines: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
+        .collect();
+    let [json] = lines[..] else {
+        return Err(format!(
+            "expected one sluice-stats line, found {}",
+            lines.len()
+        ));
+    };
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("sluice-stats is not valid JSON ({e}): {json}"))?;
+    let guest = v["guest"].as_str().unwrap_or_default();
+    if !guest.starts_with(spec.name) {
+        return Err(format!(
+            "sluice-stats guest is {guest:?}, expected {:?}",
+            spec.name
+        ));
+    }
+    if v["end"] != want.end {
+        return Err(format!(
+            "sluice-stats end is {}, expected {:?}",
+            v["end"], want.end
+        ));
+    }
+    if v["exit_code"] != want.exit_code {
+        return Err(format!(
+            "sluice-stats exit_code is {}, expected {}",
+            v["exit_code"], want.exit_code
+        ));
+    }
+    for (reason, min) in want.exits_at_least {
+        let n = v["exits"][reason].as_u64().unwrap_or(0);
+        if n < *min {
+            return Err(format!(
+                "sluice-stats exits.{reason} is {n}, expected at least {min}: {json}"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -168,7 +400,14 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     println!("xtask: host unit tests");
     let status = Command::new(&cargo)
         .current_dir(&root)
-        .args(["test", "--workspace", "--exclude", "sluice-boot"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "sluice-boot",
+            "--exclude",
+            "sluice-guests",
+        ])
         .status()
         .map_err(|e| format!("could not run cargo test: {e}"))?;
     if !status.success() {
@@ -179,6 +418,7 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     }
 
     let kernel = image::build_kernel(args.release)?;
+    guests::build_all(args.release)?;
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
@@ -187,30 +427,44 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     let (mut passed, mut failed) = (0, 0);
     for case in cases {
         let started = Instant::now();
-        let dir = crate::run_dir(case.name);
-        let config = Config {
-            platform: crate::platform_of(&case.emulator),
-            ..Config::default()
+        let prepared = match &case.guest {
+            None => None,
+            Some(GuestSpec { name, entry: None }) => {
+                Some(guest_input::prepare(Some(name), None, None, args.release)?)
+            }
+            Some(GuestSpec {
+                name,
+                entry: Some(entry),
+            }) => {
+                let path = guests::build(name, args.release)?.path;
+                let path = path.to_str().ok_or("non-UTF-8 guest path")?.to_string();
+                Some(guest_input::prepare(
+                    Some(&path),
+                    Some(entry),
+                    None,
+                    args.release,
+                )?)
+            }
         };
-        let images = image::make_images(
-            &kernel,
-            &image::payload_bytes(&config, &[]),
-            &dir.join("image"),
-        )?;
-        let spec = RunSpec {
+        let payload = match &prepared {
+            None => {
+                let config = Config {
+                    platform: crate::platform_of(&case.emulator),
+                    ..Config::default()
+                };
+                image::payload_bytes(&config, &[])
+            }
+            Some(g) => image::payload_bytes(&crate::run_config(g, &case.emulator), &g.bytes),
+        };
+        let machine = Machine {
             emulator: case.emulator.clone(),
             firmware: case.firmware,
             cpu: case.cpu.map(String::from),
+            ram_mib: 64,
             timeout: Duration::from_secs(120),
-            image: match case.firmware {
-                Firmware::Bios => images.bios,
-                Firmware::Uefi => images.uefi,
-            },
-            workdir: dir.join("emulator"),
             echo: false,
         };
-        let outcome = emulator::run(&spec);
-        let _ = std::fs::remove_dir_all(&dir);
+        let outcome = emulator::boot(case.name, &kernel, &payload, machine);
         let verdict = outcome.and_then(|o| {
             judge(case, &o.ending, &o.console)
                 .map_err(|e| (e, o.console))
@@ -251,6 +505,8 @@ mod tests {
         expect_status: 1,
         expect_lines: &["a", "b"],
         forbid: &["PANIC"],
+        guest: None,
+        stats: None,
     };
 
     #[test]
@@ -282,6 +538,42 @@ mod tests {
         assert!(judge(&CASE, &Ending::Status(1), "a b\nPANIC x")
             .unwrap_err()
             .contains("forbidden"));
+    }
+
+    const SPEC: GuestSpec = GuestSpec {
+        name: "hello64",
+        entry: None,
+    };
+    const WANT: StatsExpect = StatsExpect {
+        end: "hypercall",
+        exit_code: 0,
+        exits_at_least: &[("cpuid", 2)],
+    };
+
+    #[test]
+    fn stats_line_is_parsed_and_checked() {
+        let ok = "x\nsluice-stats: {\"guest\":\"hello64\",\"end\":\"hypercall\",\"exit_code\":0,\"exits\":{\"cpuid\":3}}\r\n";
+        assert_eq!(check_stats(ok, &SPEC, &WANT), Ok(()));
+        let few = ok.replace("\"cpuid\":3", "\"cpuid\":1");
+        assert!(check_stats(&few, &SPEC, &WANT)
+            .unwrap_err()
+            .contains("at least 2"));
+        let end = ok.replace("hypercall", "halt");
+        assert!(check_stats(&end, &SPEC, &WANT).unwrap_err().contains("end"));
+        let code = ok.replace("\"exit_code\":0", "\"exit_code\":1");
+        assert!(check_stats(&code, &SPEC, &WANT)
+            .unwrap_err()
+            .contains("exit_code"));
+        assert!(check_stats("sluice-stats: {oops", &SPEC, &WANT)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(check_stats("nothing", &SPEC, &WANT)
+            .unwrap_err()
+            .contains("found 0"));
+        let twice = format!("{ok}{ok}");
+        assert!(check_stats(&twice, &SPEC, &WANT)
+            .unwrap_err()
+            .contains("found 2"));
     }
 
     #[test]

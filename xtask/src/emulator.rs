@@ -14,24 +14,41 @@ use crate::host;
 
 pub const DEFAULT_BOCHS_CPU: &str = "corei7_skylake_x";
 
+/// Memory the emulated machine has beyond guest RAM (firmware, bootloader, sluice's
+/// kernel, VMX structures, EPT).
+const HOST_OVERHEAD_MIB: u32 = 128;
+
+pub fn machine_mib(spec: &RunSpec) -> u32 {
+    spec.machine.ram_mib.saturating_add(HOST_OVERHEAD_MIB)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Emulator {
     Qemu { kvm: bool },
     Bochs,
 }
 
+/// The emulated machine a run uses.
 #[derive(Clone, Debug)]
-pub struct RunSpec {
+pub struct Machine {
     pub emulator: Emulator,
     pub firmware: Firmware,
     pub cpu: Option<String>,
+    /// Guest RAM; the machine gets this plus room for the firmware, bootloader and
+    /// sluice itself.
+    pub ram_mib: u32,
     pub timeout: Duration,
+    /// Copy the console to our stdout as it arrives.
+    pub echo: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub machine: Machine,
     pub image: PathBuf,
     /// A fresh folder for this run (bochsrc, serial log, firmware variables); removed
     /// when the run ends.
     pub workdir: PathBuf,
-    /// Copy the console to our stdout as it arrives.
-    pub echo: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +86,7 @@ pub fn qemu_debug_exit_status(code: i32) -> Option<u32> {
 }
 
 pub fn bochsrc(spec: &RunSpec, disk: &Path, serial: &Path) -> String {
-    let cpu = spec.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
+    let cpu = spec.machine.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
     format!(
         "# written by cargo xtask for one run\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
@@ -77,7 +94,7 @@ pub fn bochsrc(spec: &RunSpec, disk: &Path, serial: &Path) -> String {
          vga: extension=vbe\n\
          display_library: x\n\
          cpu: model={cpu}, count=1, ips=200000000, reset_on_triple_fault=0\n\
-         memory: guest=256, host=256\n\
+         memory: guest={mem}, host={mem}\n\
          ata0-master: type=disk, path={disk}, mode=flat\n\
          boot: disk\n\
          clock: sync=none, time0=local\n\
@@ -91,6 +108,7 @@ pub fn bochsrc(spec: &RunSpec, disk: &Path, serial: &Path) -> String {
          debug: action=ignore\n",
         disk = disk.display(),
         serial = serial.display(),
+        mem = machine_mib(spec),
     )
 }
 
@@ -113,15 +131,17 @@ pub fn qemu_args(spec: &RunSpec, vars: Option<&Path>) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.push("-m".into());
+    args.push(format!("{}M", machine_mib(spec)));
     args.push("-drive".into());
     args.push(format!("format=raw,file={}", spec.image.display()));
-    if let Emulator::Qemu { kvm: true } = spec.emulator {
+    if let Emulator::Qemu { kvm: true } = spec.machine.emulator {
         args.extend(["-accel".into(), "kvm".into()]);
         args.extend([
             "-cpu".into(),
-            spec.cpu.clone().unwrap_or_else(|| "host".into()),
+            spec.machine.cpu.clone().unwrap_or_else(|| "host".into()),
         ]);
-    } else if let Some(cpu) = &spec.cpu {
+    } else if let Some(cpu) = &spec.machine.cpu {
         args.extend(["-cpu".into(), cpu.clone()]);
     }
     if let Some(vars) = vars {
@@ -136,11 +156,36 @@ pub fn qemu_args(spec: &RunSpec, vars: Option<&Path>) -> Vec<String> {
     args
 }
 
+/// Makes the disk images for `payload` in a run folder of its own (`name` in
+/// target/sluice/runs), boots the one `machine.firmware` needs and removes the folder.
+pub fn boot(
+    name: &str,
+    kernel: &Path,
+    payload: &[u8],
+    machine: Machine,
+) -> Result<Outcome, String> {
+    let dir = crate::run_dir(name);
+    let result =
+        crate::image::make_images(kernel, payload, &dir.join("image")).and_then(|images| {
+            let image = match machine.firmware {
+                Firmware::Bios => images.bios,
+                Firmware::Uefi => images.uefi,
+            };
+            run(&RunSpec {
+                machine,
+                image,
+                workdir: dir.join("emulator"),
+            })
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 pub fn run(spec: &RunSpec) -> Result<Outcome, String> {
     let _ = std::fs::remove_dir_all(&spec.workdir);
     std::fs::create_dir_all(&spec.workdir)
         .map_err(|e| format!("creating {}: {e}", spec.workdir.display()))?;
-    let result = match spec.emulator {
+    let result = match spec.machine.emulator {
         Emulator::Bochs => run_bochs(spec),
         Emulator::Qemu { .. } => run_qemu(spec),
     };
@@ -221,7 +266,7 @@ fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
     )?;
     let mut console = Console {
         text: Vec::new(),
-        echo: spec.echo,
+        echo: spec.machine.echo,
     };
     let mut log = std::fs::File::open(&serial).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -258,7 +303,7 @@ fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
                 break Ending::Status(reported_status(&console.string()).unwrap_or(0));
             }
         }
-        if start.elapsed() > spec.timeout {
+        if start.elapsed() > spec.machine.timeout {
             stop_group(&mut child);
             break Ending::Hang;
         }
@@ -284,7 +329,7 @@ fn tail(dir: &Path, name: &str) -> String {
 }
 
 fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
-    let vars = match spec.firmware {
+    let vars = match spec.machine.firmware {
         Firmware::Bios => {
             host::ensure(host::QEMU_BIOS)?;
             None
@@ -325,7 +370,7 @@ fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
     });
     let mut console = Console {
         text: Vec::new(),
-        echo: spec.echo,
+        echo: spec.machine.echo,
     };
     let ending = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
@@ -350,7 +395,7 @@ fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
                 }
             };
         }
-        if start.elapsed() > spec.timeout {
+        if start.elapsed() > spec.machine.timeout {
             stop_group(&mut child);
             break Ending::Hang;
         }
@@ -368,13 +413,16 @@ mod tests {
 
     fn spec(emulator: Emulator, firmware: Firmware, cpu: Option<&str>) -> RunSpec {
         RunSpec {
-            emulator,
-            firmware,
-            cpu: cpu.map(String::from),
-            timeout: Duration::from_secs(1),
+            machine: Machine {
+                emulator,
+                firmware,
+                cpu: cpu.map(String::from),
+                ram_mib: 64,
+                timeout: Duration::from_secs(1),
+                echo: false,
+            },
             image: PathBuf::from("/img/sluice-bios.img"),
             workdir: PathBuf::from("/run"),
-            echo: false,
         }
     }
 
@@ -407,6 +455,7 @@ mod tests {
         assert!(rc.contains("com1: enabled=1, mode=file, dev=/r/s.log"));
         assert!(rc.contains("magic_break: enabled=1"));
         assert!(rc.contains("reset_on_triple_fault=0"));
+        assert!(rc.contains("memory: guest=192, host=192"));
         let rc = bochsrc(
             &spec(Emulator::Bochs, Firmware::Bios, Some("ryzen")),
             Path::new("d"),
@@ -423,6 +472,7 @@ mod tests {
         );
         let s = tcg.join(" ");
         assert!(s.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(s.contains("-m 192M"));
         assert!(s.contains("format=raw,file=/img/sluice-bios.img"));
         assert!(!s.contains("kvm") && !s.contains("pflash"));
         let kvm = qemu_args(

@@ -3,6 +3,8 @@
 mod cli;
 mod e2e;
 mod emulator;
+mod guest_input;
+mod guests;
 mod host;
 mod image;
 
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cli::{Command, Emulator as EmulatorChoice, Firmware, RunArgs};
-use emulator::{Emulator, Ending, RunSpec};
+use emulator::{Emulator, Ending, Machine};
 use hypervisor::config::{Config, Platform};
 
 fn main() -> ExitCode {
@@ -97,34 +99,38 @@ fn platform_of(emulator: &Emulator) -> Platform {
     }
 }
 
+/// The run configuration for a prepared guest on an emulator.
+pub fn run_config<'a>(guest: &'a guest_input::PreparedGuest, emulator: &Emulator) -> Config<'a> {
+    Config {
+        platform: platform_of(emulator),
+        guest_name: &guest.name,
+        guest_entry: guest.entry,
+        guest_load: None,
+        ram_mib: guest.ram_mib,
+    }
+}
+
 fn run(args: &RunArgs) -> Result<u8, String> {
+    // Everything the user passed is checked before anything is built or booted.
+    let guest = guest_input::prepare(
+        args.guest.as_deref(),
+        args.entry.as_deref(),
+        args.ram_mib,
+        args.release,
+    )?;
     let emulator = choose_emulator(args);
     let kernel = image::build_kernel(args.release)?;
-    let config = Config {
-        platform: platform_of(&emulator),
-        ..Config::default()
-    };
-    let dir = run_dir("run");
-    let images = image::make_images(
-        &kernel,
-        &image::payload_bytes(&config, &[]),
-        &dir.join("image"),
-    )?;
-    let spec = RunSpec {
+    let config = run_config(&guest, &emulator);
+    let machine = Machine {
         emulator,
         firmware: args.firmware,
         cpu: args.cpu.clone(),
+        ram_mib: guest.ram_mib,
         timeout: Duration::from_secs(args.timeout_s),
-        image: match args.firmware {
-            Firmware::Bios => images.bios,
-            Firmware::Uefi => images.uefi,
-        },
-        workdir: dir.join("emulator"),
         echo: true,
     };
-    let outcome = emulator::run(&spec);
-    let _ = std::fs::remove_dir_all(&dir);
-    let outcome = outcome?;
+    let payload = image::payload_bytes(&config, &guest.bytes);
+    let outcome = emulator::boot("run", &kernel, &payload, machine)?;
     match outcome.ending {
         Ending::Status(s) => {
             eprintln!(
