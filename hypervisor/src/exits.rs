@@ -490,8 +490,20 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     /// HLT ends the guest whether or not interrupts are enabled: no device
     /// raises interrupts yet. The device models add wake-ups (HLT with
     /// RFLAGS.IF = 1 then waits for the next interrupt).
+    /// HLT with interrupts off stops the guest for good (nothing but an NMI could
+    /// wake it, and sluice sends none): Linux's power-off ends this way. With
+    /// interrupts on, the guest waits for one: RIP moves past the HLT and the guest
+    /// goes into the HLT activity state (SDM 25.4.2); the run loop injects the next
+    /// interrupt, which wakes it, or arms the preemption timer for the next timer
+    /// event, or ends the guest if no interrupt source could ever wake it.
     fn hlt(&mut self) -> ExitAction {
-        end(EndKind::Halt)
+        if self.read(VmcsField::GuestRflags) & RFLAGS_IF == 0 {
+            return end(EndKind::Halt);
+        }
+        self.advance_rip();
+        self.vmcs
+            .write(VmcsField::GuestActivityState, crate::irq::ACTIVITY_HLT);
+        ExitAction::Resume
     }
 
     /// INVD is emulated as WBINVD: discarding the host's dirty cache lines
@@ -1634,19 +1646,29 @@ mod tests {
     // ----- HLT, INVD/WBINVD, VMX instructions -----
 
     #[test]
-    fn hlt_ends_the_guest() {
-        for rflags in [0x2u64, 0x202] {
-            let mut h = Harness::long();
-            h.vmcs.write(VmcsField::GuestRflags, rflags);
-            h.exit_on(er::HLT, 0);
-            assert_eq!(h.run(), end(EndKind::Halt));
-            let text = h.describe(EndKind::Halt);
-            let irq = if rflags == 0x2 { "disabled" } else { "enabled" };
-            assert_eq!(
-                text,
-                format!("sluice: guest stopped: HLT at rip=0x7000 with interrupts {irq}\n")
-            );
-        }
+    fn hlt_with_interrupts_off_ends_the_guest() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestRflags, 0x2);
+        h.exit_on(er::HLT, 0);
+        assert_eq!(h.run(), end(EndKind::Halt));
+        assert_eq!(
+            h.describe(EndKind::Halt),
+            "sluice: guest stopped: HLT at rip=0x7000 with interrupts disabled\n"
+        );
+    }
+
+    #[test]
+    fn hlt_with_interrupts_on_waits_in_the_hlt_activity_state() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestRflags, 0x202);
+        h.exit_on(er::HLT, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        assert_eq!(h.vmcs.read(VmcsField::GuestActivityState), crate::irq::ACTIVITY_HLT);
+        assert_eq!(
+            h.describe(EndKind::Halt),
+            "sluice: guest stopped: HLT at rip=0x7002 with interrupts enabled\n"
+        );
     }
 
     #[test]

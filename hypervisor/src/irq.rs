@@ -1,0 +1,166 @@
+//! Delivering the virtual PIC's interrupts into the guest (SDM Vol. 3C 27.6 "Event
+//! Injection", 25.4.2 interruptibility state, 26.7.5 interrupt-window exiting).
+//!
+//! Before every VM entry the run loop asks the interrupt controller for a pending
+//! vector. If the guest can take an external interrupt now (RFLAGS.IF = 1, no blocking
+//! by STI or MOV SS, no other event already being injected), the vector is
+//! acknowledged (the INTA cycle) and injected, and a guest sitting in the HLT activity
+//! state is woken. Otherwise interrupt-window exiting is switched on so the CPU exits
+//! the moment the guest opens the window, and delivery is retried then. The
+//! controller is only acknowledged when the interrupt is really injected, so nothing
+//! is lost or delivered twice.
+
+use crate::vmcs::{external_interrupt, Vmcs, VmcsField, INTERRUPTION_INFO_VALID};
+use crate::vmx_caps::PrimaryControls;
+
+/// What delivers external interrupts to the guest: the 8259A pair on a PC.
+pub trait InterruptController {
+    /// The vector the controller would hand out on INTA now, if its INT output is up.
+    fn pending_vector(&self) -> Option<u8>;
+    /// The INTA cycle: marks the interrupt in service and returns its vector.
+    fn acknowledge(&mut self) -> u8;
+}
+
+/// RFLAGS.IF (SDM Vol. 1 3.4.3).
+const RFLAGS_IF: u64 = 1 << 9;
+/// Interruptibility state: blocking by STI (bit 0), by MOV SS (bit 1).
+const BLOCKING_STI_MOVSS: u64 = 0b11;
+/// Guest activity states (SDM 25.4.2).
+pub const ACTIVITY_ACTIVE: u64 = 0;
+pub const ACTIVITY_HLT: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// This vector will be delivered by the next VM entry.
+    Injected(u8),
+    /// An interrupt is pending but the guest cannot take it yet; the CPU will exit
+    /// when it can (interrupt-window exiting).
+    Waiting,
+    /// Nothing is pending.
+    Idle,
+}
+
+/// Whether the guest could take an external interrupt at the next VM entry.
+pub fn guest_interruptible(vmcs: &impl Vmcs) -> bool {
+    vmcs.read(VmcsField::GuestRflags) & RFLAGS_IF != 0
+        && vmcs.read(VmcsField::GuestInterruptibilityState) & BLOCKING_STI_MOVSS == 0
+        && vmcs.read(VmcsField::EntryInterruptionInfo) & u64::from(INTERRUPTION_INFO_VALID) == 0
+}
+
+fn set_window_exiting(vmcs: &mut impl Vmcs, on: bool) {
+    let bit = u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
+    let controls = vmcs.read(VmcsField::PrimaryProcControls);
+    let new = if on { controls | bit } else { controls & !bit };
+    if new != controls {
+        vmcs.write(VmcsField::PrimaryProcControls, new);
+    }
+}
+
+/// Injects the controller's pending interrupt if the guest can take it, or arranges
+/// an exit for when it can.
+pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Delivery {
+    if pic.pending_vector().is_none() {
+        set_window_exiting(vmcs, false);
+        return Delivery::Idle;
+    }
+    if !guest_interruptible(vmcs) {
+        set_window_exiting(vmcs, true);
+        return Delivery::Waiting;
+    }
+    let vector = pic.acknowledge();
+    vmcs.write(VmcsField::EntryInterruptionInfo, u64::from(external_interrupt(vector)));
+    // An external interrupt ends the HLT state (SDM 27.3.1.5 allows injecting it into a
+    // halted guest with IF = 1; the guest resumes after the HLT).
+    if vmcs.read(VmcsField::GuestActivityState) == ACTIVITY_HLT {
+        vmcs.write(VmcsField::GuestActivityState, ACTIVITY_ACTIVE);
+    }
+    set_window_exiting(vmcs, false);
+    Delivery::Injected(vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmcs::SoftVmcs;
+
+    struct FakePic {
+        pending: Option<u8>,
+        acks: u32,
+    }
+
+    impl InterruptController for FakePic {
+        fn pending_vector(&self) -> Option<u8> {
+            self.pending
+        }
+        fn acknowledge(&mut self) -> u8 {
+            self.acks += 1;
+            self.pending.take().unwrap_or(0x27)
+        }
+    }
+
+    fn vmcs(rflags: u64, interruptibility: u64) -> SoftVmcs {
+        let mut v = SoftVmcs::new();
+        v.write(VmcsField::GuestRflags, rflags);
+        v.write(VmcsField::GuestInterruptibilityState, interruptibility);
+        v.write(VmcsField::PrimaryProcControls, 0x8000_0080);
+        v
+    }
+
+    #[test]
+    fn pending_interrupt_is_acknowledged_and_injected_when_if_is_set() {
+        let mut v = vmcs(0x202, 0);
+        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
+        assert_eq!(v.read(VmcsField::EntryInterruptionInfo), 0x8000_0020);
+        assert_eq!(pic.acks, 1);
+        assert_eq!(v.read(VmcsField::PrimaryProcControls) & 4, 0);
+    }
+
+    #[test]
+    fn if_clear_requests_an_interrupt_window_and_does_not_acknowledge() {
+        let mut v = vmcs(0x2, 0);
+        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
+        assert_eq!(pic.acks, 0);
+        assert_eq!(v.read(VmcsField::PrimaryProcControls), 0x8000_0084);
+        assert_eq!(v.read(VmcsField::EntryInterruptionInfo), 0);
+    }
+
+    #[test]
+    fn sti_and_mov_ss_blocking_delay_delivery() {
+        for blocking in [1, 2] {
+            let mut v = vmcs(0x202, blocking);
+            let mut pic = FakePic { pending: Some(0x21), acks: 0 };
+            assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
+            assert_eq!(pic.acks, 0);
+        }
+    }
+
+    #[test]
+    fn an_event_already_being_injected_is_not_overwritten() {
+        let mut v = vmcs(0x202, 0);
+        v.write(VmcsField::EntryInterruptionInfo, 0x8000_0B0D); // #GP(0)
+        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
+        assert_eq!(v.read(VmcsField::EntryInterruptionInfo), 0x8000_0B0D);
+        assert_eq!(pic.acks, 0);
+    }
+
+    #[test]
+    fn nothing_pending_turns_window_exiting_off() {
+        let mut v = vmcs(0x2, 0);
+        v.write(VmcsField::PrimaryProcControls, 0x8000_0084);
+        let mut pic = FakePic { pending: None, acks: 0 };
+        assert_eq!(deliver(&mut v, &mut pic), Delivery::Idle);
+        assert_eq!(v.read(VmcsField::PrimaryProcControls), 0x8000_0080);
+    }
+
+    #[test]
+    fn injecting_into_a_halted_guest_wakes_it() {
+        let mut v = vmcs(0x202, 0);
+        v.write(VmcsField::GuestActivityState, ACTIVITY_HLT);
+        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
+        assert_eq!(v.read(VmcsField::GuestActivityState), ACTIVITY_ACTIVE);
+    }
+}
