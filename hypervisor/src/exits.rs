@@ -1138,7 +1138,8 @@ pub const fn entry_failure_detail(q: u64) -> &'static str {
 mod tests {
     use super::*;
     use crate::guest_mem::SliceMemory;
-    use crate::iobus::{ConsoleSink, ConsoleUart, PortDevice};
+    use crate::iobus::{ConsoleSink, PortDevice};
+    use crate::uart16550::Uart16550;
     use crate::vmcs::SoftVmcs;
 
     const RAM: usize = 4 << 20;
@@ -1445,7 +1446,7 @@ mod tests {
         h.vmcs.write(VmcsField::ExitInstructionInfo, ioinfo(2, 3));
         h.vmcs.write(VmcsField::GuestDsBase, 0xDEAD_0000); // ignored in 64-bit mode
         h.exit_on(er::IO_INSTRUCTION, ioq(0x3F8, 1, false, true, true));
-        let mut uart = ConsoleUart::new(VecSink::default());
+        let mut uart = Uart16550::new(0x3F8, VecSink::default());
         let mut bus = IoBus::new();
         bus.register(uart.ports(), &mut uart).unwrap();
         let a = h.run_with(&mut bus);
@@ -1664,7 +1665,10 @@ mod tests {
         h.exit_on(er::HLT, 0);
         let a = h.run();
         h.assert_retired(a);
-        assert_eq!(h.vmcs.read(VmcsField::GuestActivityState), crate::irq::ACTIVITY_HLT);
+        assert_eq!(
+            h.vmcs.read(VmcsField::GuestActivityState),
+            crate::irq::ACTIVITY_HLT
+        );
         assert_eq!(
             h.describe(EndKind::Halt),
             "sluice: guest stopped: HLT at rip=0x7002 with interrupts enabled\n"

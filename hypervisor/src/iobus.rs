@@ -7,9 +7,6 @@
 //! [`TOP_UNKNOWN`] ports) so a run's `sluice-stats` line shows what a guest
 //! probed. Port 0x80 (the POST-code / IO-delay port written by firmware and
 //! Linux's `outb_p`) is accepted silently unless a device claims it.
-//!
-//! Also here: [`ConsoleUart`], a minimal polled-output stand-in for the COM1
-//! 16550A until the full device model replaces it.
 
 use core::ops::RangeInclusive;
 
@@ -220,141 +217,31 @@ impl<'a> IoBus<'a> {
     }
 }
 
-/// Where [`ConsoleUart`] sends transmitted bytes.
+/// A device shared between the bus and the rest of the hypervisor: the bus holds
+/// `&mut` to each registered device for its whole life, while the run loop also needs
+/// the device between exits (the PIC to acknowledge interrupts, the UART's interrupt
+/// line, the PIT's clock). A `&RefCell<T>` on the bus gives both, and one device can be
+/// registered under several port ranges (the PIC's 0x20, 0xA0 and 0x4D0). Accesses
+/// never overlap (one CPU, no re-entry); if the cell were busy anyway, a read returns
+/// all-ones and a write is dropped, as for an absent device, instead of panicking.
+impl<T: PortDevice> PortDevice for &core::cell::RefCell<T> {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        match self.try_borrow_mut() {
+            Ok(mut d) => d.read(port, size),
+            Err(_) => size_mask(size),
+        }
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        if let Ok(mut d) = self.try_borrow_mut() {
+            d.write(port, size, value);
+        }
+    }
+}
+
+/// Where a UART model sends transmitted bytes (the kernel's console).
 pub trait ConsoleSink {
     fn write_bytes(&mut self, bytes: &[u8]);
-}
-
-/// COM1's base port.
-pub const COM1_BASE: u16 = 0x3F8;
-
-// 16550A register offsets and bits (PC16550D datasheet; the register set is
-// the one every PC UART driver polls).
-const THR_RBR_DLL: u16 = 0;
-const IER_DLM: u16 = 1;
-const IIR_FCR: u16 = 2;
-const LCR: u16 = 3;
-const MCR: u16 = 4;
-const LSR: u16 = 5;
-const MSR: u16 = 6;
-const SCR: u16 = 7;
-const LCR_DLAB: u8 = 1 << 7;
-const MCR_LOOP: u8 = 1 << 4;
-/// LSR: transmit holding register empty | transmitter empty.
-const LSR_IDLE: u8 = 0x60;
-/// IIR: no interrupt pending.
-const IIR_NONE: u8 = 0x01;
-/// MSR: DCD | DSR | CTS — a connected, ready terminal.
-const MSR_READY: u8 = 0xB0;
-
-/// A 16550A stand-in for polled console output. Transmitted bytes go straight
-/// to the sink, the line is always idle, nothing is ever received and no
-/// interrupt is raised. Divisor, IER, LCR, MCR and scratch hold what the guest
-/// writes so drivers' probes (scratch and loopback tests) pass. Only the low
-/// byte of wider accesses is used; the rest of a read is zero.
-pub struct ConsoleUart<S: ConsoleSink> {
-    base: u16,
-    sink: S,
-    ier: u8,
-    lcr: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-}
-
-impl<S: ConsoleSink> ConsoleUart<S> {
-    /// A UART at COM1 (0x3F8..=0x3FF).
-    pub fn new(sink: S) -> Self {
-        Self::at(COM1_BASE, sink)
-    }
-
-    /// A UART at `base..=base + 7`.
-    pub fn at(base: u16, sink: S) -> Self {
-        ConsoleUart {
-            base,
-            sink,
-            ier: 0,
-            lcr: 0,
-            mcr: 0,
-            scr: 0,
-            // 115200 baud divisor, as firmware leaves it.
-            dll: 1,
-            dlm: 0,
-        }
-    }
-
-    /// The port range to register on an [`IoBus`].
-    pub fn ports(&self) -> RangeInclusive<u16> {
-        self.base..=self.base.saturating_add(7)
-    }
-
-    pub fn sink(&self) -> &S {
-        &self.sink
-    }
-
-    pub fn sink_mut(&mut self) -> &mut S {
-        &mut self.sink
-    }
-
-    pub fn into_sink(self) -> S {
-        self.sink
-    }
-
-    fn dlab(&self) -> bool {
-        self.lcr & LCR_DLAB != 0
-    }
-
-    fn offset(&self, port: u16) -> u16 {
-        port.wrapping_sub(self.base) & 7
-    }
-
-    fn read_reg(&self, offset: u16) -> u8 {
-        match offset {
-            THR_RBR_DLL if self.dlab() => self.dll,
-            // No received data.
-            THR_RBR_DLL => 0,
-            IER_DLM if self.dlab() => self.dlm,
-            IER_DLM => self.ier,
-            IIR_FCR => IIR_NONE,
-            LCR => self.lcr,
-            MCR => self.mcr,
-            LSR => LSR_IDLE,
-            MSR if self.mcr & MCR_LOOP != 0 => {
-                // Loopback: DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
-                let m = self.mcr;
-                ((m & 1) << 5) | ((m & 2) << 3) | ((m & 4) << 4) | ((m & 8) << 4)
-            }
-            MSR => MSR_READY,
-            _ => self.scr,
-        }
-    }
-
-    fn write_reg(&mut self, offset: u16, v: u8) {
-        match offset {
-            THR_RBR_DLL if self.dlab() => self.dll = v,
-            // In loopback the byte would come back to the receiver, not the line.
-            THR_RBR_DLL if self.mcr & MCR_LOOP == 0 => self.sink.write_bytes(&[v]),
-            THR_RBR_DLL => {}
-            IER_DLM if self.dlab() => self.dlm = v,
-            IER_DLM => self.ier = v & 0x0F,
-            LCR => self.lcr = v,
-            MCR => self.mcr = v & 0x1F,
-            SCR => self.scr = v,
-            // FCR, LSR and MSR writes have no effect here.
-            _ => {}
-        }
-    }
-}
-
-impl<S: ConsoleSink> PortDevice for ConsoleUart<S> {
-    fn read(&mut self, port: u16, _size: u8) -> u32 {
-        u32::from(self.read_reg(self.offset(port)))
-    }
-
-    fn write(&mut self, port: u16, _size: u8, value: u32) {
-        self.write_reg(self.offset(port), value as u8);
-    }
 }
 
 #[cfg(test)]
@@ -374,15 +261,6 @@ mod tests {
         }
         fn write(&mut self, port: u16, size: u8, value: u32) {
             self.writes.push((port, size, value));
-        }
-    }
-
-    #[derive(Default)]
-    struct VecSink(Vec<u8>);
-
-    impl ConsoleSink for VecSink {
-        fn write_bytes(&mut self, bytes: &[u8]) {
-            self.0.extend_from_slice(bytes);
         }
     }
 
@@ -530,87 +408,5 @@ mod tests {
             }
         );
         assert_eq!(top.iter().flatten().count(), TOP_UNKNOWN);
-    }
-
-    #[test]
-    fn uart_transmits_to_the_sink() {
-        let mut uart = ConsoleUart::new(VecSink::default());
-        let mut bus = IoBus::new();
-        let range = uart.ports();
-        assert_eq!(range, 0x3F8..=0x3FF);
-        bus.register(range, &mut uart).unwrap();
-        for &b in b"hi\n" {
-            assert_eq!(bus.read(0x3FD, 1) & 0x20, 0x20);
-            bus.write(0x3F8, 1, u32::from(b));
-        }
-        assert_eq!(uart.sink().0, b"hi\n");
-        assert_eq!(uart.into_sink().0, b"hi\n");
-    }
-
-    #[test]
-    fn uart_status_registers() {
-        let mut u = ConsoleUart::new(VecSink::default());
-        assert_eq!(u.read(0x3FD, 1), 0x60);
-        assert_eq!(u.read(0x3FA, 1), 0x01);
-        assert_eq!(u.read(0x3FE, 1), 0xB0);
-        assert_eq!(u.read(0x3F8, 1), 0);
-        // Writes to read-only registers change nothing.
-        u.write(0x3FD, 1, 0);
-        u.write(0x3FA, 1, 0xC7); // FCR
-        assert_eq!(u.read(0x3FD, 1), 0x60);
-        assert_eq!(u.read(0x3FA, 1), 0x01);
-    }
-
-    #[test]
-    fn uart_stores_control_registers() {
-        let mut u = ConsoleUart::new(VecSink::default());
-        u.write(0x3FF, 1, 0x5A);
-        assert_eq!(u.read(0x3FF, 1), 0x5A);
-        u.write(0x3FB, 1, 0x03);
-        assert_eq!(u.read(0x3FB, 1), 0x03);
-        u.write(0x3F9, 1, 0xFF);
-        assert_eq!(u.read(0x3F9, 1), 0x0F);
-        u.write(0x3FC, 1, 0x0B);
-        assert_eq!(u.read(0x3FC, 1), 0x0B);
-        assert!(u.sink().0.is_empty());
-    }
-
-    #[test]
-    fn uart_divisor_latch() {
-        let mut u = ConsoleUart::new(VecSink::default());
-        u.write(0x3F9, 1, 0x05); // IER
-        u.write(0x3FB, 1, 0x83); // DLAB on, 8N1
-        u.write(0x3F8, 1, 0x0C); // DLL: not transmitted
-        u.write(0x3F9, 1, 0x00); // DLM
-        assert_eq!(u.read(0x3F8, 1), 0x0C);
-        assert_eq!(u.read(0x3F9, 1), 0x00);
-        u.write(0x3FB, 1, 0x03); // DLAB off
-        assert_eq!(u.read(0x3F9, 1), 0x05);
-        u.write(0x3F8, 1, u32::from(b'x'));
-        assert_eq!(u.sink().0, b"x");
-    }
-
-    #[test]
-    fn uart_loopback_probe() {
-        // Linux's 8250 probe: MCR = LOOP | OUT2 | RTS, expect MSR & 0xF0 == 0x90.
-        let mut u = ConsoleUart::new(VecSink::default());
-        u.write(0x3FC, 1, 0x1A);
-        assert_eq!(u.read(0x3FE, 1) & 0xF0, 0x90);
-        u.write(0x3FC, 1, 0x1F);
-        assert_eq!(u.read(0x3FE, 1), 0xF0);
-        // Loopback bytes do not reach the line.
-        u.write(0x3F8, 1, u32::from(b'z'));
-        assert!(u.sink().0.is_empty());
-        u.write(0x3FC, 1, 0x03);
-        assert_eq!(u.read(0x3FE, 1), 0xB0);
-    }
-
-    #[test]
-    fn uart_at_other_base() {
-        let mut u = ConsoleUart::at(0x2F8, VecSink::default());
-        assert_eq!(u.ports(), 0x2F8..=0x2FF);
-        u.write(0x2F8, 1, u32::from(b'k'));
-        assert_eq!(u.read(0x2FD, 1), 0x60);
-        assert_eq!(u.sink_mut().0, b"k");
     }
 }

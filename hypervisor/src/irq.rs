@@ -68,7 +68,10 @@ pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Deli
         return Delivery::Waiting;
     }
     let vector = pic.acknowledge();
-    vmcs.write(VmcsField::EntryInterruptionInfo, u64::from(external_interrupt(vector)));
+    vmcs.write(
+        VmcsField::EntryInterruptionInfo,
+        u64::from(external_interrupt(vector)),
+    );
     // An external interrupt ends the HLT state (SDM 27.3.1.5 allows injecting it into a
     // halted guest with IF = 1; the guest resumes after the HLT).
     if vmcs.read(VmcsField::GuestActivityState) == ACTIVITY_HLT {
@@ -109,7 +112,10 @@ mod tests {
     #[test]
     fn pending_interrupt_is_acknowledged_and_injected_when_if_is_set() {
         let mut v = vmcs(0x202, 0);
-        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        let mut pic = FakePic {
+            pending: Some(0x20),
+            acks: 0,
+        };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
         assert_eq!(v.read(VmcsField::EntryInterruptionInfo), 0x8000_0020);
         assert_eq!(pic.acks, 1);
@@ -119,7 +125,10 @@ mod tests {
     #[test]
     fn if_clear_requests_an_interrupt_window_and_does_not_acknowledge() {
         let mut v = vmcs(0x2, 0);
-        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        let mut pic = FakePic {
+            pending: Some(0x20),
+            acks: 0,
+        };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
         assert_eq!(pic.acks, 0);
         assert_eq!(v.read(VmcsField::PrimaryProcControls), 0x8000_0084);
@@ -130,7 +139,10 @@ mod tests {
     fn sti_and_mov_ss_blocking_delay_delivery() {
         for blocking in [1, 2] {
             let mut v = vmcs(0x202, blocking);
-            let mut pic = FakePic { pending: Some(0x21), acks: 0 };
+            let mut pic = FakePic {
+                pending: Some(0x21),
+                acks: 0,
+            };
             assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
             assert_eq!(pic.acks, 0);
         }
@@ -140,7 +152,10 @@ mod tests {
     fn an_event_already_being_injected_is_not_overwritten() {
         let mut v = vmcs(0x202, 0);
         v.write(VmcsField::EntryInterruptionInfo, 0x8000_0B0D); // #GP(0)
-        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        let mut pic = FakePic {
+            pending: Some(0x20),
+            acks: 0,
+        };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Waiting);
         assert_eq!(v.read(VmcsField::EntryInterruptionInfo), 0x8000_0B0D);
         assert_eq!(pic.acks, 0);
@@ -150,7 +165,10 @@ mod tests {
     fn nothing_pending_turns_window_exiting_off() {
         let mut v = vmcs(0x2, 0);
         v.write(VmcsField::PrimaryProcControls, 0x8000_0084);
-        let mut pic = FakePic { pending: None, acks: 0 };
+        let mut pic = FakePic {
+            pending: None,
+            acks: 0,
+        };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Idle);
         assert_eq!(v.read(VmcsField::PrimaryProcControls), 0x8000_0080);
     }
@@ -159,7 +177,10 @@ mod tests {
     fn injecting_into_a_halted_guest_wakes_it() {
         let mut v = vmcs(0x202, 0);
         v.write(VmcsField::GuestActivityState, ACTIVITY_HLT);
-        let mut pic = FakePic { pending: Some(0x20), acks: 0 };
+        let mut pic = FakePic {
+            pending: Some(0x20),
+            acks: 0,
+        };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
         assert_eq!(v.read(VmcsField::GuestActivityState), ACTIVITY_ACTIVE);
     }

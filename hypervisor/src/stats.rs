@@ -27,6 +27,15 @@ pub struct Stats {
     pub injected_exceptions: u64,
     /// RDMSR/WRMSR of MSRs outside the allow-list (answered with #GP).
     pub unknown_msrs: u64,
+    /// External interrupts injected, by IRQ line (0-15).
+    pub irq_injected: [u64; 16],
+    /// Spurious vectors (IRQ7/IRQ15 with nothing in service) handed to the guest.
+    pub irq_spurious: u64,
+    /// Rising edges of PIT OUT0 raised on IRQ0.
+    pub timer_ticks: u64,
+    /// Timer ticks that could not be delivered: edges that fell while IRQ0 was still
+    /// requested, or several edges between two looks. Never counted as delivered.
+    pub timer_ticks_lost: u64,
 }
 
 impl Default for Stats {
@@ -42,6 +51,10 @@ impl Stats {
             exits_other: 0,
             injected_exceptions: 0,
             unknown_msrs: 0,
+            irq_injected: [0; 16],
+            irq_spurious: 0,
+            timer_ticks: 0,
+            timer_ticks_lost: 0,
         }
     }
 
@@ -189,10 +202,24 @@ pub fn write_stats_line(
             p.port, p.reads, p.writes
         )?;
     }
+    write!(
+        w,
+        "]}},\"injected_exceptions\":{},\"unknown_msrs\":{},\"interrupts\":{{\"injected\":{{",
+        stats.injected_exceptions, stats.unknown_msrs
+    )?;
+    let mut first = true;
+    for (irq, &n) in stats.irq_injected.iter().enumerate() {
+        if n != 0 {
+            if !core::mem::take(&mut first) {
+                w.write_char(',')?;
+            }
+            write!(w, "\"irq{irq}\":{n}")?;
+        }
+    }
     writeln!(
         w,
-        "]}},\"injected_exceptions\":{},\"unknown_msrs\":{}}}",
-        stats.injected_exceptions, stats.unknown_msrs
+        "}},\"spurious\":{},\"timer_ticks\":{},\"timer_ticks_lost\":{}}}}}",
+        stats.irq_spurious, stats.timer_ticks, stats.timer_ticks_lost
     )
 }
 
@@ -250,7 +277,7 @@ mod tests {
             line("g", EndKind::Halt, 0, &Stats::new(), &bus),
             "sluice-stats: {\"guest\":\"g\",\"end\":\"halt\",\"exit_code\":0,\"exits\":{},\
              \"unknown_ports\":{\"reads\":0,\"writes\":0,\"top\":[]},\
-             \"injected_exceptions\":0,\"unknown_msrs\":0}\n"
+             \"injected_exceptions\":0,\"unknown_msrs\":0,\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0}}\n"
         );
     }
 
@@ -267,6 +294,11 @@ mod tests {
         s.count_exit(exit_reason::VMCALL as u32);
         s.injected_exceptions = 3;
         s.unknown_msrs = 1;
+        s.irq_injected[0] = 9;
+        s.irq_injected[4] = 2;
+        s.irq_spurious = 1;
+        s.timer_ticks = 12;
+        s.timer_ticks_lost = 3;
         let mut bus = IoBus::new();
         bus.read(0x1234, 1);
         bus.write(0x70, 1, 0);
@@ -279,7 +311,7 @@ mod tests {
              \"unknown_ports\":{\"reads\":1,\"writes\":2,\"top\":[\
              {\"port\":\"0x0070\",\"reads\":0,\"writes\":2},\
              {\"port\":\"0x1234\",\"reads\":1,\"writes\":0}]},\
-             \"injected_exceptions\":3,\"unknown_msrs\":1}\n"
+             \"injected_exceptions\":3,\"unknown_msrs\":1,\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3}}\n"
         );
         assert_eq!(l.matches('\n').count(), 1);
         assert!(balanced(&l));

@@ -3,8 +3,7 @@
 //! so guest-visible time advances at the real rate and costs nothing while nobody looks
 //! (the device models are time-based, not stepped).
 
-/// The 8254's input clock on a PC (82C54 datasheet; PC/AT technical reference).
-pub const PIT_HZ: u64 = 1_193_182;
+pub use crate::pit8254::PIT_HZ;
 
 /// Converts between TSC values and PIT input-clock ticks since `tsc0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,7 +15,10 @@ pub struct Timebase {
 impl Timebase {
     /// `tsc_hz` of 0 is treated as 1 so no conversion can divide by zero.
     pub fn new(tsc0: u64, tsc_hz: u64) -> Self {
-        Timebase { tsc0, tsc_hz: tsc_hz.max(1) }
+        Timebase {
+            tsc0,
+            tsc_hz: tsc_hz.max(1),
+        }
     }
 
     pub fn tsc_hz(&self) -> u64 {
