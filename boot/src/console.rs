@@ -113,3 +113,13 @@ pub fn write_bytes(bytes: &[u8]) {
         }
     });
 }
+
+/// One byte typed on the host's serial line, if any (fed to the guest's UART).
+pub fn try_read() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        CONSOLE
+            .lock()
+            .as_mut()
+            .and_then(|uart| uart.try_receive_byte().ok())
+    })
+}

@@ -10,6 +10,7 @@ mod gdt;
 mod interrupts;
 mod memory;
 mod platform;
+mod tsc;
 mod vm;
 mod vmexit;
 mod vmx;
@@ -18,6 +19,7 @@ use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
 use hypervisor::config::{self, EntryMode, Platform};
 use hypervisor::payload;
+use hypervisor::timebase::Timebase;
 use platform::status;
 
 const BOOT_CONFIG: BootloaderConfig = {
@@ -91,6 +93,17 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         },
     );
 
+    let tsc_hz = tsc::calibrate().unwrap_or_else(|| {
+        println!("sluice: warning: no 8254 answered; assuming a 1 GHz TSC for guest time");
+        1_000_000_000
+    });
+    let timebase = Timebase::new(tsc::rdtsc(), tsc_hz);
+    println!(
+        "sluice: TSC {}.{:03} MHz (measured against the 8254)",
+        tsc_hz / 1_000_000,
+        tsc_hz / 1000 % 1000
+    );
+
     let probe = vmx::probe();
     if let Some(caps) = &probe.caps {
         let _ = caps.write_report(&mut console::ConsoleWriter);
@@ -126,7 +139,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             platform::exit(status::GUEST_STOPPED);
         }
     };
-    let code = vm::run(prepared, &caps, &run_config);
+    let code = vm::run(prepared, &caps, &run_config, timebase);
     platform::exit(code)
 }
 

@@ -18,8 +18,11 @@ use x86_64::registers::model_specific::Msr;
 
 use hypervisor::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
 use hypervisor::guest_mem::SliceMemory;
-use hypervisor::iobus::{ConsoleSink, ConsoleUart, IoBus};
+use hypervisor::iobus::{ConsoleSink, IoBus};
+use hypervisor::irq;
+use hypervisor::machine::Machine;
 use hypervisor::stats::{self, EndKind, Stats};
+use hypervisor::timebase::Timebase;
 
 use crate::console::ConsoleWriter;
 use crate::memory::Memory;
@@ -159,6 +162,9 @@ fn invept(kind: u64, eptp: u64) {
 pub struct Prepared {
     pub ram: GuestRam,
     pub regs: GuestRegs,
+    /// The VMX-preemption timer is active (CPUs without it cannot wake a halted guest
+    /// on time, see `run`).
+    pub preemption_timer: bool,
 }
 
 /// Allocates and fills every VMX structure for `config`'s guest and makes its VMCS
@@ -190,7 +196,13 @@ pub fn prepare(
     }
 
     let long_mode = matches!(loaded.start, Start::Long { .. });
-    let controls = vmcs_setup::compute_controls(caps, long_mode).map_err(StartError::Controls)?;
+    let options = vmcs_setup::ControlOptions {
+        long_mode_guest: long_mode,
+        // Timer interrupts on time and HLT wake-ups use the VMX-preemption timer.
+        want_preemption_timer: true,
+    };
+    let controls =
+        vmcs_setup::compute_controls_with(caps, &options).map_err(StartError::Controls)?;
     let io_a = bitmap_frame(mem, "IO bitmap A", vmcs_setup::fill_io_bitmap)?;
     let io_b = bitmap_frame(mem, "IO bitmap B", vmcs_setup::fill_io_bitmap)?;
     let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| {
@@ -253,7 +265,11 @@ pub fn prepare(
     } else if caps.ept.invept_all_context {
         invept(2, 0);
     }
-    Ok(Prepared { ram, regs })
+    Ok(Prepared {
+        ram,
+        regs,
+        preemption_timer: controls.preemption_timer(),
+    })
 }
 
 /// Explains a failed VMLAUNCH/VMRESUME (SDM 31.4 VM-instruction error numbers).
@@ -319,13 +335,23 @@ impl ConsoleSink for ConsoleOut {
 
 /// Runs the prepared guest until it ends; prints how it ended and the `sluice-stats`
 /// line, and returns the run's exit status.
-pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config) -> u32 {
-    let Prepared { ram, mut regs } = prepared;
+///
+/// Before every VM entry: bring the devices to the current time and their interrupt
+/// lines onto the PIC, inject a pending interrupt if the guest can take it (or ask for
+/// an interrupt window), and arm the VMX-preemption timer for the next timer edge, so
+/// timer interrupts arrive on time whether the guest runs or sits in HLT. A halted
+/// guest that nothing could ever wake ends the run.
+pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timebase) -> u32 {
+    let Prepared {
+        ram,
+        mut regs,
+        preemption_timer,
+    } = prepared;
     let mut mem = SliceMemory::new(ram.bytes);
-    let mut uart = ConsoleUart::new(ConsoleOut);
-    let uart_ports = uart.ports();
+    let machine = Machine::new(ConsoleOut);
+    let mut handles = machine.handles();
     let mut bus = IoBus::new();
-    if let Err(e) = bus.register(uart_ports, &mut uart) {
+    if let Err(e) = Machine::register(&mut handles, &mut bus) {
         println!("sluice: error: IO bus: {e:?}");
         return status::KERNEL_FAULT;
     }
@@ -339,10 +365,40 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config) -> u32 {
         cr4_fixed0: caps.cr4_fixed0,
         cr4_fixed1: caps.cr4_fixed1,
     };
+    let rate = caps.misc.preemption_timer_rate;
     let mut vmcs = HwVmcs;
     let mut host = KernelHost;
     let mut launched = false;
     let (kind, exit_code) = loop {
+        let now_tsc = crate::tsc::rdtsc();
+        let now = timebase.pit_ticks(now_tsc);
+        while let Some(byte) = crate::console::try_read() {
+            if !machine.uart.borrow_mut().receive(byte) {
+                break;
+            }
+        }
+        machine.sync(now, &mut stats);
+        machine.deliver(&mut vmcs, &mut stats);
+        let halted = vmcs.read(VmcsField::GuestActivityState) == irq::ACTIVITY_HLT;
+        if halted && !machine.can_wake(now) {
+            break (EndKind::Halt, 0);
+        }
+        let next = machine.next_timer_event(now);
+        if preemption_timer {
+            let value = next.map_or(u32::MAX, |t| {
+                timebase.preemption_timer_value(now_tsc, timebase.tsc_at(t), rate)
+            });
+            vmcs.write(VmcsField::PreemptionTimerValue, u64::from(value));
+        } else if halted {
+            // No preemption timer: wait in the host for the next timer edge instead.
+            if let Some(t) = next {
+                let deadline = timebase.tsc_at(t);
+                while crate::tsc::rdtsc() < deadline {
+                    core::hint::spin_loop();
+                }
+            }
+            continue;
+        }
         if let Err(fail) = vmexit::vm_run(&mut regs, launched) {
             describe_entry_failure(fail, &mut ConsoleWriter);
             break (EndKind::EntryFailure, 0);
