@@ -10,7 +10,10 @@
 //! - [`uart`]: polled output through the (virtual) COM1 16550;
 //! - [`println!`]: formatted lines through the print hypercall;
 //! - [`idt`]: an IDT that routes the 32 exception vectors to one Rust handler, so a
-//!   guest can observe exceptions the hypervisor injects;
+//!   guest can observe exceptions the hypervisor injects, and the PIC's vectors
+//!   0x20-0x2F to another;
+//! - [`port`], [`pic`], [`pit`]: port I/O and the 8259A pair and 8254 timer of the PC;
+//! - [`interrupts`]: STI, CLI and HLT;
 //! - a panic handler that reports and ends the run with [`PANIC_STATUS`].
 #![no_std]
 
@@ -18,6 +21,10 @@ pub mod console;
 pub mod cpu;
 pub mod hypercall;
 pub mod idt;
+pub mod interrupts;
+pub mod pic;
+pub mod pit;
+pub mod port;
 pub mod uart;
 
 /// Exit status of a guest that panicked.

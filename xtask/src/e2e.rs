@@ -40,6 +40,8 @@ pub struct StatsExpect {
     pub exit_code: u32,
     /// `exits.<reason>` must be at least this.
     pub exits_at_least: &'static [(&'static str, u64)],
+    /// `interrupts.injected.<irqN>` must be at least this.
+    pub irqs_at_least: &'static [(&'static str, u64)],
 }
 
 const fn guest(name: &'static str) -> Option<GuestSpec> {
@@ -180,6 +182,7 @@ pub const CASES: &[Case] = &[
             end: "hypercall",
             exit_code: 0,
             exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 2)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -199,6 +202,7 @@ pub const CASES: &[Case] = &[
             end: "hypercall",
             exit_code: 0,
             exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 1)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -221,6 +225,7 @@ pub const CASES: &[Case] = &[
             end: "hypercall",
             exit_code: 0,
             exits_at_least: &[],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -236,6 +241,7 @@ pub const CASES: &[Case] = &[
             end: "hypercall",
             exit_code: 0,
             exits_at_least: &[("vmxon", 1)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -251,6 +257,7 @@ pub const CASES: &[Case] = &[
             end: "hypercall",
             exit_code: 0,
             exits_at_least: &[("rdmsr", 1)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -269,6 +276,7 @@ pub const CASES: &[Case] = &[
             end: "triple-fault",
             exit_code: 0,
             exits_at_least: &[("triple_fault", 1)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -287,6 +295,7 @@ pub const CASES: &[Case] = &[
             end: "triple-fault",
             exit_code: 0,
             exits_at_least: &[("triple_fault", 1)],
+            irqs_at_least: &[],
         }),
     },
     Case {
@@ -306,6 +315,74 @@ pub const CASES: &[Case] = &[
             end: "ept-violation",
             exit_code: 0,
             exits_at_least: &[("ept_violation", 1)],
+            irqs_at_least: &[],
+        }),
+    },
+    Case {
+        name: "bochs-uart-probe-and-interrupts",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "uart: scratch ok",
+            "uart: loopback ok",
+            "uart: 16550A detected",
+            "uart: loopback data ok",
+            "uart: polled output works",
+            "uart: this line was sent one byte per THRE interrupt",
+            "uart: interrupt-driven output done",
+        ],
+        forbid: &["EXCEPTION", "PANIC", "failed"],
+        guest: guest("uart64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            // One THRE interrupt per byte of the interrupt-driven line (52 bytes).
+            exits_at_least: &[("io_instruction", 100)],
+            irqs_at_least: &[("irq4", 52)],
+        }),
+    },
+    Case {
+        // pit64 counts IRQ0 ticks of a 1000 Hz channel-0 timer over 50 ms measured by
+        // channel 2, and accepts 45..=55 (10%).
+        name: "bochs-pit-timer-rate",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "ticks in 50 ms (expected 50, accepted 45..=55)",
+            "pit: readback ok",
+        ],
+        forbid: &["EXCEPTION", "PANIC", "failed"],
+        guest: guest("pit64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("hlt", 45), ("preemption_timer", 1)],
+            irqs_at_least: &[("irq0", 45)],
+        }),
+    },
+    Case {
+        name: "bochs-pic-nesting-mask-eoi",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "pic: imr ok",
+            "pic: nested priority ok (4 begin, 0, 4 end)",
+            "pic: lower priority waits for EOI",
+            "pic: mask ok",
+        ],
+        forbid: &["EXCEPTION", "PANIC", "failed"],
+        guest: guest("pic64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[],
+            irqs_at_least: &[("irq0", 2), ("irq4", 2)],
         }),
     },
 ];
@@ -382,6 +459,14 @@ pub fn check_stats(console: &str, spec: &GuestSpec, want: &StatsExpect) -> Resul
             "sluice-stats exit_code is {}, expected {}",
             v["exit_code"], want.exit_code
         ));
+    }
+    for (irq, min) in want.irqs_at_least {
+        let n = v["interrupts"]["injected"][irq].as_u64().unwrap_or(0);
+        if n < *min {
+            return Err(format!(
+                "sluice-stats interrupts.injected.{irq} is {n}, expected at least {min}: {json}"
+            ));
+        }
     }
     for (reason, min) in want.exits_at_least {
         let n = v["exits"][reason].as_u64().unwrap_or(0);
@@ -548,6 +633,7 @@ mod tests {
         end: "hypercall",
         exit_code: 0,
         exits_at_least: &[("cpuid", 2)],
+        irqs_at_least: &[],
     };
 
     #[test]

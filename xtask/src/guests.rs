@@ -21,7 +21,9 @@ pub const NASM: Requirement = Requirement {
 /// Real-mode guests: `guest/real/<name>.asm`, entered at 0000:7C00.
 pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real"];
 /// 64-bit guests: the `[[bin]]` targets of `guest/Cargo.toml`.
-pub const ELF_GUESTS: &[&str] = &["hello64", "vmxon64", "badmsr64", "triple64", "ept64"];
+pub const ELF_GUESTS: &[&str] = &[
+    "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64",
+];
 
 /// `guest.entry` of the real-mode guests (the boot-sector convention).
 pub const REAL_ENTRY: &str = "real:0x7c00";
