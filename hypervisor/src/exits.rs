@@ -594,6 +594,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         } else {
             self.bus.write(q.port, q.size, self.regs.rax as u32 & mask);
         }
+        self.stats.io.instructions = self.stats.io.instructions.saturating_add(1);
         self.complete(Ok(()))
     }
 
@@ -660,10 +661,12 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             if q.rep {
                 self.regs.rcx = update_masked(self.regs.rcx, u64::MAX, addr_mask);
             }
+            self.stats.io.string_elements = self.stats.io.string_elements.saturating_add(1);
         }
         if q.rep && self.regs.rcx & addr_mask != 0 {
             return ExitAction::Resume;
         }
+        self.stats.io.instructions = self.stats.io.instructions.saturating_add(1);
         self.complete(Ok(()))
     }
 

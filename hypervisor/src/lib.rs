@@ -4,6 +4,7 @@
 //! reads MSRs, executes VMX instructions and hands raw values to this crate.
 #![cfg_attr(not(test), no_std)]
 
+pub mod coalesce;
 pub mod config;
 pub mod elf64;
 pub mod ept;

@@ -36,6 +36,65 @@ pub struct Stats {
     /// Timer ticks that could not be delivered: edges that fell while IRQ0 was still
     /// requested, or several edges between two looks. Never counted as delivered.
     pub timer_ticks_lost: u64,
+    /// Port IO and coalescing.
+    pub io: IoStats,
+}
+
+/// Block-length histogram buckets, in instructions per IO exit.
+pub const BLOCK_BUCKETS: [&str; 8] = ["1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"];
+
+/// What the IO-exit path did: the numbers the coalescer is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoStats {
+    /// IO instructions the guest executed (completed), one exit each or coalesced.
+    pub instructions: u64,
+    /// String-IO elements moved.
+    pub string_elements: u64,
+    /// Instructions of any kind emulated in coalesced blocks (exiting one included).
+    pub emulated: u64,
+    /// IO exits handled by the coalescer, by instructions per exit ([`BLOCK_BUCKETS`]).
+    pub blocks: [u64; 8],
+    /// Why coalesced runs stopped, indexed by `coalesce::insn::StopReason::index`.
+    pub stops: [u64; 11],
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// TSC cycles spent handling IO exits (from the exit to the next entry).
+    pub cycles: u64,
+}
+
+impl IoStats {
+    pub const fn new() -> Self {
+        IoStats {
+            instructions: 0,
+            string_elements: 0,
+            emulated: 0,
+            blocks: [0; 8],
+            stops: [0; 11],
+            cache_hits: 0,
+            cache_misses: 0,
+            cycles: 0,
+        }
+    }
+
+    /// Histogram bucket of a block that executed `n` instructions.
+    pub const fn bucket(n: u64) -> usize {
+        match n {
+            0 | 1 => 0,
+            2 => 1,
+            3..=4 => 2,
+            5..=8 => 3,
+            9..=16 => 4,
+            17..=32 => 5,
+            33..=64 => 6,
+            _ => 7,
+        }
+    }
+}
+
+impl Default for IoStats {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Default for Stats {
@@ -55,6 +114,7 @@ impl Stats {
             irq_spurious: 0,
             timer_ticks: 0,
             timer_ticks_lost: 0,
+            io: IoStats::new(),
         }
     }
 
@@ -216,10 +276,47 @@ pub fn write_stats_line(
             write!(w, "\"irq{irq}\":{n}")?;
         }
     }
-    writeln!(
+    write!(
         w,
-        "}},\"spurious\":{},\"timer_ticks\":{},\"timer_ticks_lost\":{}}}}}",
+        "}},\"spurious\":{},\"timer_ticks\":{},\"timer_ticks_lost\":{}}},",
         stats.irq_spurious, stats.timer_ticks, stats.timer_ticks_lost
+    )?;
+    write_io(w, stats)?;
+    w.write_str("}\n")
+}
+
+/// The `"io"` object: exits, instructions, the block histogram, stop reasons, cache.
+fn write_io(w: &mut impl Write, stats: &Stats) -> fmt::Result {
+    let io = &stats.io;
+    write!(
+        w,
+        "\"io\":{{\"exits\":{},\"instructions\":{},\"string_elements\":{},\"emulated\":{},\"blocks\":{{",
+        stats.exit_count(crate::vmcs::exit_reason::IO_INSTRUCTION),
+        io.instructions,
+        io.string_elements,
+        io.emulated
+    )?;
+    for (i, (name, n)) in BLOCK_BUCKETS.iter().zip(io.blocks).enumerate() {
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        write!(w, "\"{name}\":{n}")?;
+    }
+    w.write_str("},\"stops\":{")?;
+    let mut first = true;
+    for reason in crate::coalesce::insn::StopReason::ALL {
+        let n = io.stops[reason.index()];
+        if n != 0 {
+            if !core::mem::take(&mut first) {
+                w.write_char(',')?;
+            }
+            write!(w, "\"{}\":{n}", reason.name())?;
+        }
+    }
+    write!(
+        w,
+        "}},\"cache\":{{\"hits\":{},\"misses\":{}}},\"cycles\":{}}}",
+        io.cache_hits, io.cache_misses, io.cycles
     )
 }
 
@@ -277,7 +374,7 @@ mod tests {
             line("g", EndKind::Halt, 0, &Stats::new(), &bus),
             "sluice-stats: {\"guest\":\"g\",\"end\":\"halt\",\"exit_code\":0,\"exits\":{},\
              \"unknown_ports\":{\"reads\":0,\"writes\":0,\"top\":[]},\
-             \"injected_exceptions\":0,\"unknown_msrs\":0,\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0}}\n"
+             \"injected_exceptions\":0,\"unknown_msrs\":0,\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0},\"io\":{\"exits\":0,\"instructions\":0,\"string_elements\":0,\"emulated\":0,\"blocks\":{\"1\":0,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":0,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{},\"cache\":{\"hits\":0,\"misses\":0},\"cycles\":0}}\n"
         );
     }
 
@@ -299,6 +396,16 @@ mod tests {
         s.irq_spurious = 1;
         s.timer_ticks = 12;
         s.timer_ticks_lost = 3;
+        s.io.instructions = 9;
+        s.io.string_elements = 4;
+        s.io.emulated = 14;
+        s.io.blocks[IoStats::bucket(1)] = 1;
+        s.io.blocks[IoStats::bucket(13)] = 1;
+        s.io.stops[crate::coalesce::insn::StopReason::Unsupported.index()] = 1;
+        s.io.stops[crate::coalesce::insn::StopReason::Limit.index()] = 1;
+        s.io.cache_hits = 3;
+        s.io.cache_misses = 2;
+        s.io.cycles = 777;
         let mut bus = IoBus::new();
         bus.read(0x1234, 1);
         bus.write(0x70, 1, 0);
@@ -311,7 +418,7 @@ mod tests {
              \"unknown_ports\":{\"reads\":1,\"writes\":2,\"top\":[\
              {\"port\":\"0x0070\",\"reads\":0,\"writes\":2},\
              {\"port\":\"0x1234\",\"reads\":1,\"writes\":0}]},\
-             \"injected_exceptions\":3,\"unknown_msrs\":1,\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3}}\n"
+             \"injected_exceptions\":3,\"unknown_msrs\":1,\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3},\"io\":{\"exits\":5,\"instructions\":9,\"string_elements\":4,\"emulated\":14,\"blocks\":{\"1\":1,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":1,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{\"unsupported\":1,\"limit\":1},\"cache\":{\"hits\":3,\"misses\":2},\"cycles\":777}}\n"
         );
         assert_eq!(l.matches('\n').count(), 1);
         assert!(balanced(&l));

@@ -1,0 +1,369 @@
+//! The coalescer's instruction form: a small decoded representation of the subset of
+//! x86 it emulates, independent of the decoder (zydis) so cached blocks replay without
+//! decoding and the semantics (`exec`) can be tested on their own.
+//!
+//! Everything here is position-independent: branch targets are displacements from the
+//! end of the instruction, so a block cached by guest-physical address replays
+//! correctly whatever linear address maps it.
+
+/// Operand width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Width {
+    W8,
+    W16,
+    W32,
+    W64,
+}
+
+impl Width {
+    pub const fn bytes(self) -> u8 {
+        match self {
+            Width::W8 => 1,
+            Width::W16 => 2,
+            Width::W32 => 4,
+            Width::W64 => 8,
+        }
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.bytes() as u32 * 8
+    }
+
+    pub const fn mask(self) -> u64 {
+        match self {
+            Width::W64 => u64::MAX,
+            w => (1u64 << w.bits()) - 1,
+        }
+    }
+
+    pub const fn from_bytes(n: u8) -> Option<Width> {
+        match n {
+            1 => Some(Width::W8),
+            2 => Some(Width::W16),
+            4 => Some(Width::W32),
+            8 => Some(Width::W64),
+            _ => None,
+        }
+    }
+}
+
+/// A general register as an operand: encoding number 0-15 (RAX, RCX, RDX, RBX, RSP,
+/// RBP, RSI, RDI, R8-R15; SDM Vol. 2 Table 2-2), its width, and for 8-bit operands
+/// whether it is one of AH, CH, DH, BH (bits 15:8 of registers 0-3, only without REX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RegRef {
+    pub index: u8,
+    pub width: Width,
+    pub high8: bool,
+}
+
+impl RegRef {
+    pub const fn new(index: u8, width: Width) -> Self {
+        RegRef {
+            index,
+            width,
+            high8: false,
+        }
+    }
+
+    /// AH (index 0), CH (1), DH (2), BH (3).
+    pub const fn high(index: u8) -> Self {
+        RegRef {
+            index,
+            width: Width::W8,
+            high8: true,
+        }
+    }
+
+    pub const AL: RegRef = RegRef::new(0, Width::W8);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operand {
+    Reg(RegRef),
+    /// Already sign- or zero-extended to the operation width as the encoding says,
+    /// and masked to that width.
+    Imm(u64),
+}
+
+/// Where IN/OUT take the port from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortSrc {
+    Imm(u8),
+    Dx,
+}
+
+/// Segment registers (SDM encoding order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Seg {
+    Es,
+    Cs,
+    Ss,
+    Ds,
+    Fs,
+    Gs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AluOp {
+    Add,
+    Sub,
+    And,
+    Or,
+    Xor,
+    /// Like Sub without writing the destination.
+    Cmp,
+    /// Like And without writing the destination.
+    Test,
+    /// Source ignored; CF unchanged.
+    Inc,
+    Dec,
+    /// Shift count in the source (masked to 5 bits, 6 for 64-bit, as the CPU does).
+    Shl,
+    Shr,
+}
+
+/// Condition codes of Jcc (SDM Vol. 1 Table B-1), in encoding order (the low nibble
+/// of 0x70-0x7F / 0x0F 0x80-0x8F).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    O,
+    No,
+    B,
+    Ae,
+    E,
+    Ne,
+    Be,
+    A,
+    S,
+    Ns,
+    P,
+    Np,
+    L,
+    Ge,
+    Le,
+    G,
+}
+
+impl Cond {
+    pub const fn from_nibble(n: u8) -> Cond {
+        match n & 15 {
+            0 => Cond::O,
+            1 => Cond::No,
+            2 => Cond::B,
+            3 => Cond::Ae,
+            4 => Cond::E,
+            5 => Cond::Ne,
+            6 => Cond::Be,
+            7 => Cond::A,
+            8 => Cond::S,
+            9 => Cond::Ns,
+            10 => Cond::P,
+            11 => Cond::Np,
+            12 => Cond::L,
+            13 => Cond::Ge,
+            14 => Cond::Le,
+            _ => Cond::G,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoopKind {
+    /// LOOP: decrement rCX, jump if rCX != 0.
+    Loop,
+    /// LOOPE/LOOPZ: ... and ZF = 1.
+    Loope,
+    /// LOOPNE/LOOPNZ: ... and ZF = 0.
+    Loopne,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// IN AL/AX/EAX, imm8|DX.
+    In {
+        width: Width,
+        port: PortSrc,
+    },
+    /// OUT imm8|DX, AL/AX/EAX.
+    Out {
+        width: Width,
+        port: PortSrc,
+    },
+    /// INS: ES:[rDI] <- port DX; `addr` is the address size (rDI, rCX width).
+    Ins {
+        width: Width,
+        rep: bool,
+        addr: Width,
+    },
+    /// OUTS: port DX <- seg:[rSI]; `seg` is DS unless overridden.
+    Outs {
+        width: Width,
+        rep: bool,
+        addr: Width,
+        seg: Seg,
+    },
+    /// NOP, PAUSE, multi-byte NOP (0F 1F /0: its ModRM operand is never accessed).
+    Nop,
+    /// MOV reg, reg|imm. A 32-bit destination zero-extends into the 64-bit register;
+    /// 8- and 16-bit destinations leave the other bits alone.
+    Mov {
+        dst: RegRef,
+        src: Operand,
+    },
+    /// ALU op on a register with a register or immediate source.
+    Alu {
+        op: AluOp,
+        dst: RegRef,
+        src: Operand,
+    },
+    /// JMP rel8/rel16/rel32: `width` is the operand size the new IP is truncated to
+    /// (16-bit operand size wraps IP at 64 KiB).
+    Jmp {
+        rel: i32,
+        width: Width,
+    },
+    Jcc {
+        cond: Cond,
+        rel: i32,
+        width: Width,
+    },
+    /// LOOP/LOOPE/LOOPNE rel8; `addr` selects CX, ECX or RCX.
+    Loop {
+        kind: LoopKind,
+        rel: i32,
+        addr: Width,
+        width: Width,
+    },
+}
+
+impl Op {
+    pub const fn is_io(&self) -> bool {
+        matches!(
+            self,
+            Op::In { .. } | Op::Out { .. } | Op::Ins { .. } | Op::Outs { .. }
+        )
+    }
+
+    pub const fn is_branch(&self) -> bool {
+        matches!(self, Op::Jmp { .. } | Op::Jcc { .. } | Op::Loop { .. })
+    }
+}
+
+/// One decoded instruction: its operation and its length in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Insn {
+    pub op: Op,
+    pub len: u8,
+}
+
+/// The code size the decoder and the emulator work in (from CS.L/CS.D and CR0.PE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodeMode {
+    /// Real mode or 16-bit protected mode (CS.D = 0).
+    Bits16,
+    /// 32-bit protected or compatibility mode (CS.D = 1).
+    Bits32,
+    /// 64-bit mode (CS.L = 1 with EFER.LMA).
+    Bits64,
+}
+
+/// Why a coalesced run ended where it did; counted in `sluice-stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The next instruction is outside the supported subset.
+    Unsupported,
+    /// The next bytes do not decode.
+    Undecodable,
+    /// The extent ends (or the next instruction crosses it).
+    ExtentEnd,
+    /// The next code bytes are not in guest RAM or do not translate.
+    CodeUnmapped,
+    /// A branch leaves the block.
+    BranchOut,
+    /// An interrupt became deliverable through a device access in the run.
+    InterruptPending,
+    /// Instructions are observable one at a time (RFLAGS.TF, DR7 breakpoints).
+    SingleStep,
+    /// CPL > IOPL or virtual-8086 mode: the CPU must check each port.
+    IoPermission,
+    /// A memory operand that does not translate to guest RAM, or a write into the
+    /// block's own code.
+    Memory,
+    /// The per-exit instruction or string-element limit.
+    Limit,
+    /// Coalescing is off, or the exiting instruction itself could not be matched.
+    Off,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 11] = [
+        StopReason::Unsupported,
+        StopReason::Undecodable,
+        StopReason::ExtentEnd,
+        StopReason::CodeUnmapped,
+        StopReason::BranchOut,
+        StopReason::InterruptPending,
+        StopReason::SingleStep,
+        StopReason::IoPermission,
+        StopReason::Memory,
+        StopReason::Limit,
+        StopReason::Off,
+    ];
+
+    /// Name used as a key in `sluice-stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StopReason::Unsupported => "unsupported",
+            StopReason::Undecodable => "undecodable",
+            StopReason::ExtentEnd => "extent_end",
+            StopReason::CodeUnmapped => "code_unmapped",
+            StopReason::BranchOut => "branch_out",
+            StopReason::InterruptPending => "interrupt_pending",
+            StopReason::SingleStep => "single_step",
+            StopReason::IoPermission => "io_permission",
+            StopReason::Memory => "memory",
+            StopReason::Limit => "limit",
+            StopReason::Off => "off",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widths_and_masks() {
+        assert_eq!(Width::W8.mask(), 0xFF);
+        assert_eq!(Width::W32.mask(), 0xFFFF_FFFF);
+        assert_eq!(Width::W64.mask(), u64::MAX);
+        assert_eq!(Width::from_bytes(2), Some(Width::W16));
+        assert_eq!(Width::from_bytes(3), None);
+    }
+
+    #[test]
+    fn condition_nibbles_follow_the_encoding() {
+        assert_eq!(Cond::from_nibble(0x4), Cond::E);
+        assert_eq!(Cond::from_nibble(0x75), Cond::Ne);
+        assert_eq!(Cond::from_nibble(0xF), Cond::G);
+    }
+
+    #[test]
+    fn stop_reason_names_are_unique_and_indexed_in_order() {
+        for (i, r) in StopReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(
+                StopReason::ALL
+                    .iter()
+                    .filter(|o| o.name() == r.name())
+                    .count(),
+                1
+            );
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! IO coalescing: on an IO-instruction exit, decode the run of IO instructions (and
+//! the simple instructions between them) that follows, emulate it in this one exit,
+//! and move RIP past it — leaving the guest exactly as one exit per IO instruction
+//! would have (see docs/COALESCING.md for the contract).
+
+pub mod insn;
