@@ -132,6 +132,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         run_config.ram_mib,
         guest_image.len()
     );
+    if run_config.coalesce {
+        println!(
+            "sluice: IO coalescing on (extent {}, at most {} instructions and {} string elements per exit)",
+            run_config.coalesce_extent, run_config.coalesce_max_insns, run_config.coalesce_max_string
+        );
+    } else {
+        println!("sluice: IO coalescing off (one exit per IO instruction)");
+    }
     let prepared = match vm::prepare(&mut mem, &caps, &run_config, guest_image) {
         Ok(p) => p,
         Err(e) => {

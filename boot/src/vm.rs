@@ -16,13 +16,19 @@ use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
 
+use hypervisor::coalesce::block::Extent;
+use hypervisor::coalesce::cache::BlockCache;
+use hypervisor::coalesce::engine::{Coalescer, Outcome, Settings};
+use hypervisor::coalesce::exec::{IoEnv, Limits};
+use hypervisor::coalesce::insn::Width;
 use hypervisor::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
 use hypervisor::guest_mem::SliceMemory;
 use hypervisor::iobus::{ConsoleSink, IoBus};
 use hypervisor::irq;
-use hypervisor::machine::Machine;
+use hypervisor::machine::{Machine, Ticks};
 use hypervisor::stats::{self, EndKind, Stats};
 use hypervisor::timebase::Timebase;
+use hypervisor::vmcs::exit_reason;
 
 use crate::console::ConsoleWriter;
 use crate::memory::Memory;
@@ -324,6 +330,45 @@ impl HostOps for KernelHost {
     }
 }
 
+/// The coalescer's block cache: about 70 KiB, so a static rather than the kernel stack.
+static BLOCK_CACHE: spin::Mutex<BlockCache> = spin::Mutex::new(BlockCache::new());
+
+/// The coalescer's view of the devices: the IO bus, with guest time brought up to date
+/// before each access (so a guest polling the PIT inside one block sees time pass) and
+/// the interrupt lines synced after it (so a block stops as soon as an interrupt
+/// becomes deliverable).
+struct KernelIo<'a, 'b> {
+    bus: &'a mut IoBus<'b>,
+    machine: &'a Machine<ConsoleOut>,
+    timebase: Timebase,
+    ticks: Ticks,
+}
+
+impl KernelIo<'_, '_> {
+    fn now(&self) -> u64 {
+        self.timebase.pit_ticks(crate::tsc::rdtsc())
+    }
+}
+
+impl IoEnv for KernelIo<'_, '_> {
+    fn io_read(&mut self, port: u16, width: Width) -> u32 {
+        self.machine.pit.borrow_mut().set_now(self.now());
+        self.bus.read(port, width.bytes())
+    }
+
+    fn io_write(&mut self, port: u16, width: Width, value: u32) {
+        self.machine.pit.borrow_mut().set_now(self.now());
+        self.bus.write(port, width.bytes(), value)
+    }
+
+    fn interrupt_pending(&mut self) -> bool {
+        let t = self.machine.poll(self.now());
+        self.ticks.raised += t.raised;
+        self.ticks.lost += t.lost;
+        self.machine.interrupt_pending()
+    }
+}
+
 /// The guest's COM1 output goes to sluice's console.
 struct ConsoleOut;
 
@@ -366,6 +411,18 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         cr4_fixed1: caps.cr4_fixed1,
     };
     let rate = caps.misc.preemption_timer_rate;
+    let mut cache = BLOCK_CACHE.lock();
+    let mut coalescer = Coalescer::new(
+        Settings {
+            enabled: config.coalesce,
+            extent: Extent::parse(config.coalesce_extent).unwrap_or(Extent::Page),
+            limits: Limits {
+                max_insns: config.coalesce_max_insns,
+                max_string_elements: config.coalesce_max_string,
+            },
+        },
+        &mut cache,
+    );
     let mut vmcs = HwVmcs;
     let mut host = KernelHost;
     let mut launched = false;
@@ -404,6 +461,27 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
             break (EndKind::EntryFailure, 0);
         }
         launched = true;
+        let exit_tsc = crate::tsc::rdtsc();
+        let io_exit = vmcs.read(VmcsField::ExitReason) & 0x8000_FFFF
+            == u64::from(exit_reason::IO_INSTRUCTION);
+        if io_exit {
+            // Bring the devices to the time of the exit before the block touches them.
+            machine.sync(timebase.pit_ticks(exit_tsc), &mut stats);
+            let mut io = KernelIo {
+                bus: &mut bus,
+                machine: &machine,
+                timebase,
+                ticks: Ticks::default(),
+            };
+            let outcome = coalescer.handle(&mut vmcs, &mut regs, &mut mem, &mut io, &mut stats);
+            stats.timer_ticks += io.ticks.raised;
+            stats.timer_ticks_lost += io.ticks.lost;
+            if outcome == Outcome::Done {
+                stats.count_exit(exit_reason::IO_INSTRUCTION.into());
+                stats.io.cycles += crate::tsc::rdtsc().wrapping_sub(exit_tsc);
+                continue;
+            }
+        }
         let mut ctx = ExitContext {
             vmcs: &mut vmcs,
             regs: &mut regs,
@@ -414,7 +492,11 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
             msrs: &mut msrs,
             config: vcpu,
         };
-        match exits::handle_exit(&mut ctx) {
+        let action = exits::handle_exit(&mut ctx);
+        if io_exit {
+            stats.io.cycles += crate::tsc::rdtsc().wrapping_sub(exit_tsc);
+        }
+        match action {
             ExitAction::Resume => {}
             ExitAction::End { kind, exit_code } => break (kind, exit_code),
         }

@@ -6,10 +6,9 @@
 //! builds a disk image, and the kernel parses it again from the ramdisk, so
 //! parsing never allocates and never panics; every error names its line.
 //!
-//! Key namespace: `platform`, `guest.*` and `ram_mib` are defined here. The
-//! `coalesce.*` prefix is reserved for the upcoming coalescing options; until
-//! those exist such keys are rejected with a dedicated message. Any other
-//! unknown key is an error too, so a typo can never be silently ignored.
+//! Keys: `platform`, `guest.*`, `ram_mib`, and the coalescing options
+//! `coalesce`, `coalesce.extent`, `coalesce.max_insns`, `coalesce.max_string`.
+//! Any unknown key is an error, so a typo can never be silently ignored.
 
 use core::fmt;
 
@@ -26,13 +25,26 @@ pub const RAM_MIB_MAX: u32 = 4096;
 pub const RAM_MIB_DEFAULT: u32 = 64;
 
 /// Keys this version understands, in the order `write_to` emits them.
-pub const KNOWN_KEYS: [&str; 5] = [
+pub const KNOWN_KEYS: [&str; 9] = [
     "platform",
     "guest.name",
     "guest.entry",
     "guest.load",
     "ram_mib",
+    "coalesce",
+    "coalesce.extent",
+    "coalesce.max_insns",
+    "coalesce.max_string",
 ];
+
+/// Coalescing defaults: on, the extent policy the benchmarks chose (docs/BENCHMARKS.md),
+/// and the per-exit bounds on emulated instructions and string-IO elements.
+pub const COALESCE_EXTENT_DEFAULT: &str = "page";
+pub const COALESCE_MAX_INSNS_DEFAULT: u32 = 256;
+pub const COALESCE_MAX_STRING_DEFAULT: u32 = 4096;
+/// Accepted ranges for the per-exit bounds.
+pub const COALESCE_MAX_INSNS_RANGE: core::ops::RangeInclusive<u32> = 1..=4096;
+pub const COALESCE_MAX_STRING_RANGE: core::ops::RangeInclusive<u32> = 1..=65536;
 
 /// Index of `guest.load` in [`KNOWN_KEYS`], for the cross-key check.
 const GUEST_LOAD_SLOT: usize = 3;
@@ -116,6 +128,12 @@ pub struct Config<'a> {
     /// (see [`Config::load_address`]).
     pub guest_load: Option<u32>,
     pub ram_mib: u32,
+    /// IO coalescing on (`coalesce = on`) or one exit per IO instruction (`off`).
+    pub coalesce: bool,
+    /// Extent policy, validated by `coalesce::block::Extent::parse`.
+    pub coalesce_extent: &'a str,
+    pub coalesce_max_insns: u32,
+    pub coalesce_max_string: u32,
 }
 
 impl Default for Config<'_> {
@@ -126,6 +144,10 @@ impl Default for Config<'_> {
             guest_entry: EntryMode::None,
             guest_load: None,
             ram_mib: RAM_MIB_DEFAULT,
+            coalesce: true,
+            coalesce_extent: COALESCE_EXTENT_DEFAULT,
+            coalesce_max_insns: COALESCE_MAX_INSNS_DEFAULT,
+            coalesce_max_string: COALESCE_MAX_STRING_DEFAULT,
         }
     }
 }
@@ -156,6 +178,9 @@ impl<'a> Config<'a> {
             || name.trim() != name
             || name.contains(['#', '\n', '\r'])
             || !(RAM_MIB_MIN..=RAM_MIB_MAX).contains(&self.ram_mib)
+            || crate::coalesce::block::Extent::parse(self.coalesce_extent).is_none()
+            || !COALESCE_MAX_INSNS_RANGE.contains(&self.coalesce_max_insns)
+            || !COALESCE_MAX_STRING_RANGE.contains(&self.coalesce_max_string)
         {
             return Err(fmt::Error);
         }
@@ -173,7 +198,11 @@ impl<'a> Config<'a> {
         if let Some(load) = self.guest_load {
             writeln!(w, "guest.load = {load:#x}")?;
         }
-        writeln!(w, "ram_mib = {}", self.ram_mib)
+        writeln!(w, "ram_mib = {}", self.ram_mib)?;
+        writeln!(w, "coalesce = {}", if self.coalesce { "on" } else { "off" })?;
+        writeln!(w, "coalesce.extent = {}", self.coalesce_extent)?;
+        writeln!(w, "coalesce.max_insns = {}", self.coalesce_max_insns)?;
+        writeln!(w, "coalesce.max_string = {}", self.coalesce_max_string)
     }
 }
 
@@ -197,9 +226,18 @@ pub enum ConfigErrorKind<'a> {
     UnknownKey {
         key: &'a str,
     },
-    /// A `coalesce.*` key: reserved, not yet supported.
-    ReservedKey {
+    BadCoalesce {
+        value: &'a str,
+    },
+    BadExtent {
+        value: &'a str,
+    },
+    /// A per-exit bound that is not a number in its range.
+    BadBound {
         key: &'a str,
+        value: &'a str,
+        min: u32,
+        max: u32,
     },
     DuplicateKey {
         key: &'a str,
@@ -261,10 +299,14 @@ impl fmt::Display for ConfigErrorKind<'_> {
                 }
                 f.write_str(")")
             }
-            ReservedKey { key } => write!(
+            BadCoalesce { value } => write!(f, "coalesce: expected on or off, got '{value}'"),
+            BadExtent { value } => write!(
                 f,
-                "key '{key}': coalesce.* keys are reserved and not supported by this version"
+                "coalesce.extent: expected page, line, line:N, bytes:N or insns:N, got '{value}'"
             ),
+            BadBound { key, value, min, max } => {
+                write!(f, "{key} must be a number in {min}..={max}, got '{value}'")
+            }
             DuplicateKey { key, first_line } => {
                 write!(f, "duplicate key '{key}' (first set on line {first_line})")
             }
@@ -377,11 +419,7 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
             return Err(err(ConfigErrorKind::EmptyKey));
         }
         let Some(slot) = KNOWN_KEYS.iter().position(|k| *k == key) else {
-            return Err(err(if key.starts_with("coalesce.") {
-                ConfigErrorKind::ReservedKey { key }
-            } else {
-                ConfigErrorKind::UnknownKey { key }
-            }));
+            return Err(err(ConfigErrorKind::UnknownKey { key }));
         };
         if seen[slot] != 0 {
             return Err(err(ConfigErrorKind::DuplicateKey {
@@ -424,6 +462,40 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
                     return Err(err(ConfigErrorKind::RamOutOfRange { value: n }));
                 }
                 config.ram_mib = n as u32;
+            }
+            "coalesce" => {
+                config.coalesce = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(err(ConfigErrorKind::BadCoalesce { value })),
+                }
+            }
+            "coalesce.extent" => {
+                if crate::coalesce::block::Extent::parse(value).is_none() {
+                    return Err(err(ConfigErrorKind::BadExtent { value }));
+                }
+                config.coalesce_extent = value;
+            }
+            "coalesce.max_insns" | "coalesce.max_string" => {
+                let range = if key == "coalesce.max_insns" {
+                    COALESCE_MAX_INSNS_RANGE
+                } else {
+                    COALESCE_MAX_STRING_RANGE
+                };
+                let n = value.parse::<u32>().ok().filter(|n| range.contains(n));
+                let Some(n) = n else {
+                    return Err(err(ConfigErrorKind::BadBound {
+                        key,
+                        value,
+                        min: *range.start(),
+                        max: *range.end(),
+                    }));
+                };
+                if key == "coalesce.max_insns" {
+                    config.coalesce_max_insns = n;
+                } else {
+                    config.coalesce_max_string = n;
+                }
             }
             _ => unreachable!("key was found in KNOWN_KEYS"),
         }
@@ -529,21 +601,31 @@ mod tests {
     fn unknown_key_message() {
         assert_eq!(
             err_text("platform = qemu\n\nram_mb = 64"),
-            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, ram_mib)"
+            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string)"
         );
         assert!(err_text("timeout_s = 5").contains("unknown key 'timeout_s'"));
     }
 
     #[test]
-    fn reserved_coalesce_keys() {
-        let e = parse("\ncoalesce.window = 4").unwrap_err();
-        assert_eq!(e.line, 2);
+    fn coalescing_keys_parse_and_reject_bad_values() {
+        let c = parse(
+            "coalesce = off\ncoalesce.extent = bytes:32\ncoalesce.max_insns = 8\ncoalesce.max_string = 100",
+        )
+        .unwrap();
+        assert!(!c.coalesce);
+        assert_eq!(c.coalesce_extent, "bytes:32");
+        assert_eq!((c.coalesce_max_insns, c.coalesce_max_string), (8, 100));
+        let d = parse("").unwrap();
+        assert!(d.coalesce);
+        assert_eq!(d.coalesce_extent, COALESCE_EXTENT_DEFAULT);
         assert_eq!(
-            e.kind,
-            ConfigErrorKind::ReservedKey {
-                key: "coalesce.window"
-            }
+            err_text("coalesce = maybe"),
+            "line 1: coalesce: expected on or off, got 'maybe'"
         );
+        assert!(err_text("coalesce.extent = galaxy").contains("expected page, line"));
+        assert!(err_text("coalesce.max_insns = 0").contains("must be a number in 1..=4096"));
+        assert!(err_text("coalesce.max_string = lots").contains("got 'lots'"));
+        assert!(err_text("coalesce.window = 4").contains("unknown key 'coalesce.window'"));
     }
 
     #[test]
@@ -618,6 +700,10 @@ mod tests {
             },
             guest_load: Some(0x500),
             ram_mib: 4096,
+            coalesce: false,
+            coalesce_extent: "bytes:48",
+            coalesce_max_insns: 1,
+            coalesce_max_string: 65536,
         });
         round_trip(Config {
             platform: Platform::Bochs,
@@ -625,6 +711,7 @@ mod tests {
             guest_entry: EntryMode::RealAddr(0xf_ffff),
             guest_load: None,
             ram_mib: 16,
+            ..Config::default()
         });
         for entry in [EntryMode::Elf64, EntryMode::Firmware, EntryMode::None] {
             round_trip(Config {

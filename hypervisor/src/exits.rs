@@ -100,6 +100,46 @@ pub struct ExitContext<'a, 'b, V: Vmcs, M: GuestMemory, H: HostOps> {
     pub config: VcpuConfig,
 }
 
+/// IA32_EFER.LMA as VM entry will load it: the "IA-32e mode guest" entry control.
+pub fn guest_lma(vmcs: &impl Vmcs) -> bool {
+    vmcs.read(VmcsField::EntryControls) & u64::from(EntryControls::IA32E_MODE_GUEST.bits()) != 0
+}
+
+/// 64-bit mode: IA-32e mode with CS.L set (SDM Vol. 3A 3.4.5).
+pub fn guest_long_mode(vmcs: &impl Vmcs) -> bool {
+    guest_lma(vmcs) && vmcs.read(VmcsField::GuestCsAccessRights) & AR_L != 0
+}
+
+/// Whether the guest's CS is a 32-bit segment (CS.D/B) outside 64-bit mode.
+pub fn guest_cs_32bit(vmcs: &impl Vmcs) -> bool {
+    vmcs.read(VmcsField::GuestCsAccessRights) & AR_DB != 0
+}
+
+/// CPL is SS.DPL (SDM 27.3.1.2 / 25.4.1).
+pub fn guest_cpl(vmcs: &impl Vmcs) -> u8 {
+    ((vmcs.read(VmcsField::GuestSsAccessRights) >> 5) & 3) as u8
+}
+
+/// The guest's EFER with LMA as the entry control says.
+pub fn guest_efer(vmcs: &impl Vmcs) -> u64 {
+    let e = vmcs.read(VmcsField::GuestIa32Efer) & !EFER_LMA;
+    if guest_lma(vmcs) {
+        e | EFER_LMA
+    } else {
+        e
+    }
+}
+
+/// The guest's paging registers, for walks of its page tables.
+pub fn guest_paging(vmcs: &impl Vmcs) -> PagingContext {
+    PagingContext {
+        cr0: vmcs.read(VmcsField::GuestCr0),
+        cr3: vmcs.read(VmcsField::GuestCr3),
+        cr4: vmcs.read(VmcsField::GuestCr4),
+        efer: guest_efer(vmcs),
+    }
+}
+
 /// What the kernel does after an exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitAction {
@@ -318,35 +358,24 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     /// IA32_EFER.LMA, from the "IA-32e mode guest" entry control.
     fn lma(&self) -> bool {
-        self.read(VmcsField::EntryControls) & u64::from(EntryControls::IA32E_MODE_GUEST.bits()) != 0
+        guest_lma(&*self.vmcs)
     }
 
     /// 64-bit mode: IA-32e mode with CS.L set.
     fn long_mode(&self) -> bool {
-        self.lma() && self.read(VmcsField::GuestCsAccessRights) & AR_L != 0
+        guest_long_mode(&*self.vmcs)
     }
 
-    /// CPL is SS.DPL (SDM 27.3.1.2 / 25.4.1).
     fn cpl(&self) -> u8 {
-        ((self.read(VmcsField::GuestSsAccessRights) >> 5) & 3) as u8
+        guest_cpl(&*self.vmcs)
     }
 
     fn efer(&self) -> u64 {
-        let e = self.read(VmcsField::GuestIa32Efer) & !EFER_LMA;
-        if self.lma() {
-            e | EFER_LMA
-        } else {
-            e
-        }
+        guest_efer(&*self.vmcs)
     }
 
     fn paging(&self) -> PagingContext {
-        PagingContext {
-            cr0: self.read(VmcsField::GuestCr0),
-            cr3: self.read(VmcsField::GuestCr3),
-            cr4: self.read(VmcsField::GuestCr4),
-            efer: self.efer(),
-        }
+        guest_paging(&*self.vmcs)
     }
 
     /// CR0 as the guest sees it: shadow bits where the mask owns them.

@@ -29,6 +29,13 @@ pub struct Machine<S: ConsoleSink> {
     pub pic: RefCell<PicPair>,
 }
 
+/// Timer edges seen by one [`Machine::poll`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ticks {
+    pub raised: u64,
+    pub lost: u64,
+}
+
 /// The `&RefCell`s the IO bus holds `&mut` to; they must outlive the bus, so the run
 /// loop keeps them next to it.
 pub struct BusHandles<'m, S: ConsoleSink> {
@@ -79,25 +86,41 @@ impl<S: ConsoleSink> Machine<S> {
     }
 
     /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
-    /// the PIC's inputs: PIT OUT0 on IRQ0 (edge-triggered: each rising edge since the
-    /// last look raises a request), the UART's interrupt line on IRQ4.
+    /// the PIC's inputs, counting timer ticks in `stats`.
     pub fn sync(&self, now: u64, stats: &mut Stats) {
+        let t = self.poll(now);
+        stats.timer_ticks = stats.timer_ticks.saturating_add(t.raised);
+        stats.timer_ticks_lost = stats.timer_ticks_lost.saturating_add(t.lost);
+    }
+
+    /// [`Machine::sync`] without the statistics, for callers that hold them elsewhere
+    /// (the coalescer's device accesses): PIT OUT0 on IRQ0 (edge-triggered: each rising
+    /// edge since the last look raises a request), the UART's interrupt line on IRQ4.
+    pub fn poll(&self, now: u64) -> Ticks {
         let mut pit = self.pit.borrow_mut();
         let mut pic = self.pic.borrow_mut();
         let edges = pit.irq0_edges(now);
+        let mut ticks = Ticks::default();
         if edges > 0 {
-            stats.timer_ticks = stats.timer_ticks.saturating_add(edges);
             // The 8259A latches one request per line: a tick that finds IRQ0 still
             // requested, and all but one of several ticks between two looks, are lost
             // (as on hardware whose CPU kept interrupts off that long).
             let already = pic.master().irr() & (1 << TIMER_IRQ) != 0;
-            let lost = edges - 1 + u64::from(already);
-            stats.timer_ticks_lost = stats.timer_ticks_lost.saturating_add(lost);
+            ticks = Ticks {
+                raised: edges,
+                lost: edges - 1 + u64::from(already),
+            };
             pic.set_irq(TIMER_IRQ, false);
             pic.set_irq(TIMER_IRQ, true);
         }
         pic.set_irq(TIMER_IRQ, pit.out(0, now));
         pic.set_irq(COM1_IRQ, self.uart.borrow().irq_line());
+        ticks
+    }
+
+    /// Whether the PIC has an interrupt for the CPU right now.
+    pub fn interrupt_pending(&self) -> bool {
+        self.pic.borrow().pending_vector().is_some()
     }
 
     /// Injects the PIC's pending interrupt if the guest can take it (else asks for an

@@ -29,6 +29,13 @@ run options:
                                 firmware (reset vector F000:FFF0, image ending at 1 MiB and
                                 at 4 GiB); ELF files default to elf64
   --ram MIB                     guest RAM in MiB (16..=4096, default 64)
+
+coalescing options (run and test):
+  --coalesce on|off             emulate each IO burst in one exit (default on) or take
+                                one exit per IO instruction, as other hypervisors do
+  --extent POLICY               where the scan for a burst may look (policies below)
+  --max-insns N                 instructions emulated per exit at most (1..=4096, default 256)
+  --max-string N                string-IO elements per exit at most (1..=65536, default 4096)
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +51,70 @@ pub enum Firmware {
     Uefi,
 }
 
+/// Coalescing flags; `None` keeps the run configuration's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoalesceArgs {
+    pub coalesce: Option<bool>,
+    pub extent: Option<String>,
+    pub max_insns: Option<u32>,
+    pub max_string: Option<u32>,
+}
+
+impl CoalesceArgs {
+    /// Takes one coalescing flag; `Ok(false)` if `flag` is not one.
+    fn take<'a>(
+        &mut self,
+        flag: &str,
+        inline: Option<&'a str>,
+        rest: &mut impl Iterator<Item = &'a str>,
+    ) -> Result<bool, UsageError> {
+        match flag {
+            "--coalesce" => {
+                self.coalesce = Some(match value(flag, inline, rest)? {
+                    "on" => true,
+                    "off" => false,
+                    v => return err(format!("--coalesce: expected on or off, got '{v}'")),
+                })
+            }
+            "--extent" => {
+                let v = value(flag, inline, rest)?;
+                if hypervisor::coalesce::block::Extent::parse(v).is_none() {
+                    return err(format!(
+                        "--extent: unknown policy '{v}' (see `cargo xtask help` for the policies)"
+                    ));
+                }
+                self.extent = Some(v.to_string());
+            }
+            "--max-insns" | "--max-string" => {
+                let v = value(flag, inline, rest)?;
+                let (range, slot) = if flag == "--max-insns" {
+                    (
+                        hypervisor::config::COALESCE_MAX_INSNS_RANGE,
+                        &mut self.max_insns,
+                    )
+                } else {
+                    (
+                        hypervisor::config::COALESCE_MAX_STRING_RANGE,
+                        &mut self.max_string,
+                    )
+                };
+                match v.parse::<u32>() {
+                    Ok(n) if range.contains(&n) => *slot = Some(n),
+                    _ => {
+                        return err(format!(
+                            "{flag}: expected a number in {}..={}, got '{v}'",
+                            range.start(),
+                            range.end()
+                        ))
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunArgs {
     pub release: bool,
@@ -54,6 +125,7 @@ pub struct RunArgs {
     pub guest: Option<String>,
     pub entry: Option<String>,
     pub ram_mib: Option<u32>,
+    pub coalesce: CoalesceArgs,
 }
 
 impl Default for RunArgs {
@@ -67,6 +139,7 @@ impl Default for RunArgs {
             guest: None,
             entry: None,
             ram_mib: None,
+            coalesce: CoalesceArgs::default(),
         }
     }
 }
@@ -76,6 +149,8 @@ pub struct TestArgs {
     pub release: bool,
     pub host_only: bool,
     pub filter: Option<String>,
+    /// Applies to every end-to-end case that does not set coalescing itself.
+    pub coalesce: CoalesceArgs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +246,8 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
             }
             ("test", "--host-only") if inline.is_none() => test.host_only = true,
             ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
+            ("run", f) if run.coalesce.take(f, inline, &mut args)? => {}
+            ("test", f) if test.coalesce.take(f, inline, &mut args)? => {}
             ("build" | "run" | "test", _) => {
                 return err(format!("unknown option '{arg}' for '{command}'"))
             }
@@ -227,6 +304,7 @@ mod tests {
             guest: None,
             entry: None,
             ram_mib: None,
+            coalesce: CoalesceArgs::default(),
         };
         assert_eq!(
             p("run --release --emulator qemu --firmware uefi --cpu host --timeout 30"),
@@ -285,6 +363,45 @@ mod tests {
     }
 
     #[test]
+    fn coalescing_flags_for_run_and_test() {
+        let Ok(Command::Run(r)) =
+            p("run --coalesce off --extent bytes:32 --max-insns 16 --max-string 100")
+        else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            r.coalesce,
+            CoalesceArgs {
+                coalesce: Some(false),
+                extent: Some("bytes:32".into()),
+                max_insns: Some(16),
+                max_string: Some(100)
+            }
+        );
+        let Ok(Command::Test(t)) = p("test --coalesce=on --extent=page") else {
+            panic!("expected test");
+        };
+        assert_eq!(t.coalesce.coalesce, Some(true));
+        assert!(p("run --coalesce maybe")
+            .unwrap_err()
+            .0
+            .contains("--coalesce"));
+        assert!(p("run --extent galaxy")
+            .unwrap_err()
+            .0
+            .contains("unknown policy 'galaxy'"));
+        assert!(p("run --max-insns 0").unwrap_err().0.contains("1..=4096"));
+        assert!(p("test --max-string x")
+            .unwrap_err()
+            .0
+            .contains("--max-string"));
+        assert!(p("build --coalesce on")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+    }
+
+    #[test]
     fn bochs_with_uefi_is_refused() {
         assert!(p("run --emulator bochs --firmware uefi").is_err());
     }
@@ -296,7 +413,8 @@ mod tests {
             Ok(Command::Test(TestArgs {
                 release: true,
                 host_only: true,
-                filter: Some("qemu".into())
+                filter: Some("qemu".into()),
+                coalesce: CoalesceArgs::default(),
             }))
         );
         assert_eq!(p("build --release"), Ok(Command::Build { release: true }));

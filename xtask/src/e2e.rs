@@ -539,7 +539,10 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
                 };
                 image::payload_bytes(&config, &[])
             }
-            Some(g) => image::payload_bytes(&crate::run_config(g, &case.emulator), &g.bytes),
+            Some(g) => image::payload_bytes(
+                &crate::run_config(g, &case.emulator, &args.coalesce),
+                &g.bytes,
+            ),
         };
         let machine = Machine {
             emulator: case.emulator.clone(),

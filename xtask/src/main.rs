@@ -28,7 +28,11 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{}", cli::USAGE);
+            print!(
+                "{}\nextent policies (--extent):\n{}\n",
+                cli::USAGE,
+                hypervisor::coalesce::block::Extent::HELP
+            );
             Ok(0)
         }
         Command::Build { release } => build(release).map(|_| 0),
@@ -100,13 +104,22 @@ fn platform_of(emulator: &Emulator) -> Platform {
 }
 
 /// The run configuration for a prepared guest on an emulator.
-pub fn run_config<'a>(guest: &'a guest_input::PreparedGuest, emulator: &Emulator) -> Config<'a> {
+pub fn run_config<'a>(
+    guest: &'a guest_input::PreparedGuest,
+    emulator: &Emulator,
+    coalesce: &'a cli::CoalesceArgs,
+) -> Config<'a> {
+    let d = Config::default();
     Config {
         platform: platform_of(emulator),
         guest_name: &guest.name,
         guest_entry: guest.entry,
         guest_load: None,
         ram_mib: guest.ram_mib,
+        coalesce: coalesce.coalesce.unwrap_or(d.coalesce),
+        coalesce_extent: coalesce.extent.as_deref().unwrap_or(d.coalesce_extent),
+        coalesce_max_insns: coalesce.max_insns.unwrap_or(d.coalesce_max_insns),
+        coalesce_max_string: coalesce.max_string.unwrap_or(d.coalesce_max_string),
     }
 }
 
@@ -120,7 +133,7 @@ fn run(args: &RunArgs) -> Result<u8, String> {
     )?;
     let emulator = choose_emulator(args);
     let kernel = image::build_kernel(args.release)?;
-    let config = run_config(&guest, &emulator);
+    let config = run_config(&guest, &emulator, &args.coalesce);
     let machine = Machine {
         emulator,
         firmware: args.firmware,

@@ -3,4 +3,9 @@
 //! and move RIP past it — leaving the guest exactly as one exit per IO instruction
 //! would have (see docs/COALESCING.md for the contract).
 
+pub mod block;
+pub mod cache;
+pub mod decode;
+pub mod engine;
+pub mod exec;
 pub mod insn;

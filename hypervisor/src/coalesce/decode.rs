@@ -1,0 +1,1551 @@
+//! x86 machine code -> the coalescer's instruction form ([`Insn`]), through zydis.
+//!
+//! zydis (the C library, built freestanding, no heap) does the hard part of x86
+//! decoding: prefixes and their interactions (REX placement, 66h/67h, REX.W over 66h,
+//! LOCK legality), instruction length, register selection (AH..BH without REX versus
+//! SPL..DIL with any REX) and immediate sign extension. This file then accepts only the
+//! small subset the emulator implements, checked by opcode map, opcode byte and ModRM
+//! fields (SDM Vol. 2, Appendix A opcode maps), and maps zydis's operands to [`Op`].
+//!
+//! Everything outside the subset, and every form of a subset instruction with a memory
+//! operand, is [`DecodeError::Unsupported`] with the instruction's length; bytes that do
+//! not form an instruction (including `#UD` encodings such as LOCK on a register
+//! destination) are [`DecodeError::Undecodable`]; bytes that end inside an instruction
+//! are [`DecodeError::Truncated`]. No guest bytes can make this code panic.
+
+use zydis::ffi::{DecodedOperand, DecodedOperandKind};
+use zydis::{
+    Decoder, Instruction, InstructionAttributes, MachineMode, Mnemonic, OpcodeMap, Register,
+    StackWidth, Status, VisibleOperands,
+};
+
+use super::insn::{
+    AluOp, CodeMode, Cond, Insn, LoopKind, Op, Operand, PortSrc, RegRef, Seg, Width,
+};
+
+/// The longest x86 instruction (SDM Vol. 2, 2.3.11): longer ones raise #GP.
+pub const MAX_INSN_LEN: usize = 15;
+
+/// Why bytes did not become an [`Insn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// Not an instruction (the CPU raises #UD, or #GP for more than 15 bytes).
+    Undecodable,
+    /// A valid instruction of `len` bytes that the emulator does not implement.
+    Unsupported { len: u8 },
+    /// The bytes end inside the instruction: more bytes are needed to decide.
+    Truncated,
+}
+
+/// Decodes the instruction at the start of `bytes` for code of size `mode`.
+///
+/// `mode` selects zydis's machine mode and stack width: 16-bit (real mode and 16-bit
+/// protected mode share every encoding the subset uses), 32-bit (legacy and
+/// compatibility mode), 64-bit. zydis runs with its default decoder modes, i.e. Intel
+/// branch semantics (66h does not shorten near branches in 64-bit mode).
+pub fn decode(bytes: &[u8], mode: CodeMode) -> Result<Insn, DecodeError> {
+    let (machine, stack) = match mode {
+        CodeMode::Bits16 => (MachineMode::LEGACY_16, StackWidth::_16),
+        CodeMode::Bits32 => (MachineMode::LEGACY_32, StackWidth::_32),
+        CodeMode::Bits64 => (MachineMode::LONG_64, StackWidth::_64),
+    };
+    let decoder = Decoder::new(machine, stack).map_err(|_| DecodeError::Undecodable)?;
+    let window = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    let insn: Instruction<VisibleOperands> = match decoder.decode_first(window) {
+        Ok(Some(insn)) => insn,
+        // zydis reports running out of bytes as `Ok(None)` (NoMoreData).
+        Ok(None) | Err(Status::NoMoreData) => {
+            return Err(if window.len() == MAX_INSN_LEN {
+                // 15 bytes are not enough: too long for the CPU (#GP).
+                DecodeError::Undecodable
+            } else {
+                DecodeError::Truncated
+            });
+        }
+        Err(_) => return Err(DecodeError::Undecodable),
+    };
+    let len = insn.length;
+    match map(&insn, window, mode) {
+        Some(op) => Ok(Insn { op, len }),
+        None => Err(DecodeError::Unsupported { len }),
+    }
+}
+
+/// The legacy and REX prefix bytes of `insn`, in order.
+fn prefixes(insn: &Instruction<VisibleOperands>) -> impl Iterator<Item = u8> + '_ {
+    let n = usize::from(insn.raw.prefix_count).min(insn.raw.prefixes.len());
+    insn.raw.prefixes[..n].iter().map(|p| p.value)
+}
+
+fn has_prefix(insn: &Instruction<VisibleOperands>, byte: u8) -> bool {
+    prefixes(insn).any(|p| p == byte)
+}
+
+/// The segment a string instruction's source uses: the last segment-override prefix,
+/// or DS. In 64-bit mode CS/SS/DS/ES overrides are ignored (SDM Vol. 1, 3.3.7.1).
+fn source_segment(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Seg {
+    let mut seg = Seg::Ds;
+    for p in prefixes(insn) {
+        let s = match p {
+            0x26 => Seg::Es,
+            0x2E => Seg::Cs,
+            0x36 => Seg::Ss,
+            0x3E => Seg::Ds,
+            0x64 => Seg::Fs,
+            0x65 => Seg::Gs,
+            _ => continue,
+        };
+        if mode != CodeMode::Bits64 || matches!(s, Seg::Fs | Seg::Gs) {
+            seg = s;
+        }
+    }
+    seg
+}
+
+/// A general-purpose register operand, in encoding order (SDM Vol. 2, Table 2-2).
+fn gpr(reg: Register) -> Option<RegRef> {
+    let n = reg as u32;
+    let (first, width) = match n {
+        _ if (Register::AH as u32..=Register::BH as u32).contains(&n) => {
+            return Some(RegRef::high((n - Register::AH as u32) as u8));
+        }
+        _ if (Register::AL as u32..=Register::BL as u32).contains(&n) => (Register::AL, Width::W8),
+        _ if (Register::SPL as u32..=Register::R15B as u32).contains(&n) => {
+            // SPL..DIL and R8B..R15B are encodings 4..15.
+            return Some(RegRef::new((n - Register::SPL as u32 + 4) as u8, Width::W8));
+        }
+        _ if (Register::AX as u32..=Register::R15W as u32).contains(&n) => {
+            (Register::AX, Width::W16)
+        }
+        _ if (Register::EAX as u32..=Register::R15D as u32).contains(&n) => {
+            (Register::EAX, Width::W32)
+        }
+        _ if (Register::RAX as u32..=Register::R15 as u32).contains(&n) => {
+            (Register::RAX, Width::W64)
+        }
+        _ => return None,
+    };
+    Some(RegRef::new((n - first as u32) as u8, width))
+}
+
+fn reg_operand(op: Option<&DecodedOperand>) -> Option<RegRef> {
+    match op?.kind {
+        DecodedOperandKind::Reg(r) => gpr(r),
+        _ => None,
+    }
+}
+
+/// An immediate operand's value: zydis has sign-extended it to 64 bits where the
+/// encoding says so; it is masked to `width`.
+fn imm_operand(op: Option<&DecodedOperand>, width: Width) -> Option<u64> {
+    match &op?.kind {
+        DecodedOperandKind::Imm(imm) => Some(imm.value & width.mask()),
+        _ => None,
+    }
+}
+
+/// A register or immediate source operand of width `width`.
+fn source(op: Option<&DecodedOperand>, width: Width) -> Option<Operand> {
+    if let Some(r) = reg_operand(op) {
+        return (r.width == width).then_some(Operand::Reg(r));
+    }
+    imm_operand(op, width).map(Operand::Imm)
+}
+
+/// A relative branch displacement (sign-extended by zydis).
+fn rel_operand(op: Option<&DecodedOperand>) -> Option<i32> {
+    match &op?.kind {
+        DecodedOperandKind::Imm(imm) if imm.is_relative => i32::try_from(imm.value as i64).ok(),
+        _ => None,
+    }
+}
+
+fn width_bits(bits: u8) -> Option<Width> {
+    match bits {
+        8 => Some(Width::W8),
+        16 => Some(Width::W16),
+        32 => Some(Width::W32),
+        64 => Some(Width::W64),
+        _ => None,
+    }
+}
+
+/// The width a near branch truncates the new instruction pointer to: the operand
+/// size, which 66h cannot change in 64-bit mode on Intel processors (SDM Vol. 2, JMP
+/// and Jcc: "In 64-bit mode, operand size is fixed at 64 bits").
+fn branch_width(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Width> {
+    match mode {
+        CodeMode::Bits64 => Some(Width::W64),
+        _ => match insn.operand_width {
+            16 => Some(Width::W16),
+            32 => Some(Width::W32),
+            _ => None,
+        },
+    }
+}
+
+fn alu_op(m: Mnemonic) -> Option<AluOp> {
+    Some(match m {
+        Mnemonic::ADD => AluOp::Add,
+        Mnemonic::OR => AluOp::Or,
+        Mnemonic::AND => AluOp::And,
+        Mnemonic::SUB => AluOp::Sub,
+        Mnemonic::XOR => AluOp::Xor,
+        Mnemonic::CMP => AluOp::Cmp,
+        Mnemonic::TEST => AluOp::Test,
+        Mnemonic::INC => AluOp::Inc,
+        Mnemonic::DEC => AluOp::Dec,
+        Mnemonic::SHL => AluOp::Shl,
+        Mnemonic::SHR => AluOp::Shr,
+        _ => return None,
+    })
+}
+
+/// `Op::Alu` with a register destination and a register/immediate source of the same
+/// width taken from operands 0 and 1.
+fn alu_two(insn: &Instruction<VisibleOperands>) -> Option<Op> {
+    let op = alu_op(insn.mnemonic)?;
+    let ops = insn.operands();
+    let dst = reg_operand(ops.first())?;
+    let src = source(ops.get(1), dst.width)?;
+    Some(Op::Alu { op, dst, src })
+}
+
+/// `Op::Alu` with a register destination and a fixed immediate source (INC/DEC: the
+/// source is ignored; shift by one).
+fn alu_one(insn: &Instruction<VisibleOperands>, imm: u64) -> Option<Op> {
+    let op = alu_op(insn.mnemonic)?;
+    let dst = reg_operand(insn.operands().first())?;
+    Some(Op::Alu {
+        op,
+        dst,
+        src: Operand::Imm(imm),
+    })
+}
+
+fn mov(insn: &Instruction<VisibleOperands>) -> Option<Op> {
+    if insn.mnemonic != Mnemonic::MOV {
+        return None;
+    }
+    let ops = insn.operands();
+    let dst = reg_operand(ops.first())?;
+    let src = source(ops.get(1), dst.width)?;
+    Some(Op::Mov { dst, src })
+}
+
+fn port(op: Option<&DecodedOperand>) -> Option<PortSrc> {
+    match &op?.kind {
+        DecodedOperandKind::Reg(Register::DX) => Some(PortSrc::Dx),
+        DecodedOperandKind::Imm(imm) => u8::try_from(imm.value).ok().map(PortSrc::Imm),
+        _ => None,
+    }
+}
+
+/// IN/OUT's accumulator operand: AL, AX or EAX.
+fn accumulator(op: Option<&DecodedOperand>) -> Option<Width> {
+    let r = reg_operand(op)?;
+    (r.index == 0 && !r.high8 && r.width != Width::W64).then_some(r.width)
+}
+
+fn string_width(m: Mnemonic) -> Option<Width> {
+    match m {
+        Mnemonic::INSB | Mnemonic::OUTSB => Some(Width::W8),
+        Mnemonic::INSW | Mnemonic::OUTSW => Some(Width::W16),
+        Mnemonic::INSD | Mnemonic::OUTSD => Some(Width::W32),
+        _ => None,
+    }
+}
+
+/// ModRM's `mod` and `reg` fields, read from the instruction bytes: the opcode follows
+/// the prefixes (one byte in the default map, 0F and one byte in map 0F), then ModRM.
+/// (zydis-rs 4.1.1's `RawInfo` does not match the C layout after its `kind_specific`
+/// union: `raw.modrm` of `03 C3` reads mod 0, reg 3, rm 1 — the C fields one byte
+/// over — so only `prefix_count` and `prefixes` of `raw` are used here.) `None` if the bytes do not
+/// show the opcode zydis reported where it should be.
+fn modrm(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> Option<(u8, u8)> {
+    let mut at = usize::from(insn.raw.prefix_count);
+    match insn.opcode_map {
+        OpcodeMap::DEFAULT => {}
+        OpcodeMap::_0F if *bytes.get(at)? == 0x0F => at += 1,
+        _ => return None,
+    }
+    if *bytes.get(at)? != insn.opcode {
+        return None;
+    }
+    if !insn.attributes.contains(InstructionAttributes::HAS_MODRM) {
+        return Some((0, 0));
+    }
+    let m = *bytes.get(at + 1)?;
+    Some((m >> 6, (m >> 3) & 7))
+}
+
+/// Whether the byte before the opcode is a REX prefix with B set (64-bit mode).
+fn rex_b(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
+    let n = usize::from(insn.raw.prefix_count);
+    insn.machine_mode == MachineMode::LONG_64
+        && n > 0
+        && matches!(bytes.get(n - 1), Some(&b) if b & 0xF1 == 0x41)
+}
+
+/// The subset, by opcode (SDM Vol. 2, Tables; group encodings Table A-6).
+fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Option<Op> {
+    let (mod_, modrm_reg) = modrm(insn, bytes)?;
+    let reg_form = mod_ == 3;
+    let ops = insn.operands();
+    // F2 (REPNE/BND) is only meaningful on string compares and MPX branches; where the
+    // SDM leaves it undefined (INS/OUTS) or it has MPX side effects (BND branches),
+    // leave the instruction to the CPU.
+    let f2 = has_prefix(insn, 0xF2);
+    match insn.opcode_map {
+        OpcodeMap::DEFAULT => {}
+        OpcodeMap::_0F => {
+            return match insn.opcode {
+                // Multi-byte NOP: the ModRM operand is never accessed.
+                0x1F if modrm_reg == 0 && insn.mnemonic == Mnemonic::NOP => Some(Op::Nop),
+                0x80..=0x8F if !f2 => Some(Op::Jcc {
+                    cond: Cond::from_nibble(insn.opcode),
+                    rel: rel_operand(ops.first())?,
+                    width: branch_width(insn, mode)?,
+                }),
+                _ => None,
+            };
+        }
+        _ => return None,
+    }
+    let opc = insn.opcode;
+    match opc {
+        // ADD/OR/AND/SUB/XOR/CMP: r/m,r and r,r/m (register form) and rAX,imm.
+        0x00..=0x3D if matches!(opc >> 3, 0 | 1 | 4 | 5 | 6 | 7) && opc & 7 <= 5 => {
+            if opc & 7 <= 3 && !reg_form {
+                return None;
+            }
+            alu_two(insn)
+        }
+        // INC/DEC r16/r32 (16/32-bit modes only: in 64-bit mode these are REX).
+        0x40..=0x4F if mode != CodeMode::Bits64 => alu_one(insn, 1),
+        0x6C..=0x6F => {
+            if f2 {
+                return None;
+            }
+            let width = string_width(insn.mnemonic)?;
+            let rep = has_prefix(insn, 0xF3);
+            let addr = width_bits(insn.address_width)?;
+            Some(if opc <= 0x6D {
+                Op::Ins { width, rep, addr }
+            } else {
+                Op::Outs {
+                    width,
+                    rep,
+                    addr,
+                    seg: source_segment(insn, mode),
+                }
+            })
+        }
+        0x70..=0x7F if !f2 => Some(Op::Jcc {
+            cond: Cond::from_nibble(opc),
+            rel: rel_operand(ops.first())?,
+            width: branch_width(insn, mode)?,
+        }),
+        // Group 1 with a register operand; /2 ADC and /3 SBB are not in the subset.
+        0x80 | 0x81 | 0x83 if reg_form && !matches!(modrm_reg, 2 | 3) => alu_two(insn),
+        0x84 | 0x85 if reg_form => alu_two(insn),
+        0x88..=0x8B if reg_form => mov(insn),
+        // NOP and PAUSE; with REX.B 90 is XCHG r8, rAX (zydis says XCHG; F3 REX.B 90
+        // is left to the CPU too).
+        0x90 if matches!(insn.mnemonic, Mnemonic::NOP | Mnemonic::PAUSE) && !rex_b(insn, bytes) => {
+            Some(Op::Nop)
+        }
+        0xA8 | 0xA9 => alu_two(insn),
+        0xB0..=0xBF => mov(insn),
+        // Group 2: /4 SHL, /5 SHR (the /6 SAL alias is left to the CPU).
+        0xC0 | 0xC1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_two(insn),
+        0xD0 | 0xD1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_one(insn, 1),
+        // Group 11: MOV r/m, imm (/0), register destination only.
+        0xC6 | 0xC7 if reg_form && modrm_reg == 0 => mov(insn),
+        0xE0..=0xE2 => Some(Op::Loop {
+            kind: match opc {
+                0xE0 => LoopKind::Loopne,
+                0xE1 => LoopKind::Loope,
+                _ => LoopKind::Loop,
+            },
+            rel: rel_operand(ops.first())?,
+            addr: width_bits(insn.address_width)?,
+            width: branch_width(insn, mode)?,
+        }),
+        0xE4 | 0xE5 | 0xEC | 0xED if insn.mnemonic == Mnemonic::IN => Some(Op::In {
+            width: accumulator(ops.first())?,
+            port: port(ops.get(1))?,
+        }),
+        0xE6 | 0xE7 | 0xEE | 0xEF if insn.mnemonic == Mnemonic::OUT => Some(Op::Out {
+            width: accumulator(ops.get(1))?,
+            port: port(ops.first())?,
+        }),
+        0xE9 | 0xEB if !f2 => Some(Op::Jmp {
+            rel: rel_operand(ops.first())?,
+            width: branch_width(insn, mode)?,
+        }),
+        // Group 3 /0 TEST r/m, imm with a register operand.
+        0xF6 | 0xF7 if reg_form && modrm_reg == 0 => alu_two(insn),
+        // Group 4/5 /0 INC, /1 DEC with a register operand.
+        0xFE | 0xFF if reg_form && modrm_reg <= 1 => alu_one(insn, 1),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CodeMode::{Bits16, Bits32, Bits64};
+
+    const ALL: [CodeMode; 3] = [Bits16, Bits32, Bits64];
+
+    fn op(bytes: &[u8], mode: CodeMode) -> Op {
+        let insn = decode(bytes, mode).unwrap_or_else(|e| panic!("{bytes:02x?} {mode:?}: {e:?}"));
+        assert_eq!(
+            usize::from(insn.len),
+            bytes.len(),
+            "{bytes:02x?} in {mode:?}"
+        );
+        insn.op
+    }
+
+    fn unsupported(bytes: &[u8], mode: CodeMode) {
+        assert_eq!(
+            decode(bytes, mode),
+            Err(DecodeError::Unsupported {
+                len: bytes.len() as u8
+            }),
+            "{bytes:02x?} in {mode:?}"
+        );
+    }
+
+    fn r(index: u8, width: Width) -> RegRef {
+        RegRef::new(index, width)
+    }
+
+    fn alu(op: AluOp, dst: RegRef, src: Operand) -> Op {
+        Op::Alu { op, dst, src }
+    }
+
+    #[test]
+    fn in_out_immediate_and_dx() {
+        for m in ALL {
+            // in al, 0x60
+            assert_eq!(
+                op(&[0xE4, 0x60], m),
+                Op::In {
+                    width: Width::W8,
+                    port: PortSrc::Imm(0x60)
+                }
+            );
+            // out 0x80, al
+            assert_eq!(
+                op(&[0xE6, 0x80], m),
+                Op::Out {
+                    width: Width::W8,
+                    port: PortSrc::Imm(0x80)
+                }
+            );
+            // in al, dx / out dx, al
+            assert_eq!(
+                op(&[0xEC], m),
+                Op::In {
+                    width: Width::W8,
+                    port: PortSrc::Dx
+                }
+            );
+            assert_eq!(
+                op(&[0xEE], m),
+                Op::Out {
+                    width: Width::W8,
+                    port: PortSrc::Dx
+                }
+            );
+        }
+        // E5/ED/E7/EF: eAX by operand size; 66h toggles it.
+        assert_eq!(
+            op(&[0xE5, 0x40], Bits16),
+            Op::In {
+                width: Width::W16,
+                port: PortSrc::Imm(0x40)
+            }
+        );
+        assert_eq!(
+            op(&[0xE5, 0x40], Bits32),
+            Op::In {
+                width: Width::W32,
+                port: PortSrc::Imm(0x40)
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xED], Bits16),
+            Op::In {
+                width: Width::W32,
+                port: PortSrc::Dx
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xED], Bits32),
+            Op::In {
+                width: Width::W16,
+                port: PortSrc::Dx
+            }
+        );
+        assert_eq!(
+            op(&[0xEF], Bits64),
+            Op::Out {
+                width: Width::W32,
+                port: PortSrc::Dx
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xE7, 0x70], Bits64),
+            Op::Out {
+                width: Width::W16,
+                port: PortSrc::Imm(0x70)
+            }
+        );
+        // REX.W does not make IN 64-bit: out dx, eax.
+        assert_eq!(
+            op(&[0x48, 0xEF], Bits64),
+            Op::Out {
+                width: Width::W32,
+                port: PortSrc::Dx
+            }
+        );
+        // A port above 0x7F in the immediate is not sign-extended: in al, 0xF0.
+        assert_eq!(
+            op(&[0xE4, 0xF0], Bits64),
+            Op::In {
+                width: Width::W8,
+                port: PortSrc::Imm(0xF0)
+            }
+        );
+    }
+
+    #[test]
+    fn string_io() {
+        // insb / rep insw in 16-bit code: ES:DI, CX.
+        assert_eq!(
+            op(&[0x6C], Bits16),
+            Op::Ins {
+                width: Width::W8,
+                rep: false,
+                addr: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0xF3, 0x6D], Bits16),
+            Op::Ins {
+                width: Width::W16,
+                rep: true,
+                addr: Width::W16
+            }
+        );
+        // rep outsd in 32-bit code; 67h selects 16-bit addressing.
+        let outs = |width, rep, addr, seg| Op::Outs {
+            width,
+            rep,
+            addr,
+            seg,
+        };
+        assert_eq!(
+            op(&[0xF3, 0x6F], Bits32),
+            outs(Width::W32, true, Width::W32, Seg::Ds)
+        );
+        assert_eq!(
+            op(&[0x67, 0x6E], Bits32),
+            outs(Width::W8, false, Width::W16, Seg::Ds)
+        );
+        assert_eq!(
+            op(&[0x67, 0x6E], Bits16),
+            outs(Width::W8, false, Width::W32, Seg::Ds)
+        );
+        // 64-bit: RSI by default, ESI with 67h; 66h gives outsw.
+        assert_eq!(
+            op(&[0xF3, 0x6E], Bits64),
+            outs(Width::W8, true, Width::W64, Seg::Ds)
+        );
+        assert_eq!(
+            op(&[0x67, 0xF3, 0x6F], Bits64),
+            outs(Width::W32, true, Width::W32, Seg::Ds)
+        );
+        assert_eq!(
+            op(&[0x66, 0x6F], Bits64),
+            outs(Width::W16, false, Width::W64, Seg::Ds)
+        );
+        // REX.W 6D is still insd.
+        assert_eq!(
+            op(&[0x48, 0x6D], Bits64),
+            Op::Ins {
+                width: Width::W32,
+                rep: false,
+                addr: Width::W64
+            }
+        );
+    }
+
+    #[test]
+    fn outs_segment_override() {
+        // es rep outsb (26 F3 6E), fs outsb (64 6E), cs outsw in 16-bit code (2E 6F).
+        let seg = |bytes: &[u8], m| match op(bytes, m) {
+            Op::Outs { seg, .. } => seg,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(seg(&[0x26, 0xF3, 0x6E], Bits32), Seg::Es);
+        assert_eq!(seg(&[0x64, 0x6E], Bits32), Seg::Fs);
+        assert_eq!(seg(&[0x2E, 0x6F], Bits16), Seg::Cs);
+        assert_eq!(seg(&[0x36, 0x6F], Bits16), Seg::Ss);
+        // The last of two overrides wins.
+        assert_eq!(seg(&[0x26, 0x65, 0x6E], Bits32), Seg::Gs);
+        // 64-bit mode ignores ES/CS/SS/DS overrides but honours FS/GS.
+        assert_eq!(seg(&[0x26, 0x6E], Bits64), Seg::Ds);
+        assert_eq!(seg(&[0x65, 0x6E], Bits64), Seg::Gs);
+        // INS always writes ES:rDI; an override does not change the IR.
+        assert_eq!(
+            op(&[0x2E, 0x6C], Bits32),
+            Op::Ins {
+                width: Width::W8,
+                rep: false,
+                addr: Width::W32
+            }
+        );
+    }
+
+    #[test]
+    fn repne_string_io_is_left_to_the_cpu() {
+        // F2 6E: REPNE on OUTS is not defined by the SDM.
+        unsupported(&[0xF2, 0x6E], Bits32);
+        unsupported(&[0xF2, 0x6D], Bits64);
+    }
+
+    #[test]
+    fn nops() {
+        for m in ALL {
+            assert_eq!(op(&[0x90], m), Op::Nop);
+            // pause
+            assert_eq!(op(&[0xF3, 0x90], m), Op::Nop);
+            // 66 90: xchg ax, ax
+            assert_eq!(op(&[0x66, 0x90], m), Op::Nop);
+        }
+        // nop dword [eax+eax*1+0x0] (0F 1F 44 00 00) in 32- and 64-bit code.
+        assert_eq!(op(&[0x0F, 0x1F, 0x44, 0x00, 0x00], Bits32), Op::Nop);
+        assert_eq!(op(&[0x0F, 0x1F, 0x44, 0x00, 0x00], Bits64), Op::Nop);
+        // 66 0F 1F 84 00 00 00 00 00: nop word [rax+rax*1+0x0]
+        assert_eq!(
+            op(
+                &[0x66, 0x0F, 0x1F, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+                Bits64
+            ),
+            Op::Nop
+        );
+        // 0F 1F C0: nop eax (register form).
+        assert_eq!(op(&[0x0F, 0x1F, 0xC0], Bits32), Op::Nop);
+        // 0F 1F /0 in 16-bit code: nop word [bx+si] (0F 1F 00).
+        assert_eq!(op(&[0x0F, 0x1F, 0x00], Bits16), Op::Nop);
+        // 41 90: xchg r8d, eax is not a NOP. 48 90 (xchg rax, rax) is.
+        unsupported(&[0x41, 0x90], Bits64);
+        assert_eq!(op(&[0x48, 0x90], Bits64), Op::Nop);
+        assert!(decode(&[0xF3, 0x41, 0x90], Bits64).is_err());
+        // In 32-bit code 41 is inc ecx, not a prefix.
+        assert_eq!(decode(&[0x41, 0x90], Bits32).map(|i| i.len), Ok(1));
+        // 0F 1F /1 is a reserved NOP, not the documented one.
+        assert!(decode(&[0x0F, 0x1F, 0xC8], Bits64).is_err());
+    }
+
+    #[test]
+    fn mov_reg_imm() {
+        // mov al, 0x12 / mov ah, 0x34 (B4) / mov bh, 0x01 (B7) without REX.
+        for m in ALL {
+            assert_eq!(
+                op(&[0xB0, 0x12], m),
+                Op::Mov {
+                    dst: RegRef::AL,
+                    src: Operand::Imm(0x12)
+                }
+            );
+            assert_eq!(
+                op(&[0xB4, 0x34], m),
+                Op::Mov {
+                    dst: RegRef::high(0),
+                    src: Operand::Imm(0x34)
+                }
+            );
+            assert_eq!(
+                op(&[0xB7, 0x01], m),
+                Op::Mov {
+                    dst: RegRef::high(3),
+                    src: Operand::Imm(1)
+                }
+            );
+        }
+        // 16-bit: mov dx, 0x3F8 (BA F8 03); 66h: mov edx, 0x3F8.
+        assert_eq!(
+            op(&[0xBA, 0xF8, 0x03], Bits16),
+            Op::Mov {
+                dst: r(2, Width::W16),
+                src: Operand::Imm(0x3F8)
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xBA, 0xF8, 0x03, 0, 0], Bits16),
+            Op::Mov {
+                dst: r(2, Width::W32),
+                src: Operand::Imm(0x3F8)
+            }
+        );
+        // 32-bit: mov edx, 0x3F8 (BA F8 03 00 00); 66h: mov dx, 0x3F8.
+        assert_eq!(
+            op(&[0xBA, 0xF8, 0x03, 0, 0], Bits32),
+            Op::Mov {
+                dst: r(2, Width::W32),
+                src: Operand::Imm(0x3F8)
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xBA, 0xF8, 0x03], Bits32),
+            Op::Mov {
+                dst: r(2, Width::W16),
+                src: Operand::Imm(0x3F8)
+            }
+        );
+        // 64-bit: mov r9d, 0xFFFFFFFF (41 B9 FF FF FF FF) is not sign-extended.
+        assert_eq!(
+            op(&[0x41, 0xB9, 0xFF, 0xFF, 0xFF, 0xFF], Bits64),
+            Op::Mov {
+                dst: r(9, Width::W32),
+                src: Operand::Imm(0xFFFF_FFFF)
+            }
+        );
+        // REX.W: mov rax, 0x1122334455667788 (48 B8 imm64).
+        assert_eq!(
+            op(
+                &[0x48, 0xB8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11],
+                Bits64
+            ),
+            Op::Mov {
+                dst: r(0, Width::W64),
+                src: Operand::Imm(0x1122_3344_5566_7788)
+            }
+        );
+        // 49 BF imm64: mov r15, -1
+        assert_eq!(
+            op(
+                &[0x49, 0xBF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+                Bits64
+            ),
+            Op::Mov {
+                dst: r(15, Width::W64),
+                src: Operand::Imm(u64::MAX)
+            }
+        );
+    }
+
+    #[test]
+    fn high8_versus_rex_low8() {
+        // Without REX B4..B7 are AH..BH; with any REX (40) they are SPL..DIL.
+        assert_eq!(
+            op(&[0xB4, 1], Bits64),
+            Op::Mov {
+                dst: RegRef::high(0),
+                src: Operand::Imm(1)
+            }
+        );
+        assert_eq!(
+            op(&[0x40, 0xB4, 1], Bits64),
+            Op::Mov {
+                dst: r(4, Width::W8),
+                src: Operand::Imm(1)
+            }
+        );
+        assert_eq!(
+            op(&[0x40, 0xB7, 1], Bits64),
+            Op::Mov {
+                dst: r(7, Width::W8),
+                src: Operand::Imm(1)
+            }
+        );
+        // 41 B4: mov r12b, 1
+        assert_eq!(
+            op(&[0x41, 0xB4, 1], Bits64),
+            Op::Mov {
+                dst: r(12, Width::W8),
+                src: Operand::Imm(1)
+            }
+        );
+        // 88 E0: mov al, ah; 40 88 E0: mov al, spl
+        assert_eq!(
+            op(&[0x88, 0xE0], Bits64),
+            Op::Mov {
+                dst: RegRef::AL,
+                src: Operand::Reg(RegRef::high(0))
+            }
+        );
+        assert_eq!(
+            op(&[0x40, 0x88, 0xE0], Bits64),
+            Op::Mov {
+                dst: RegRef::AL,
+                src: Operand::Reg(r(4, Width::W8))
+            }
+        );
+        // 88 C4 mov ah, al; 44 88 C4 mov spl, r8b.
+        assert_eq!(
+            op(&[0x88, 0xC4], Bits32),
+            Op::Mov {
+                dst: RegRef::high(0),
+                src: Operand::Reg(RegRef::AL)
+            }
+        );
+        assert_eq!(
+            op(&[0x44, 0x88, 0xC4], Bits64),
+            Op::Mov {
+                dst: r(4, Width::W8),
+                src: Operand::Reg(r(8, Width::W8))
+            }
+        );
+    }
+
+    #[test]
+    fn mov_rm_imm_register_only() {
+        // C6 C0 05: mov al, 5; C7 C1 imm32: mov ecx, 0x12345678.
+        assert_eq!(
+            op(&[0xC6, 0xC0, 5], Bits32),
+            Op::Mov {
+                dst: RegRef::AL,
+                src: Operand::Imm(5)
+            }
+        );
+        assert_eq!(
+            op(&[0xC7, 0xC1, 0x78, 0x56, 0x34, 0x12], Bits32),
+            Op::Mov {
+                dst: r(1, Width::W32),
+                src: Operand::Imm(0x1234_5678)
+            }
+        );
+        // 16-bit: C7 C3 34 12: mov bx, 0x1234.
+        assert_eq!(
+            op(&[0xC7, 0xC3, 0x34, 0x12], Bits16),
+            Op::Mov {
+                dst: r(3, Width::W16),
+                src: Operand::Imm(0x1234)
+            }
+        );
+        // 48 C7 C0 FF FF FF FF: mov rax, -1 (imm32 sign-extended).
+        assert_eq!(
+            op(&[0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF], Bits64),
+            Op::Mov {
+                dst: r(0, Width::W64),
+                src: Operand::Imm(u64::MAX)
+            }
+        );
+        // 48 C7 C0 00 00 00 80: mov rax, 0xFFFFFFFF80000000.
+        assert_eq!(
+            op(&[0x48, 0xC7, 0xC0, 0, 0, 0, 0x80], Bits64),
+            Op::Mov {
+                dst: r(0, Width::W64),
+                src: Operand::Imm(0xFFFF_FFFF_8000_0000)
+            }
+        );
+        // Memory destinations: C6 00 05 mov byte [eax], 5; C7 03 imm32 mov dword [ebx], imm.
+        unsupported(&[0xC6, 0x00, 5], Bits32);
+        unsupported(&[0xC7, 0x03, 1, 0, 0, 0], Bits32);
+    }
+
+    #[test]
+    fn mov_reg_reg() {
+        // 89 D8: mov eax, ebx; 8B C3: mov eax, ebx; 8A C3 mov al, bl; 66 89 D8 mov ax, bx.
+        let eax_ebx = Op::Mov {
+            dst: r(0, Width::W32),
+            src: Operand::Reg(r(3, Width::W32)),
+        };
+        assert_eq!(op(&[0x89, 0xD8], Bits32), eax_ebx);
+        assert_eq!(op(&[0x8B, 0xC3], Bits32), eax_ebx);
+        assert_eq!(
+            op(&[0x8A, 0xC3], Bits16),
+            Op::Mov {
+                dst: RegRef::AL,
+                src: Operand::Reg(r(3, Width::W8))
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0x89, 0xD8], Bits32),
+            Op::Mov {
+                dst: r(0, Width::W16),
+                src: Operand::Reg(r(3, Width::W16))
+            }
+        );
+        assert_eq!(
+            op(&[0x89, 0xD8], Bits16),
+            Op::Mov {
+                dst: r(0, Width::W16),
+                src: Operand::Reg(r(3, Width::W16))
+            }
+        );
+        // 4C 89 C0: mov rax, r8; 45 89 C8: mov r8d, r9d.
+        assert_eq!(
+            op(&[0x4C, 0x89, 0xC0], Bits64),
+            Op::Mov {
+                dst: r(0, Width::W64),
+                src: Operand::Reg(r(8, Width::W64))
+            }
+        );
+        assert_eq!(
+            op(&[0x45, 0x89, 0xC8], Bits64),
+            Op::Mov {
+                dst: r(8, Width::W32),
+                src: Operand::Reg(r(9, Width::W32))
+            }
+        );
+        // mov eax, [rbx] (8B 03) is a memory read: unsupported, length 2.
+        assert_eq!(
+            decode(&[0x8B, 0x03], Bits64),
+            Err(DecodeError::Unsupported { len: 2 })
+        );
+        // mov [ebx], eax (89 03); mov ax, es (8C C0); mov eax, cr0 (0F 20 C0).
+        unsupported(&[0x89, 0x03], Bits32);
+        unsupported(&[0x8C, 0xC0], Bits16);
+        unsupported(&[0x0F, 0x20, 0xC0], Bits64);
+        // mov al, [0x1234] (A0 moffs16).
+        unsupported(&[0xA0, 0x34, 0x12], Bits16);
+    }
+
+    #[test]
+    fn alu_register_forms() {
+        let eax = r(0, Width::W32);
+        let ebx = r(3, Width::W32);
+        // 01 D8 add eax, ebx; 03 C3 add eax, ebx; 09 D8 or; 21 D8 and; 29 D8 sub; 31 D8 xor; 39 D8 cmp.
+        for (opc, aop) in [
+            (0x01, AluOp::Add),
+            (0x09, AluOp::Or),
+            (0x21, AluOp::And),
+            (0x29, AluOp::Sub),
+            (0x31, AluOp::Xor),
+            (0x39, AluOp::Cmp),
+        ] {
+            assert_eq!(op(&[opc, 0xD8], Bits32), alu(aop, eax, Operand::Reg(ebx)));
+            assert_eq!(
+                op(&[opc + 2, 0xC3], Bits32),
+                alu(aop, eax, Operand::Reg(ebx))
+            );
+            // 8-bit forms: 00 D8 add al, bl etc.
+            assert_eq!(
+                op(&[opc - 1, 0xD8], Bits16),
+                alu(aop, RegRef::AL, Operand::Reg(r(3, Width::W8)))
+            );
+        }
+        // 48 31 C0: xor rax, rax; 66 31 C0 in 64-bit: xor ax, ax.
+        assert_eq!(
+            op(&[0x48, 0x31, 0xC0], Bits64),
+            alu(AluOp::Xor, r(0, Width::W64), Operand::Reg(r(0, Width::W64)))
+        );
+        assert_eq!(
+            op(&[0x66, 0x31, 0xC0], Bits64),
+            alu(AluOp::Xor, r(0, Width::W16), Operand::Reg(r(0, Width::W16)))
+        );
+        // add eax, [ebx] (03 03), add [ebx], eax (01 03): memory forms.
+        unsupported(&[0x03, 0x03], Bits32);
+        unsupported(&[0x01, 0x03], Bits32);
+        // adc (11 D8) and sbb (19 D8) are outside the subset.
+        unsupported(&[0x11, 0xD8], Bits32);
+        unsupported(&[0x19, 0xD8], Bits32);
+    }
+
+    #[test]
+    fn alu_accumulator_immediates() {
+        // 04 05 add al, 5; 0C 80 or al, 0x80; 24 0F and al, 0x0F; 2C 01 sub al, 1;
+        // 34 FF xor al, 0xFF; 3C 20 cmp al, 0x20.
+        for (bytes, aop, v) in [
+            ([0x04, 0x05], AluOp::Add, 5),
+            ([0x0C, 0x80], AluOp::Or, 0x80),
+            ([0x24, 0x0F], AluOp::And, 0x0F),
+            ([0x2C, 0x01], AluOp::Sub, 1),
+            ([0x34, 0xFF], AluOp::Xor, 0xFF),
+            ([0x3C, 0x20], AluOp::Cmp, 0x20),
+        ] {
+            for m in ALL {
+                assert_eq!(op(&bytes, m), alu(aop, RegRef::AL, Operand::Imm(v)));
+            }
+        }
+        // 05 imm16 in 16-bit code: add ax, 0x8000; 66 25 imm32: and eax, 0xFFFF0000.
+        assert_eq!(
+            op(&[0x05, 0x00, 0x80], Bits16),
+            alu(AluOp::Add, r(0, Width::W16), Operand::Imm(0x8000))
+        );
+        assert_eq!(
+            op(&[0x66, 0x25, 0, 0, 0xFF, 0xFF], Bits16),
+            alu(AluOp::And, r(0, Width::W32), Operand::Imm(0xFFFF_0000))
+        );
+        // 0D/2D/35/3D imm32 in 32-bit code.
+        assert_eq!(
+            op(&[0x3D, 1, 0, 0, 0], Bits32),
+            alu(AluOp::Cmp, r(0, Width::W32), Operand::Imm(1))
+        );
+        // 48 2D FF FF FF FF: sub rax, -1 (imm32 sign-extended to 64 bits).
+        assert_eq!(
+            op(&[0x48, 0x2D, 0xFF, 0xFF, 0xFF, 0xFF], Bits64),
+            alu(AluOp::Sub, r(0, Width::W64), Operand::Imm(u64::MAX))
+        );
+        // 0D imm32 in 64-bit without REX.W: or eax, 0x80000000.
+        assert_eq!(
+            op(&[0x0D, 0, 0, 0, 0x80], Bits64),
+            alu(AluOp::Or, r(0, Width::W32), Operand::Imm(0x8000_0000))
+        );
+    }
+
+    #[test]
+    fn alu_group1_register_operand() {
+        // 80 C3 10: add bl, 0x10; 80 FC 01 cmp ah, 1.
+        assert_eq!(
+            op(&[0x80, 0xC3, 0x10], Bits32),
+            alu(AluOp::Add, r(3, Width::W8), Operand::Imm(0x10))
+        );
+        assert_eq!(
+            op(&[0x80, 0xFC, 0x01], Bits16),
+            alu(AluOp::Cmp, RegRef::high(0), Operand::Imm(1))
+        );
+        // 81 E1 imm32: and ecx, 0xFF00FF00; 81 C9 imm16 in 16-bit code: or cx, 0x8001.
+        assert_eq!(
+            op(&[0x81, 0xE1, 0x00, 0xFF, 0x00, 0xFF], Bits32),
+            alu(AluOp::And, r(1, Width::W32), Operand::Imm(0xFF00_FF00))
+        );
+        assert_eq!(
+            op(&[0x81, 0xC9, 0x01, 0x80], Bits16),
+            alu(AluOp::Or, r(1, Width::W16), Operand::Imm(0x8001))
+        );
+        // 83 sign-extends imm8: 83 E8 FF sub eax, -1 -> 0xFFFFFFFF; 83 F2 80 in 16-bit: xor dx, 0xFF80.
+        assert_eq!(
+            op(&[0x83, 0xE8, 0xFF], Bits32),
+            alu(AluOp::Sub, r(0, Width::W32), Operand::Imm(0xFFFF_FFFF))
+        );
+        assert_eq!(
+            op(&[0x83, 0xF2, 0x80], Bits16),
+            alu(AluOp::Xor, r(2, Width::W16), Operand::Imm(0xFF80))
+        );
+        // 49 83 C7 F0: add r15, -16.
+        assert_eq!(
+            op(&[0x49, 0x83, 0xC7, 0xF0], Bits64),
+            alu(
+                AluOp::Add,
+                r(15, Width::W64),
+                Operand::Imm(0xFFFF_FFFF_FFFF_FFF0)
+            )
+        );
+        // 83 D0 01 adc eax, 1 and 83 D8 01 sbb eax, 1: outside the subset.
+        unsupported(&[0x83, 0xD0, 0x01], Bits32);
+        unsupported(&[0x83, 0xD8, 0x01], Bits32);
+        // 83 00 01: add dword [eax], 1 (memory).
+        unsupported(&[0x83, 0x00, 0x01], Bits32);
+    }
+
+    #[test]
+    fn test_forms() {
+        // 84 C0 test al, al; 85 DB test ebx, ebx; A8 20 test al, 0x20; A9 imm16 test ax, 0x100.
+        assert_eq!(
+            op(&[0x84, 0xC0], Bits16),
+            alu(AluOp::Test, RegRef::AL, Operand::Reg(RegRef::AL))
+        );
+        assert_eq!(
+            op(&[0x85, 0xDB], Bits32),
+            alu(
+                AluOp::Test,
+                r(3, Width::W32),
+                Operand::Reg(r(3, Width::W32))
+            )
+        );
+        for m in ALL {
+            assert_eq!(
+                op(&[0xA8, 0x20], m),
+                alu(AluOp::Test, RegRef::AL, Operand::Imm(0x20))
+            );
+        }
+        assert_eq!(
+            op(&[0xA9, 0x00, 0x01], Bits16),
+            alu(AluOp::Test, r(0, Width::W16), Operand::Imm(0x100))
+        );
+        // F6 C2 01: test dl, 1; F7 C1 imm32 test ecx, 0x80000000; 48 F7 C1 imm32 sign-extends.
+        assert_eq!(
+            op(&[0xF6, 0xC2, 0x01], Bits32),
+            alu(AluOp::Test, r(2, Width::W8), Operand::Imm(1))
+        );
+        assert_eq!(
+            op(&[0xF7, 0xC1, 0, 0, 0, 0x80], Bits32),
+            alu(AluOp::Test, r(1, Width::W32), Operand::Imm(0x8000_0000))
+        );
+        assert_eq!(
+            op(&[0x48, 0xF7, 0xC1, 0, 0, 0, 0x80], Bits64),
+            alu(
+                AluOp::Test,
+                r(1, Width::W64),
+                Operand::Imm(0xFFFF_FFFF_8000_0000)
+            )
+        );
+        // 84 03 test [ebx], al; F6 D0 not al; F7 D8 neg eax.
+        unsupported(&[0x84, 0x03], Bits32);
+        unsupported(&[0xF6, 0xD0], Bits32);
+        unsupported(&[0xF7, 0xD8], Bits32);
+    }
+
+    #[test]
+    fn inc_dec() {
+        let one = Operand::Imm(1);
+        // 16/32-bit: 40 inc ax/eax, 4F dec di/edi.
+        assert_eq!(op(&[0x40], Bits16), alu(AluOp::Inc, r(0, Width::W16), one));
+        assert_eq!(op(&[0x40], Bits32), alu(AluOp::Inc, r(0, Width::W32), one));
+        assert_eq!(op(&[0x4F], Bits32), alu(AluOp::Dec, r(7, Width::W32), one));
+        assert_eq!(
+            op(&[0x66, 0x49], Bits32),
+            alu(AluOp::Dec, r(1, Width::W16), one)
+        );
+        // 64-bit: 40-4F are REX prefixes. 48 FF C0 inc rax; 41 FF C9 dec r9d.
+        assert_eq!(
+            op(&[0x48, 0xFF, 0xC0], Bits64),
+            alu(AluOp::Inc, r(0, Width::W64), one)
+        );
+        assert_eq!(
+            op(&[0x41, 0xFF, 0xC9], Bits64),
+            alu(AluOp::Dec, r(9, Width::W32), one)
+        );
+        // A lone 40 in 64-bit code is a REX prefix with nothing after it.
+        assert_eq!(decode(&[0x40], Bits64), Err(DecodeError::Truncated));
+        // 40 90: an empty REX before 90 leaves it a NOP.
+        assert_eq!(decode(&[0x40, 0x90], Bits64).map(|i| i.op), Ok(Op::Nop));
+        // FE C4 inc ah; FE CB dec bl; FF C3 inc bx (16-bit).
+        assert_eq!(
+            op(&[0xFE, 0xC4], Bits32),
+            alu(AluOp::Inc, RegRef::high(0), one)
+        );
+        assert_eq!(
+            op(&[0xFE, 0xCB], Bits64),
+            alu(AluOp::Dec, r(3, Width::W8), one)
+        );
+        assert_eq!(
+            op(&[0xFF, 0xC3], Bits16),
+            alu(AluOp::Inc, r(3, Width::W16), one)
+        );
+        // FF 00 inc dword [eax]; FF D0 call eax.
+        unsupported(&[0xFF, 0x00], Bits32);
+        unsupported(&[0xFF, 0xD0], Bits32);
+    }
+
+    #[test]
+    fn shifts() {
+        // C0 E0 04 shl al, 4; C1 E8 08 shr eax, 8; D0 E0 shl al, 1; D1 EA shr edx, 1.
+        assert_eq!(
+            op(&[0xC0, 0xE0, 0x04], Bits32),
+            alu(AluOp::Shl, RegRef::AL, Operand::Imm(4))
+        );
+        assert_eq!(
+            op(&[0xC1, 0xE8, 0x08], Bits32),
+            alu(AluOp::Shr, r(0, Width::W32), Operand::Imm(8))
+        );
+        assert_eq!(
+            op(&[0xD0, 0xE0], Bits16),
+            alu(AluOp::Shl, RegRef::AL, Operand::Imm(1))
+        );
+        assert_eq!(
+            op(&[0xD1, 0xEA], Bits32),
+            alu(AluOp::Shr, r(2, Width::W32), Operand::Imm(1))
+        );
+        // 16-bit: C1 E3 04 shl bx, 4; 64-bit: 48 C1 E0 20 shl rax, 32.
+        assert_eq!(
+            op(&[0xC1, 0xE3, 0x04], Bits16),
+            alu(AluOp::Shl, r(3, Width::W16), Operand::Imm(4))
+        );
+        assert_eq!(
+            op(&[0x48, 0xC1, 0xE0, 0x20], Bits64),
+            alu(AluOp::Shl, r(0, Width::W64), Operand::Imm(32))
+        );
+        // Counts are passed unmasked: C1 E0 FF shl eax, 0xFF.
+        assert_eq!(
+            op(&[0xC1, 0xE0, 0xFF], Bits32),
+            alu(AluOp::Shl, r(0, Width::W32), Operand::Imm(0xFF))
+        );
+        // D3 E0 shl eax, cl; C1 F8 01 sar; C1 C0 01 rol; C1 F0 01 (/6 SAL alias); C1 20 01 memory.
+        unsupported(&[0xD3, 0xE0], Bits32);
+        unsupported(&[0xC1, 0xF8, 0x01], Bits32);
+        unsupported(&[0xC1, 0xC0, 0x01], Bits32);
+        assert!(decode(&[0xC1, 0xF0, 0x01], Bits32).is_err());
+        unsupported(&[0xC1, 0x20, 0x01], Bits32);
+    }
+
+    #[test]
+    fn jumps() {
+        // EB FE: jmp $ (rel -2); EB 10.
+        assert_eq!(
+            op(&[0xEB, 0xFE], Bits16),
+            Op::Jmp {
+                rel: -2,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0xEB, 0x10], Bits32),
+            Op::Jmp {
+                rel: 16,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0xEB, 0x80], Bits64),
+            Op::Jmp {
+                rel: -128,
+                width: Width::W64
+            }
+        );
+        // E9 rel16 in 16-bit code, rel32 in 32/64-bit code.
+        assert_eq!(
+            op(&[0xE9, 0x00, 0x80], Bits16),
+            Op::Jmp {
+                rel: -0x8000,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0xE9, 0x00, 0x01, 0x00, 0x00], Bits32),
+            Op::Jmp {
+                rel: 0x100,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0xE9, 0xFB, 0xFF, 0xFF, 0xFF], Bits64),
+            Op::Jmp {
+                rel: -5,
+                width: Width::W64
+            }
+        );
+        // 66h: 66 E9 rel32 in 16-bit code; 66 E9 rel16 in 32-bit code truncates EIP to 16 bits;
+        // 66 EB in 32-bit code too.
+        assert_eq!(
+            op(&[0x66, 0xE9, 0, 0, 1, 0], Bits16),
+            Op::Jmp {
+                rel: 0x1_0000,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xE9, 0x10, 0x00], Bits32),
+            Op::Jmp {
+                rel: 0x10,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xEB, 0x10], Bits32),
+            Op::Jmp {
+                rel: 0x10,
+                width: Width::W16
+            }
+        );
+        // 64-bit: Intel ignores 66h on near branches: 66 E9 still takes rel32.
+        assert_eq!(
+            op(&[0x66, 0xE9, 0x10, 0, 0, 0], Bits64),
+            Op::Jmp {
+                rel: 0x10,
+                width: Width::W64
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xEB, 0x10], Bits64),
+            Op::Jmp {
+                rel: 0x10,
+                width: Width::W64
+            }
+        );
+        // F2 E9 (BND jmp) is left to the CPU.
+        unsupported(&[0xF2, 0xE9, 0, 0, 0, 0], Bits64);
+        // Far and indirect jumps: EA ptr16:16, FF E0 jmp eax.
+        unsupported(&[0xEA, 0, 0, 0, 0], Bits16);
+        unsupported(&[0xFF, 0xE0], Bits32);
+    }
+
+    #[test]
+    fn conditional_jumps() {
+        // 74 FC: je -4; 75 05: jne +5; 7F 00 jg.
+        assert_eq!(
+            op(&[0x74, 0xFC], Bits16),
+            Op::Jcc {
+                cond: Cond::E,
+                rel: -4,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0x75, 0x05], Bits32),
+            Op::Jcc {
+                cond: Cond::Ne,
+                rel: 5,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x7F, 0x00], Bits64),
+            Op::Jcc {
+                cond: Cond::G,
+                rel: 0,
+                width: Width::W64
+            }
+        );
+        // 0F 84 rel16 (16-bit), rel32 (32/64).
+        assert_eq!(
+            op(&[0x0F, 0x84, 0xFE, 0xFF], Bits16),
+            Op::Jcc {
+                cond: Cond::E,
+                rel: -2,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0x0F, 0x82, 0x00, 0x10, 0, 0], Bits32),
+            Op::Jcc {
+                cond: Cond::B,
+                rel: 0x1000,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x0F, 0x8F, 0xF0, 0xFF, 0xFF, 0xFF], Bits64),
+            Op::Jcc {
+                cond: Cond::G,
+                rel: -16,
+                width: Width::W64
+            }
+        );
+        // 66h: 66 0F 85 rel32 in 16-bit code; 66 75 in 32-bit code: 16-bit truncation;
+        // 64-bit: 66 0F 85 still rel32 and 64-bit.
+        assert_eq!(
+            op(&[0x66, 0x0F, 0x85, 1, 0, 0, 0], Bits16),
+            Op::Jcc {
+                cond: Cond::Ne,
+                rel: 1,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0x75, 0x02], Bits32),
+            Op::Jcc {
+                cond: Cond::Ne,
+                rel: 2,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0x0F, 0x85, 1, 0, 0, 0], Bits64),
+            Op::Jcc {
+                cond: Cond::Ne,
+                rel: 1,
+                width: Width::W64
+            }
+        );
+        // Branch-hint prefixes (2E/3E) change nothing.
+        assert_eq!(
+            op(&[0x3E, 0x74, 0x02], Bits32),
+            Op::Jcc {
+                cond: Cond::E,
+                rel: 2,
+                width: Width::W32
+            }
+        );
+        // Every condition nibble.
+        for n in 0..16u8 {
+            assert_eq!(
+                op(&[0x70 + n, 0], Bits32),
+                Op::Jcc {
+                    cond: Cond::from_nibble(n),
+                    rel: 0,
+                    width: Width::W32
+                }
+            );
+        }
+        // E3 jecxz is not in the subset.
+        unsupported(&[0xE3, 0x00], Bits32);
+    }
+
+    #[test]
+    fn loops() {
+        // E2 FE: loop $ with CX in 16-bit code; 67h: ECX.
+        assert_eq!(
+            op(&[0xE2, 0xFE], Bits16),
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: -2,
+                addr: Width::W16,
+                width: Width::W16
+            }
+        );
+        assert_eq!(
+            op(&[0x67, 0xE2, 0xFD], Bits16),
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: -3,
+                addr: Width::W32,
+                width: Width::W16
+            }
+        );
+        // E1 loope with ECX; 67 E0 loopne with CX in 32-bit code; 66 E2 truncates to 16 bits.
+        assert_eq!(
+            op(&[0xE1, 0x04], Bits32),
+            Op::Loop {
+                kind: LoopKind::Loope,
+                rel: 4,
+                addr: Width::W32,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x67, 0xE0, 0x04], Bits32),
+            Op::Loop {
+                kind: LoopKind::Loopne,
+                rel: 4,
+                addr: Width::W16,
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x66, 0xE2, 0x04], Bits32),
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: 4,
+                addr: Width::W32,
+                width: Width::W16
+            }
+        );
+        // 64-bit: RCX, or ECX with 67h; operand size is always 64.
+        assert_eq!(
+            op(&[0xE2, 0xF0], Bits64),
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: -16,
+                addr: Width::W64,
+                width: Width::W64
+            }
+        );
+        assert_eq!(
+            op(&[0x67, 0xE2, 0xF0], Bits64),
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: -16,
+                addr: Width::W32,
+                width: Width::W64
+            }
+        );
+    }
+
+    #[test]
+    fn lock_prefix_is_undecodable_on_register_forms() {
+        // F0 01 C0: lock add eax, eax (#UD); F0 FE C0 lock inc al; F0 90; F0 EE lock out dx, al.
+        for bytes in [
+            &[0xF0, 0x01, 0xC0][..],
+            &[0xF0, 0xFE, 0xC0],
+            &[0xF0, 0x90],
+            &[0xF0, 0xEE],
+            &[0xF0, 0xB0, 0x01],
+        ] {
+            assert_eq!(
+                decode(bytes, Bits32),
+                Err(DecodeError::Undecodable),
+                "{bytes:02x?}"
+            );
+        }
+        // F0 01 03: lock add [ebx], eax is valid but touches memory.
+        unsupported(&[0xF0, 0x01, 0x03], Bits32);
+    }
+
+    #[test]
+    fn segment_override_on_register_forms_is_harmless() {
+        // 2E 89 D8: cs mov eax, ebx; 64 90: fs nop.
+        assert_eq!(
+            op(&[0x2E, 0x89, 0xD8], Bits32),
+            Op::Mov {
+                dst: r(0, Width::W32),
+                src: Operand::Reg(r(3, Width::W32))
+            }
+        );
+        assert_eq!(op(&[0x64, 0x90], Bits64), Op::Nop);
+    }
+
+    #[test]
+    fn undecodable_and_truncated() {
+        // 0F 0B: ud2 is an instruction (unsupported); 0F FF: ud0 without ModRM; 06 (push es)
+        // is invalid in 64-bit mode; 8 segment prefixes + 7 more bytes exceed 15 bytes.
+        unsupported(&[0x0F, 0x0B], Bits64);
+        assert_eq!(decode(&[0x06], Bits64), Err(DecodeError::Undecodable));
+        let too_long = [0x2E; 16];
+        assert_eq!(decode(&too_long, Bits32), Err(DecodeError::Undecodable));
+        assert_eq!(
+            decode(&too_long[..15], Bits32),
+            Err(DecodeError::Undecodable)
+        );
+        // 66 x 14 then 90: 15 bytes, valid.
+        let mut long_nop = [0x66u8; 15];
+        long_nop[14] = 0x90;
+        assert_eq!(
+            decode(&long_nop, Bits32),
+            Ok(Insn {
+                op: Op::Nop,
+                len: 15
+            })
+        );
+        // Cut short: B8 01 (mov eax, imm32 needs 5 bytes); empty input.
+        assert_eq!(decode(&[0xB8, 0x01], Bits32), Err(DecodeError::Truncated));
+        assert_eq!(decode(&[], Bits32), Err(DecodeError::Truncated));
+        assert_eq!(decode(&[0x0F], Bits16), Err(DecodeError::Truncated));
+        // Instructions after the first are ignored: EE EE.
+        assert_eq!(
+            decode(&[0xEE, 0xEE], Bits16),
+            Ok(Insn {
+                op: Op::Out {
+                    width: Width::W8,
+                    port: PortSrc::Dx
+                },
+                len: 1
+            })
+        );
+    }
+
+    #[test]
+    fn other_instructions_are_unsupported_with_their_length() {
+        // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [rip+0] (8B 05 rel32).
+        for (bytes, m) in [
+            (&[0xF4][..], Bits16),
+            (&[0xFA], Bits32),
+            (&[0xFB], Bits64),
+            (&[0x9C], Bits16),
+            (&[0xCF], Bits32),
+            (&[0xCD, 0x10], Bits16),
+            (&[0x0F, 0xA2], Bits64),
+            (&[0x8B, 0x05, 0, 0, 0, 0], Bits64),
+            (&[0x87, 0xC0], Bits64),
+        ] {
+            unsupported(bytes, m);
+        }
+    }
+
+    /// Every byte pattern of a few lengths decodes to something without panicking.
+    #[test]
+    fn no_panic_on_arbitrary_bytes() {
+        let mut seed = 0x1234_5678_9ABC_DEF0u64;
+        let mut bytes = [0u8; 16];
+        for _ in 0..20_000 {
+            for b in bytes.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            let n = (seed >> 60) as usize + 1;
+            for m in ALL {
+                if let Ok(insn) = decode(&bytes[..n], m) {
+                    assert!(usize::from(insn.len) <= n);
+                }
+            }
+        }
+        for a in 0..=255u8 {
+            for m in ALL {
+                let _ = decode(&[a], m);
+                let _ = decode(&[0x0F, a], m);
+                let _ = decode(&[a, 0xC0, 0, 0, 0, 0, 0, 0, 0, 0], m);
+            }
+        }
+    }
+}

@@ -1,0 +1,2509 @@
+//! Executing a decoded block exactly as the CPU would (docs/COALESCING.md, "The
+//! coalescing contract").
+//!
+//! [`run`] follows RIP through the decoded instructions of one block, starting at the
+//! exiting IO instruction, and stops *before* anything it cannot prove it executes
+//! exactly as the processor would; the CPU then executes that natively. Every stop
+//! leaves [`CpuState`] as the CPU would have left it at an instruction boundary (or
+//! between two iterations of a REP string instruction, with RIP still on it).
+//!
+//! Architectural rules followed (Intel SDM):
+//! - Register writes (Vol. 1 3.4.1.1): 8- and 16-bit destinations (AL..R15B, AH..BH,
+//!   AX..R15W) merge into the register; 32-bit destinations zero-extend to 64 bits;
+//!   64-bit ones are written whole. Outside 64-bit mode the upper 32 bits are not
+//!   visible and are undefined after a mode switch; they are zeroed there too, which is
+//!   what the processor does and what `exits.rs` does for IN EAX.
+//! - IN EAX zero-extends into RAX in every mode, for the same reason and to match the
+//!   single-instruction handler in `exits.rs` (one exit per IO instruction must leave
+//!   the same registers). IN AL / IN AX merge.
+//! - INS/OUTS (Vol. 2 "INS", "OUTS", "REP"): the address is the segment base plus rSI
+//!   or rDI truncated to the address size (ES:rDI for INS, `seg`:rSI for OUTS; in
+//!   64-bit mode only FS and GS have a base), and is truncated to 32 bits outside
+//!   64-bit mode. rSI/rDI step by the element size, down if RFLAGS.DF. Register updates
+//!   at a 16-bit address size keep bits 63:16; at a 32-bit address size they are
+//!   32-bit register writes and zero-extend (also in 64-bit mode with an 0x67 prefix).
+//!   REP tests rCX before each element (rCX = 0 at the start does nothing and
+//!   retires the instruction) and decrements it after each one.
+//! - LOOP/LOOPE/LOOPNE decrement rCX of the address size (same masking rules), flags
+//!   untouched; Jcc conditions follow Vol. 1 Table B-1.
+//! - ALU status flags (Vol. 1 3.4.3.1, Vol. 2 per instruction), computed at the
+//!   operation width; PF is the even parity of the low result byte; AF is the carry
+//!   or borrow out of bit 3.
+//!
+//! Architecturally undefined flags, and what this module produces (the processor's
+//! value may differ; the differential tests mask these out, see [`defined_flags`]):
+//! - AND, OR, XOR, TEST: AF = 0 (Intel processors clear it).
+//! - SHL/SHR with a non-zero masked count: AF = 0, like the logic instructions (an
+//!   AMD EPYC host was seen to set AF = 1 here; guests cannot rely on either).
+//! - SHL/SHR with a masked count > 1: OF by the count-1 formula written in terms of
+//!   the final result: SHL OF = MSB(result) XOR CF; SHR OF = MSB(result) XOR the bit
+//!   below it (equal to MSB(original) for a count of 1), hence 0 for counts > 1. Both
+//!   agree with an AMD EPYC host (probed) and with what Bochs models for Intel.
+//! - SHL/SHR of an 8- or 16-bit operand with a count >= the width: CF is the last bit
+//!   a wide shift moves out of the operand: SHL CF = bit (width - count) of the
+//!   operand, i.e. bit 0 for count = width and 0 beyond; SHR CF = bit (count - 1),
+//!   i.e. the MSB for count = width and 0 beyond. The result is 0 either way.
+//!   (32- and 64-bit counts are masked to width - 1 at most, so CF is always defined.)
+//! - A masked shift count of 0 changes no flag at all (defined).
+//!
+//! Stops (the [`StopReason`] of the returned [`RunResult`]):
+//! - `BranchOut`: a taken branch (or LOOP) whose target is not an instruction boundary
+//!   of this block, or beyond the code size's IP range; RIP reaching anything else that
+//!   is not a boundary (e.g. the IP wrapping at 64 KiB). State is left before the branch.
+//! - `scan_end` (the caller's reason): falling through past the last decoded
+//!   instruction.
+//! - `Limit`: `max_insns` instructions were executed (the first one always runs), or
+//!   `max_string_elements` INS/OUTS elements were done in this run (RIP stays on a REP
+//!   instruction with elements left; with a budget of 0 nothing is done at all).
+//! - `IoPermission`: an IO instruction other than the first (which the processor
+//!   permission-checked before the VM exit, SDM Vol. 3C 26.1.1) with CPL > IOPL or
+//!   RFLAGS.VM = 1.
+//! - `InterruptPending`: after an IO access, RFLAGS.IF = 1 and [`IoEnv::interrupt_pending`]
+//!   says yes. The instruction is completed (a REP instruction only up to the element
+//!   just done: the CPU takes interrupts between iterations).
+//! - `Memory`: an INS/OUTS element whose bytes do not translate for the access at the
+//!   current CPL or are not guest RAM (page fault, non-canonical address, MMIO); or an
+//!   INS element that would write into the block's own code bytes. Nothing of that
+//!   element is done, no port is accessed.
+//! - `SingleStep`: RFLAGS.TF = 1, before any instruction after the first.
+//! - `Unsupported`: an instruction the executor cannot carry out exactly: an operand
+//!   naming RSP/SPL (RSP lives in the VMCS, not in [`GuestRegs`]), a register or
+//!   width that does not exist in the code mode, a 64-bit IO width.
+//!
+//! Not modelled: segment limits and segment access rights (as in `exits.rs`): a block
+//! is only coalesced from the flat or real-mode segments a guest runs IO loops in.
+//!
+//! Counting: [`RunResult::executed`] counts instructions executed wholly or in part (a
+//! REP instruction stopped between elements counts once; one stopped before its first
+//! element does not), so `executed == 0` means the state was not changed at all.
+
+use super::insn::{
+    AluOp, CodeMode, Cond, Insn, LoopKind, Op, Operand, PortSrc, RegRef, Seg, StopReason, Width,
+};
+use crate::guest_mem::{
+    check_linear, read_linear_as, translate, write_linear, Access, GuestMemory, PagingContext,
+    PAGE_SIZE,
+};
+use crate::regs::GuestRegs;
+
+/// RFLAGS bits (SDM Vol. 1 3.4.3).
+pub mod rflags {
+    pub const CF: u64 = 1 << 0;
+    pub const PF: u64 = 1 << 2;
+    pub const AF: u64 = 1 << 4;
+    pub const ZF: u64 = 1 << 6;
+    pub const SF: u64 = 1 << 7;
+    pub const TF: u64 = 1 << 8;
+    pub const IF: u64 = 1 << 9;
+    pub const DF: u64 = 1 << 10;
+    pub const OF: u64 = 1 << 11;
+    pub const IOPL_SHIFT: u32 = 12;
+    pub const IOPL: u64 = 3 << IOPL_SHIFT;
+    pub const VM: u64 = 1 << 17;
+    /// The six status flags the ALU instructions write.
+    pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
+}
+
+use rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
+
+/// The guest state a run reads and changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuState {
+    pub regs: GuestRegs,
+    pub rip: u64,
+    pub rflags: u64,
+    pub mode: CodeMode,
+    /// Segment bases indexed by `Seg as usize` (ES, CS, SS, DS, FS, GS). In 64-bit mode
+    /// the ES, CS, SS and DS bases are ignored (treated as 0, SDM Vol. 3A 3.4.4).
+    pub seg_base: [u64; 6],
+    /// Current privilege level (SS.DPL).
+    pub cpl: u8,
+    /// For the string-IO memory accesses.
+    pub paging: PagingContext,
+}
+
+/// The devices and the interrupt controller as the executor sees them.
+pub trait IoEnv {
+    fn io_read(&mut self, port: u16, width: Width) -> u32;
+    fn io_write(&mut self, port: u16, width: Width, value: u32);
+    /// After a device access: does the interrupt controller now have an interrupt
+    /// pending? (The executor combines this with RFLAGS.IF.)
+    fn interrupt_pending(&mut self) -> bool;
+}
+
+/// Bounded work per exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Instructions per run; the first instruction runs even if this is 0.
+    pub max_insns: u32,
+    /// INS/OUTS elements per run, over all string instructions of the run.
+    pub max_string_elements: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    /// Instructions executed wholly or in part (see the module documentation).
+    pub executed: u32,
+    /// Of those, IO instructions (a partly done REP INS/OUTS counts).
+    pub io_insns: u32,
+    /// INS/OUTS elements transferred.
+    pub string_elements: u32,
+    pub stop: StopReason,
+}
+
+/// The IP range of a code size: IP, EIP or RIP.
+pub const fn ip_mask(mode: CodeMode) -> u64 {
+    match mode {
+        CodeMode::Bits16 => 0xFFFF,
+        CodeMode::Bits32 => 0xFFFF_FFFF,
+        CodeMode::Bits64 => u64::MAX,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Flags
+// ---------------------------------------------------------------------------
+
+/// Whether the operation writes its destination (CMP and TEST do not).
+pub const fn writes_dst(op: AluOp) -> bool {
+    !matches!(op, AluOp::Cmp | AluOp::Test)
+}
+
+/// The shift count as the processor uses it: 5 bits, 6 for 64-bit operands.
+pub const fn shift_count(width: Width, src: u64) -> u32 {
+    let mask = if matches!(width, Width::W64) {
+        0x3F
+    } else {
+        0x1F
+    };
+    (src & mask) as u32
+}
+
+/// The status flags whose value after `op` is architecturally defined (unchanged
+/// flags count as defined: their defined value is the old one). A differential
+/// checker compares `flags & defined_flags(..)`.
+pub const fn defined_flags(op: AluOp, width: Width, src: u64) -> u64 {
+    match op {
+        AluOp::Add | AluOp::Sub | AluOp::Cmp | AluOp::Inc | AluOp::Dec => STATUS,
+        AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => STATUS & !AF,
+        AluOp::Shl | AluOp::Shr => {
+            let count = shift_count(width, src);
+            if count == 0 {
+                return STATUS;
+            }
+            let mut d = STATUS & !AF;
+            if count > 1 {
+                d &= !OF;
+            }
+            if count >= width.bits() {
+                d &= !CF;
+            }
+            d
+        }
+    }
+}
+
+/// SF, ZF and PF of a `width`-bit result.
+const fn szp(width: Width, r: u64) -> u64 {
+    let mut f = 0;
+    if r & width.mask() == 0 {
+        f |= ZF;
+    }
+    if (r >> (width.bits() - 1)) & 1 != 0 {
+        f |= SF;
+    }
+    if (r as u8).count_ones() % 2 == 0 {
+        f |= PF;
+    }
+    f
+}
+
+const fn bit(cond: bool, flag: u64) -> u64 {
+    if cond {
+        flag
+    } else {
+        0
+    }
+}
+
+/// Executes an ALU operation at `width` on `dst` and `src` with the incoming
+/// `rflags`: returns the result (what the destination receives if [`writes_dst`]) and
+/// the new RFLAGS (only status flags change). Operands are masked to the width. The
+/// architecturally undefined flags are produced as the module documentation says.
+pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
+    let m = width.mask();
+    let top = width.bits() - 1;
+    let a = dst & m;
+    let b = src & m;
+    let keep = rflags & !STATUS;
+    match op {
+        AluOp::Add | AluOp::Inc => {
+            let b = if matches!(op, AluOp::Inc) { 1 } else { b };
+            let r = a.wrapping_add(b) & m;
+            let cf = if matches!(op, AluOp::Inc) {
+                rflags & CF
+            } else {
+                bit(r < a, CF)
+            };
+            let of = bit(((a ^ r) & (b ^ r)) >> top & 1 != 0, OF);
+            let af = bit((a ^ b ^ r) & 0x10 != 0, AF);
+            (r, keep | cf | of | af | szp(width, r))
+        }
+        AluOp::Sub | AluOp::Cmp | AluOp::Dec => {
+            let b = if matches!(op, AluOp::Dec) { 1 } else { b };
+            let r = a.wrapping_sub(b) & m;
+            let cf = if matches!(op, AluOp::Dec) {
+                rflags & CF
+            } else {
+                bit(a < b, CF)
+            };
+            let of = bit(((a ^ b) & (a ^ r)) >> top & 1 != 0, OF);
+            let af = bit((a ^ b ^ r) & 0x10 != 0, AF);
+            (r, keep | cf | of | af | szp(width, r))
+        }
+        AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => {
+            let r = match op {
+                AluOp::Or => a | b,
+                AluOp::Xor => a ^ b,
+                _ => a & b,
+            };
+            // CF = OF = 0; AF undefined: 0.
+            (r, keep | szp(width, r))
+        }
+        AluOp::Shl | AluOp::Shr => {
+            let count = shift_count(width, src);
+            if count == 0 {
+                return (a, rflags);
+            }
+            let bits = width.bits();
+            let (r, cf, of) = if matches!(op, AluOp::Shl) {
+                // count <= 63 and, for 64-bit operands, < bits: no shift overflows.
+                let r = (a << count) & m;
+                let cf = count <= bits && (a >> (bits - count)) & 1 != 0;
+                let of = ((r >> top) & 1 != 0) != cf;
+                (r, cf, of)
+            } else {
+                let r = a >> count;
+                let cf = (a >> (count - 1)) & 1 != 0;
+                // MSB(result) XOR the bit below it: the original MSB for a count of
+                // 1 (the defined case), 0 for larger counts.
+                let of = ((r >> top) ^ (r >> (top - 1))) & 1 != 0;
+                (r, cf, of)
+            };
+            // AF undefined: 0.
+            (r, keep | bit(cf, CF) | bit(of, OF) | szp(width, r))
+        }
+    }
+}
+
+/// [`alu`] from all-clear flags, returning only the status flags: the result and the
+/// flags an operation produces (for INC/DEC the CF bit is the incoming 0, and a shift
+/// count of 0 produces no flags).
+pub const fn flags_of(op: AluOp, width: Width, dst: u64, src: u64) -> (u64, u64) {
+    let (r, f) = alu(op, width, dst, src, 0);
+    (r, f & STATUS)
+}
+
+/// Jcc / SETcc / CMOVcc condition (SDM Vol. 1 Table B-1).
+pub const fn condition(cond: Cond, rflags: u64) -> bool {
+    let cf = rflags & CF != 0;
+    let zf = rflags & ZF != 0;
+    let sf = rflags & SF != 0;
+    let of = rflags & OF != 0;
+    let pf = rflags & PF != 0;
+    match cond {
+        Cond::O => of,
+        Cond::No => !of,
+        Cond::B => cf,
+        Cond::Ae => !cf,
+        Cond::E => zf,
+        Cond::Ne => !zf,
+        Cond::Be => cf || zf,
+        Cond::A => !cf && !zf,
+        Cond::S => sf,
+        Cond::Ns => !sf,
+        Cond::P => pf,
+        Cond::Np => !pf,
+        Cond::L => sf != of,
+        Cond::Ge => sf == of,
+        Cond::Le => zf || sf != of,
+        Cond::G => !zf && sf == of,
+    }
+}
+
+/// Adds `delta` to an address or count register at address size `addr`: a 16-bit
+/// update keeps bits 63:16, a 32-bit one zero-extends (a 32-bit register write).
+pub const fn update_addr_reg(reg: u64, delta: u64, addr: Width) -> u64 {
+    let v = reg.wrapping_add(delta);
+    match addr {
+        Width::W8 | Width::W16 => (reg & !addr.mask()) | (v & addr.mask()),
+        _ => v & addr.mask(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Registers
+// ---------------------------------------------------------------------------
+
+/// Whether `r` names a register the executor can access in `mode`: not RSP/SPL
+/// (in the VMCS), R8-R15 and 64-bit or SPL..DIL-style byte registers only in 64-bit
+/// mode, AH..BH only as bits 15:8 of registers 0-3.
+fn reg_ok(mode: CodeMode, r: RegRef) -> bool {
+    let long = mode == CodeMode::Bits64;
+    if r.high8 {
+        return r.index <= 3 && r.width == Width::W8;
+    }
+    if r.index > 15 || r.index == 4 || (r.index >= 8 && !long) {
+        return false;
+    }
+    match r.width {
+        Width::W8 => long || r.index < 4,
+        Width::W64 => long,
+        _ => true,
+    }
+}
+
+fn operand_ok(mode: CodeMode, o: Operand) -> bool {
+    match o {
+        Operand::Reg(r) => reg_ok(mode, r),
+        Operand::Imm(_) => true,
+    }
+}
+
+fn read_reg(regs: &GuestRegs, r: RegRef) -> u64 {
+    let v = regs.get(r.index).unwrap_or(0);
+    if r.high8 {
+        (v >> 8) & 0xFF
+    } else {
+        v & r.width.mask()
+    }
+}
+
+fn read_operand(regs: &GuestRegs, o: Operand) -> u64 {
+    match o {
+        Operand::Reg(r) => read_reg(regs, r),
+        Operand::Imm(v) => v,
+    }
+}
+
+/// Writes `value` to `r` with the merge / zero-extension rules of SDM Vol. 1 3.4.1.1.
+fn write_reg(regs: &mut GuestRegs, r: RegRef, value: u64) {
+    let old = regs.get(r.index).unwrap_or(0);
+    let new = if r.high8 {
+        (old & !0xFF00) | ((value & 0xFF) << 8)
+    } else {
+        match r.width {
+            Width::W8 | Width::W16 => (old & !r.width.mask()) | (value & r.width.mask()),
+            Width::W32 | Width::W64 => value & r.width.mask(),
+        }
+    };
+    regs.set(r.index, new);
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+/// Code bytes spanning more pages than this make every INS stop (Memory).
+const MAX_CODE_PIECES: usize = 4;
+
+/// The guest-physical pieces of the block's code bytes, for the self-modifying-code
+/// check. `n == usize::MAX`: unknown (too many pages, or one did not translate).
+#[derive(Clone, Copy)]
+struct CodePieces {
+    pieces: [(u64, u64); MAX_CODE_PIECES],
+    n: usize,
+}
+
+impl CodePieces {
+    fn overlaps(&self, gpa: u64, len: u64) -> bool {
+        if self.n > MAX_CODE_PIECES {
+            return true;
+        }
+        let end = gpa.saturating_add(len);
+        self.pieces[..self.n]
+            .iter()
+            .any(|&(start, n)| gpa < start.saturating_add(n) && start < end)
+    }
+}
+
+enum Flow {
+    /// Retired; RIP already advanced to the fall-through address.
+    Next,
+    /// Retired as a taken branch to the instruction at this index.
+    Goto(usize),
+    Stop(StopReason),
+}
+
+struct Exec<'a, M: GuestMemory, E: IoEnv> {
+    insns: &'a [Insn],
+    offsets: &'a [u16],
+    code_len: u16,
+    block_rip: u64,
+    block_gpa: u64,
+    state: &'a mut CpuState,
+    mem: &'a mut M,
+    env: &'a mut E,
+    limits: &'a Limits,
+    res: RunResult,
+    code: Option<CodePieces>,
+}
+
+/// Executes the block: `insns[i]` starts at byte `offsets[i]` (ascending) of the
+/// `code_len` code bytes at `block_rip`, whose guest-physical address is `block_gpa`;
+/// `scan_end` is why the decoder stopped after the last instruction. Execution starts
+/// with `state.rip = block_rip` (index 0, the exiting IO instruction) and follows RIP
+/// until a stop; see the module documentation. Never panics.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    insns: &[Insn],
+    offsets: &[u16],
+    code_len: u16,
+    block_rip: u64,
+    block_gpa: u64,
+    scan_end: StopReason,
+    state: &mut CpuState,
+    mem: &mut impl GuestMemory,
+    env: &mut impl IoEnv,
+    limits: &Limits,
+) -> RunResult {
+    let n = insns.len().min(offsets.len());
+    state.rip = block_rip;
+    let mut ex = Exec {
+        insns: &insns[..n],
+        offsets: &offsets[..n],
+        code_len,
+        block_rip,
+        block_gpa,
+        state,
+        mem,
+        env,
+        limits,
+        res: RunResult {
+            executed: 0,
+            io_insns: 0,
+            string_elements: 0,
+            stop: scan_end,
+        },
+        code: None,
+    };
+    let Some(mut idx) = ex.locate(block_rip) else {
+        return ex.res;
+    };
+    let mut first = true;
+    loop {
+        if !first {
+            if ex.state.rflags & rflags::TF != 0 {
+                return ex.stop(StopReason::SingleStep);
+            }
+            if ex.res.executed >= ex.limits.max_insns {
+                return ex.stop(StopReason::Limit);
+            }
+        }
+        let insn = ex.insns[idx];
+        match ex.step(insn, first) {
+            Flow::Goto(next) => idx = next,
+            Flow::Next => match ex.locate(ex.state.rip) {
+                Some(next) => idx = next,
+                None if idx + 1 >= ex.insns.len() => return ex.res,
+                None => return ex.stop(StopReason::BranchOut),
+            },
+            Flow::Stop(reason) => return ex.stop(reason),
+        }
+        first = false;
+    }
+}
+
+impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
+    fn stop(&mut self, reason: StopReason) -> RunResult {
+        self.res.stop = reason;
+        self.res
+    }
+
+    fn mode(&self) -> CodeMode {
+        self.state.mode
+    }
+
+    /// Index of the instruction at `rip`, if `rip` is an instruction boundary inside
+    /// the block's code.
+    fn locate(&self, rip: u64) -> Option<usize> {
+        if rip > ip_mask(self.mode()) {
+            return None;
+        }
+        let off = rip.wrapping_sub(self.block_rip);
+        if off >= u64::from(self.code_len) {
+            return None;
+        }
+        self.offsets.binary_search(&(off as u16)).ok()
+    }
+
+    /// Retires a non-branch instruction: RIP past it, wrapping at the code size.
+    fn retire(&mut self, insn: Insn) -> Flow {
+        self.state.rip = self.state.rip.wrapping_add(u64::from(insn.len)) & ip_mask(self.mode());
+        self.res.executed += 1;
+        Flow::Next
+    }
+
+    fn step(&mut self, insn: Insn, first: bool) -> Flow {
+        let mode = self.mode();
+        match insn.op {
+            Op::Nop => self.retire(insn),
+            Op::Mov { dst, src } => {
+                if !reg_ok(mode, dst) || !operand_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = read_operand(&self.state.regs, src);
+                write_reg(&mut self.state.regs, dst, v);
+                self.retire(insn)
+            }
+            Op::Alu { op, dst, src } => {
+                if !reg_ok(mode, dst) || !operand_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let a = read_reg(&self.state.regs, dst);
+                let b = read_operand(&self.state.regs, src);
+                let (r, f) = alu(op, dst.width, a, b, self.state.rflags);
+                if writes_dst(op) {
+                    write_reg(&mut self.state.regs, dst, r);
+                }
+                self.state.rflags = f;
+                self.retire(insn)
+            }
+            Op::Jmp { rel, width } => self.branch(insn, true, rel, width, None),
+            Op::Jcc { cond, rel, width } => {
+                let taken = condition(cond, self.state.rflags);
+                self.branch(insn, taken, rel, width, None)
+            }
+            Op::Loop {
+                kind,
+                rel,
+                addr,
+                width,
+            } => {
+                if !addr_ok(mode, addr) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let count = self.state.regs.rcx.wrapping_sub(1) & addr.mask();
+                let zf = self.state.rflags & ZF != 0;
+                let taken = count != 0
+                    && match kind {
+                        LoopKind::Loop => true,
+                        LoopKind::Loope => zf,
+                        LoopKind::Loopne => !zf,
+                    };
+                self.branch(insn, taken, rel, width, Some(addr))
+            }
+            Op::In { width, port } | Op::Out { width, port } => {
+                if !io_width_ok(width) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                if !first && !self.io_allowed() {
+                    return Flow::Stop(StopReason::IoPermission);
+                }
+                let port = self.port(port);
+                if matches!(insn.op, Op::In { .. }) {
+                    let v = u64::from(self.env.io_read(port, width)) & width.mask();
+                    let r = RegRef::new(0, width);
+                    write_reg(&mut self.state.regs, r, v);
+                } else {
+                    let v = (self.state.regs.rax & width.mask()) as u32;
+                    self.env.io_write(port, width, v);
+                }
+                self.res.io_insns += 1;
+                let flow = self.retire(insn);
+                if self.interrupt_now() {
+                    return Flow::Stop(StopReason::InterruptPending);
+                }
+                flow
+            }
+            Op::Ins { width, rep, addr } => self.string(insn, first, width, rep, addr, None),
+            Op::Outs {
+                width,
+                rep,
+                addr,
+                seg,
+            } => self.string(insn, first, width, rep, addr, Some(seg)),
+        }
+    }
+
+    /// A branch (`loop_addr`: LOOP with its address size). Not taken: falls through
+    /// (LOOP still decrements). Taken out of the block: stops before it, unchanged.
+    fn branch(
+        &mut self,
+        insn: Insn,
+        taken: bool,
+        rel: i32,
+        width: Width,
+        loop_addr: Option<Width>,
+    ) -> Flow {
+        let mode = self.mode();
+        if !branch_width_ok(mode, width) {
+            return Flow::Stop(StopReason::Unsupported);
+        }
+        let next_ip = self.state.rip.wrapping_add(u64::from(insn.len)) & ip_mask(mode);
+        let target = next_ip.wrapping_add(rel as i64 as u64) & width.mask();
+        let dest = if taken {
+            match self.locate(target) {
+                Some(i) => Some(i),
+                None => return Flow::Stop(StopReason::BranchOut),
+            }
+        } else {
+            None
+        };
+        if let Some(addr) = loop_addr {
+            self.state.regs.rcx = update_addr_reg(self.state.regs.rcx, u64::MAX, addr);
+        }
+        match dest {
+            Some(i) => {
+                self.state.rip = target;
+                self.res.executed += 1;
+                Flow::Goto(i)
+            }
+            None => self.retire(insn),
+        }
+    }
+
+    /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check.
+    fn io_allowed(&self) -> bool {
+        let iopl = ((self.state.rflags & rflags::IOPL) >> rflags::IOPL_SHIFT) as u8;
+        self.state.rflags & rflags::VM == 0 && self.state.cpl <= iopl
+    }
+
+    fn port(&self, p: PortSrc) -> u16 {
+        match p {
+            PortSrc::Imm(n) => u16::from(n),
+            PortSrc::Dx => self.state.regs.rdx as u16,
+        }
+    }
+
+    /// After an IO access: an interrupt is deliverable.
+    fn interrupt_now(&mut self) -> bool {
+        self.state.rflags & rflags::IF != 0 && self.env.interrupt_pending()
+    }
+
+    /// Linear address of `seg`:`reg` at address size `addr`.
+    fn linear(&self, seg: Seg, reg: u64, addr: Width) -> u64 {
+        let long = self.mode() == CodeMode::Bits64;
+        let base = if long && !matches!(seg, Seg::Fs | Seg::Gs) {
+            0
+        } else {
+            self.state.seg_base[seg as usize]
+        };
+        let lin = base.wrapping_add(reg & addr.mask());
+        if long {
+            lin
+        } else {
+            lin & 0xFFFF_FFFF
+        }
+    }
+
+    /// INS (`outs_seg` None) or OUTS, element by element.
+    fn string(
+        &mut self,
+        insn: Insn,
+        first: bool,
+        width: Width,
+        rep: bool,
+        addr: Width,
+        outs_seg: Option<Seg>,
+    ) -> Flow {
+        if !io_width_ok(width) || !addr_ok(self.mode(), addr) {
+            return Flow::Stop(StopReason::Unsupported);
+        }
+        if !first && !self.io_allowed() {
+            return Flow::Stop(StopReason::IoPermission);
+        }
+        let size = u64::from(width.bytes());
+        let step = if self.state.rflags & rflags::DF != 0 {
+            size.wrapping_neg()
+        } else {
+            size
+        };
+        let port = self.state.regs.rdx as u16;
+        let mut started = false;
+        // Stops with RIP still on the instruction; counted if an element was done.
+        let partial = |ex: &mut Self, started: bool, reason: StopReason| {
+            if started {
+                ex.res.executed += 1;
+                ex.res.io_insns += 1;
+            }
+            Flow::Stop(reason)
+        };
+        loop {
+            if rep && self.state.regs.rcx & addr.mask() == 0 {
+                break;
+            }
+            if self.res.string_elements >= self.limits.max_string_elements {
+                return partial(self, started, StopReason::Limit);
+            }
+            let done = match outs_seg {
+                None => {
+                    let lin = self.linear(Seg::Es, self.state.regs.rdi, addr);
+                    self.ins_element(lin, port, width)
+                }
+                Some(seg) => {
+                    let lin = self.linear(seg, self.state.regs.rsi, addr);
+                    self.outs_element(lin, port, width)
+                }
+            };
+            if !done {
+                return partial(self, started, StopReason::Memory);
+            }
+            started = true;
+            self.res.string_elements += 1;
+            let regs = &mut self.state.regs;
+            if outs_seg.is_none() {
+                regs.rdi = update_addr_reg(regs.rdi, step, addr);
+            } else {
+                regs.rsi = update_addr_reg(regs.rsi, step, addr);
+            }
+            if rep {
+                regs.rcx = update_addr_reg(regs.rcx, u64::MAX, addr);
+            }
+            let finished = !rep || self.state.regs.rcx & addr.mask() == 0;
+            if self.interrupt_now() {
+                if finished {
+                    self.res.io_insns += 1;
+                    self.retire(insn);
+                    return Flow::Stop(StopReason::InterruptPending);
+                }
+                return partial(self, true, StopReason::InterruptPending);
+            }
+            if !rep {
+                break;
+            }
+        }
+        self.res.io_insns += 1;
+        self.retire(insn)
+    }
+
+    /// One INS element to `lin`; false (nothing done, no port read) if the destination
+    /// does not translate for a write at the CPL, is not RAM, or overlaps the code.
+    fn ins_element(&mut self, lin: u64, port: u16, width: Width) -> bool {
+        let n = usize::from(width.bytes());
+        let cpl = self.state.cpl;
+        let paging = self.state.paging;
+        if check_linear(&*self.mem, &paging, lin, n, Access::write(cpl)).is_err() {
+            return false;
+        }
+        // The element's guest-physical pieces (at most two pages).
+        let in_page = PAGE_SIZE - (lin & (PAGE_SIZE - 1));
+        let first_len = in_page.min(n as u64);
+        let code = self.code_pieces();
+        let pieces = [
+            (lin, first_len),
+            (lin.wrapping_add(first_len), n as u64 - first_len),
+        ];
+        for (piece_lin, len) in pieces {
+            if len == 0 {
+                continue;
+            }
+            match translate(&*self.mem, &paging, piece_lin, Access::write(cpl)) {
+                Ok(gpa) if !code.overlaps(gpa, len) => {}
+                _ => return false,
+            }
+        }
+        let v = self.env.io_read(port, width);
+        let bytes = v.to_le_bytes();
+        write_linear(&mut *self.mem, &paging, lin, &bytes[..n], cpl).is_ok()
+    }
+
+    /// One OUTS element from `lin`; false (nothing done) if it does not translate for a
+    /// read at the CPL or is not RAM.
+    fn outs_element(&mut self, lin: u64, port: u16, width: Width) -> bool {
+        let n = usize::from(width.bytes());
+        let mut bytes = [0u8; 4];
+        let access = Access::read(self.state.cpl);
+        let paging = self.state.paging;
+        if read_linear_as(&*self.mem, &paging, lin, &mut bytes[..n], access).is_err() {
+            return false;
+        }
+        self.env.io_write(port, width, u32::from_le_bytes(bytes));
+        true
+    }
+
+    /// The guest-physical pieces of the block's code, computed once: the first page
+    /// from `block_gpa`, the others through the current translation.
+    fn code_pieces(&mut self) -> CodePieces {
+        if let Some(c) = self.code {
+            return c;
+        }
+        let mut c = CodePieces {
+            pieces: [(0, 0); MAX_CODE_PIECES],
+            n: 0,
+        };
+        let long = self.mode() == CodeMode::Bits64;
+        let cs_base = if long {
+            0
+        } else {
+            self.state.seg_base[Seg::Cs as usize]
+        };
+        let mut lin = cs_base.wrapping_add(self.block_rip);
+        if !long {
+            lin &= 0xFFFF_FFFF;
+        }
+        let mut left = u64::from(self.code_len);
+        let mut gpa = self.block_gpa;
+        while left > 0 {
+            if c.n == MAX_CODE_PIECES {
+                c.n = usize::MAX;
+                break;
+            }
+            let len = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))).min(left);
+            c.pieces[c.n] = (gpa, len);
+            c.n += 1;
+            left -= len;
+            lin = lin.wrapping_add(len);
+            if !long {
+                lin &= 0xFFFF_FFFF;
+            }
+            if left > 0 {
+                match translate(&*self.mem, &self.state.paging, lin, Access::read(0)) {
+                    Ok(g) => gpa = g,
+                    Err(_) => {
+                        c.n = usize::MAX;
+                        break;
+                    }
+                }
+            }
+        }
+        self.code = Some(c);
+        c
+    }
+}
+
+const fn io_width_ok(w: Width) -> bool {
+    !matches!(w, Width::W64)
+}
+
+/// Address sizes that exist in `mode` (SDM Vol. 1 3.6): 16/32 outside 64-bit mode,
+/// 32/64 in it.
+fn addr_ok(mode: CodeMode, w: Width) -> bool {
+    match mode {
+        CodeMode::Bits64 => matches!(w, Width::W32 | Width::W64),
+        _ => matches!(w, Width::W16 | Width::W32),
+    }
+}
+
+/// Operand sizes a near branch can have in `mode`.
+fn branch_width_ok(mode: CodeMode, w: Width) -> bool {
+    match mode {
+        CodeMode::Bits64 => !matches!(w, Width::W8),
+        _ => matches!(w, Width::W16 | Width::W32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+    use Width::{W16, W32, W64, W8};
+
+    const WIDTHS: [Width; 4] = [W8, W16, W32, W64];
+    const RAM: usize = 2 << 20;
+
+    // -----------------------------------------------------------------------
+    // Harness
+    // -----------------------------------------------------------------------
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Io {
+        In(u16, Width),
+        Out(u16, Width, u32),
+    }
+
+    #[derive(Default)]
+    struct Env {
+        log: Vec<Io>,
+        reads: u32,
+        /// An interrupt is pending once this many accesses were made.
+        irq_after: Option<usize>,
+    }
+
+    impl Env {
+        /// The value of the k-th port read.
+        fn val(k: u32) -> u32 {
+            0x4433_2210u32.wrapping_add(k.wrapping_mul(0x0101_0101))
+        }
+    }
+
+    impl IoEnv for Env {
+        fn io_read(&mut self, port: u16, width: Width) -> u32 {
+            self.log.push(Io::In(port, width));
+            let v = Env::val(self.reads);
+            self.reads += 1;
+            v
+        }
+        fn io_write(&mut self, port: u16, width: Width, value: u32) {
+            self.log.push(Io::Out(port, width, value));
+        }
+        fn interrupt_pending(&mut self) -> bool {
+            self.irq_after.is_some_and(|n| self.log.len() >= n)
+        }
+    }
+
+    struct T {
+        st: CpuState,
+        ram: Vec<u8>,
+        env: Env,
+        limits: Limits,
+        /// Guest-physical address of the block; default: its linear address.
+        gpa: Option<u64>,
+        scan_end: StopReason,
+    }
+
+    impl T {
+        fn new(mode: CodeMode) -> T {
+            T {
+                st: CpuState {
+                    regs: GuestRegs::default(),
+                    rip: 0,
+                    rflags: 0x2,
+                    mode,
+                    seg_base: [0; 6],
+                    cpl: 0,
+                    paging: PagingContext::default(),
+                },
+                ram: vec![0; RAM],
+                env: Env::default(),
+                limits: Limits {
+                    max_insns: 1000,
+                    max_string_elements: 10_000,
+                },
+                gpa: None,
+                scan_end: StopReason::ExtentEnd,
+            }
+        }
+
+        fn run(&mut self, insns: &[Insn], rip: u64) -> RunResult {
+            let (offsets, len) = layout(insns);
+            self.run_raw(insns, &offsets, len, rip)
+        }
+
+        fn run_raw(&mut self, insns: &[Insn], offsets: &[u16], len: u16, rip: u64) -> RunResult {
+            let gpa = self.gpa.unwrap_or_else(|| {
+                let lin = self.st.seg_base[Seg::Cs as usize].wrapping_add(rip);
+                lin & 0xFFFF_FFFF
+            });
+            let mut mem = SliceMemory::new(&mut self.ram);
+            run(
+                insns,
+                offsets,
+                len,
+                rip,
+                gpa,
+                self.scan_end,
+                &mut self.st,
+                &mut mem,
+                &mut self.env,
+                &self.limits,
+            )
+        }
+
+        fn set_status(&mut self, f: u64) {
+            self.st.rflags = (self.st.rflags & !STATUS) | f;
+        }
+    }
+
+    fn layout(insns: &[Insn]) -> (Vec<u16>, u16) {
+        let mut offsets = Vec::new();
+        let mut at = 0u16;
+        for i in insns {
+            offsets.push(at);
+            at += u16::from(i.len);
+        }
+        (offsets, at)
+    }
+
+    fn res(executed: u32, io_insns: u32, string_elements: u32, stop: StopReason) -> RunResult {
+        RunResult {
+            executed,
+            io_insns,
+            string_elements,
+            stop,
+        }
+    }
+
+    fn i(op: Op, len: u8) -> Insn {
+        Insn { op, len }
+    }
+    fn nop() -> Insn {
+        i(Op::Nop, 1)
+    }
+    fn out_dx(width: Width) -> Insn {
+        i(
+            Op::Out {
+                width,
+                port: PortSrc::Dx,
+            },
+            1,
+        )
+    }
+    fn out_imm(width: Width, port: u8) -> Insn {
+        i(
+            Op::Out {
+                width,
+                port: PortSrc::Imm(port),
+            },
+            2,
+        )
+    }
+    fn in_dx(width: Width) -> Insn {
+        i(
+            Op::In {
+                width,
+                port: PortSrc::Dx,
+            },
+            1,
+        )
+    }
+    fn in_imm(width: Width, port: u8) -> Insn {
+        i(
+            Op::In {
+                width,
+                port: PortSrc::Imm(port),
+            },
+            2,
+        )
+    }
+    fn mov(dst: RegRef, src: Operand) -> Insn {
+        i(Op::Mov { dst, src }, 3)
+    }
+    fn alu_i(op: AluOp, dst: RegRef, src: Operand) -> Insn {
+        i(Op::Alu { op, dst, src }, 3)
+    }
+    fn jmp(rel: i32) -> Insn {
+        i(Op::Jmp { rel, width: W64 }, 2)
+    }
+    fn jcc(cond: Cond, rel: i32) -> Insn {
+        i(
+            Op::Jcc {
+                cond,
+                rel,
+                width: W64,
+            },
+            2,
+        )
+    }
+    fn lp(kind: LoopKind, rel: i32, addr: Width) -> Insn {
+        i(
+            Op::Loop {
+                kind,
+                rel,
+                addr,
+                width: W64,
+            },
+            2,
+        )
+    }
+    fn outs(width: Width, rep: bool, addr: Width, seg: Seg) -> Insn {
+        i(
+            Op::Outs {
+                width,
+                rep,
+                addr,
+                seg,
+            },
+            2,
+        )
+    }
+    fn ins(width: Width, rep: bool, addr: Width) -> Insn {
+        i(Op::Ins { width, rep, addr }, 2)
+    }
+    fn r(index: u8, w: Width) -> RegRef {
+        RegRef::new(index, w)
+    }
+    fn imm(v: u64) -> Operand {
+        Operand::Imm(v)
+    }
+    fn reg(index: u8, w: Width) -> Operand {
+        Operand::Reg(RegRef::new(index, w))
+    }
+
+    fn parity(v: u64) -> u64 {
+        if (v as u8).count_ones() % 2 == 0 {
+            PF
+        } else {
+            0
+        }
+    }
+
+    /// 4-level paging for linear 0..2 MiB, identity, user RW 4 KiB pages, except
+    /// 0x50000 not present, 0x51000 read-only and 0x52000 supervisor-only.
+    fn paging_4level(ram: &mut [u8]) -> PagingContext {
+        let put =
+            |ram: &mut [u8], at: usize, v: u64| ram[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(ram, 0x1000, 0x2000 | 7);
+        put(ram, 0x2000, 0x3000 | 7);
+        put(ram, 0x3000, 0x4000 | 7);
+        for page in 0..512u64 {
+            let flags = match page {
+                0x50 => 0,
+                0x51 => 0x5,
+                0x52 => 0x3,
+                _ => 0x7,
+            };
+            put(ram, 0x4000 + page as usize * 8, (page << 12) | flags);
+        }
+        PagingContext {
+            cr0: CR0_PG | CR0_PE | CR0_WP,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // MOV and register writes
+    // -----------------------------------------------------------------------
+
+    #[test]
+    fn mov_merges_8_and_16_bit_and_zero_extends_32_bit() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0x1111_2222_3333_4444;
+        t.st.regs.rbx = 0x5555_6666_7777_8888;
+        t.st.regs.rcx = 0x9999_AAAA_BBBB_CCCC;
+        t.st.regs.rdx = 0xDDDD_EEEE_FFFF_0000;
+        t.st.regs.r9 = 0x0123_4567_89AB_CDEF;
+        let b = [
+            out_dx(W8),
+            mov(r(0, W8), imm(0x5A)),
+            mov(r(3, W16), imm(0xBEEF)),
+            mov(r(1, W32), imm(0x8000_0001)),
+            mov(r(2, W64), imm(0xFEDC_BA98_7654_3210)),
+            mov(r(9, W8), imm(0x77)),
+            mov(r(5, W8), reg(9, W8)),
+        ];
+        let res_ = t.run(&b, 0x1000);
+        assert_eq!(res_, res(7, 1, 0, StopReason::ExtentEnd));
+        assert_eq!(t.st.regs.rax, 0x1111_2222_3333_445A);
+        assert_eq!(t.st.regs.rbx, 0x5555_6666_7777_BEEF);
+        assert_eq!(t.st.regs.rcx, 0x0000_0000_8000_0001);
+        assert_eq!(t.st.regs.rdx, 0xFEDC_BA98_7654_3210);
+        assert_eq!(t.st.regs.r9, 0x0123_4567_89AB_CD77);
+        assert_eq!(t.st.regs.rbp & 0xFF, 0x77);
+        assert_eq!(t.st.rip, 0x1000 + 1 + 6 * 3);
+    }
+
+    #[test]
+    fn mov_to_32_bit_register_zero_extends_in_16_and_32_bit_modes_too() {
+        for mode in [CodeMode::Bits16, CodeMode::Bits32] {
+            let mut t = T::new(mode);
+            t.st.regs.rsi = 0xFFFF_FFFF_0000_0000;
+            t.run(&[out_dx(W8), mov(r(6, W32), imm(0x1234_5678))], 0x100);
+            assert_eq!(t.st.regs.rsi, 0x1234_5678, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn ah_ch_dh_bh_merge_into_bits_15_8() {
+        let mut t = T::new(CodeMode::Bits32);
+        t.st.regs.rax = 0xFFFF_FFFF_AAAA_AAAA;
+        t.st.regs.rcx = 0x1234;
+        t.st.regs.rdx = 0x5678;
+        t.st.regs.rbx = 0x9ABC;
+        let b = [
+            out_dx(W8),
+            mov(RegRef::high(0), imm(0x11)),
+            mov(RegRef::high(1), Operand::Reg(RegRef::high(3))),
+            mov(RegRef::high(2), reg(0, W8)),
+            mov(RegRef::high(3), imm(0x1FF)),
+            alu_i(AluOp::Add, RegRef::high(0), imm(1)),
+        ];
+        assert_eq!(t.run(&b, 0).stop, StopReason::ExtentEnd);
+        assert_eq!(t.st.regs.rax, 0xFFFF_FFFF_AAAA_12AA);
+        assert_eq!(t.st.regs.rcx, 0x9A34);
+        assert_eq!(t.st.regs.rdx, 0xAA78);
+        assert_eq!(t.st.regs.rbx, 0xFFBC);
+    }
+
+    #[test]
+    fn alu_32_bit_destination_zero_extends_and_cmp_test_do_not_write() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0xFFFF_FFFF_0000_0001;
+        t.st.regs.rbx = 0xFFFF_FFFF_FFFF_FFFF;
+        t.st.regs.rcx = 0xFFFF_FFFF_FFFF_FFFF;
+        let b = [
+            out_dx(W8),
+            alu_i(AluOp::Add, r(0, W32), imm(1)),
+            alu_i(AluOp::Cmp, r(3, W32), imm(1)),
+            alu_i(AluOp::Test, r(1, W64), imm(0)),
+            alu_i(AluOp::Or, r(1, W16), imm(0)),
+        ];
+        t.run(&b, 0);
+        assert_eq!(t.st.regs.rax, 2);
+        assert_eq!(t.st.regs.rbx, u64::MAX);
+        assert_eq!(t.st.regs.rcx, u64::MAX);
+        assert_eq!(t.st.rflags & STATUS, SF | PF);
+    }
+
+    #[test]
+    fn operands_the_executor_cannot_reach_are_unsupported() {
+        let cases: [(CodeMode, Insn); 7] = [
+            (CodeMode::Bits64, mov(r(4, W64), imm(0))),
+            (CodeMode::Bits64, mov(r(0, W64), reg(4, W64))),
+            (CodeMode::Bits32, mov(r(8, W32), imm(0))),
+            (CodeMode::Bits32, mov(r(0, W64), imm(0))),
+            (CodeMode::Bits32, mov(r(5, W8), imm(0))),
+            (CodeMode::Bits64, alu_i(AluOp::Add, RegRef::high(5), imm(0))),
+            (CodeMode::Bits64, alu_i(AluOp::Add, r(16, W8), imm(0))),
+        ];
+        for (mode, insn) in cases {
+            let mut t = T::new(mode);
+            let before = t.st.regs;
+            assert_eq!(
+                t.run(&[out_dx(W8), insn, nop()], 0x10),
+                res(1, 1, 0, StopReason::Unsupported),
+                "{insn:?}"
+            );
+            assert_eq!(t.st.rip, 0x11);
+            assert_eq!(t.st.regs, before);
+        }
+        let mut t = T::new(CodeMode::Bits64);
+        assert_eq!(
+            t.run(&[in_dx(W64)], 0),
+            res(0, 0, 0, StopReason::Unsupported)
+        );
+        assert_eq!(
+            t.run(&[outs(W8, true, W16, Seg::Ds)], 0),
+            res(0, 0, 0, StopReason::Unsupported)
+        );
+    }
+
+    #[test]
+    fn nop_only_moves_rip() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 7;
+        t.set_status(CF | OF);
+        let before = t.st;
+        assert_eq!(
+            t.run(&[out_dx(W8), i(Op::Nop, 4), nop()], 0x500).executed,
+            3
+        );
+        assert_eq!(t.st.rip, 0x506);
+        assert_eq!(t.st.regs, before.regs);
+        assert_eq!(t.st.rflags, before.rflags);
+    }
+
+    // -----------------------------------------------------------------------
+    // ALU flags
+    // -----------------------------------------------------------------------
+
+    #[test]
+    fn add_flags_at_every_width_edge() {
+        for w in WIDTHS {
+            let m = w.mask();
+            let h = 1u64 << (w.bits() - 1);
+            // MAX_SIGNED + 1: signed overflow, no carry, AF from 0xF + 1.
+            assert_eq!(
+                flags_of(AluOp::Add, w, h - 1, 1),
+                (h, OF | SF | AF | parity(h)),
+                "{w:?}"
+            );
+            // MAX_UNSIGNED + 1: carry, zero.
+            assert_eq!(
+                flags_of(AluOp::Add, w, m, 1),
+                (0, CF | ZF | AF | PF),
+                "{w:?}"
+            );
+            // MIN_SIGNED + MIN_SIGNED: carry and overflow.
+            assert_eq!(flags_of(AluOp::Add, w, h, h), (0, CF | OF | ZF | PF));
+            // -1 + -1 = -2: carry, no overflow.
+            assert_eq!(
+                flags_of(AluOp::Add, w, m, m),
+                (m - 1, CF | SF | AF | parity(m - 1))
+            );
+            // No AF when the low nibble does not carry.
+            assert_eq!(flags_of(AluOp::Add, w, 0x10, 0x20), (0x30, PF));
+        }
+    }
+
+    #[test]
+    fn sub_and_cmp_flags_at_every_width_edge() {
+        for w in WIDTHS {
+            let m = w.mask();
+            let h = 1u64 << (w.bits() - 1);
+            for op in [AluOp::Sub, AluOp::Cmp] {
+                // MIN_SIGNED - 1: overflow, borrow out of bit 3.
+                assert_eq!(
+                    flags_of(op, w, h, 1),
+                    (h - 1, OF | AF | parity(h - 1)),
+                    "{w:?}"
+                );
+                // 0 - 1: borrow.
+                assert_eq!(flags_of(op, w, 0, 1), (m, CF | SF | AF | PF));
+                // Equal.
+                assert_eq!(flags_of(op, w, 0x42, 0x42), (0, ZF | PF));
+                // MAX_SIGNED - (-1): overflow and borrow.
+                assert_eq!(flags_of(op, w, h - 1, m), (h, CF | OF | SF | parity(h)));
+                // 0x10 - 1: AF only (+ parity of 0x0F).
+                assert_eq!(flags_of(op, w, 0x10, 1), (0xF, AF | PF));
+            }
+        }
+    }
+
+    #[test]
+    fn inc_dec_preserve_cf_and_set_the_rest() {
+        for w in WIDTHS {
+            let m = w.mask();
+            let h = 1u64 << (w.bits() - 1);
+            for cf in [0, CF] {
+                let f = 0x2 | cf;
+                assert_eq!(alu(AluOp::Inc, w, m, 0, f), (0, f | ZF | AF | PF));
+                assert_eq!(
+                    alu(AluOp::Inc, w, h - 1, 0, f),
+                    (h, f | OF | SF | AF | parity(h))
+                );
+                assert_eq!(alu(AluOp::Dec, w, 0, 0, f), (m, f | SF | AF | PF));
+                assert_eq!(
+                    alu(AluOp::Dec, w, h, 0, f),
+                    (h - 1, f | OF | AF | parity(h - 1))
+                );
+                assert_eq!(alu(AluOp::Dec, w, 1, 0xFFFF, f), (0, f | ZF | PF));
+            }
+        }
+    }
+
+    #[test]
+    fn logic_ops_clear_cf_of_af_and_set_szp() {
+        for w in WIDTHS {
+            let m = w.mask();
+            let h = 1u64 << (w.bits() - 1);
+            let all = 0x2 | STATUS;
+            assert_eq!(alu(AluOp::And, w, m, h, all), (h, 0x2 | SF | parity(h)));
+            assert_eq!(alu(AluOp::Test, w, m, 0, all), (0, 0x2 | ZF | PF));
+            assert_eq!(alu(AluOp::Or, w, 0x01, 0x02, all), (3, 0x2 | PF));
+            assert_eq!(alu(AluOp::Xor, w, m, m, all), (0, 0x2 | ZF | PF));
+            assert_eq!(
+                alu(AluOp::Xor, w, 0x80, 0x01, all),
+                (0x81, 0x2 | PF | bit(w == W8, SF))
+            );
+        }
+    }
+
+    #[test]
+    fn alu_leaves_non_status_flags_alone_and_masks_operands() {
+        let f = 0x2 | rflags::IF | rflags::DF | rflags::IOPL | rflags::TF;
+        let (r_, nf) = alu(AluOp::Add, W8, 0x1FF, 0x101, f);
+        assert_eq!(r_, 0);
+        assert_eq!(nf & !STATUS, f);
+        assert_eq!(nf & STATUS, CF | ZF | AF | PF);
+    }
+
+    /// (count, result, status flags) of SHL and SHR on `msb | 1` at each width for
+    /// counts 0, 1, 2, width - 1, width, 31, 63 (masked by the processor's rule).
+    #[test]
+    fn shl_shr_counts_at_every_width() {
+        for w in WIDTHS {
+            let bits = w.bits();
+            let m = w.mask();
+            let h = 1u64 << (bits - 1);
+            let a = h | 1;
+            let all = 0x2 | STATUS;
+            // Count 0 (also the masked 32 for 8/16/32-bit and 64 for 64-bit): unchanged.
+            for c in [0u64, if w == W64 { 64 } else { 32 }] {
+                assert_eq!(alu(AluOp::Shl, w, a, c, all), (a, all));
+                assert_eq!(alu(AluOp::Shr, w, a, c, 0x2), (a, 0x2));
+            }
+            // Count 1: SHL CF = old MSB, OF = MSB(r) ^ CF; SHR CF = old bit 0, OF = old MSB.
+            assert_eq!(flags_of(AluOp::Shl, w, a, 1), (2, CF | OF));
+            assert_eq!(
+                flags_of(AluOp::Shr, w, a, 1),
+                (h >> 1, CF | OF | parity(h >> 1))
+            );
+            // Count 2.
+            assert_eq!(flags_of(AluOp::Shl, w, a, 2), (4, 0));
+            assert_eq!(
+                flags_of(AluOp::Shr, w, a, 2),
+                (h >> 2, parity(h >> 2)) // CF = old bit 1 = 0; OF 0 by our rule
+            );
+            // Count width - 1.
+            let c = u64::from(bits - 1);
+            assert_eq!(
+                flags_of(AluOp::Shl, w, a, c),
+                (h, SF | OF | parity(h)) // CF = old bit 1 = 0
+            );
+            assert_eq!(flags_of(AluOp::Shr, w, a, c), (1, 0)); // CF = old bit w-2 = 0
+            assert_eq!(flags_of(AluOp::Shr, w, m, c), (1, CF));
+            if bits <= 16 {
+                // Count = width: result 0; CF the last bit a wide shift moves out.
+                let c = u64::from(bits);
+                assert_eq!(flags_of(AluOp::Shl, w, a, c), (0, CF | OF | ZF | PF));
+                assert_eq!(flags_of(AluOp::Shr, w, a, c), (0, CF | ZF | PF));
+                // Count 31 (> width): 0, nothing left to shift out.
+                assert_eq!(flags_of(AluOp::Shl, w, a, 31), (0, ZF | PF));
+                assert_eq!(flags_of(AluOp::Shr, w, a, 31), (0, ZF | PF));
+                // 63 masks to 31.
+                assert_eq!(flags_of(AluOp::Shl, w, m, 63), (0, ZF | PF));
+            } else if w == W32 {
+                // 31 = width - 1 (above); 63 masks to 31.
+                assert_eq!(
+                    flags_of(AluOp::Shl, w, a, 63),
+                    flags_of(AluOp::Shl, w, a, 31)
+                );
+                assert_eq!(flags_of(AluOp::Shr, w, m, 63), (1, CF));
+            } else {
+                assert_eq!(flags_of(AluOp::Shl, w, a, 31), (1 << 31, PF));
+                assert_eq!(flags_of(AluOp::Shr, w, a, 31), (1 << 32, PF));
+                assert_eq!(flags_of(AluOp::Shl, w, 3, 63), (h, CF | SF | PF));
+                assert_eq!(flags_of(AluOp::Shr, w, m, 63), (1, CF));
+            }
+        }
+    }
+
+    #[test]
+    fn shift_count_comes_from_cl_and_is_masked() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0x81;
+        t.st.regs.rcx = 0x1_0000_0021; // CL = 0x21: masked to 1 for 8 bits
+        t.st.regs.rbx = 1;
+        let b = [
+            out_dx(W8),
+            alu_i(AluOp::Shl, r(0, W8), reg(1, W8)),
+            alu_i(AluOp::Shl, r(3, W64), reg(1, W8)), // 0x21 = 33 for 64-bit
+        ];
+        t.run(&b, 0);
+        assert_eq!(t.st.regs.rax, 0x02);
+        assert_eq!(t.st.regs.rbx, 1 << 33);
+    }
+
+    #[test]
+    fn defined_flags_mask_follows_the_sdm() {
+        assert_eq!(defined_flags(AluOp::Add, W8, 5), STATUS);
+        assert_eq!(defined_flags(AluOp::Xor, W64, 5), STATUS & !AF);
+        assert_eq!(defined_flags(AluOp::Shl, W16, 0x20), STATUS);
+        assert_eq!(defined_flags(AluOp::Shl, W16, 1), STATUS & !AF);
+        assert_eq!(defined_flags(AluOp::Shr, W32, 2), STATUS & !AF & !OF);
+        assert_eq!(defined_flags(AluOp::Shr, W8, 8), STATUS & !AF & !OF & !CF);
+        assert_eq!(defined_flags(AluOp::Shl, W64, 63), STATUS & !AF & !OF);
+        assert!(writes_dst(AluOp::Sub) && !writes_dst(AluOp::Cmp) && !writes_dst(AluOp::Test));
+    }
+
+    #[test]
+    fn conditions_follow_table_b1() {
+        use Cond::*;
+        let cases: [(Cond, u64, bool); 22] = [
+            (O, OF, true),
+            (No, OF, false),
+            (B, CF, true),
+            (Ae, CF, false),
+            (E, ZF, true),
+            (Ne, 0, true),
+            (Be, ZF, true),
+            (Be, CF, true),
+            (A, 0, true),
+            (A, CF, false),
+            (S, SF, true),
+            (Ns, SF, false),
+            (P, PF, true),
+            (Np, 0, true),
+            (L, SF, true),
+            (L, SF | OF, false),
+            (Ge, SF | OF, true),
+            (Ge, OF, false),
+            (Le, ZF | SF | OF, true),
+            (Le, OF, true),
+            (G, SF | OF, true),
+            (G, ZF, false),
+        ];
+        for (c, f, want) in cases {
+            assert_eq!(condition(c, f | 0x2), want, "{c:?} {f:#x}");
+        }
+        // Every condition and its negation (odd encodings) disagree.
+        for n in (0..16).step_by(2) {
+            for f in 0..0x1000u64 {
+                assert_ne!(
+                    condition(Cond::from_nibble(n), f),
+                    condition(Cond::from_nibble(n + 1), f)
+                );
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // The host CPU as oracle
+    // -----------------------------------------------------------------------
+
+    #[cfg(target_arch = "x86_64")]
+    mod native {
+        use super::super::*;
+        use core::arch::asm;
+
+        macro_rules! bin {
+            ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+                let mut a: u64 = $a;
+                let mut f: u64 = $f;
+                let b: u64 = $b;
+                // SAFETY: only touches the named registers, the flags and the stack.
+                unsafe {
+                    asm!(
+                        "push {f}",
+                        "popfq",
+                        concat!($insn, " {a:", $m, "}, {b:", $m, "}"),
+                        "pushfq",
+                        "pop {f}",
+                        a = inout(reg) a,
+                        b = in(reg) b,
+                        f = inout(reg) f,
+                    );
+                }
+                (a, f)
+            }};
+        }
+        macro_rules! una {
+            ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+                let mut a: u64 = $a;
+                let mut f: u64 = $f;
+                let _ = $b;
+                // SAFETY: as above.
+                unsafe {
+                    asm!(
+                        "push {f}",
+                        "popfq",
+                        concat!($insn, " {a:", $m, "}"),
+                        "pushfq",
+                        "pop {f}",
+                        a = inout(reg) a,
+                        f = inout(reg) f,
+                    );
+                }
+                (a, f)
+            }};
+        }
+        macro_rules! sh {
+            ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+                let mut a: u64 = $a;
+                let mut f: u64 = $f;
+                let c: u8 = $b as u8;
+                // SAFETY: as above.
+                unsafe {
+                    asm!(
+                        "push {f}",
+                        "popfq",
+                        concat!($insn, " {a:", $m, "}, cl"),
+                        "pushfq",
+                        "pop {f}",
+                        a = inout(reg) a,
+                        f = inout(reg) f,
+                        in("cl") c,
+                    );
+                }
+                (a, f)
+            }};
+        }
+        macro_rules! by_width {
+            ($mac:ident, $insn:literal, $w:expr, $a:expr, $b:expr, $f:expr) => {
+                match $w {
+                    Width::W8 => $mac!($insn, "l", $a, $b, $f),
+                    Width::W16 => $mac!($insn, "x", $a, $b, $f),
+                    Width::W32 => $mac!($insn, "e", $a, $b, $f),
+                    Width::W64 => $mac!($insn, "r", $a, $b, $f),
+                }
+            };
+        }
+
+        /// Runs `op` on the host CPU: (destination register afterwards, RFLAGS).
+        pub fn exec(op: AluOp, w: Width, a: u64, b: u64, f: u64) -> (u64, u64) {
+            match op {
+                AluOp::Add => by_width!(bin, "add", w, a, b, f),
+                AluOp::Sub => by_width!(bin, "sub", w, a, b, f),
+                AluOp::And => by_width!(bin, "and", w, a, b, f),
+                AluOp::Or => by_width!(bin, "or", w, a, b, f),
+                AluOp::Xor => by_width!(bin, "xor", w, a, b, f),
+                AluOp::Cmp => by_width!(bin, "cmp", w, a, b, f),
+                AluOp::Test => by_width!(bin, "test", w, a, b, f),
+                AluOp::Inc => by_width!(una, "inc", w, a, b, f),
+                AluOp::Dec => by_width!(una, "dec", w, a, b, f),
+                AluOp::Shl => by_width!(sh, "shl", w, a, b, f),
+                AluOp::Shr => by_width!(sh, "shr", w, a, b, f),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn alu_matches_the_host_cpu_on_defined_flags() {
+        const OPS: [AluOp; 11] = [
+            AluOp::Add,
+            AluOp::Sub,
+            AluOp::And,
+            AluOp::Or,
+            AluOp::Xor,
+            AluOp::Cmp,
+            AluOp::Test,
+            AluOp::Inc,
+            AluOp::Dec,
+            AluOp::Shl,
+            AluOp::Shr,
+        ];
+        let edges: [u64; 18] = [
+            0,
+            1,
+            2,
+            0x0F,
+            0x10,
+            0x7F,
+            0x80,
+            0xFF,
+            0x7FFF,
+            0x8000,
+            0xFFFF,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            0xFFFF_FFFF,
+            i64::MAX as u64,
+            i64::MIN as u64,
+            u64::MAX,
+            0xDEAD_BEEF_F00D_CAFE,
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0u32;
+        for op in OPS {
+            for w in WIDTHS {
+                let shift = matches!(op, AluOp::Shl | AluOp::Shr);
+                let mut pairs: Vec<(u64, u64)> = Vec::new();
+                for &a in &edges {
+                    if shift {
+                        pairs.extend((0..=70u64).map(|c| (a, c)));
+                    } else {
+                        pairs.extend(edges.iter().map(|&b| (a, b)));
+                    }
+                }
+                for _ in 0..4000 {
+                    let (a, b) = (rnd(), rnd());
+                    pairs.push((a, if shift { b & 0xFF } else { b }));
+                    // Small and sign-boundary values are where flags change.
+                    pairs.push((a & 0xFF, b & 0x8F));
+                }
+                for (k, &(a, b)) in pairs.iter().enumerate() {
+                    let fin = 0x2 | (rnd() & STATUS);
+                    let (na, nf) = native::exec(op, w, a, b, fin);
+                    let (ma, mf) = alu(op, w, a, b, fin);
+                    let defined = defined_flags(op, w, b);
+                    assert_eq!(
+                        mf & defined,
+                        nf & defined,
+                        "{op:?} {w:?} a={a:#x} b={b:#x} flags in {fin:#x} (case {k})"
+                    );
+                    assert_eq!(mf & !STATUS, fin & !STATUS);
+                    let m = w.mask();
+                    if writes_dst(op) {
+                        assert_eq!(ma & m, na & m, "{op:?} {w:?} a={a:#x} b={b:#x}");
+                    } else {
+                        assert_eq!(na, a);
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300_000);
+    }
+
+    // -----------------------------------------------------------------------
+    // Control flow
+    // -----------------------------------------------------------------------
+
+    #[test]
+    fn jmp_inside_the_block_is_followed() {
+        let mut t = T::new(CodeMode::Bits64);
+        // 0: out; 1: jmp +1 (over the nop); 3: nop; 4: mov al, 9
+        let b = [out_dx(W8), jmp(1), nop(), mov(r(0, W8), imm(9))];
+        assert_eq!(t.run(&b, 0x2000), res(3, 1, 0, StopReason::ExtentEnd));
+        assert_eq!(t.st.rip, 0x2007);
+        assert_eq!(t.st.regs.rax, 9);
+    }
+
+    #[test]
+    fn jcc_taken_out_of_the_block_stops_before_it() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.set_status(ZF);
+        let b = [out_dx(W8), jcc(Cond::E, 0x40), nop()];
+        let before = t.st.regs;
+        assert_eq!(t.run(&b, 0x2000), res(1, 1, 0, StopReason::BranchOut));
+        assert_eq!(t.st.rip, 0x2001);
+        assert_eq!(t.st.regs, before);
+        // Into the middle of an instruction: also out.
+        let b = [out_dx(W8), jcc(Cond::E, 2), mov(r(0, W8), imm(1))];
+        assert_eq!(t.run(&b, 0x2000).stop, StopReason::BranchOut);
+        assert_eq!(t.st.rip, 0x2001);
+        // To the end of the code (the instruction the scanner could not take): out.
+        let b = [out_dx(W8), jcc(Cond::E, 1), nop()];
+        assert_eq!(t.run(&b, 0x2000).stop, StopReason::BranchOut);
+    }
+
+    #[test]
+    fn jcc_not_taken_falls_through_and_taken_inside_is_followed() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 5;
+        // 0 out; 1 cmp al,5 (3); 4 jne +0x40 (not taken); 6 je +1 (taken, over nop); 8 nop; 9 inc al
+        let b = [
+            out_dx(W8),
+            alu_i(AluOp::Cmp, r(0, W8), imm(5)),
+            jcc(Cond::Ne, 0x40),
+            jcc(Cond::E, 1),
+            nop(),
+            alu_i(AluOp::Inc, r(0, W8), imm(0)),
+        ];
+        assert_eq!(t.run(&b, 0), res(5, 1, 0, StopReason::ExtentEnd));
+        assert_eq!(t.st.regs.rax, 6);
+        assert_eq!(t.st.rip, 12);
+    }
+
+    #[test]
+    fn ip_is_truncated_to_the_branch_width() {
+        // 16-bit code at 0xFFF0: a jump forward by 0x20 wraps IP to 0x0012: not in block.
+        let mut t = T::new(CodeMode::Bits16);
+        let j = i(
+            Op::Jmp {
+                rel: 0x20,
+                width: W16,
+            },
+            2,
+        );
+        assert_eq!(t.run(&[out_dx(W8), j], 0xFFF0).stop, StopReason::BranchOut);
+        // A 16-bit jump in 32-bit code drops the upper half of EIP.
+        let mut t = T::new(CodeMode::Bits32);
+        let j = i(
+            Op::Jmp {
+                rel: -3,
+                width: W16,
+            },
+            2,
+        ); // back to the out, masked
+        t.limits.max_insns = 5;
+        assert_eq!(
+            t.run(&[out_dx(W8), j], 0x1_0000).stop,
+            StopReason::BranchOut
+        );
+        assert_eq!(t.run(&[out_dx(W8), j], 0x1000).stop, StopReason::Limit);
+        assert_eq!(t.st.rip, 0x1001);
+    }
+
+    #[test]
+    fn ip_wraps_at_64k_in_16_bit_code() {
+        let mut t = T::new(CodeMode::Bits16);
+        // out at 0xFFFD, 2-byte nop ending at 0x10000: IP wraps to 0, outside the block.
+        let b = [out_dx(W8), i(Op::Nop, 2), nop()];
+        assert_eq!(t.run(&b, 0xFFFD), res(2, 1, 0, StopReason::BranchOut));
+        assert_eq!(t.st.rip, 0);
+        // Same at the last instruction: the scanner's reason.
+        let b = [out_dx(W8), i(Op::Nop, 2)];
+        assert_eq!(t.run(&b, 0xFFFD), res(2, 1, 0, StopReason::ExtentEnd));
+        assert_eq!(t.st.rip, 0);
+    }
+
+    #[test]
+    fn falling_off_the_end_reports_the_scanners_reason() {
+        let mut t = T::new(CodeMode::Bits32);
+        t.scan_end = StopReason::Unsupported;
+        assert_eq!(
+            t.run(&[out_dx(W8), nop()], 0x40),
+            res(2, 1, 0, StopReason::Unsupported)
+        );
+        assert_eq!(t.st.rip, 0x42);
+        t.scan_end = StopReason::Undecodable;
+        assert_eq!(t.run(&[], 0x40), res(0, 0, 0, StopReason::Undecodable));
+        assert_eq!(t.st.rip, 0x40);
+    }
+
+    #[test]
+    fn loop_with_cx_ecx_rcx() {
+        for (mode, addr, rcx, after) in [
+            (
+                CodeMode::Bits16,
+                W16,
+                0xABCD_0000_0003u64,
+                0xABCD_0000_0000u64,
+            ),
+            (CodeMode::Bits32, W32, 0x0000_0000_0000_0003, 0),
+            (CodeMode::Bits64, W32, 0xFFFF_FFFF_0000_0003, 0),
+            (CodeMode::Bits64, W64, 3, 0),
+        ] {
+            let mut t = T::new(mode);
+            t.st.regs.rcx = rcx;
+            let mut l = lp(LoopKind::Loop, -3, addr);
+            if mode != CodeMode::Bits64 {
+                l.op = Op::Loop {
+                    kind: LoopKind::Loop,
+                    rel: -3,
+                    addr,
+                    width: if mode == CodeMode::Bits16 { W16 } else { W32 },
+                };
+            }
+            // 0: out dx, al; 1: loop 0
+            assert_eq!(
+                t.run(&[out_dx(W8), l], 0x300),
+                res(6, 3, 0, StopReason::ExtentEnd),
+                "{mode:?} {addr:?}"
+            );
+            assert_eq!(t.env.log.len(), 3);
+            assert_eq!(t.st.regs.rcx, after, "{mode:?} {addr:?}");
+            assert_eq!(t.st.rip, 0x303);
+        }
+    }
+
+    #[test]
+    fn loop_count_wraps_and_uses_only_the_address_size() {
+        // CX = 0 with upper bits set: 0xFFFF iterations, upper bits preserved; the
+        // instruction limit ends it part-way.
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.regs.rcx = 0x1_0000;
+        t.limits.max_insns = 10;
+        let l = i(
+            Op::Loop {
+                kind: LoopKind::Loop,
+                rel: -3,
+                addr: W16,
+                width: W16,
+            },
+            2,
+        );
+        assert_eq!(t.run(&[out_dx(W8), l], 0), res(10, 5, 0, StopReason::Limit));
+        assert_eq!(t.st.regs.rcx, 0x1_FFFB);
+        assert_eq!(t.st.rip, 0);
+    }
+
+    #[test]
+    fn loope_loopne_test_zf_and_never_change_flags() {
+        for (kind, zf, taken) in [
+            (LoopKind::Loope, ZF, true),
+            (LoopKind::Loope, 0, false),
+            (LoopKind::Loopne, 0, true),
+            (LoopKind::Loopne, ZF, false),
+        ] {
+            let mut t = T::new(CodeMode::Bits64);
+            t.st.regs.rcx = 5;
+            t.set_status(zf | CF);
+            t.limits.max_insns = 2;
+            let r_ = t.run(&[out_dx(W8), lp(kind, -3, W64), nop()], 0);
+            assert_eq!(t.st.regs.rcx, 4);
+            assert_eq!(t.st.rflags & STATUS, zf | CF);
+            if taken {
+                assert_eq!((r_.stop, t.st.rip), (StopReason::Limit, 0));
+            } else {
+                assert_eq!((r_.stop, t.st.rip), (StopReason::Limit, 3));
+            }
+        }
+    }
+
+    #[test]
+    fn loop_taken_out_of_the_block_does_not_decrement() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 5;
+        assert_eq!(
+            t.run(&[out_dx(W8), lp(LoopKind::Loop, 0x30, W64)], 0),
+            res(1, 1, 0, StopReason::BranchOut)
+        );
+        assert_eq!(t.st.regs.rcx, 5);
+        assert_eq!(t.st.rip, 1);
+        // Count reaching 0: not taken, decremented, falls through.
+        t.st.regs.rcx = 1;
+        assert_eq!(
+            t.run(&[out_dx(W8), lp(LoopKind::Loop, 0x30, W64)], 0),
+            res(2, 1, 0, StopReason::ExtentEnd)
+        );
+        assert_eq!(t.st.regs.rcx, 0);
+    }
+
+    #[test]
+    fn max_insns_bounds_a_backward_loop_but_the_first_always_runs() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.limits.max_insns = 7;
+        let b = [out_dx(W8), nop(), jmp(-4)];
+        assert_eq!(t.run(&b, 0), res(7, 3, 0, StopReason::Limit));
+        assert_eq!(t.st.rip, 1);
+        t.limits.max_insns = 0;
+        assert_eq!(t.run(&b, 0), res(1, 1, 0, StopReason::Limit));
+        assert_eq!(t.st.rip, 1);
+    }
+
+    #[test]
+    fn trap_flag_stops_after_the_first_instruction() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rflags |= rflags::TF;
+        assert_eq!(
+            t.run(&[out_dx(W8), out_dx(W8)], 0),
+            res(1, 1, 0, StopReason::SingleStep)
+        );
+        assert_eq!(t.env.log.len(), 1);
+    }
+
+    // -----------------------------------------------------------------------
+    // IN / OUT
+    // -----------------------------------------------------------------------
+
+    #[test]
+    fn in_and_out_with_imm8_and_dx_at_each_width() {
+        for mode in [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64] {
+            let mut t = T::new(mode);
+            t.st.regs.rax = 0xAAAA_BBBB_CCCC_DDEE;
+            t.st.regs.rdx = 0xFFFF_0000_0000_03F8;
+            let b = [
+                out_imm(W8, 0x80),
+                out_dx(W16),
+                out_imm(W32, 0x70),
+                in_dx(W8),
+                in_imm(W16, 0x61),
+            ];
+            assert_eq!(t.run(&b, 0), res(5, 5, 0, StopReason::ExtentEnd));
+            assert_eq!(
+                t.env.log,
+                [
+                    Io::Out(0x80, W8, 0xEE),
+                    Io::Out(0x3F8, W16, 0xDDEE),
+                    Io::Out(0x70, W32, 0xCCCC_DDEE),
+                    Io::In(0x3F8, W8),
+                    Io::In(0x61, W16),
+                ]
+            );
+            let v0 = u64::from(Env::val(0)) & 0xFF;
+            let v1 = u64::from(Env::val(1)) & 0xFFFF;
+            // IN AL then IN AX: both merge.
+            assert_eq!(t.st.regs.rax, 0xAAAA_BBBB_CCCC_0000 | v1);
+            assert_ne!(v0, 0);
+            // IN EAX zero-extends into RAX in every mode.
+            t.run(&[in_dx(W32)], 0);
+            assert_eq!(t.st.regs.rax, u64::from(Env::val(2)), "{mode:?}");
+            t.st.regs.rax = u64::MAX;
+            t.run(&[in_imm(W8, 0x60)], 0);
+            assert_eq!(
+                t.st.regs.rax,
+                0xFFFF_FFFF_FFFF_FF00 | u64::from(Env::val(3) & 0xFF)
+            );
+        }
+    }
+
+    #[test]
+    fn io_permission_stops_before_later_io_when_cpl_exceeds_iopl() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.cpl = 3;
+        t.st.rflags = 0x2 | (1 << rflags::IOPL_SHIFT);
+        let b = [out_dx(W8), nop(), out_dx(W8)];
+        assert_eq!(t.run(&b, 0), res(2, 1, 0, StopReason::IoPermission));
+        assert_eq!(t.st.rip, 2);
+        // String IO too.
+        assert_eq!(
+            t.run(&[out_dx(W8), ins(W8, true, W64)], 0).stop,
+            StopReason::IoPermission
+        );
+        // IOPL 3 allows it.
+        t.st.rflags |= rflags::IOPL;
+        assert_eq!(t.run(&b, 0), res(3, 2, 0, StopReason::ExtentEnd));
+        // Virtual-8086 mode never.
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.rflags = 0x2 | rflags::IOPL | rflags::VM;
+        t.st.cpl = 3;
+        assert_eq!(t.run(&b, 0), res(2, 1, 0, StopReason::IoPermission));
+    }
+
+    #[test]
+    fn interrupt_after_in_or_out_stops_after_it() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rflags |= rflags::IF;
+        t.env.irq_after = Some(2);
+        let b = [out_dx(W8), nop(), in_dx(W8), nop()];
+        assert_eq!(t.run(&b, 0), res(3, 2, 0, StopReason::InterruptPending));
+        assert_eq!(t.st.rip, 3);
+        // The first instruction counts too.
+        t.env = Env::default();
+        t.env.irq_after = Some(1);
+        assert_eq!(t.run(&b, 0), res(1, 1, 0, StopReason::InterruptPending));
+        assert_eq!(t.st.rip, 1);
+        // With IF = 0 the interrupt is not deliverable.
+        t.st.rflags &= !rflags::IF;
+        assert_eq!(t.run(&b, 0), res(4, 2, 0, StopReason::ExtentEnd));
+    }
+
+    // -----------------------------------------------------------------------
+    // String IO
+    // -----------------------------------------------------------------------
+
+    #[test]
+    fn rep_outsb_forward_and_backward() {
+        for df in [false, true] {
+            let mut t = T::new(CodeMode::Bits64);
+            t.ram[0x8000..0x8005].copy_from_slice(b"hello");
+            t.st.regs.rdx = 0x3F8;
+            t.st.regs.rcx = 5;
+            t.st.regs.rsi = if df { 0x8004 } else { 0x8000 };
+            if df {
+                t.st.rflags |= rflags::DF;
+            }
+            let b = [outs(W8, true, W64, Seg::Ds), nop()];
+            assert_eq!(t.run(&b, 0x100), res(2, 1, 5, StopReason::ExtentEnd));
+            let mut got: Vec<u8> = t
+                .env
+                .log
+                .iter()
+                .map(|e| match e {
+                    Io::Out(0x3F8, W8, v) => *v as u8,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            if df {
+                got.reverse();
+            }
+            assert_eq!(got, b"hello");
+            assert_eq!(t.st.regs.rsi, if df { 0x7FFF } else { 0x8005 });
+            assert_eq!(t.st.regs.rcx, 0);
+            assert_eq!(t.st.rip, 0x103);
+        }
+    }
+
+    #[test]
+    fn rep_insw_forward_and_backward() {
+        for df in [false, true] {
+            let mut t = T::new(CodeMode::Bits32);
+            t.st.regs.rdx = 0x1F0;
+            t.st.regs.rcx = 3;
+            t.st.regs.rdi = 0x9000;
+            if df {
+                t.st.rflags |= rflags::DF;
+            }
+            assert_eq!(
+                t.run(&[ins(W16, true, W32)], 0x100),
+                res(1, 1, 3, StopReason::ExtentEnd)
+            );
+            assert_eq!(t.env.log, [Io::In(0x1F0, W16); 3]);
+            for k in 0..3u32 {
+                let at = if df {
+                    0x9000 - 2 * k as usize
+                } else {
+                    0x9000 + 2 * k as usize
+                };
+                assert_eq!(
+                    u16::from_le_bytes([t.ram[at], t.ram[at + 1]]),
+                    Env::val(k) as u16
+                );
+            }
+            assert_eq!(t.st.regs.rdi, if df { 0x8FFA } else { 0x9006 });
+        }
+    }
+
+    #[test]
+    fn string_io_16_bit_address_size_wraps_and_keeps_upper_bits_with_segment_base() {
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.seg_base[Seg::Es as usize] = 0x2000 << 4;
+        t.st.regs.rdi = 0xDEAD_0000_0000_FFFE;
+        t.st.regs.rcx = 0xBEEF_0000_0000_0002;
+        t.st.regs.rdx = 0x60;
+        assert_eq!(
+            t.run(&[ins(W16, true, W16)], 0x10),
+            res(1, 1, 2, StopReason::ExtentEnd)
+        );
+        // Elements at ES:FFFE and ES:0000 (DI wrapped).
+        let v0 = Env::val(0) as u16;
+        let v1 = Env::val(1) as u16;
+        assert_eq!(u16::from_le_bytes([t.ram[0x2FFFE], t.ram[0x2FFFF]]), v0);
+        assert_eq!(u16::from_le_bytes([t.ram[0x20000], t.ram[0x20001]]), v1);
+        assert_eq!(t.st.regs.rdi, 0xDEAD_0000_0000_0002);
+        assert_eq!(t.st.regs.rcx, 0xBEEF_0000_0000_0000);
+    }
+
+    #[test]
+    fn string_io_32_bit_address_size_in_64_bit_mode_zero_extends() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.ram[0x1234] = 0x5A;
+        t.st.regs.rsi = 0xFFFF_FFFF_0000_1234;
+        t.st.regs.rcx = 0x7777_7777_0000_0001;
+        t.st.regs.rdx = 0xE9;
+        assert_eq!(
+            t.run(&[outs(W8, true, W32, Seg::Ds)], 0),
+            res(1, 1, 1, StopReason::ExtentEnd)
+        );
+        assert_eq!(t.env.log, [Io::Out(0xE9, W8, 0x5A)]);
+        assert_eq!(t.st.regs.rsi, 0x1235);
+        assert_eq!(t.st.regs.rcx, 0);
+        // The 32-bit offset ignores RSI's upper half, then the 64-bit FS base is
+        // added; stepping down from 0 wraps ESI and zero-extends.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.seg_base[Seg::Fs as usize] = 0x10_0000;
+        t.ram[0x10_0000] = 0x11;
+        t.st.regs.rsi = 0xFFFF_FFFF_0000_0000;
+        t.st.rflags |= rflags::DF;
+        t.st.regs.rcx = 2;
+        assert_eq!(
+            t.run(&[outs(W8, false, W32, Seg::Fs)], 0),
+            res(1, 1, 1, StopReason::ExtentEnd)
+        );
+        assert_eq!(t.env.log, [Io::Out(0, W8, 0x11)]);
+        assert_eq!(t.st.regs.rsi, 0xFFFF_FFFF);
+        assert_eq!(t.st.regs.rcx, 2); // no REP: RCX untouched
+    }
+
+    #[test]
+    fn string_io_64_bit_address_size_uses_full_registers() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rdi = 0x1_0000;
+        t.st.regs.rcx = 0x1_0000_0002;
+        t.limits.max_string_elements = 4;
+        assert_eq!(
+            t.run(&[ins(W32, true, W64)], 0),
+            res(1, 1, 4, StopReason::Limit)
+        );
+        assert_eq!(t.st.regs.rcx, 0xFFFF_FFFE);
+        assert_eq!(t.st.regs.rdi, 0x1_0010);
+        assert_eq!(t.st.rip, 0);
+    }
+
+    #[test]
+    fn outs_segment_override_and_64_bit_mode_base_rules() {
+        // 32-bit code: DS base and an FS override both apply.
+        let mut t = T::new(CodeMode::Bits32);
+        t.st.seg_base[Seg::Ds as usize] = 0x4_0000;
+        t.st.seg_base[Seg::Fs as usize] = 0x5_0000;
+        t.ram[0x4_0010] = 0xD5;
+        t.ram[0x5_0010] = 0xF5;
+        t.st.regs.rsi = 0x10;
+        t.run(&[outs(W8, false, W32, Seg::Ds)], 0);
+        t.st.regs.rsi = 0x10;
+        t.run(&[outs(W8, false, W32, Seg::Fs)], 0);
+        assert_eq!(t.env.log, [Io::Out(0, W8, 0xD5), Io::Out(0, W8, 0xF5)]);
+        // 64-bit code: the DS (and ES) base is ignored, GS applies.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.seg_base = [0x1_0000; 6];
+        t.st.seg_base[Seg::Gs as usize] = 0x6_0000;
+        t.ram[0x10] = 0x0D;
+        t.ram[0x6_0010] = 0x6D;
+        t.st.regs.rsi = 0x10;
+        t.run(&[outs(W8, false, W64, Seg::Ds)], 0);
+        t.st.regs.rsi = 0x10;
+        t.run(&[outs(W8, false, W64, Seg::Gs)], 0);
+        t.st.regs.rdi = 0x20;
+        t.run(&[ins(W8, false, W64)], 0x100);
+        assert_eq!(t.env.log[..2], [Io::Out(0, W8, 0x0D), Io::Out(0, W8, 0x6D)]);
+        assert_eq!(t.ram[0x20], Env::val(0) as u8);
+    }
+
+    #[test]
+    fn rep_with_zero_count_does_nothing_and_retires() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 0xFFFF_FFFF_0000_0000; // ECX = 0
+        t.st.regs.rsi = 0x55;
+        let b = [outs(W8, true, W32, Seg::Ds), ins(W8, true, W32)];
+        assert_eq!(t.run(&b, 0), res(2, 2, 0, StopReason::ExtentEnd));
+        assert!(t.env.log.is_empty());
+        assert_eq!(t.st.regs.rcx, 0xFFFF_FFFF_0000_0000);
+        assert_eq!(t.st.regs.rsi, 0x55);
+        assert_eq!(t.st.rip, 4);
+    }
+
+    #[test]
+    fn element_limit_stops_part_way_with_rip_on_the_instruction() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 10;
+        t.st.regs.rsi = 0x8000;
+        t.limits.max_string_elements = 4;
+        let b = [outs(W8, true, W64, Seg::Ds), nop()];
+        assert_eq!(t.run(&b, 0x40), res(1, 1, 4, StopReason::Limit));
+        assert_eq!((t.st.rip, t.st.regs.rcx, t.st.regs.rsi), (0x40, 6, 0x8004));
+        // The budget is per run, over all string instructions.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 3;
+        t.limits.max_string_elements = 5;
+        let b = [
+            outs(W8, true, W64, Seg::Ds),
+            mov(r(1, W32), imm(3)),
+            ins(W8, true, W64),
+        ];
+        assert_eq!(t.run(&b, 0x40), res(3, 2, 5, StopReason::Limit));
+        assert_eq!((t.st.rip, t.st.regs.rcx), (0x45, 1));
+        // A budget of 0: nothing at all, even for the first instruction.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 3;
+        t.limits.max_string_elements = 0;
+        assert_eq!(t.run(&b, 0x40), res(0, 0, 0, StopReason::Limit));
+        assert_eq!((t.st.rip, t.st.regs.rcx), (0x40, 3));
+        // Exactly enough: the instruction completes and the run goes on.
+        t.limits.max_string_elements = 3;
+        t.st.regs.rcx = 3;
+        assert_eq!(
+            t.run(&[outs(W8, true, W64, Seg::Ds), nop()], 0x40),
+            res(2, 1, 3, StopReason::ExtentEnd)
+        );
+    }
+
+    #[test]
+    fn interrupt_pending_mid_rep_stops_between_elements() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rflags |= rflags::IF;
+        t.st.regs.rcx = 8;
+        t.st.regs.rdi = 0x9000;
+        t.env.irq_after = Some(3);
+        let b = [ins(W8, true, W64), nop()];
+        assert_eq!(t.run(&b, 0x40), res(1, 1, 3, StopReason::InterruptPending));
+        assert_eq!((t.st.rip, t.st.regs.rcx, t.st.regs.rdi), (0x40, 5, 0x9003));
+        // On the last element the instruction completes first.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rflags |= rflags::IF;
+        t.st.regs.rcx = 3;
+        t.env.irq_after = Some(3);
+        assert_eq!(t.run(&b, 0x40), res(1, 1, 3, StopReason::InterruptPending));
+        assert_eq!((t.st.rip, t.st.regs.rcx), (0x42, 0));
+        // Non-REP: completes.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rflags |= rflags::IF;
+        t.env.irq_after = Some(1);
+        assert_eq!(
+            t.run(&[outs(W16, false, W64, Seg::Ds), nop()], 0x40),
+            res(1, 1, 1, StopReason::InterruptPending)
+        );
+        assert_eq!((t.st.rip, t.st.regs.rsi), (0x42, 2));
+    }
+
+    #[test]
+    fn unmapped_page_mid_rep_stops_before_that_element() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.paging = paging_4level(&mut t.ram);
+        // REP OUTSB from 0x4FFFE: two bytes, then page 0x50000 is not present.
+        t.ram[0x4_FFFE] = 0xA1;
+        t.ram[0x4_FFFF] = 0xA2;
+        t.st.regs.rsi = 0x4_FFFE;
+        t.st.regs.rcx = 5;
+        t.st.regs.rdx = 0x3F8;
+        let b = [outs(W8, true, W64, Seg::Ds), nop()];
+        assert_eq!(t.run(&b, 0x100), res(1, 1, 2, StopReason::Memory));
+        assert_eq!(
+            t.env.log,
+            [Io::Out(0x3F8, W8, 0xA1), Io::Out(0x3F8, W8, 0xA2)]
+        );
+        assert_eq!(
+            (t.st.rip, t.st.regs.rcx, t.st.regs.rsi),
+            (0x100, 3, 0x5_0000)
+        );
+        // The first element already unmapped: nothing happened at all.
+        t.env = Env::default();
+        assert_eq!(t.run(&b, 0x100), res(0, 0, 0, StopReason::Memory));
+        assert!(t.env.log.is_empty());
+        // A word straddling into the unmapped page: no port access.
+        t.st.regs.rsi = 0x4_FFFF;
+        assert_eq!(
+            t.run(&[outs(W16, true, W64, Seg::Ds)], 0x100),
+            res(0, 0, 0, StopReason::Memory)
+        );
+        // INS into it: the port is not read.
+        t.st.regs.rdi = 0x5_0000;
+        assert_eq!(
+            t.run(&[out_dx(W8), ins(W8, true, W64)], 0x100),
+            res(1, 1, 0, StopReason::Memory)
+        );
+        assert_eq!(t.env.log, [Io::Out(0x3F8, W8, 0)]);
+        // Outside guest RAM (MMIO) and non-canonical: Memory as well.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rsi = RAM as u64;
+        assert_eq!(
+            t.run(&[outs(W8, false, W64, Seg::Ds)], 0).stop,
+            StopReason::Memory
+        );
+        t.st.paging = paging_4level(&mut t.ram);
+        t.st.regs.rsi = 0x8000_0000_0000_0000;
+        assert_eq!(
+            t.run(&[outs(W8, false, W64, Seg::Ds)], 0).stop,
+            StopReason::Memory
+        );
+    }
+
+    #[test]
+    fn string_io_honours_page_rights_at_the_cpl() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.paging = paging_4level(&mut t.ram);
+        t.st.rflags |= rflags::IOPL;
+        // INS into the read-only page: CPL 3 and, with CR0.WP, CPL 0 too.
+        for cpl in [0, 3] {
+            t.st.cpl = cpl;
+            t.st.regs.rdi = 0x5_1000;
+            assert_eq!(t.run(&[ins(W8, false, W64)], 0).stop, StopReason::Memory);
+            // Reading it is fine.
+            t.st.regs.rsi = 0x5_1000;
+            assert_eq!(
+                t.run(&[outs(W8, false, W64, Seg::Ds)], 0).stop,
+                StopReason::ExtentEnd
+            );
+        }
+        // The supervisor page: CPL 3 cannot read it, CPL 0 can.
+        t.st.regs.rsi = 0x5_2000;
+        t.st.cpl = 3;
+        assert_eq!(
+            t.run(&[outs(W8, false, W64, Seg::Ds)], 0).stop,
+            StopReason::Memory
+        );
+        t.st.cpl = 0;
+        t.st.regs.rsi = 0x5_2000;
+        assert_eq!(
+            t.run(&[outs(W8, false, W64, Seg::Ds)], 0).stop,
+            StopReason::ExtentEnd
+        );
+    }
+
+    #[test]
+    fn ins_into_the_blocks_own_code_stops() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rcx = 10;
+        // Code at 0x7000..0x7003 (ins, nop); INS from 0x6FFE upwards hits it at 0x7000.
+        t.st.regs.rdi = 0x6FFE;
+        let b = [ins(W8, true, W64), nop()];
+        assert_eq!(t.run(&b, 0x7000), res(1, 1, 2, StopReason::Memory));
+        assert_eq!(
+            (t.st.regs.rdi, t.st.regs.rcx, t.env.log.len()),
+            (0x7000, 8, 2)
+        );
+        // A word whose second byte is the code's first byte.
+        t.st.regs.rdi = 0x6FFF;
+        assert_eq!(
+            t.run(&[ins(W16, true, W64), nop()], 0x7000),
+            res(0, 0, 0, StopReason::Memory)
+        );
+        // Right after the code is fine.
+        t.st.regs.rdi = 0x7003;
+        t.st.regs.rcx = 1;
+        assert_eq!(t.run(&b, 0x7000).stop, StopReason::ExtentEnd);
+        // Through another linear mapping of the same physical page (block_gpa).
+        let mut t = T::new(CodeMode::Bits64);
+        t.gpa = Some(0x3_0010);
+        t.st.regs.rdi = 0x3_0011;
+        assert_eq!(
+            t.run(&[ins(W8, false, W64), nop()], 0x7010),
+            res(0, 0, 0, StopReason::Memory)
+        );
+    }
+
+    #[test]
+    fn ins_into_code_on_the_blocks_second_page_stops() {
+        // Linear code 0x4_FFFE..: the block crosses into page 0x50000, unmapped here,
+        // so its second page is unknown and every INS stops.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.paging = paging_4level(&mut t.ram);
+        t.st.regs.rdi = 0x9000;
+        let b = [out_dx(W8), ins(W8, false, W64), i(Op::Nop, 4)];
+        assert_eq!(t.run(&b, 0x4_FFFD), res(1, 1, 0, StopReason::Memory));
+        // Crossing into a mapped page: INS into that second page stops, elsewhere not.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.paging = paging_4level(&mut t.ram);
+        t.st.regs.rdi = 0x4_F002; // the code's second page, byte 2
+        assert_eq!(t.run(&b, 0x4_EFFD), res(1, 1, 0, StopReason::Memory));
+        t.st.regs.rdi = 0x9000;
+        assert_eq!(t.run(&b, 0x4_EFFD), res(3, 2, 1, StopReason::ExtentEnd));
+    }
+
+    #[test]
+    fn exiting_instruction_is_not_permission_checked_but_later_ones_are() {
+        let mut t = T::new(CodeMode::Bits32);
+        t.st.cpl = 3;
+        t.st.regs.rcx = 2;
+        let b = [outs(W8, true, W32, Seg::Ds), outs(W8, true, W32, Seg::Ds)];
+        assert_eq!(t.run(&b, 0), res(1, 1, 2, StopReason::IoPermission));
+        assert_eq!(t.st.rip, 2);
+    }
+
+    #[test]
+    fn flags_of_matches_alu_from_clear_flags() {
+        assert_eq!(flags_of(AluOp::Add, W8, 0xFF, 1), (0, CF | ZF | AF | PF));
+        assert_eq!(flags_of(AluOp::Inc, W8, 0xFF, 0), (0, ZF | AF | PF));
+        assert_eq!(flags_of(AluOp::Shl, W8, 0xFF, 0), (0xFF, 0));
+        assert_eq!(
+            update_addr_reg(0xFFFF_0000_0000_FFFF, 1, W16),
+            0xFFFF_0000_0000_0000
+        );
+        assert_eq!(update_addr_reg(0xFFFF_0000_FFFF_FFFF, 1, W32), 0);
+        assert_eq!(update_addr_reg(0xFFFF_FFFF_FFFF_FFFF, 1, W64), 0);
+        assert_eq!(ip_mask(CodeMode::Bits16), 0xFFFF);
+    }
+
+    #[test]
+    fn arbitrary_blocks_never_panic() {
+        let mut seed = 0x1234_5678_9ABC_DEF1u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let regs = |x: u64| RegRef {
+            index: (x & 31) as u8,
+            width: WIDTHS[(x >> 5) as usize & 3],
+            high8: x & 0x80 != 0,
+        };
+        for _ in 0..3000 {
+            let n = (rnd() % 8) as usize;
+            let mut insns = Vec::new();
+            for _ in 0..n {
+                let x = rnd();
+                let w = WIDTHS[(x & 3) as usize];
+                let a = WIDTHS[((x >> 2) & 3) as usize];
+                let rel = ((x >> 8) as i8) as i32;
+                let op = match (x >> 16) % 9 {
+                    0 => Op::In {
+                        width: w,
+                        port: PortSrc::Dx,
+                    },
+                    1 => Op::Out {
+                        width: w,
+                        port: PortSrc::Imm(x as u8),
+                    },
+                    2 => Op::Ins {
+                        width: w,
+                        rep: x & 64 != 0,
+                        addr: a,
+                    },
+                    3 => Op::Outs {
+                        width: w,
+                        rep: x & 64 != 0,
+                        addr: a,
+                        seg: Seg::Gs,
+                    },
+                    4 => Op::Mov {
+                        dst: regs(x >> 24),
+                        src: Operand::Reg(regs(x >> 32)),
+                    },
+                    5 => Op::Alu {
+                        op: AluOp::Shl,
+                        dst: regs(x >> 24),
+                        src: Operand::Imm(x >> 40),
+                    },
+                    6 => Op::Jmp { rel, width: a },
+                    7 => Op::Jcc {
+                        cond: Cond::from_nibble(x as u8),
+                        rel,
+                        width: a,
+                    },
+                    _ => Op::Loop {
+                        kind: LoopKind::Loopne,
+                        rel,
+                        addr: a,
+                        width: w,
+                    },
+                };
+                insns.push(i(op, (rnd() % 16) as u8));
+            }
+            let mut offsets: Vec<u16> = (0..rnd() % 9).map(|_| (rnd() % 40) as u16).collect();
+            offsets.sort();
+            let mode = [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64][(rnd() % 3) as usize];
+            let mut t = T::new(mode);
+            t.st.regs.rcx = rnd() % 5;
+            t.st.regs.rsi = rnd();
+            t.st.regs.rdi = rnd() % (RAM as u64 + 100);
+            t.st.rflags = 0x2 | (rnd() & (STATUS | rflags::DF | rflags::IF | rflags::IOPL));
+            t.st.cpl = (rnd() % 4) as u8;
+            t.st.seg_base = [rnd(), rnd(), rnd(), rnd(), rnd(), rnd()];
+            if rnd() % 2 == 0 {
+                t.st.paging = paging_4level(&mut t.ram);
+            }
+            t.env.irq_after = Some((rnd() % 6) as usize);
+            t.limits = Limits {
+                max_insns: 50,
+                max_string_elements: 20,
+            };
+            t.gpa = Some(rnd());
+            let rip = rnd();
+            let len = (rnd() % 50) as u16;
+            let r_ = t.run_raw(&insns, &offsets, len, rip);
+            assert!(r_.executed <= 51 && r_.string_elements <= 20);
+        }
+    }
+}
