@@ -573,6 +573,11 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
                     exit_code: self.regs.rbx as u32,
                 };
             }
+            hypercall::COUNTERS => {
+                self.regs.rax = self.stats.exit_count(er::IO_INSTRUCTION);
+                self.regs.rbx = self.stats.io.instructions;
+                self.regs.rcx = self.stats.io.emulated;
+            }
             _ => self.regs.rax = hypercall::ERROR,
         }
         self.complete(Ok(()))
@@ -1677,6 +1682,20 @@ mod tests {
     }
 
     // ----- HLT, INVD/WBINVD, VMX instructions -----
+
+    #[test]
+    fn counters_hypercall_reports_io_exits_instructions_and_emulated() {
+        let mut h = Harness::long();
+        h.stats.count_exit(u32::from(er::IO_INSTRUCTION));
+        h.stats.count_exit(u32::from(er::IO_INSTRUCTION));
+        h.stats.io.instructions = 7;
+        h.stats.io.emulated = 9;
+        h.regs.rax = hypercall::COUNTERS;
+        h.exit_on(er::VMCALL, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        assert_eq!((h.regs.rax, h.regs.rbx, h.regs.rcx), (2, 7, 9));
+    }
 
     #[test]
     fn hlt_with_interrupts_off_ends_the_guest() {

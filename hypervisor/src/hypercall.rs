@@ -7,6 +7,7 @@
 //! | --- | --- | --- | --- |
 //! | 1 | print bytes on the console | RBX = guest-linear address, RCX = length (at most `PRINT_MAX`) | 0 |
 //! | 2 | end the run | RBX = exit status (low 32 bits) | does not return |
+//! | 3 | read the IO counters | none | RAX = IO exits, RBX = IO instructions, RCX = instructions emulated by the coalescer, so far |
 //!
 //! Errors come back in RAX as `ERROR` (all ones): unknown function, a length over the
 //! limit, an address that does not translate to guest RAM, VMCALL at CPL > 0. A guest
@@ -18,6 +19,8 @@
 pub const PRINT: u64 = 1;
 /// RAX = 2: end the run with status RBX.
 pub const EXIT: u64 = 2;
+/// RAX = 3: IO counters so far (benchmark and test guests measure a section with it).
+pub const COUNTERS: u64 = 3;
 /// Longest print accepted in one call.
 pub const PRINT_MAX: u64 = 4096;
 /// Result of a failed hypercall.

@@ -387,6 +387,133 @@ pub const CASES: &[Case] = &[
     },
 ];
 
+/// A guest booted twice in Bochs, with coalescing off and on: its own console lines
+/// (everything but sluice's) must be identical, register checksums included, the IO
+/// instructions executed the same, and the IO exits must drop.
+pub struct PairCase {
+    pub name: &'static str,
+    pub guest: &'static str,
+    /// Guest lines starting with one of these are compared; lines whose content
+    /// depends on timing (tick counts) are left out by not listing them.
+    pub compare: &'static [&'static str],
+    /// Coalescing on must take at most this many IO exits (a burst is one exit).
+    pub max_exits_on: Option<u64>,
+    /// The guest's IO instruction count does not depend on timing.
+    pub same_io_count: bool,
+}
+
+pub const PAIRS: &[PairCase] = &[
+    PairCase {
+        name: "coalesce-hello64",
+        guest: "hello64",
+        compare: &[""],
+        max_exits_on: None,
+        same_io_count: true,
+    },
+    PairCase {
+        name: "coalesce-hello-real",
+        guest: "hello-real",
+        compare: &[""],
+        max_exits_on: None,
+        same_io_count: true,
+    },
+    PairCase {
+        name: "coalesce-uart64",
+        guest: "uart64",
+        compare: &[""],
+        max_exits_on: None,
+        same_io_count: true,
+    },
+    PairCase {
+        name: "coalesce-pic64",
+        guest: "pic64",
+        compare: &["pic: "],
+        max_exits_on: None,
+        same_io_count: false,
+    },
+];
+
+/// The guest's own lines: what is not sluice's, the capability report or xtask's.
+pub fn guest_lines<'a>(console: &'a str, compare: &[&str]) -> Vec<&'a str> {
+    console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.starts_with("sluice") && !l.starts_with("vmx:") && !l.is_empty())
+        .filter(|l| compare.iter().any(|p| l.starts_with(p)))
+        .collect()
+}
+
+/// The `io` numbers of a run's stats line: (exits, instructions).
+fn io_counts(console: &str) -> Result<(u64, u64), String> {
+    let json = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
+        .ok_or("no sluice-stats line")?;
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("sluice-stats is not valid JSON: {e}"))?;
+    let n = |k: &str| {
+        v["io"][k]
+            .as_u64()
+            .ok_or(format!("sluice-stats has no io.{k}"))
+    };
+    Ok((n("exits")?, n("instructions")?))
+}
+
+/// Judges the two runs of a pair.
+pub fn judge_pair(pair: &PairCase, off: &str, on: &str) -> Result<String, String> {
+    for (what, console) in [("off", off), ("on", on)] {
+        if crate::emulator::reported_status(console) != Some(0) {
+            return Err(format!(
+                "coalescing {what}: the run did not end with status 0"
+            ));
+        }
+    }
+    let (a, b) = (
+        guest_lines(off, pair.compare),
+        guest_lines(on, pair.compare),
+    );
+    if a.is_empty() {
+        return Err("no guest lines to compare".into());
+    }
+    if a != b {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!("off: {x:?}\n on: {y:?}"))
+            .unwrap_or_else(|| format!("{} lines off, {} lines on", a.len(), b.len()));
+        return Err(format!("guest output differs with coalescing on:\n{diff}"));
+    }
+    let (exits_off, insns_off) = io_counts(off)?;
+    let (exits_on, insns_on) = io_counts(on)?;
+    if exits_off != insns_off {
+        return Err(format!(
+            "coalescing off must take one exit per IO instruction: {exits_off} exits, {insns_off} instructions"
+        ));
+    }
+    if pair.same_io_count && insns_on != insns_off {
+        return Err(format!(
+            "IO instructions differ: {insns_off} off, {insns_on} on"
+        ));
+    }
+    if exits_on > exits_off {
+        return Err(format!(
+            "more IO exits with coalescing on: {exits_on} > {exits_off}"
+        ));
+    }
+    if let Some(max) = pair.max_exits_on {
+        if exits_on > max {
+            return Err(format!(
+                "coalescing on took {exits_on} IO exits, expected at most {max}"
+            ));
+        }
+    }
+    Ok(format!(
+        "{} lines identical, IO exits {exits_off} -> {exits_on}",
+        a.len()
+    ))
+}
+
 /// Checks a finished run against a case; the error says what was missing or wrong.
 pub fn judge(case: &Case, ending: &Ending, console: &str) -> Result<(), String> {
     match ending {
@@ -512,38 +639,7 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     let (mut passed, mut failed) = (0, 0);
     for case in cases {
         let started = Instant::now();
-        let prepared = match &case.guest {
-            None => None,
-            Some(GuestSpec { name, entry: None }) => {
-                Some(guest_input::prepare(Some(name), None, None, args.release)?)
-            }
-            Some(GuestSpec {
-                name,
-                entry: Some(entry),
-            }) => {
-                let path = guests::build(name, args.release)?.path;
-                let path = path.to_str().ok_or("non-UTF-8 guest path")?.to_string();
-                Some(guest_input::prepare(
-                    Some(&path),
-                    Some(entry),
-                    None,
-                    args.release,
-                )?)
-            }
-        };
-        let payload = match &prepared {
-            None => {
-                let config = Config {
-                    platform: crate::platform_of(&case.emulator),
-                    ..Config::default()
-                };
-                image::payload_bytes(&config, &[])
-            }
-            Some(g) => image::payload_bytes(
-                &crate::run_config(g, &case.emulator, &args.coalesce),
-                &g.bytes,
-            ),
-        };
+        let payload = case_payload(case, args)?;
         let machine = Machine {
             emulator: case.emulator.clone(),
             firmware: case.firmware,
@@ -577,8 +673,101 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
             }
         }
     }
+    let pairs: Vec<&PairCase> = PAIRS
+        .iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .collect();
+    for pair in pairs {
+        let started = Instant::now();
+        match run_pair(pair, &kernel, args) {
+            Ok(summary) => {
+                passed += 1;
+                println!(
+                    "test e2e::{} ... ok ({:.1} s; {summary})",
+                    pair.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "test e2e::{} ... FAILED ({:.1} s)\n{e}",
+                    pair.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
     println!("e2e: {passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The payload a case boots: its guest (or none) and the run configuration.
+fn case_payload(case: &Case, args: &TestArgs) -> Result<Vec<u8>, String> {
+    let prepared = match &case.guest {
+        None => None,
+        Some(GuestSpec { name, entry: None }) => {
+            Some(guest_input::prepare(Some(name), None, None, args.release)?)
+        }
+        Some(GuestSpec {
+            name,
+            entry: Some(entry),
+        }) => {
+            let path = guests::build(name, args.release)?.path;
+            let path = path.to_str().ok_or("non-UTF-8 guest path")?.to_string();
+            Some(guest_input::prepare(
+                Some(&path),
+                Some(entry),
+                None,
+                args.release,
+            )?)
+        }
+    };
+    Ok(match &prepared {
+        None => {
+            let config = Config {
+                platform: crate::platform_of(&case.emulator),
+                ..Config::default()
+            };
+            image::payload_bytes(&config, &[])
+        }
+        Some(g) => image::payload_bytes(
+            &crate::run_config(g, &case.emulator, &args.coalesce),
+            &g.bytes,
+        ),
+    })
+}
+
+/// Boots a pair's guest with coalescing off, then on (other coalescing flags from the
+/// command line apply to the "on" run), and judges them.
+fn run_pair(pair: &PairCase, kernel: &std::path::Path, args: &TestArgs) -> Result<String, String> {
+    let guest = guest_input::prepare(Some(pair.guest), None, None, args.release)?;
+    let mut consoles = Vec::new();
+    for on in [false, true] {
+        let flags = crate::cli::CoalesceArgs {
+            coalesce: Some(on),
+            ..args.coalesce.clone()
+        };
+        let payload =
+            image::payload_bytes(&crate::run_config(&guest, &BOCHS, &flags), &guest.bytes);
+        let machine = Machine {
+            emulator: BOCHS,
+            firmware: Firmware::Bios,
+            cpu: None,
+            ram_mib: guest.ram_mib,
+            timeout: Duration::from_secs(120),
+            echo: false,
+        };
+        let name = format!("{}-{}", pair.name, if on { "on" } else { "off" });
+        let o = emulator::boot(&name, kernel, &payload, machine)?;
+        consoles.push(o.console);
+    }
+    judge_pair(pair, &consoles[0], &consoles[1]).map_err(|e| {
+        format!(
+            "{e}\n--- console, coalescing off ---\n{}\n--- console, coalescing on ---\n{}\n--- end ---",
+            consoles[0], consoles[1]
+        )
+    })
 }
 
 #[cfg(test)]
@@ -663,6 +852,62 @@ mod tests {
         assert!(check_stats(&twice, &SPEC, &WANT)
             .unwrap_err()
             .contains("found 2"));
+    }
+
+    fn run_console(lines: &[&str], exits: u64, insns: u64) -> String {
+        let mut s = String::from("sluice 0.1.0\nvmx: present\n");
+        for l in lines {
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s.push_str(&format!(
+            "sluice-stats: {{\"io\":{{\"exits\":{exits},\"instructions\":{insns}}}}}\nsluice: exit status 0\n"
+        ));
+        s
+    }
+
+    const PAIR: PairCase = PairCase {
+        name: "p",
+        guest: "g",
+        compare: &["burst "],
+        max_exits_on: Some(3),
+        same_io_count: true,
+    };
+
+    #[test]
+    fn pair_passes_when_lines_match_and_exits_drop() {
+        let off = run_console(&["burst a: regs 1", "noise 1"], 40, 40);
+        let on = run_console(&["burst a: regs 1", "noise 2"], 3, 40);
+        assert!(judge_pair(&PAIR, &off, &on).unwrap().contains("40 -> 3"));
+    }
+
+    #[test]
+    fn pair_fails_on_any_difference_the_contract_forbids() {
+        let off = run_console(&["burst a: regs 1"], 40, 40);
+        let differs = run_console(&["burst a: regs 2"], 3, 40);
+        assert!(judge_pair(&PAIR, &off, &differs)
+            .unwrap_err()
+            .contains("differs"));
+        let more_io = run_console(&["burst a: regs 1"], 3, 41);
+        assert!(judge_pair(&PAIR, &off, &more_io)
+            .unwrap_err()
+            .contains("IO instructions differ"));
+        let too_many = run_console(&["burst a: regs 1"], 4, 40);
+        assert!(judge_pair(&PAIR, &off, &too_many)
+            .unwrap_err()
+            .contains("at most 3"));
+        let off_coalesced = run_console(&["burst a: regs 1"], 39, 40);
+        assert!(judge_pair(&PAIR, &off_coalesced, &too_many)
+            .unwrap_err()
+            .contains("one exit per IO"));
+        let failed = differs.replace("exit status 0", "exit status 1");
+        assert!(judge_pair(&PAIR, &off, &failed)
+            .unwrap_err()
+            .contains("status 0"));
+        let empty = run_console(&[], 1, 1);
+        assert!(judge_pair(&PAIR, &empty, &empty)
+            .unwrap_err()
+            .contains("no guest lines"));
     }
 
     #[test]

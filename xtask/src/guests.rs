@@ -22,7 +22,7 @@ pub const NASM: Requirement = Requirement {
 pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real"];
 /// 64-bit guests: the `[[bin]]` targets of `guest/Cargo.toml`.
 pub const ELF_GUESTS: &[&str] = &[
-    "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64",
+    "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64", "bursts64",
 ];
 
 /// `guest.entry` of the real-mode guests (the boot-sector convention).
