@@ -2,7 +2,7 @@
 
 use core::arch::asm;
 
-pub use hypervisor::hypercall::{ERROR, EXIT, PRINT, PRINT_MAX};
+pub use hypervisor::hypercall::{COUNTERS, ERROR, EXIT, PRINT, PRINT_MAX};
 
 /// Executes VMCALL with RAX = `function`, RBX = `rbx`, RCX = `rcx`; returns RAX.
 ///
@@ -42,6 +42,47 @@ pub fn print(bytes: &[u8]) -> bool {
         ok &= rax == 0;
     }
     ok
+}
+
+/// sluice's IO counters so far (hypercall 3), to measure a section of a guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub io_exits: u64,
+    pub io_instructions: u64,
+    pub emulated: u64,
+}
+
+impl Counters {
+    /// What happened between `self` (earlier) and `later`.
+    pub fn delta(self, later: Counters) -> Counters {
+        Counters {
+            io_exits: later.io_exits.wrapping_sub(self.io_exits),
+            io_instructions: later.io_instructions.wrapping_sub(self.io_instructions),
+            emulated: later.emulated.wrapping_sub(self.emulated),
+        }
+    }
+}
+
+pub fn counters() -> Counters {
+    let (rax, rbx, rcx): (u64, u64, u64);
+    // SAFETY: COUNTERS reads no guest memory and returns values in RAX, RBX, RCX; RBX
+    // is swapped out and back because LLVM reserves it.
+    unsafe {
+        asm!(
+            "xchg {b}, rbx",
+            "vmcall",
+            "xchg {b}, rbx",
+            b = inout(reg) 0u64 => rbx,
+            inout("rax") COUNTERS => rax,
+            inout("rcx") 0u64 => rcx,
+            options(nostack),
+        );
+    }
+    Counters {
+        io_exits: rax,
+        io_instructions: rbx,
+        emulated: rcx,
+    }
 }
 
 /// Ends the run with `status`.

@@ -400,6 +400,9 @@ pub struct PairCase {
     pub max_exits_on: Option<u64>,
     /// The guest's IO instruction count does not depend on timing.
     pub same_io_count: bool,
+    /// Lines the coalescing-on run must print (per-burst exit counts the guest reads
+    /// through the counters hypercall).
+    pub on_lines: &'static [&'static str],
 }
 
 pub const PAIRS: &[PairCase] = &[
@@ -409,6 +412,7 @@ pub const PAIRS: &[PairCase] = &[
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
+        on_lines: &[],
     },
     PairCase {
         name: "coalesce-hello-real",
@@ -416,6 +420,7 @@ pub const PAIRS: &[PairCase] = &[
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
+        on_lines: &[],
     },
     PairCase {
         name: "coalesce-uart64",
@@ -423,6 +428,7 @@ pub const PAIRS: &[PairCase] = &[
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
+        on_lines: &[],
     },
     PairCase {
         name: "coalesce-pic64",
@@ -430,6 +436,34 @@ pub const PAIRS: &[PairCase] = &[
         compare: &["pic: "],
         max_exits_on: None,
         same_io_count: false,
+        on_lines: &[],
+    },
+    PairCase {
+        // Each classic driver burst, one asm block each, with register checksums; the
+        // contract lets every one of them be a single exit. uart-write-64 and alu-mix
+        // run longer than the per-exit instruction limit.
+        name: "coalesce-bursts64",
+        guest: "bursts64",
+        compare: &["burst ", "bursts: done"],
+        max_exits_on: Some(40),
+        same_io_count: true,
+        on_lines: &[
+            "exits pic-init: 1 IO exits for 24 IO instructions",
+            "exits pit-program: 1 IO exits for 8 IO instructions",
+            "exits uart-init: 1 IO exits for 7 IO instructions",
+            "exits cmos-read: 1 IO exits for 32 IO instructions",
+            "exits pci-scan: 1 IO exits for 16 IO instructions",
+            "exits vga-crtc: 1 IO exits for 16 IO instructions",
+            "exits rep-outsb: 1 IO exits for 1 IO instructions",
+        ],
+    },
+    PairCase {
+        name: "coalesce-bursts-real",
+        guest: "bursts-real",
+        compare: &["real bursts:", "ABCD"],
+        max_exits_on: None,
+        same_io_count: true,
+        on_lines: &[],
     },
 ];
 
@@ -500,6 +534,11 @@ pub fn judge_pair(pair: &PairCase, off: &str, on: &str) -> Result<String, String
         return Err(format!(
             "more IO exits with coalescing on: {exits_on} > {exits_off}"
         ));
+    }
+    for line in pair.on_lines {
+        if !on.contains(line) {
+            return Err(format!("coalescing on: missing {line:?}"));
+        }
     }
     if let Some(max) = pair.max_exits_on {
         if exits_on > max {
@@ -872,6 +911,7 @@ mod tests {
         compare: &["burst "],
         max_exits_on: Some(3),
         same_io_count: true,
+        on_lines: &["burst a"],
     };
 
     #[test]

@@ -19,7 +19,7 @@ pub const NASM: Requirement = Requirement {
 };
 
 /// Real-mode guests: `guest/real/<name>.asm`, entered at 0000:7C00.
-pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real"];
+pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real", "bursts-real"];
 /// 64-bit guests: the `[[bin]]` targets of `guest/Cargo.toml`.
 pub const ELF_GUESTS: &[&str] = &[
     "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64", "bursts64",

@@ -95,6 +95,19 @@ fn clear_log() {
     LOGGED.store(0, Ordering::SeqCst);
 }
 
+/// `first`, then one or more `middle`, then `last`: more than one timer tick may nest
+/// while the lower-priority handler runs (each costs the hypervisor exits, so how many
+/// fit depends on how fast the host emulates the handler).
+fn log_is_nested(first: u8, middle: u8, last: u8) -> bool {
+    let n = LOGGED.load(Ordering::SeqCst).min(LOG_LEN);
+    let at = |i: usize| LOG[i].load(Ordering::SeqCst);
+    LOGGED.load(Ordering::SeqCst) <= LOG_LEN
+        && n >= 3
+        && at(0) == first
+        && at(n - 1) == last
+        && (1..n - 1).all(|i| at(i) == middle)
+}
+
 fn log_is(expected: &[u8]) -> bool {
     let n = LOGGED.load(Ordering::SeqCst);
     n == expected.len() && (0..n).all(|i| LOG[i].load(Ordering::SeqCst) == expected[i])
@@ -347,8 +360,8 @@ fn main() -> u32 {
     if NEST_TIMEOUT.load(Ordering::SeqCst) {
         fail!("pic: no IRQ0 reached the IRQ4 handler ({MAX_WAKEUPS} wake-ups from HLT with IF = 1); IRQ0 outranks IRQ4 and must nest");
     }
-    if !log_is(&[IRQ4_BEGIN, IRQ0_NESTED, IRQ4_END]) {
-        fail!("pic: expected the order 4 begin, 0, 4 end; got {}", LogText);
+    if !log_is_nested(IRQ4_BEGIN, IRQ0_NESTED, IRQ4_END) {
+        fail!("pic: expected the order 4 begin, 0 (one or more), 4 end; got {}", LogText);
     }
     let isr = ISR_IN_NESTED_IRQ0.load(Ordering::SeqCst);
     if isr != (1 << TIMER_IRQ | 1 << COM1_IRQ) {

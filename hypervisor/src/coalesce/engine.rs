@@ -127,37 +127,13 @@ impl<'c> Coalescer<'c> {
             return Outcome::Fallback(StopReason::SingleStep);
         }
         let mut state = Self::cpu_state(vmcs, regs);
-        let rip_linear = if state.mode == CodeMode::Bits64 {
-            state.rip
-        } else {
-            state.seg_base[Seg::Cs as usize].wrapping_add(state.rip) & 0xFFFF_FFFF
-        };
+        let rip_linear = linear_rip(&state);
         let Ok(gpa) = translate(&*mem, &state.paging, rip_linear, Access::fetch(state.cpl)) else {
             return Outcome::Fallback(StopReason::CodeUnmapped);
         };
-        let mode = state.mode;
         let extent = self.settings.extent;
-        let mut code = GuestCode::new(&*mem, state.paging, state.cpl);
-        if mode != CodeMode::Bits64 {
-            // IP wraps at 64 KiB (16-bit) or 4 GiB and must stay inside CS: the scan
-            // never runs past what the CPU could fetch.
-            code = code.with_cs(
-                state.seg_base[Seg::Cs as usize],
-                vmcs.read(VmcsField::GuestCsLimit) as u32,
-            );
-        }
-        let block = match self.cache.lookup(gpa, mode, &extent, &mut code, rip_linear) {
-            Some(b) => {
-                io.cache_hits = io.cache_hits.saturating_add(1);
-                *b
-            }
-            None => {
-                io.cache_misses = io.cache_misses.saturating_add(1);
-                let b = block::scan(&mut code, rip_linear, mode, &extent);
-                self.cache.insert(gpa, mode, &extent, b);
-                b
-            }
-        };
+        let cs_limit = vmcs.read(VmcsField::GuestCsLimit) as u32;
+        let mut block = self.block_at(&*mem, &state, cs_limit, gpa, rip_linear, io);
         // The first instruction must be exactly the one the CPU exited on.
         let q = IoQualification::from_qualification(vmcs.read(VmcsField::ExitQualification));
         let len = vmcs.read(VmcsField::ExitInstructionLength);
@@ -165,20 +141,62 @@ impl<'c> Coalescer<'c> {
             Some(first) if u64::from(first.len) == len && matches_exit(&first.op, &q) => {}
             _ => return Outcome::Fallback(StopReason::Off),
         }
-        let r = exec::run(
-            block.insns(),
-            block.offsets(),
-            block.code_len(),
-            state.rip,
-            gpa,
-            block.end_reason(),
-            &mut state,
-            mem,
-            env,
-            &self.settings.limits,
-        );
-        if r.executed == 0 {
-            return Outcome::Fallback(r.stop);
+        let limits = self.settings.limits;
+        let follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
+        let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
+        let mut block_gpa = gpa;
+        let stop = loop {
+            let block_rip = state.rip;
+            let r = exec::run_following(
+                block.insns(),
+                block.offsets(),
+                block.code_len(),
+                block_rip,
+                block_gpa,
+                block.end_reason(),
+                &mut state,
+                mem,
+                env,
+                &Limits {
+                    max_insns: limits.max_insns.saturating_sub(executed),
+                    max_string_elements: limits.max_string_elements.saturating_sub(elements),
+                },
+                follow,
+            );
+            executed = executed.saturating_add(r.executed);
+            io_insns = io_insns.saturating_add(r.io_insns);
+            elements = elements.saturating_add(r.string_elements);
+            // A block holds at most MAX_BLOCK_INSNS instructions: when the run simply
+            // ran off the end of a full block, the burst goes on in the next one, as
+            // long as the extent's end is fixed (page, line) and nothing else stops it.
+            // The first instruction of each run is exempt from the IO-permission
+            // check, so blocks are only chained where that check cannot matter.
+            let block_end = block_rip.wrapping_add(u64::from(block.code_len()));
+            let ran_off_full_block = r.stop == StopReason::Limit
+                && block.end_reason() == StopReason::Limit
+                && state.rip == block_end;
+            // A branch into the extent but outside this block (typically the head of
+            // the polling loop the exit happened in) was executed: go on there.
+            let followed_branch =
+                r.stop == StopReason::BranchOut && !(block_rip..block_end).contains(&state.rip);
+            let chainable = follow.is_some()
+                && executed < limits.max_insns
+                && r.executed > 0
+                && io_permitted(&state);
+            if !((ran_off_full_block || followed_branch) && chainable) {
+                break r.stop;
+            }
+            let next_linear = linear_rip(&state);
+            let Ok(next_gpa) =
+                translate(&*mem, &state.paging, next_linear, Access::fetch(state.cpl))
+            else {
+                break StopReason::CodeUnmapped;
+            };
+            block = self.block_at(&*mem, &state, cs_limit, next_gpa, next_linear, io);
+            block_gpa = next_gpa;
+        };
+        if executed == 0 {
+            return Outcome::Fallback(stop);
         }
         // Write everything back in one go.
         *regs = state.regs;
@@ -192,16 +210,93 @@ impl<'c> Coalescer<'c> {
                 irq & !BLOCKING_STI_MOVSS,
             );
         }
-        io.instructions = io.instructions.saturating_add(u64::from(r.io_insns));
-        io.string_elements = io
-            .string_elements
-            .saturating_add(u64::from(r.string_elements));
-        io.emulated = io.emulated.saturating_add(u64::from(r.executed));
-        let bucket = &mut io.blocks[IoStats::bucket(u64::from(r.executed))];
+        io.instructions = io.instructions.saturating_add(u64::from(io_insns));
+        io.string_elements = io.string_elements.saturating_add(u64::from(elements));
+        io.emulated = io.emulated.saturating_add(u64::from(executed));
+        let bucket = &mut io.blocks[IoStats::bucket(u64::from(executed))];
         *bucket = bucket.saturating_add(1);
-        let stop = &mut io.stops[r.stop.index()];
-        *stop = stop.saturating_add(1);
+        let slot = &mut io.stops[stop.index()];
+        *slot = slot.saturating_add(1);
         Outcome::Done
+    }
+
+    /// The block at `rip_linear` (guest-physical `gpa`): from the cache when its code
+    /// bytes are unchanged, else decoded and cached.
+    fn block_at<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        state: &CpuState,
+        cs_limit: u32,
+        gpa: u64,
+        rip_linear: u64,
+        io: &mut IoStats,
+    ) -> block::Block {
+        let mode = state.mode;
+        let extent = self.settings.extent;
+        let mut code = GuestCode::new(mem, state.paging, state.cpl);
+        if mode != CodeMode::Bits64 {
+            // IP wraps at 64 KiB (16-bit) or 4 GiB and must stay inside CS: the scan
+            // never runs past what the CPU could fetch.
+            code = code.with_cs(state.seg_base[Seg::Cs as usize], cs_limit);
+        }
+        if let Some(b) = self.cache.lookup(gpa, mode, &extent, &mut code, rip_linear) {
+            io.cache_hits = io.cache_hits.saturating_add(1);
+            return *b;
+        }
+        io.cache_misses = io.cache_misses.saturating_add(1);
+        let b = block::scan(&mut code, rip_linear, mode, &extent);
+        *self.cache.insert(gpa, mode, &extent, b)
+    }
+}
+
+/// The RIP range a run may continue into: the extent around the exiting instruction
+/// when its bounds are fixed (the page as the guest's paging maps it, or the aligned
+/// line), clipped to what IP can reach inside CS outside 64-bit mode. `None` for the
+/// policies measured from the exiting instruction (bytes, instructions), which never
+/// chain.
+fn follow_range<M: GuestMemory>(
+    mem: &M,
+    state: &CpuState,
+    extent: &Extent,
+    rip_linear: u64,
+    cs_limit: u32,
+) -> Option<(u64, u64)> {
+    let size = match *extent {
+        Extent::Page => block::leaf_page_size(mem, &state.paging, rip_linear),
+        Extent::Line(n) => u64::from(n),
+        Extent::Bytes(_) | Extent::Insns(_) => return None,
+    };
+    if !size.is_power_of_two() {
+        return None;
+    }
+    let start = rip_linear & !(size - 1);
+    let end = start.checked_add(size)?;
+    if state.mode == CodeMode::Bits64 {
+        return Some((start, end));
+    }
+    let base = state.seg_base[Seg::Cs as usize];
+    let lo = start.wrapping_sub(base) & 0xFFFF_FFFF;
+    let hi = lo + size;
+    let ip_end = match state.mode {
+        CodeMode::Bits16 => 0x1_0000,
+        _ => 0x1_0000_0000,
+    };
+    let hi = hi.min(u64::from(cs_limit) + 1).min(ip_end);
+    (lo < hi && (lo..hi).contains(&state.rip)).then_some((lo, hi))
+}
+
+/// CPL <= IOPL and not virtual-8086 mode: IO needs no per-port check (SDM Vol. 1 19.5).
+fn io_permitted(state: &CpuState) -> bool {
+    let iopl = ((state.rflags >> 12) & 3) as u8;
+    state.rflags & (1 << 17) == 0 && state.cpl <= iopl
+}
+
+/// The linear address of the instruction at `state.rip`.
+fn linear_rip(state: &CpuState) -> u64 {
+    if state.mode == CodeMode::Bits64 {
+        state.rip
+    } else {
+        state.seg_base[Seg::Cs as usize].wrapping_add(state.rip) & 0xFFFF_FFFF
     }
 }
 

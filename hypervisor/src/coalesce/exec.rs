@@ -447,6 +447,7 @@ struct Exec<'a, M: GuestMemory, E: IoEnv> {
     limits: &'a Limits,
     res: RunResult,
     code: Option<CodePieces>,
+    follow: Option<(u64, u64)>,
 }
 
 /// Executes the block: `insns[i]` starts at byte `offsets[i]` (ascending) of the
@@ -467,6 +468,30 @@ pub fn run(
     env: &mut impl IoEnv,
     limits: &Limits,
 ) -> RunResult {
+    run_following(
+        insns, offsets, code_len, block_rip, block_gpa, scan_end, state, mem, env, limits, None,
+    )
+}
+
+/// [`run`], except that a taken branch (or LOOP) to a target outside the block but
+/// inside `follow` (a RIP range `[start, end)` the caller knows to be in the extent,
+/// hence fetchable code) is executed, and the run stops there with `BranchOut` and
+/// RIP at the target, so the caller can continue with the block at the target. A
+/// followed branch is recognisable by RIP lying outside the block after the run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_following(
+    insns: &[Insn],
+    offsets: &[u16],
+    code_len: u16,
+    block_rip: u64,
+    block_gpa: u64,
+    scan_end: StopReason,
+    state: &mut CpuState,
+    mem: &mut impl GuestMemory,
+    env: &mut impl IoEnv,
+    limits: &Limits,
+    follow: Option<(u64, u64)>,
+) -> RunResult {
     let n = insns.len().min(offsets.len());
     state.rip = block_rip;
     let mut ex = Exec {
@@ -486,6 +511,7 @@ pub fn run(
             stop: scan_end,
         },
         code: None,
+        follow,
     };
     let Some(mut idx) = ex.locate(block_rip) else {
         return ex.res;
@@ -645,6 +671,18 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         let dest = if taken {
             match self.locate(target) {
                 Some(i) => Some(i),
+                None if self
+                    .follow
+                    .is_some_and(|(lo, hi)| (lo..hi).contains(&target)) =>
+                {
+                    // Taken into code the caller will run next: execute the branch.
+                    if let Some(addr) = loop_addr {
+                        self.state.regs.rcx = update_addr_reg(self.state.regs.rcx, u64::MAX, addr);
+                    }
+                    self.state.rip = target;
+                    self.res.executed += 1;
+                    return Flow::Stop(StopReason::BranchOut);
+                }
                 None => return Flow::Stop(StopReason::BranchOut),
             }
         } else {
