@@ -139,7 +139,9 @@ impl<'c> Coalescer<'c> {
         let len = vmcs.read(VmcsField::ExitInstructionLength);
         match block.insns().first() {
             Some(first) if u64::from(first.len) == len && matches_exit(&first.op, &q) => {}
-            _ => return Outcome::Fallback(StopReason::Off),
+            // Not even the exiting instruction fits the extent (or its bytes).
+            None => return Outcome::Fallback(block.end_reason()),
+            Some(_) => return Outcome::Fallback(StopReason::Off),
         }
         let limits = self.settings.limits;
         let follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
