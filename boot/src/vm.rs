@@ -265,6 +265,11 @@ pub fn prepare(
             gdt_base,
         } => vmcs_setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
     }
+    if !matches!(loaded.start, Start::ResetVector) {
+        // `guest.arg` reaches the guest in RDI (the first argument register of the
+        // System V ABI, so a 64-bit entry function can take it as a parameter).
+        regs.rdi = config.guest_arg;
+    }
     vmcs_setup::check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
     if caps.ept.invept_single_context {
         invept(1, eptp.raw());

@@ -25,11 +25,12 @@ pub const RAM_MIB_MAX: u32 = 4096;
 pub const RAM_MIB_DEFAULT: u32 = 64;
 
 /// Keys this version understands, in the order `write_to` emits them.
-pub const KNOWN_KEYS: [&str; 9] = [
+pub const KNOWN_KEYS: [&str; 10] = [
     "platform",
     "guest.name",
     "guest.entry",
     "guest.load",
+    "guest.arg",
     "ram_mib",
     "coalesce",
     "coalesce.extent",
@@ -127,6 +128,9 @@ pub struct Config<'a> {
     /// Explicit `guest.load`; `None` means "derive from the entry"
     /// (see [`Config::load_address`]).
     pub guest_load: Option<u32>,
+    /// A number handed to the guest in RDI at its first instruction (0 by default):
+    /// benchmark and test guests take their parameters from it.
+    pub guest_arg: u64,
     pub ram_mib: u32,
     /// IO coalescing on (`coalesce = on`) or one exit per IO instruction (`off`).
     pub coalesce: bool,
@@ -143,6 +147,7 @@ impl Default for Config<'_> {
             guest_name: "none",
             guest_entry: EntryMode::None,
             guest_load: None,
+            guest_arg: 0,
             ram_mib: RAM_MIB_DEFAULT,
             coalesce: true,
             coalesce_extent: COALESCE_EXTENT_DEFAULT,
@@ -198,6 +203,7 @@ impl<'a> Config<'a> {
         if let Some(load) = self.guest_load {
             writeln!(w, "guest.load = {load:#x}")?;
         }
+        writeln!(w, "guest.arg = {:#x}", self.guest_arg)?;
         writeln!(w, "ram_mib = {}", self.ram_mib)?;
         writeln!(w, "coalesce = {}", if self.coalesce { "on" } else { "off" })?;
         writeln!(w, "coalesce.extent = {}", self.coalesce_extent)?;
@@ -227,6 +233,9 @@ pub enum ConfigErrorKind<'a> {
         key: &'a str,
     },
     BadCoalesce {
+        value: &'a str,
+    },
+    BadArg {
         value: &'a str,
     },
     BadExtent {
@@ -300,6 +309,10 @@ impl fmt::Display for ConfigErrorKind<'_> {
                 f.write_str(")")
             }
             BadCoalesce { value } => write!(f, "coalesce: expected on or off, got '{value}'"),
+            BadArg { value } => write!(
+                f,
+                "guest.arg: expected a number (decimal or 0x hex), got '{value}'"
+            ),
             BadExtent { value } => write!(
                 f,
                 "coalesce.extent: expected page, line, line:N, bytes:N or insns:N, got '{value}'"
@@ -452,6 +465,10 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
                 }
                 config.guest_load = Some(n as u32);
             }
+            "guest.arg" => {
+                config.guest_arg =
+                    parse_number(value).ok_or(err(ConfigErrorKind::BadArg { value }))?;
+            }
             "ram_mib" => {
                 // Decimal only: a size in MiB has no reason to be hex.
                 if !value.chars().all(|c| c.is_ascii_digit()) {
@@ -601,7 +618,7 @@ mod tests {
     fn unknown_key_message() {
         assert_eq!(
             err_text("platform = qemu\n\nram_mb = 64"),
-            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string)"
+            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, guest.arg, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string)"
         );
         assert!(err_text("timeout_s = 5").contains("unknown key 'timeout_s'"));
     }
@@ -626,6 +643,8 @@ mod tests {
         assert!(err_text("coalesce.max_insns = 0").contains("must be a number in 1..=4096"));
         assert!(err_text("coalesce.max_string = lots").contains("got 'lots'"));
         assert!(err_text("coalesce.window = 4").contains("unknown key 'coalesce.window'"));
+        assert_eq!(parse("guest.arg = 0x305").unwrap().guest_arg, 0x305);
+        assert!(err_text("guest.arg = -1").contains("guest.arg: expected a number"));
     }
 
     #[test]
@@ -700,6 +719,7 @@ mod tests {
             },
             guest_load: Some(0x500),
             ram_mib: 4096,
+            guest_arg: 0x1234_5678_9abc,
             coalesce: false,
             coalesce_extent: "bytes:48",
             coalesce_max_insns: 1,

@@ -29,6 +29,7 @@ run options:
                                 firmware (reset vector F000:FFF0, image ending at 1 MiB and
                                 at 4 GiB); ELF files default to elf64
   --ram MIB                     guest RAM in MiB (16..=4096, default 64)
+  --arg N                       a number handed to the guest in RDI (decimal or 0x hex)
 
 coalescing options (run and test):
   --coalesce on|off             emulate each IO burst in one exit (default on) or take
@@ -125,6 +126,7 @@ pub struct RunArgs {
     pub guest: Option<String>,
     pub entry: Option<String>,
     pub ram_mib: Option<u32>,
+    pub arg: Option<u64>,
     pub coalesce: CoalesceArgs,
 }
 
@@ -139,6 +141,7 @@ impl Default for RunArgs {
             guest: None,
             entry: None,
             ram_mib: None,
+            arg: None,
             coalesce: CoalesceArgs::default(),
         }
     }
@@ -237,6 +240,17 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
             }
             ("run", "--guest") => run.guest = Some(value(flag, inline, &mut args)?.to_string()),
             ("run", "--entry") => run.entry = Some(value(flag, inline, &mut args)?.to_string()),
+            ("run", "--arg") => {
+                let v = value(flag, inline, &mut args)?;
+                let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => v.parse::<u64>().ok(),
+                };
+                run.arg = match n {
+                    Some(n) => Some(n),
+                    None => return err(format!("--arg: expected a number, got '{v}'")),
+                }
+            }
             ("run", "--ram") => {
                 let v = value(flag, inline, &mut args)?;
                 run.ram_mib = match v.parse::<u32>() {
@@ -304,6 +318,7 @@ mod tests {
             guest: None,
             entry: None,
             ram_mib: None,
+            arg: None,
             coalesce: CoalesceArgs::default(),
         };
         assert_eq!(
@@ -359,6 +374,11 @@ mod tests {
         assert_eq!(r.entry.as_deref(), Some("real:0x7c00"));
         assert_eq!(r.ram_mib, Some(32));
         assert!(p("run --ram lots").unwrap_err().0.contains("--ram"));
+        let Ok(Command::Run(r)) = p("run --arg 0x105") else {
+            panic!("expected run");
+        };
+        assert_eq!(r.arg, Some(0x105));
+        assert!(p("run --arg five").unwrap_err().0.contains("--arg"));
         assert!(p("run --guest").unwrap_err().0.contains("needs a value"));
     }
 

@@ -21,6 +21,8 @@ pub struct PreparedGuest {
     pub bytes: Vec<u8>,
     pub entry: EntryMode,
     pub ram_mib: u32,
+    /// `guest.arg`: handed to the guest in RDI.
+    pub arg: u64,
 }
 
 fn entry_flag(value: &str) -> Result<EntryMode, String> {
@@ -84,6 +86,7 @@ pub fn prepare(
         bytes,
         entry,
         ram_mib,
+        arg: 0,
     })
 }
 

@@ -115,6 +115,7 @@ pub fn run_config<'a>(
         guest_name: &guest.name,
         guest_entry: guest.entry,
         guest_load: None,
+        guest_arg: guest.arg,
         ram_mib: guest.ram_mib,
         coalesce: coalesce.coalesce.unwrap_or(d.coalesce),
         coalesce_extent: coalesce.extent.as_deref().unwrap_or(d.coalesce_extent),
@@ -125,12 +126,13 @@ pub fn run_config<'a>(
 
 fn run(args: &RunArgs) -> Result<u8, String> {
     // Everything the user passed is checked before anything is built or booted.
-    let guest = guest_input::prepare(
+    let mut guest = guest_input::prepare(
         args.guest.as_deref(),
         args.entry.as_deref(),
         args.ram_mib,
         args.release,
     )?;
+    guest.arg = args.arg.unwrap_or(0);
     let emulator = choose_emulator(args);
     let kernel = image::build_kernel(args.release)?;
     let config = run_config(&guest, &emulator, &args.coalesce);
