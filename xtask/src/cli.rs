@@ -13,7 +13,19 @@ commands:
                                 the exit status is the run's status
   test  [--release] [--host-only] [--filter TEXT]
                                 host unit tests, then end-to-end boots in Bochs and QEMU
+  bench [options]               the exit-reduction report: every workload of the bench64
+                                guest in Bochs, coalescing off and on per extent policy,
+                                plus the host micro-benchmark of the coalescer; writes
+                                results/bench.json and results/bench.svg
   help                          this text
+
+bench options:
+  --workload NAME               one workload only (see guest/README.md)
+  --policy POLICY               coalescing off against this extent policy only
+  --exit-cost CYCLES            modeled cost of one exit round trip (default 2000)
+  --quick                       one iteration per workload, short micro-benchmark
+  --no-micro                    skip the host micro-benchmark
+  --release                     optimized kernel and guests
 
 run options:
   --release                     build with optimizations
@@ -157,8 +169,32 @@ pub struct TestArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchArgs {
+    pub release: bool,
+    pub workload: Option<String>,
+    pub policy: Option<String>,
+    pub exit_cost: u64,
+    pub quick: bool,
+    pub no_micro: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            release: false,
+            workload: None,
+            policy: None,
+            exit_cost: 2000,
+            quick: false,
+            no_micro: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Build { release: bool },
+    Bench(BenchArgs),
     Run(RunArgs),
     Test(TestArgs),
     Help,
@@ -198,6 +234,7 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
     };
     let mut run = RunArgs::default();
     let mut test = TestArgs::default();
+    let mut bench = BenchArgs::default();
     let mut release = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -206,7 +243,26 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
         };
         match (command, flag) {
             (_, "--help" | "-h") => return Ok(Command::Help),
-            ("build" | "run" | "test", "--release") if inline.is_none() => release = true,
+            ("build" | "run" | "test" | "bench", "--release") if inline.is_none() => release = true,
+            ("bench", "--workload") => {
+                bench.workload = Some(value(flag, inline, &mut args)?.to_string())
+            }
+            ("bench", "--policy") => {
+                let v = value(flag, inline, &mut args)?;
+                if hypervisor::coalesce::block::Extent::parse(v).is_none() {
+                    return err(format!("--policy: unknown extent policy '{v}'"));
+                }
+                bench.policy = Some(v.to_string());
+            }
+            ("bench", "--exit-cost") => {
+                let v = value(flag, inline, &mut args)?;
+                bench.exit_cost = match v.parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => return err(format!("--exit-cost: expected cycles, got '{v}'")),
+                }
+            }
+            ("bench", "--quick") if inline.is_none() => bench.quick = true,
+            ("bench", "--no-micro") if inline.is_none() => bench.no_micro = true,
             ("run", "--emulator") => {
                 run.emulator = match value(flag, inline, &mut args)? {
                     "auto" => Emulator::Auto,
@@ -262,7 +318,7 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
             ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
             ("run", f) if run.coalesce.take(f, inline, &mut args)? => {}
             ("test", f) if test.coalesce.take(f, inline, &mut args)? => {}
-            ("build" | "run" | "test", _) => {
+            ("build" | "run" | "test" | "bench", _) => {
                 return err(format!("unknown option '{arg}' for '{command}'"))
             }
             _ => return err(format!("unknown command '{command}'")),
@@ -282,6 +338,10 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
         "test" => {
             test.release = release;
             Ok(Command::Test(test))
+        }
+        "bench" => {
+            bench.release = release;
+            Ok(Command::Bench(bench))
         }
         _ => err(format!("unknown command '{command}'")),
     }
@@ -416,6 +476,39 @@ mod tests {
             .0
             .contains("--max-string"));
         assert!(p("build --coalesce on")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+    }
+
+    #[test]
+    fn bench_options() {
+        assert_eq!(p("bench"), Ok(Command::Bench(BenchArgs::default())));
+        let Ok(Command::Bench(b)) = p(
+            "bench --workload pic-init --policy line --exit-cost 5000 --quick --no-micro --release",
+        ) else {
+            panic!("expected bench");
+        };
+        assert_eq!(
+            b,
+            BenchArgs {
+                release: true,
+                workload: Some("pic-init".into()),
+                policy: Some("line".into()),
+                exit_cost: 5000,
+                quick: true,
+                no_micro: true
+            }
+        );
+        assert!(p("bench --policy nowhere")
+            .unwrap_err()
+            .0
+            .contains("--policy"));
+        assert!(p("bench --exit-cost 0")
+            .unwrap_err()
+            .0
+            .contains("--exit-cost"));
+        assert!(p("bench --coalesce on")
             .unwrap_err()
             .0
             .contains("unknown option"));

@@ -1,5 +1,6 @@
 //! `cargo xtask`: every sluice workflow (build, run, test) in one host tool.
 
+mod bench;
 mod cli;
 mod e2e;
 mod emulator;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Build { release } => build(release).map(|_| 0),
         Command::Run(args) => run(&args),
         Command::Test(args) => e2e::test(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

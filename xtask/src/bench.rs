@@ -1,0 +1,638 @@
+//! `cargo xtask bench`: the exit-reduction report. Every workload of the `bench64`
+//! guest runs in Bochs with coalescing off and on, for each extent policy; the run's
+//! `sluice-stats` line gives the exits, instructions, block lengths, stop reasons, cache
+//! behaviour and the TSC cycles sluice spent on IO exits. Bochs counts emulated
+//! instructions, so those cycles are stable path lengths, not wall time. A modeled
+//! hardware cost (exits x a per-exit round trip) shows what the reduction is worth on a
+//! real CPU. Results go to the terminal, and as JSON and an SVG chart to `results/`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cli::{BenchArgs, CoalesceArgs, Firmware};
+use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::{guest_input, image};
+
+/// The `bench64` workloads: number (bits 7:0 of `guest.arg`), name, and how many
+/// iterations the benchmark runs (bits 31:8).
+pub const WORKLOADS: &[(u8, &str, u32)] = &[
+    (1, "pic-init", 20),
+    (2, "pit-program", 50),
+    (3, "pit-poll", 20),
+    (4, "uart-init", 50),
+    (5, "uart-puts", 4),
+    (6, "rep-outsb", 20),
+    (7, "cmos-read", 20),
+    (8, "pci-scan", 10),
+    (9, "vga-crtc", 20),
+    (10, "driver-init", 10),
+    (11, "rust-uart-init", 50),
+    (12, "rust-uart-puts", 4),
+    (13, "rust-cmos-read", 20),
+];
+
+/// Coalescing off, then each extent policy.
+pub const POLICIES: &[&str] = &["off", "page", "line", "bytes:64", "insns:8"];
+
+/// One workload under one policy, per iteration where it says so.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measurement {
+    pub workload: String,
+    pub policy: String,
+    pub iterations: u32,
+    pub io_instructions: u64,
+    pub io_exits: u64,
+    pub emulated: u64,
+    pub string_elements: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cycles: u64,
+    /// Stop reasons, most frequent first.
+    pub stops: Vec<(String, u64)>,
+}
+
+impl Measurement {
+    /// Reads the `sluice-stats` line of a run.
+    pub fn from_console(
+        workload: &str,
+        policy: &str,
+        iterations: u32,
+        console: &str,
+    ) -> Result<Self, String> {
+        let json = console
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
+            .ok_or("the run printed no sluice-stats line")?;
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| format!("sluice-stats is not valid JSON: {e}"))?;
+        if v["end"] != "hypercall" || v["exit_code"] != 0 {
+            return Err(format!("the guest did not end cleanly: {json}"));
+        }
+        let io = &v["io"];
+        let n = |k: &str| io[k].as_u64().unwrap_or(0);
+        let mut stops: Vec<(String, u64)> = io["stops"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        stops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(Measurement {
+            workload: workload.into(),
+            policy: policy.into(),
+            iterations,
+            io_instructions: n("instructions"),
+            io_exits: n("exits"),
+            emulated: n("emulated"),
+            string_elements: n("string_elements"),
+            cache_hits: io["cache"]["hits"].as_u64().unwrap_or(0),
+            cache_misses: io["cache"]["misses"].as_u64().unwrap_or(0),
+            cycles: n("cycles"),
+            stops,
+        })
+    }
+
+    fn per_iter(&self, x: u64) -> f64 {
+        x as f64 / f64::from(self.iterations.max(1))
+    }
+
+    /// Instructions emulated per coalesced exit.
+    pub fn mean_block(&self) -> f64 {
+        if self.io_exits == 0 {
+            0.0
+        } else {
+            self.emulated as f64 / self.io_exits as f64
+        }
+    }
+
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.cache_hits + self.cache_misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / total as f64
+        }
+    }
+
+    /// TSC cycles sluice spent per IO instruction (Bochs: emulated-instruction time).
+    pub fn cycles_per_io(&self) -> f64 {
+        if self.io_instructions == 0 {
+            0.0
+        } else {
+            self.cycles as f64 / self.io_instructions as f64
+        }
+    }
+
+    fn top_stops(&self) -> String {
+        let s: Vec<String> = self
+            .stops
+            .iter()
+            .take(2)
+            .map(|(k, n)| format!("{k}:{n}"))
+            .collect();
+        if s.is_empty() {
+            "-".into()
+        } else {
+            s.join(" ")
+        }
+    }
+}
+
+/// `guest.arg` for a workload: number in bits 7:0, iterations in bits 31:8.
+pub fn workload_arg(number: u8, iterations: u32) -> u64 {
+    u64::from(number) | u64::from(iterations) << 8
+}
+
+fn coalesce_for(policy: &str) -> CoalesceArgs {
+    if policy == "off" {
+        CoalesceArgs {
+            coalesce: Some(false),
+            ..CoalesceArgs::default()
+        }
+    } else {
+        CoalesceArgs {
+            coalesce: Some(true),
+            extent: Some(policy.into()),
+            ..CoalesceArgs::default()
+        }
+    }
+}
+
+/// Boots `bench64` once for one workload and policy.
+fn measure(
+    kernel: &Path,
+    number: u8,
+    name: &str,
+    iterations: u32,
+    policy: &str,
+    release: bool,
+) -> Result<Measurement, String> {
+    let mut guest = guest_input::prepare(Some("bench64"), None, None, release)?;
+    guest.arg = workload_arg(number, iterations);
+    let flags = coalesce_for(policy);
+    let payload = image::payload_bytes(
+        &crate::run_config(&guest, &Emulator::Bochs, &flags),
+        &guest.bytes,
+    );
+    let machine = Machine {
+        emulator: Emulator::Bochs,
+        firmware: Firmware::Bios,
+        cpu: None,
+        ram_mib: guest.ram_mib,
+        timeout: Duration::from_secs(300),
+        echo: false,
+    };
+    let run_name = format!("bench-{name}-{}", policy.replace(':', "-"));
+    let o = emulator::boot(&run_name, kernel, &payload, machine)?;
+    match o.ending {
+        Ending::Status(0) => Measurement::from_console(name, policy, iterations, &o.console),
+        other => Err(format!(
+            "{name} ({policy}) ended with {other:?}:\n{}",
+            o.console
+        )),
+    }
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(image::workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The main table: each workload with coalescing off against `policy`.
+pub fn table(results: &[Measurement], policy: &str, exit_cost: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<15} {:>8} {:>9} {:>8} {:>7} {:>7} {:>6} {:>9} {:>9} {:>11}  top stops",
+        "workload",
+        "IO/iter",
+        "exits off",
+        "exits on",
+        "factor",
+        "block",
+        "hits",
+        "cyc/IO off",
+        "cyc/IO on",
+        "saved/iter",
+    );
+    for off in results.iter().filter(|m| m.policy == "off") {
+        let Some(on) = results
+            .iter()
+            .find(|m| m.policy == policy && m.workload == off.workload)
+        else {
+            continue;
+        };
+        let factor = if on.io_exits == 0 {
+            0.0
+        } else {
+            off.io_exits as f64 / on.io_exits as f64
+        };
+        let saved = (off.per_iter(off.io_exits) - on.per_iter(on.io_exits)) * exit_cost as f64;
+        let _ = writeln!(
+            out,
+            "{:<15} {:>8.1} {:>9.1} {:>8.1} {:>6.1}x {:>7.1} {:>5.0}% {:>9.0} {:>9.0} {:>11.0}  {}",
+            off.workload,
+            off.per_iter(off.io_instructions),
+            off.per_iter(off.io_exits),
+            on.per_iter(on.io_exits),
+            factor,
+            on.mean_block(),
+            on.hit_rate() * 100.0,
+            off.cycles_per_io(),
+            on.cycles_per_io(),
+            saved,
+            on.top_stops()
+        );
+    }
+    out
+}
+
+/// IO exits per iteration of every workload under every policy.
+pub fn policy_table(results: &[Measurement], policies: &[&str]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "{:<15}", "exits/iter");
+    for p in policies {
+        let _ = write!(out, " {p:>9}");
+    }
+    out.push('\n');
+    let mut names: Vec<&str> = results.iter().map(|m| m.workload.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let _ = write!(out, "{name:<15}");
+        for p in policies {
+            match results
+                .iter()
+                .find(|m| m.workload == name && m.policy == *p)
+            {
+                Some(m) => {
+                    let _ = write!(out, " {:>9.1}", m.per_iter(m.io_exits));
+                }
+                None => {
+                    let _ = write!(out, " {:>9}", "-");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Total IO exits per policy over all workloads (lower is better): picks the default.
+pub fn totals(results: &[Measurement], policies: &[&str]) -> Vec<(String, f64)> {
+    policies
+        .iter()
+        .map(|p| {
+            let sum = results
+                .iter()
+                .filter(|m| m.policy == *p)
+                .map(|m| m.per_iter(m.io_exits))
+                .sum();
+            (p.to_string(), sum)
+        })
+        .collect()
+}
+
+fn escape_xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A bar chart: IO exits per iteration, coalescing off against `policy`, per workload,
+/// on a log scale so one-exit bursts stay visible next to hundreds.
+pub fn svg(results: &[Measurement], policy: &str, title: &str) -> String {
+    let rows: Vec<(&Measurement, &Measurement)> = results
+        .iter()
+        .filter(|m| m.policy == "off")
+        .filter_map(|off| {
+            results
+                .iter()
+                .find(|m| m.policy == policy && m.workload == off.workload)
+                .map(|on| (off, on))
+        })
+        .collect();
+    let (label_w, bar_w, row_h) = (130.0, 520.0, 34.0);
+    let height = 70.0 + row_h * rows.len() as f64 + 30.0;
+    let max = rows
+        .iter()
+        .map(|(off, _)| off.per_iter(off.io_exits))
+        .fold(1.0f64, f64::max);
+    let scale = |x: f64| {
+        if x <= 0.0 {
+            0.0
+        } else {
+            bar_w * (1.0 + x).log10() / (1.0 + max).log10()
+        }
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        w = label_w + bar_w + 90.0
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
+        escape_xml(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="10" y="32" width="12" height="10" fill="#c0504d"/><text x="26" y="41">coalescing off (one exit per IO instruction)</text><rect x="300" y="32" width="12" height="10" fill="#4f81bd"/><text x="316" y="41">coalescing on ({})</text>"##,
+        escape_xml(policy)
+    );
+    for (i, (off, on)) in rows.iter().enumerate() {
+        let y = 60.0 + row_h * i as f64;
+        let (a, b) = (off.per_iter(off.io_exits), on.per_iter(on.io_exits));
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}">{}</text>"#,
+            y + 18.0,
+            escape_xml(&off.workload)
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{label_w}" y="{y}" width="{:.1}" height="13" fill="#c0504d"/><text x="{:.1}" y="{}">{a:.1}</text>"##,
+            scale(a),
+            label_w + scale(a) + 4.0,
+            y + 11.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{label_w}" y="{}" width="{:.1}" height="13" fill="#4f81bd"/><text x="{:.1}" y="{}">{b:.1}</text>"##,
+            y + 15.0,
+            scale(b),
+            label_w + scale(b) + 4.0,
+            y + 26.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="{}" fill="gray">IO exits per iteration, log scale</text>"#,
+        height - 10.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+fn json(
+    results: &[Measurement],
+    args: &BenchArgs,
+    commit: &str,
+    micro: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "workload": m.workload, "policy": m.policy, "iterations": m.iterations,
+                "io_instructions": m.io_instructions, "io_exits": m.io_exits,
+                "emulated": m.emulated, "string_elements": m.string_elements,
+                "cache_hits": m.cache_hits, "cache_misses": m.cache_misses,
+                "cycles": m.cycles, "mean_block": m.mean_block(),
+                "cycles_per_io": m.cycles_per_io(),
+                "stops": m.stops.iter().map(|(k, n)| serde_json::json!({"reason": k, "count": n})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "commit": commit,
+        "emulator": "bochs corei7_skylake_x (VMX emulated; cycles are emulated-instruction time)",
+        "settings": {
+            "exit_cost_cycles": args.exit_cost,
+            "max_insns": hypervisor::config::COALESCE_MAX_INSNS_DEFAULT,
+            "max_string": hypervisor::config::COALESCE_MAX_STRING_DEFAULT,
+            "release": args.release,
+        },
+        "results": rows,
+        "microbench": micro,
+    })
+}
+
+/// Runs the host micro-benchmark of the coalescer (hypervisor/benches/coalescer.rs).
+fn microbench(out: &Path, quick: bool) -> Result<serde_json::Value, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(image::workspace_root())
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "sluice-hypervisor",
+            "--bench",
+            "coalescer",
+            "--",
+            "--json",
+        ])
+        .arg(out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run cargo bench: {e}"))?;
+    if !status.success() {
+        return Err("the coalescer micro-benchmark failed".into());
+    }
+    let text =
+        std::fs::read_to_string(out).map_err(|e| format!("reading {}: {e}", out.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+pub fn run(args: &BenchArgs) -> Result<u8, String> {
+    let workloads: Vec<&(u8, &str, u32)> = WORKLOADS
+        .iter()
+        .filter(|(_, name, _)| args.workload.as_deref().is_none_or(|w| *name == w))
+        .collect();
+    if workloads.is_empty() {
+        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.1).collect();
+        return Err(format!(
+            "--workload: no workload named that (workloads: {})",
+            names.join(", ")
+        ));
+    }
+    let mut policies: Vec<&str> = vec!["off"];
+    match &args.policy {
+        Some(p) => policies.push(p),
+        None => policies.extend(POLICIES.iter().skip(1)),
+    }
+    let default_policy = hypervisor::config::COALESCE_EXTENT_DEFAULT;
+    let main_policy = args.policy.as_deref().unwrap_or(default_policy);
+    let kernel = image::build_kernel(args.release)?;
+    crate::guests::build("bench64", args.release)?;
+
+    // Two boots at a time: this machine has two cores and Bochs uses one.
+    let jobs: Vec<(u8, &str, u32, &str)> = workloads
+        .iter()
+        .flat_map(|(n, name, it)| {
+            policies
+                .iter()
+                .map(move |p| (*n, *name, if args.quick { 1 } else { *it }, *p))
+        })
+        .collect();
+    println!(
+        "xtask: bench: {} runs in Bochs ({} workloads x {} policies)",
+        jobs.len(),
+        workloads.len(),
+        policies.len()
+    );
+    let results = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&(n, name, it, policy)) = jobs.get(i) else {
+                    break;
+                };
+                match measure(&kernel, n, name, it, policy, args.release) {
+                    Ok(m) => {
+                        println!(
+                            "  {name:<15} {policy:<9} {:>8} IO instructions, {:>8} IO exits",
+                            m.io_instructions, m.io_exits
+                        );
+                        results.lock().expect("results").push(m);
+                    }
+                    Err(e) => errors.lock().expect("errors").push(e),
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().expect("errors");
+    if let Some(e) = errors.first() {
+        return Err(format!(
+            "{} benchmark runs failed; the first: {e}",
+            errors.len()
+        ));
+    }
+    let mut results = results.into_inner().expect("results");
+    let order = |m: &Measurement| {
+        (
+            WORKLOADS
+                .iter()
+                .position(|w| w.1 == m.workload)
+                .unwrap_or(usize::MAX),
+            policies
+                .iter()
+                .position(|p| *p == m.policy)
+                .unwrap_or(usize::MAX),
+        )
+    };
+    results.sort_by_key(order);
+
+    let out_dir = image::workspace_root().join("results");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let micro = if args.no_micro {
+        None
+    } else {
+        Some(microbench(&out_dir.join("microbench.json"), args.quick)?)
+    };
+    let commit = commit();
+    println!();
+    println!("IO exits per iteration, coalescing off vs on ({main_policy}); modeled saving at {} cycles per exit:", args.exit_cost);
+    print!("{}", table(&results, main_policy, args.exit_cost));
+    println!();
+    print!("{}", policy_table(&results, &policies));
+    println!();
+    for (p, sum) in totals(&results, &policies) {
+        println!("total exits per iteration of every workload, {p:<9}: {sum:.1}");
+    }
+    let data = json(&results, args, &commit, micro);
+    let json_path = out_dir.join("bench.json");
+    let svg_path = out_dir.join("bench.svg");
+    write(
+        &json_path,
+        &serde_json::to_string_pretty(&data).unwrap_or_default(),
+    )?;
+    write(
+        &svg_path,
+        &svg(
+            &results,
+            main_policy,
+            &format!("sluice IO exits per iteration, commit {commit}"),
+        ),
+    )?;
+    println!(
+        "\nxtask: wrote {} and {}",
+        json_path.display(),
+        svg_path.display()
+    );
+    Ok(0)
+}
+
+fn write(path: &PathBuf, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(exits: u64, insns: u64, emulated: u64) -> String {
+        format!(
+            "x\nsluice-stats: {{\"guest\":\"bench64\",\"end\":\"hypercall\",\"exit_code\":0,\"io\":{{\"exits\":{exits},\"instructions\":{insns},\"string_elements\":0,\"emulated\":{emulated},\"stops\":{{\"limit\":2,\"unsupported\":5}},\"cache\":{{\"hits\":3,\"misses\":1}},\"cycles\":4000}}}}\n"
+        )
+    }
+
+    #[test]
+    fn measurement_reads_the_stats_line() {
+        let m = Measurement::from_console("pic-init", "page", 10, &console(10, 240, 340)).unwrap();
+        assert_eq!((m.io_exits, m.io_instructions, m.emulated), (10, 240, 340));
+        assert_eq!(m.stops[0], ("unsupported".to_string(), 5));
+        assert!((m.mean_block() - 34.0).abs() < 1e-9);
+        assert!((m.hit_rate() - 0.75).abs() < 1e-9);
+        assert!((m.cycles_per_io() - 4000.0 / 240.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_failed_guest_or_missing_line_is_an_error() {
+        assert!(Measurement::from_console("w", "off", 1, "nothing").is_err());
+        let failed = console(1, 1, 0).replace("\"exit_code\":0", "\"exit_code\":1");
+        assert!(Measurement::from_console("w", "off", 1, &failed).is_err());
+    }
+
+    #[test]
+    fn tables_compare_off_with_the_policy() {
+        let off = Measurement::from_console("pic-init", "off", 10, &console(240, 240, 0)).unwrap();
+        let on = Measurement::from_console("pic-init", "page", 10, &console(10, 240, 340)).unwrap();
+        let rows = [off, on];
+        let t = table(&rows, "page", 2000);
+        assert!(t.contains("pic-init"), "{t}");
+        assert!(t.contains("24.0x"), "{t}");
+        // (24 - 1) exits saved per iteration at 2000 cycles each.
+        assert!(t.contains("46000"), "{t}");
+        let p = policy_table(&rows, &["off", "page"]);
+        assert!(p.contains("24.0") && p.contains("1.0"), "{p}");
+        assert_eq!(
+            totals(&rows, &["off", "page"]),
+            vec![("off".into(), 24.0), ("page".into(), 1.0)]
+        );
+        let chart = svg(&rows, "page", "t <&>");
+        assert!(
+            chart.starts_with("<svg")
+                && chart.contains("t &lt;&amp;&gt;")
+                && chart.contains("pic-init")
+        );
+    }
+
+    #[test]
+    fn workload_arg_packs_number_and_iterations() {
+        assert_eq!(workload_arg(5, 4), 0x405);
+        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.1).collect();
+        let mut sorted = names.clone();
+        sorted.dedup();
+        assert_eq!(names.len(), sorted.len());
+    }
+}
