@@ -4,7 +4,8 @@
 //! tables, with a valid stack and interrupts off, and has nothing else: no firmware, no
 //! allocator, no IDT. This crate gives it the few things every test needs:
 //!
-//! - [`entry!`]: the `_start` symbol the linker script names as entry point;
+//! - [`entry!`]: the `_start` symbol the linker script names as entry point, which
+//!   hands `main` the run's `guest.arg` (RDI at entry) if it takes one;
 //! - [`hypercall`]: VMCALL wrappers for sluice's print and exit functions
 //!   (`hypervisor::hypercall` defines the ABI);
 //! - [`uart`]: polled output through the (virtual) COM1 16550;
@@ -30,20 +31,27 @@ pub mod uart;
 /// Exit status of a guest that panicked.
 pub const PANIC_STATUS: u32 = 99;
 
-/// Defines the guest's entry point `_start`, which zeroes `.bss`, calls `$main` (a
-/// `fn() -> u32`) and ends the run with the status it returns.
+/// Defines the guest's entry point `_start`, which zeroes `.bss`, calls `$main` and ends
+/// the run with the status it returns.
+///
+/// `$main` is either a `fn() -> u32` or a `fn(arg: u64) -> u32`; the second form gets
+/// the run configuration's `guest.arg`, which the hypervisor hands to a 64-bit guest in
+/// RDI at its entry point (0 unless configured). [`EntryFn`] tells the two apart, so
+/// both are written `entry!(main)`.
 ///
 /// `_start` is naked because nothing may run before the stack is aligned and `.bss` is
-/// cleared. The hypervisor hands over a 16-byte aligned RSP, but a Rust function expects
-/// RSP = 8 (mod 16) on entry, as if a return address had just been pushed; the `call`
-/// below makes that true. `.bss` is cleared even though the loader zero-fills
-/// `p_memsz - p_filesz`, so a guest does not depend on that detail of the loader.
+/// cleared. It copies RDI into R12 first (the `.bss` clearing uses RDI for
+/// `rep stosb`, and R12 is callee-saved, so nothing in between may change it) and
+/// passes it on as the first argument of the call. The hypervisor hands over a 16-byte
+/// aligned RSP, but a Rust function expects RSP = 8 (mod 16) on entry, as if a return
+/// address had just been pushed; the `call` below makes that true. `.bss` is cleared
+/// even though the loader zero-fills `p_memsz - p_filesz`, so a guest does not depend
+/// on that detail of the loader.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
-        extern "C" fn __guest_main() -> ! {
-            let main: fn() -> u32 = $main;
-            $crate::hypercall::exit(main())
+        extern "C" fn __guest_main(arg: u64) -> ! {
+            $crate::hypercall::exit($crate::EntryFn::call($main, arg))
         }
 
         #[unsafe(naked)]
@@ -51,6 +59,7 @@ macro_rules! entry {
         #[unsafe(link_section = ".text._start")]
         pub unsafe extern "C" fn _start() -> ! {
             core::arch::naked_asm!(
+                "mov r12, rdi",
                 "cld",
                 "lea rdi, [rip + __bss_start]",
                 "lea rcx, [rip + __bss_end]",
@@ -59,12 +68,34 @@ macro_rules! entry {
                 "rep stosb",
                 "and rsp, -16",
                 "xor ebp, ebp",
+                "mov rdi, r12",
                 "call {main}",
                 "ud2",
                 main = sym __guest_main,
             )
         }
     };
+}
+
+/// A guest's `main` as [`entry!`] accepts it: `fn() -> u32`, or `fn(u64) -> u32`
+/// taking the `guest.arg` the hypervisor passed in RDI. The type parameter only keeps
+/// the two implementations apart (a function type implements exactly one of them), so
+/// the compiler infers it.
+pub trait EntryFn<Form> {
+    /// Runs `main`, with `arg` if it takes one; returns the exit status.
+    fn call(self, arg: u64) -> u32;
+}
+
+impl<F: FnOnce() -> u32> EntryFn<()> for F {
+    fn call(self, _arg: u64) -> u32 {
+        self()
+    }
+}
+
+impl<F: FnOnce(u64) -> u32> EntryFn<(u64,)> for F {
+    fn call(self, arg: u64) -> u32 {
+        self(arg)
+    }
 }
 
 #[panic_handler]

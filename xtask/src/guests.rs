@@ -23,6 +23,7 @@ pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real", "bursts-real"];
 /// 64-bit guests: the `[[bin]]` targets of `guest/Cargo.toml`.
 pub const ELF_GUESTS: &[&str] = &[
     "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64", "bursts64",
+    "bench64",
 ];
 
 /// `guest.entry` of the real-mode guests (the boot-sector convention).

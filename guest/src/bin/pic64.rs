@@ -361,7 +361,10 @@ fn main() -> u32 {
         fail!("pic: no IRQ0 reached the IRQ4 handler ({MAX_WAKEUPS} wake-ups from HLT with IF = 1); IRQ0 outranks IRQ4 and must nest");
     }
     if !log_is_nested(IRQ4_BEGIN, IRQ0_NESTED, IRQ4_END) {
-        fail!("pic: expected the order 4 begin, 0 (one or more), 4 end; got {}", LogText);
+        fail!(
+            "pic: expected the order 4 begin, 0 (one or more), 4 end; got {}",
+            LogText
+        );
     }
     let isr = ISR_IN_NESTED_IRQ0.load(Ordering::SeqCst);
     if isr != (1 << TIMER_IRQ | 1 << COM1_IRQ) {
