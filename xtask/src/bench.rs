@@ -209,11 +209,11 @@ fn commit() -> String {
 }
 
 /// The main table: each workload with coalescing off against `policy`.
-pub fn table(results: &[Measurement], policy: &str, exit_cost: u64) -> String {
+pub fn table(results: &[Measurement], policy: &str, exit_cost: u64, emulate_cost: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>8} {:>9} {:>8} {:>7} {:>7} {:>6} {:>9} {:>9} {:>11}  top stops",
+        "{:<15} {:>8} {:>9} {:>8} {:>7} {:>7} {:>6} {:>9} {:>9} {:>10} {:>10}  top stops",
         "workload",
         "IO/iter",
         "exits off",
@@ -223,7 +223,8 @@ pub fn table(results: &[Measurement], policy: &str, exit_cost: u64) -> String {
         "hits",
         "cyc/IO off",
         "cyc/IO on",
-        "saved/iter",
+        "model off",
+        "model on",
     );
     for off in results.iter().filter(|m| m.policy == "off") {
         let Some(on) = results
@@ -237,10 +238,14 @@ pub fn table(results: &[Measurement], policy: &str, exit_cost: u64) -> String {
         } else {
             off.io_exits as f64 / on.io_exits as f64
         };
-        let saved = (off.per_iter(off.io_exits) - on.per_iter(on.io_exits)) * exit_cost as f64;
+        // What one iteration would cost on a real CPU: every exit a round trip, every
+        // emulated instruction the coalescer's measured cache-hit cost.
+        let model_off = off.per_iter(off.io_exits) * exit_cost as f64;
+        let model_on = on.per_iter(on.io_exits) * exit_cost as f64
+            + on.per_iter(on.emulated) * emulate_cost as f64;
         let _ = writeln!(
             out,
-            "{:<15} {:>8.1} {:>9.1} {:>8.1} {:>6.1}x {:>7.1} {:>5.0}% {:>9.0} {:>9.0} {:>11.0}  {}",
+            "{:<15} {:>8.1} {:>9.1} {:>8.1} {:>6.1}x {:>7.1} {:>5.0}% {:>9.0} {:>9.0} {:>10.0} {:>10.0}  {}",
             off.workload,
             off.per_iter(off.io_instructions),
             off.per_iter(off.io_exits),
@@ -250,7 +255,8 @@ pub fn table(results: &[Measurement], policy: &str, exit_cost: u64) -> String {
             on.hit_rate() * 100.0,
             off.cycles_per_io(),
             on.cycles_per_io(),
-            saved,
+            model_off,
+            model_on,
             on.top_stops()
         );
     }
@@ -410,6 +416,7 @@ fn json(
         "emulator": "bochs corei7_skylake_x (VMX emulated; cycles are emulated-instruction time)",
         "settings": {
             "exit_cost_cycles": args.exit_cost,
+            "emulate_cost_cycles": args.emulate_cost,
             "max_insns": hypervisor::config::COALESCE_MAX_INSNS_DEFAULT,
             "max_string": hypervisor::config::COALESCE_MAX_STRING_DEFAULT,
             "release": args.release,
@@ -541,8 +548,14 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     };
     let commit = commit();
     println!();
-    println!("IO exits per iteration, coalescing off vs on ({main_policy}); modeled saving at {} cycles per exit:", args.exit_cost);
-    print!("{}", table(&results, main_policy, args.exit_cost));
+    println!(
+        "IO exits per iteration, coalescing off vs on ({main_policy}); modeled cycles per iteration at {} cycles per exit and {} per emulated instruction:",
+        args.exit_cost, args.emulate_cost
+    );
+    print!(
+        "{}",
+        table(&results, main_policy, args.exit_cost, args.emulate_cost)
+    );
     println!();
     print!("{}", policy_table(&results, &policies));
     println!();
@@ -608,11 +621,11 @@ mod tests {
         let off = Measurement::from_console("pic-init", "off", 10, &console(240, 240, 0)).unwrap();
         let on = Measurement::from_console("pic-init", "page", 10, &console(10, 240, 340)).unwrap();
         let rows = [off, on];
-        let t = table(&rows, "page", 2000);
+        let t = table(&rows, "page", 2000, 50);
         assert!(t.contains("pic-init"), "{t}");
         assert!(t.contains("24.0x"), "{t}");
-        // (24 - 1) exits saved per iteration at 2000 cycles each.
-        assert!(t.contains("46000"), "{t}");
+        // Off: 24 exits x 2000; on: 1 exit x 2000 + 34 emulated x 50 = 3700.
+        assert!(t.contains("48000") && t.contains("3700"), "{t}");
         let p = policy_table(&rows, &["off", "page"]);
         assert!(p.contains("24.0") && p.contains("1.0"), "{p}");
         assert_eq!(

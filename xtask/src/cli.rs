@@ -23,6 +23,8 @@ bench options:
   --workload NAME               one workload only (see guest/README.md)
   --policy POLICY               coalescing off against this extent policy only
   --exit-cost CYCLES            modeled cost of one exit round trip (default 2000)
+  --emulate-cost CYCLES         modeled cost of one emulated instruction (default 60,
+                                the cache-hit cost the micro-benchmark measures)
   --quick                       one iteration per workload, short micro-benchmark
   --no-micro                    skip the host micro-benchmark
   --release                     optimized kernel and guests
@@ -174,6 +176,7 @@ pub struct BenchArgs {
     pub workload: Option<String>,
     pub policy: Option<String>,
     pub exit_cost: u64,
+    pub emulate_cost: u64,
     pub quick: bool,
     pub no_micro: bool,
 }
@@ -185,6 +188,7 @@ impl Default for BenchArgs {
             workload: None,
             policy: None,
             exit_cost: 2000,
+            emulate_cost: 60,
             quick: false,
             no_micro: false,
         }
@@ -259,6 +263,13 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                 bench.exit_cost = match v.parse::<u64>() {
                     Ok(n) if n > 0 => n,
                     _ => return err(format!("--exit-cost: expected cycles, got '{v}'")),
+                }
+            }
+            ("bench", "--emulate-cost") => {
+                let v = value(flag, inline, &mut args)?;
+                bench.emulate_cost = match v.parse::<u64>() {
+                    Ok(n) => n,
+                    _ => return err(format!("--emulate-cost: expected cycles, got '{v}'")),
                 }
             }
             ("bench", "--quick") if inline.is_none() => bench.quick = true,
@@ -496,6 +507,7 @@ mod tests {
                 workload: Some("pic-init".into()),
                 policy: Some("line".into()),
                 exit_cost: 5000,
+                emulate_cost: 60,
                 quick: true,
                 no_micro: true
             }

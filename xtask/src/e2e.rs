@@ -458,6 +458,28 @@ pub const PAIRS: &[PairCase] = &[
         ],
     },
     PairCase {
+        // The benchmark workloads once each (bench64 with guest.arg 0): the smoke
+        // version of `cargo xtask bench`, so a coalescing regression fails CI. The
+        // numbers come from the guest reading sluice's counters around each workload.
+        name: "coalesce-bench-smoke",
+        guest: "bench64",
+        compare: &["bench: done"],
+        max_exits_on: None,
+        same_io_count: false,
+        on_lines: &[
+            "workload pic-init: iterations 1, io instructions 24, io exits 1,",
+            "workload pit-program: iterations 1, io instructions 3, io exits 1,",
+            "workload uart-init: iterations 1, io instructions 7, io exits 1,",
+            "workload uart-puts: iterations 1, io instructions 128, io exits 4,",
+            "workload rep-outsb: iterations 1, io instructions 1, io exits 1,",
+            "workload cmos-read: iterations 1, io instructions 32, io exits 1,",
+            "workload pci-scan: iterations 1, io instructions 64, io exits 2,",
+            "workload vga-crtc: iterations 1, io instructions 32, io exits 1,",
+            "workload driver-init: iterations 1, io instructions 58, io exits 1,",
+            "workload rust-uart-init: iterations 1, io instructions 7, io exits 7,",
+        ],
+    },
+    PairCase {
         name: "coalesce-bursts-real",
         guest: "bursts-real",
         compare: &["real bursts:", "ABCD"],
