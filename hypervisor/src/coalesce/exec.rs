@@ -715,8 +715,13 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     }
 
     /// After an IO access: an interrupt is deliverable.
+    /// After every device access: the environment brings the devices' interrupt lines
+    /// onto the PIC (always, so a later PIC read in the same block sees what it would
+    /// after one exit per instruction, even with IF = 0), then the run stops if the
+    /// guest could take the interrupt now.
     fn interrupt_now(&mut self) -> bool {
-        self.state.rflags & rflags::IF != 0 && self.env.interrupt_pending()
+        let pending = self.env.interrupt_pending();
+        self.state.rflags & rflags::IF != 0 && pending
     }
 
     /// Linear address of `seg`:`reg` at address size `addr`.

@@ -6,6 +6,10 @@
 pub mod block;
 pub mod cache;
 pub mod decode;
+#[cfg(test)]
+mod difftest;
 pub mod engine;
 pub mod exec;
+#[cfg(test)]
+mod fuzz;
 pub mod insn;
