@@ -56,3 +56,13 @@ macro_rules! println {
         $crate::console::print_line(format_args!($($arg)*))
     };
 }
+
+/// Reports a failed check on the console and returns status 1 from the enclosing
+/// function (a guest's `main`).
+#[macro_export]
+macro_rules! fail {
+    ($($arg:tt)*) => {{
+        $crate::println!($($arg)*);
+        return 1;
+    }};
+}

@@ -25,15 +25,9 @@ use guest::pit::{self, Deadline};
 use guest::uart::{self, COM1_IRQ, IER, IIR_FCR, MCR};
 use guest::{idt, interrupts, pic, println};
 
-guest::entry!(main);
+use guest::fail;
 
-/// Reports a failed check and ends `main` with status 1.
-macro_rules! fail {
-    ($($arg:tt)*) => {{
-        println!($($arg)*);
-        return 1;
-    }};
-}
+guest::entry!(main);
 
 const TIMER_IRQ: u8 = 0;
 /// Channel 0 count for 1000 Hz.

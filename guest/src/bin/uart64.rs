@@ -24,15 +24,9 @@ use guest::uart::{self, COM1_IRQ};
 use guest::uart::{IER, IIR_FCR, LCR, LSR, MCR, MSR, RBR_THR, SCR};
 use guest::{idt, interrupts, pic, println};
 
-guest::entry!(main);
+use guest::fail;
 
-/// Reports a failed check and ends `main` with status 1.
-macro_rules! fail {
-    ($($arg:tt)*) => {{
-        println!($($arg)*);
-        return 1;
-    }};
-}
+guest::entry!(main);
 
 /// FCR: enable the FIFOs, clear both, receive trigger at 14 bytes, and bit 5 (the
 /// 64-byte FIFO of a 16750, ignored by a 16550A). The value Linux probes with.
