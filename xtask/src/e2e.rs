@@ -229,6 +229,27 @@ pub const CASES: &[Case] = &[
         }),
     },
     Case {
+        // A 4 KiB ROM started like a PC's BIOS: the reset vector runs from the alias
+        // below 4 GiB, the far jump continues in the copy that ends at 1 MiB.
+        name: "bochs-firmware-reset-vector",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "sluice: guest reset-rom (firmware",
+            "hello from the reset vector (F000:FFF0 via 0xFFFFFFF0, then F000:F000)",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: guest("reset-rom"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 10), ("vmcall", 1)],
+            irqs_at_least: &[],
+        }),
+    },
+    Case {
         name: "bochs-vmxon-gets-ud",
         emulator: BOCHS,
         firmware: Firmware::Bios,

@@ -19,7 +19,12 @@ pub const NASM: Requirement = Requirement {
 };
 
 /// Real-mode guests: `guest/real/<name>.asm`, entered at 0000:7C00.
-pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real", "bursts-real"];
+pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real", "bursts-real", "reset-rom"];
+/// Real-mode guests that are firmware images started at the reset vector
+/// (`guest.entry = firmware`) rather than boot sectors at 0x7c00.
+pub const FIRMWARE_GUESTS: &[&str] = &["reset-rom"];
+/// `guest.entry` of the firmware guests.
+pub const FIRMWARE_ENTRY: &str = "firmware";
 /// 64-bit guests: the `[[bin]]` targets of `guest/Cargo.toml`.
 pub const ELF_GUESTS: &[&str] = &[
     "hello64", "vmxon64", "badmsr64", "triple64", "ept64", "uart64", "pit64", "pic64", "bursts64",
@@ -112,11 +117,12 @@ fn build_real(name: &'static str) -> Result<BuiltGuest, String> {
     if len == 0 {
         return Err(format!("nasm produced an empty {}", path.display()));
     }
-    Ok(BuiltGuest {
-        name,
-        path,
-        entry: REAL_ENTRY,
-    })
+    let entry = if FIRMWARE_GUESTS.contains(&name) {
+        FIRMWARE_ENTRY
+    } else {
+        REAL_ENTRY
+    };
+    Ok(BuiltGuest { name, path, entry })
 }
 
 /// The flags the 64-bit guests are compiled with, in `CARGO_ENCODED_RUSTFLAGS` form
