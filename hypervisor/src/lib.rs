@@ -6,6 +6,7 @@
 
 pub mod coalesce;
 pub mod config;
+pub mod cpio;
 pub mod elf64;
 pub mod ept;
 pub mod exits;
@@ -15,6 +16,7 @@ pub mod guest_paging;
 pub mod hypercall;
 pub mod iobus;
 pub mod irq;
+pub mod linux_boot;
 pub mod loader;
 pub mod machine;
 pub mod payload;
