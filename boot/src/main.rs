@@ -162,6 +162,7 @@ impl core::fmt::Display for EntryName {
             EntryMode::RealAddr(a) => write!(f, "real:{a:#x}"),
             EntryMode::Elf64 => write!(f, "elf64"),
             EntryMode::Firmware => write!(f, "firmware"),
+            EntryMode::Linux => write!(f, "linux"),
         }
     }
 }

@@ -7,6 +7,7 @@ use core::fmt::Write;
 
 use hypervisor::config::Config;
 use hypervisor::ept::{self, EptAccess, FrameSource, MemoryType};
+use hypervisor::linux_boot;
 use hypervisor::loader::{self, Start};
 use hypervisor::regs::GuestRegs;
 use hypervisor::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
@@ -201,7 +202,7 @@ pub fn prepare(
         .map_err(StartError::Ept)?;
     }
 
-    let long_mode = matches!(loaded.start, Start::Long { .. });
+    let long_mode = matches!(loaded.start, Start::Long { .. } | Start::Linux { .. });
     let options = vmcs_setup::ControlOptions {
         long_mode_guest: long_mode,
         // Timer interrupts on time and HLT wake-ups use the VMX-preemption timer.
@@ -264,8 +265,30 @@ pub fn prepare(
             cr3,
             gdt_base,
         } => vmcs_setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
+        Start::Linux {
+            entry,
+            rsp,
+            cr3,
+            gdt_base,
+            rsi,
+        } => {
+            vmcs_setup::write_guest_long_mode_with(
+                &mut vmcs,
+                caps,
+                entry,
+                rsp,
+                cr3,
+                (gdt_base, u32::from(linux_boot::LINUX_GDT_LIMIT)),
+                (
+                    &linux_boot::LINUX_CODE_SEGMENT,
+                    &linux_boot::LINUX_DATA_SEGMENT,
+                ),
+            );
+            // The 64-bit boot protocol passes the zero page in RSI.
+            regs.rsi = rsi;
+        }
     }
-    if !matches!(loaded.start, Start::ResetVector) {
+    if matches!(loaded.start, Start::Real { .. } | Start::Long { .. }) {
         // `guest.arg` reaches the guest in RDI (the first argument register of the
         // System V ABI, so a 64-bit entry function can take it as a parameter).
         regs.rdi = config.guest_arg;

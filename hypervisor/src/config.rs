@@ -89,6 +89,9 @@ pub enum EntryMode {
     /// Firmware image whose last byte lies at 1 MiB - 1 and at 4 GiB - 1
     /// (as on a PC after reset); entered at F000:FFF0, the reset vector.
     Firmware,
+    /// A Linux kernel (bzImage) with command line and initrd, packed by
+    /// `linux_boot::encode_bundle`, started through the 64-bit boot protocol.
+    Linux,
 }
 
 impl EntryMode {
@@ -198,6 +201,7 @@ impl<'a> Config<'a> {
             }
             EntryMode::RealAddr(addr) => writeln!(w, "guest.entry = real:{addr:#x}")?,
             EntryMode::Elf64 => writeln!(w, "guest.entry = elf64")?,
+            EntryMode::Linux => writeln!(w, "guest.entry = linux")?,
             EntryMode::Firmware => writeln!(w, "guest.entry = firmware")?,
         }
         if let Some(load) = self.guest_load {
@@ -329,7 +333,7 @@ impl fmt::Display for ConfigErrorKind<'_> {
             }
             BadEntry { value } => write!(
                 f,
-                "guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64 or firmware, got '{value}'"
+                "guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64, firmware or linux, got '{value}'"
             ),
             BadEntryNumber { value, bits } => write!(
                 f,
@@ -379,6 +383,7 @@ pub fn parse_entry(value: &str) -> Result<EntryMode, ConfigErrorKind<'_>> {
     match value {
         "none" => return Ok(EntryMode::None),
         "elf64" => return Ok(EntryMode::Elf64),
+        "linux" => return Ok(EntryMode::Linux),
         "firmware" => return Ok(EntryMode::Firmware),
         _ => {}
     }
@@ -666,7 +671,7 @@ mod tests {
     fn entry_errors() {
         assert_eq!(
             err_text("\n\n\nguest.entry = foo"),
-            "line 4: guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64 or firmware, got 'foo'"
+            "line 4: guest.entry: expected none, real:SEG:OFF, real:ADDR, elf64, firmware or linux, got 'foo'"
         );
         assert!(err_text("guest.entry = real:0x10000:0").contains("'0x10000' is not a 16-bit"));
         assert!(err_text("guest.entry = real:zz").contains("'zz' is not a 32-bit"));

@@ -1408,3 +1408,125 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The Linux bundle: how kernel, initrd and command line travel as one guest payload.
+// ---------------------------------------------------------------------------------------
+
+/// Magic of a Linux bundle (`guest.entry = linux`).
+pub const BUNDLE_MAGIC: [u8; 8] = *b"SLXLINUX";
+/// Header: magic, u32 command-line length, u32 reserved, u64 kernel length, u64 initrd
+/// length (little endian); then the command line, the kernel and the initrd, each
+/// starting at a multiple of 16 bytes.
+pub const BUNDLE_HEADER_LEN: usize = 32;
+
+const fn align16(n: usize) -> usize {
+    (n + 15) & !15
+}
+
+/// The three parts of a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bundle<'a> {
+    pub cmdline: &'a str,
+    pub kernel: &'a [u8],
+    pub initrd: &'a [u8],
+}
+
+/// Offsets of the parts in a bundle of these lengths: (cmdline, kernel, initrd, total).
+pub fn bundle_layout(cmdline: usize, kernel: usize, initrd: usize) -> (usize, usize, usize, usize) {
+    let c = BUNDLE_HEADER_LEN;
+    let k = align16(c + cmdline);
+    let i = align16(k + kernel);
+    (c, k, i, i + initrd)
+}
+
+/// The bundle header for these parts (the caller appends the parts at the offsets of
+/// [`bundle_layout`], zero-padded).
+pub fn encode_bundle_header(
+    cmdline: &str,
+    kernel: &[u8],
+    initrd: &[u8],
+) -> [u8; BUNDLE_HEADER_LEN] {
+    let mut h = [0u8; BUNDLE_HEADER_LEN];
+    h[..8].copy_from_slice(&BUNDLE_MAGIC);
+    h[8..12].copy_from_slice(&(cmdline.len() as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&(kernel.len() as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&(initrd.len() as u64).to_le_bytes());
+    h
+}
+
+/// Splits a bundle; never panics.
+pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle<'_>, BootError> {
+    let bad = |why| Err(BootError::NotBzImage { why });
+    if bytes.len() < BUNDLE_HEADER_LEN || bytes[..8] != BUNDLE_MAGIC {
+        return bad("not a Linux bundle (missing SLXLINUX header)");
+    }
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (Ok(kernel), Ok(initrd)) = (usize::try_from(u64_at(16)), usize::try_from(u64_at(24)))
+    else {
+        return bad("bundle lengths overflow");
+    };
+    let cmdline = u32_at(8) as usize;
+    if cmdline > bytes.len() || kernel > bytes.len() || initrd > bytes.len() {
+        return bad("bundle is truncated");
+    }
+    let (c, k, i, end) = bundle_layout(cmdline, kernel, initrd);
+    if end > bytes.len() {
+        return bad("bundle is truncated");
+    }
+    let Ok(cmdline) = core::str::from_utf8(&bytes[c..c + cmdline]) else {
+        return bad("bundle command line is not UTF-8");
+    };
+    Ok(Bundle {
+        cmdline,
+        kernel: &bytes[k..k + kernel],
+        initrd: &bytes[i..i + initrd],
+    })
+}
+
+#[cfg(test)]
+mod bundle_tests {
+    use super::*;
+
+    fn bundle(cmdline: &str, kernel: &[u8], initrd: &[u8]) -> Vec<u8> {
+        let (c, k, i, end) = bundle_layout(cmdline.len(), kernel.len(), initrd.len());
+        let mut v = vec![0u8; end];
+        v[..BUNDLE_HEADER_LEN].copy_from_slice(&encode_bundle_header(cmdline, kernel, initrd));
+        v[c..c + cmdline.len()].copy_from_slice(cmdline.as_bytes());
+        v[k..k + kernel.len()].copy_from_slice(kernel);
+        v[i..i + initrd.len()].copy_from_slice(initrd);
+        v
+    }
+
+    #[test]
+    fn bundle_round_trips() {
+        let b = bundle("console=ttyS0", &[1, 2, 3], &[4; 40]);
+        let d = decode_bundle(&b).unwrap();
+        assert_eq!(
+            (d.cmdline, d.kernel, d.initrd),
+            ("console=ttyS0", &[1u8, 2, 3][..], &[4u8; 40][..])
+        );
+        let empty = bundle("", &[9], &[]);
+        assert_eq!(decode_bundle(&empty).unwrap().initrd, &[] as &[u8]);
+    }
+
+    #[test]
+    fn bad_bundles_are_errors_not_panics() {
+        let b = bundle("x", &[1; 100], &[2; 100]);
+        assert!(decode_bundle(&b[..b.len() - 1]).is_err());
+        assert!(decode_bundle(b"SLXLINUX").is_err());
+        assert!(decode_bundle(&[0u8; 64]).is_err());
+        let mut huge = b.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_bundle(&huge).is_err());
+        for cut in 0..b.len() {
+            let _ = decode_bundle(&b[..cut]);
+        }
+    }
+}

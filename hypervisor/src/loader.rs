@@ -34,6 +34,15 @@ pub enum Start {
         cr3: u64,
         gdt_base: u64,
     },
+    /// Linux's 64-bit boot protocol: like `Long`, with the kernel's GDT selectors
+    /// (`linux_boot::BOOT_CS`/`BOOT_DS`) and RSI pointing at the zero page.
+    Linux {
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        gdt_base: u64,
+        rsi: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +69,7 @@ pub enum LoadError {
     Elf(ElfError),
     RamTooSmall { ram_bytes: u64 },
     Paging(GuestPagingError),
+    Linux(crate::linux_boot::BootError),
 }
 
 impl core::fmt::Display for LoadError {
@@ -82,6 +92,7 @@ impl core::fmt::Display for LoadError {
                 )
             }
             LoadError::Paging(e) => write!(f, "building the guest page tables: {e:?}"),
+            LoadError::Linux(e) => write!(f, "{e}"),
         }
     }
 }
@@ -156,6 +167,31 @@ pub fn load(ram: &mut [u8], entry: EntryMode, image: &[u8]) -> Result<Loaded, Lo
                     high: (1u64 << 32) - len,
                     len,
                 }),
+            })
+        }
+        EntryMode::Linux => {
+            use crate::linux_boot::{decode_bundle, load_linux, parse_bzimage, LinuxLayout};
+            let ram_bytes = ram.len() as u64;
+            let bundle = decode_bundle(image).map_err(LoadError::Linux)?;
+            let kernel = parse_bzimage(bundle.kernel).map_err(LoadError::Linux)?;
+            let initrd = (!bundle.initrd.is_empty()).then_some(bundle.initrd);
+            let s = load_linux(
+                ram,
+                &kernel,
+                bundle.cmdline,
+                initrd,
+                LinuxLayout::default_for(ram_bytes),
+            )
+            .map_err(LoadError::Linux)?;
+            Ok(Loaded {
+                start: Start::Linux {
+                    entry: s.entry,
+                    rsp: s.rsp,
+                    cr3: s.cr3,
+                    gdt_base: s.gdt_base,
+                    rsi: s.rsi,
+                },
+                firmware_alias: None,
             })
         }
         EntryMode::Elf64 => {

@@ -816,6 +816,28 @@ pub fn write_guest_long_mode(
     cr3: u64,
     gdt_base: u64,
 ) {
+    write_guest_long_mode_with(
+        vmcs,
+        caps,
+        entry,
+        rsp,
+        cr3,
+        (gdt_base, GDT_LIMIT.into()),
+        (&CODE64_SEGMENT, &DATA_SEGMENT),
+    );
+}
+
+/// [`write_guest_long_mode`] with the caller's GDT and segments, for guests whose boot
+/// protocol fixes the selectors (Linux: `__BOOT_CS` 0x10, `__BOOT_DS` 0x18).
+pub fn write_guest_long_mode_with(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    entry: u64,
+    rsp: u64,
+    cr3: u64,
+    gdt: (u64, u32),
+    (code, data): (&SegmentState, &SegmentState),
+) {
     write_guest_common(
         vmcs,
         caps,
@@ -828,13 +850,13 @@ pub fn write_guest_long_mode(
             rsp,
         },
     );
-    write_segment(vmcs, CS, &CODE64_SEGMENT);
+    write_segment(vmcs, CS, code);
     for f in [SS, DS, ES, FS, GS] {
-        write_segment(vmcs, f, &DATA_SEGMENT);
+        write_segment(vmcs, f, data);
     }
     write_segment(vmcs, TR, &TR_SEGMENT);
     write_segment(vmcs, LDTR, &LDTR_SEGMENT);
-    write_descriptor_tables(vmcs, (gdt_base, GDT_LIMIT.into()), (0, 0));
+    write_descriptor_tables(vmcs, gdt, (0, 0));
 }
 
 /// Size of the hypervisor-built area at the top of a 64-bit guest's RAM.

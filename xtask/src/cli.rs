@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+/// `--guest linux`: the Linux guest (`--kernel`, `--initrd`, `--cmdline`).
+pub const LINUX_GUEST: &str = "linux";
+
 pub const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
@@ -36,14 +39,29 @@ run options:
   --firmware bios|uefi          boot firmware (default bios; Bochs boots BIOS only)
   --cpu MODEL                   Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
   --timeout SECONDS             stop a hung run after this long (default 120)
-  --guest NAME|PATH             the guest to run: a built-in test guest (see guest/README.md)
-                                or a file (ELF64, boot sector, flat binary, firmware image);
+  --guest NAME|PATH             the guest to run: a built-in test guest (see guest/README.md),
+                                `linux` (an unmodified Linux kernel, options below) or a file
+                                (ELF64, boot sector, flat binary, firmware image);
                                 default: the demo guest hello64
   --entry MODE                  how to start a guest file: elf64 | real:SEG:OFF | real:ADDR |
                                 firmware (reset vector F000:FFF0, image ending at 1 MiB and
-                                at 4 GiB); ELF files default to elf64
-  --ram MIB                     guest RAM in MiB (16..=4096, default 64)
+                                at 4 GiB) | linux (a kernel bundle); ELF files default to elf64
+  --ram MIB                     guest RAM in MiB (16..=4096, default 64; Linux: default 256,
+                                at least 128)
   --arg N                       a number handed to the guest in RDI (decimal or 0x hex)
+
+Linux options (run, with --guest linux only):
+  --kernel PATH                 a bzImage (boot protocol 2.12+ with the 64-bit entry);
+                                default: Debian's stock kernel (the package behind
+                                linux-image-amd64), downloaded once into target/linux/
+  --initrd PATH                 an initramfs (cpio, optionally compressed); default: a
+                                generated busybox initramfs whose /init prints the kernel
+                                version, /proc/interrupts and the serial ports, then
+                                powers off
+  --cmdline TEXT                the kernel command line (default
+                                \"console=ttyS0 acpi=off pci=off nolapic noapic\": serial
+                                console, no ACPI/PCI/APIC, so the kernel needs only the UART,
+                                the PIT and the 8259 PIC sluice emulates)
 
 coalescing options (run and test):
   --coalesce on|off             emulate each IO burst in one exit (default on) or take
@@ -142,6 +160,30 @@ pub struct RunArgs {
     pub ram_mib: Option<u32>,
     pub arg: Option<u64>,
     pub coalesce: CoalesceArgs,
+    pub linux: LinuxArgs,
+}
+
+/// `--kernel`, `--initrd`, `--cmdline`: the parts of a Linux guest (`--guest linux`);
+/// `None` takes the default (see `linux.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinuxArgs {
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+impl LinuxArgs {
+    /// The flags given, for the "only with --guest linux" usage error.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            (self.kernel.is_some(), "--kernel"),
+            (self.initrd.is_some(), "--initrd"),
+            (self.cmdline.is_some(), "--cmdline"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
+    }
 }
 
 impl Default for RunArgs {
@@ -157,6 +199,7 @@ impl Default for RunArgs {
             ram_mib: None,
             arg: None,
             coalesce: CoalesceArgs::default(),
+            linux: LinuxArgs::default(),
         }
     }
 }
@@ -325,6 +368,20 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     _ => return err(format!("--ram: expected a size in MiB, got '{v}'")),
                 }
             }
+            ("run", "--kernel") => {
+                run.linux.kernel = Some(value(flag, inline, &mut args)?.to_string())
+            }
+            ("run", "--initrd") => {
+                run.linux.initrd = Some(value(flag, inline, &mut args)?.to_string())
+            }
+            ("run", "--cmdline") => {
+                // May be empty (`--cmdline=` or `--cmdline ""`) and may contain spaces
+                // (one shell word).
+                run.linux.cmdline = match inline.or_else(|| args.next()) {
+                    Some(v) => Some(v.to_string()),
+                    None => return err("--cmdline needs a value"),
+                }
+            }
             ("test", "--host-only") if inline.is_none() => test.host_only = true,
             ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
             ("run", f) if run.coalesce.take(f, inline, &mut args)? => {}
@@ -342,6 +399,13 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                 return err(
                     "Bochs has no UEFI firmware here; use --emulator qemu with --firmware uefi",
                 );
+            }
+            let linux_flags = run.linux.given();
+            if !linux_flags.is_empty() && run.guest.as_deref() != Some(LINUX_GUEST) {
+                return err(format!(
+                    "{}: only for a Linux guest (add --guest {LINUX_GUEST})",
+                    linux_flags.join(", ")
+                ));
             }
             run.release = release;
             Ok(Command::Run(run))
@@ -391,6 +455,7 @@ mod tests {
             ram_mib: None,
             arg: None,
             coalesce: CoalesceArgs::default(),
+            linux: LinuxArgs::default(),
         };
         assert_eq!(
             p("run --release --emulator qemu --firmware uefi --cpu host --timeout 30"),
@@ -521,6 +586,63 @@ mod tests {
             .0
             .contains("--exit-cost"));
         assert!(p("bench --coalesce on")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+    }
+
+    #[test]
+    fn linux_flags_need_the_linux_guest() {
+        let Ok(Command::Run(r)) = parse([
+            "run",
+            "--guest",
+            "linux",
+            "--kernel",
+            "bzImage",
+            "--initrd=rd.cpio",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ]) else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            r.linux,
+            LinuxArgs {
+                kernel: Some("bzImage".into()),
+                initrd: Some("rd.cpio".into()),
+                cmdline: Some("console=ttyS0 quiet".into()),
+            }
+        );
+        let Ok(Command::Run(r)) = p("run --guest linux --cmdline=") else {
+            panic!("expected run");
+        };
+        assert_eq!(r.linux.cmdline.as_deref(), Some(""));
+        assert_eq!(
+            p("run --guest linux"),
+            Ok(Command::Run(RunArgs {
+                guest: Some("linux".into()),
+                ..RunArgs::default()
+            }))
+        );
+        let e = p("run --kernel bzImage --initrd rd").unwrap_err();
+        assert!(
+            e.0.contains("--kernel, --initrd: only for a Linux guest")
+                && e.0.contains("--guest linux"),
+            "{e}"
+        );
+        assert!(p("run --guest hello64 --cmdline=x")
+            .unwrap_err()
+            .0
+            .contains("--cmdline"));
+        assert!(p("run --guest linux --kernel")
+            .unwrap_err()
+            .0
+            .contains("needs a value"));
+        assert!(p("run --guest linux --cmdline")
+            .unwrap_err()
+            .0
+            .contains("needs a value"));
+        assert!(p("test --kernel x")
             .unwrap_err()
             .0
             .contains("unknown option"));

@@ -8,9 +8,10 @@ use hypervisor::config::{
     self, EntryMode, RAM_MIB_DEFAULT, RAM_MIB_MAX, RAM_MIB_MIN, REAL_MODE_LIMIT,
 };
 use hypervisor::elf64;
-use hypervisor::loader::LongModeLayout;
+use hypervisor::loader::{self, LongModeLayout};
 
-use crate::guests;
+use crate::cli::{LinuxArgs, LINUX_GUEST};
+use crate::{guests, linux};
 
 /// The guest `cargo xtask run` boots when no `--guest` is given.
 pub const DEMO_GUEST: &str = "hello64";
@@ -35,14 +36,45 @@ pub fn prepare(
     ram_mib: Option<u32>,
     release: bool,
 ) -> Result<PreparedGuest, String> {
-    let ram_mib = ram_mib.unwrap_or(RAM_MIB_DEFAULT);
+    prepare_with(guest, entry, ram_mib, release, &LinuxArgs::default())
+}
+
+/// [`prepare`] with the Linux options (`--kernel`, `--initrd`, `--cmdline`), which apply
+/// to `--guest linux` only.
+pub fn prepare_with(
+    guest: Option<&str>,
+    entry: Option<&str>,
+    ram_mib: Option<u32>,
+    release: bool,
+    linux_args: &LinuxArgs,
+) -> Result<PreparedGuest, String> {
+    let explicit_entry = entry.map(entry_flag).transpose()?;
+    let name = guest.unwrap_or(DEMO_GUEST);
+    let is_linux = name == LINUX_GUEST || explicit_entry == Some(EntryMode::Linux);
+    let ram_mib = ram_mib.unwrap_or(if is_linux {
+        linux::RAM_MIB_DEFAULT
+    } else {
+        RAM_MIB_DEFAULT
+    });
     if !(RAM_MIB_MIN..=RAM_MIB_MAX).contains(&ram_mib) {
         return Err(format!(
             "--ram must be {RAM_MIB_MIN}..={RAM_MIB_MAX} MiB, got {ram_mib}"
         ));
     }
-    let explicit_entry = entry.map(entry_flag).transpose()?;
-    let name = guest.unwrap_or(DEMO_GUEST);
+    if is_linux && ram_mib < linux::RAM_MIB_MIN {
+        return Err(format!(
+            "Linux needs at least {} MiB of guest RAM, got --ram {ram_mib}",
+            linux::RAM_MIB_MIN
+        ));
+    }
+    if name == LINUX_GUEST {
+        if explicit_entry.is_some_and(|e| e != EntryMode::Linux) {
+            return Err(format!(
+                "--entry: the Linux guest starts only with --entry linux (the default for --guest {LINUX_GUEST})"
+            ));
+        }
+        return prepare_linux(linux_args, ram_mib);
+    }
     let (display_name, bytes, default_entry) = if guests::is_builtin(name) {
         let built = guests::build(name, release)?;
         let bytes = std::fs::read(&built.path)
@@ -56,6 +88,7 @@ pub fn prepare(
                 guests::ELF_GUESTS
                     .iter()
                     .chain(guests::REAL_GUESTS)
+                    .chain(&[LINUX_GUEST])
                     .copied()
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -85,6 +118,57 @@ pub fn prepare(
         name: display_name,
         bytes,
         entry,
+        ram_mib,
+        arg: 0,
+    })
+}
+
+/// The Linux guest: the kernel (`--kernel` or Debian's, cached), the initrd (`--initrd`
+/// or the generated busybox initramfs) and the command line in one bundle, checked by a
+/// dry run of the hypervisor's loader in `ram_mib` MiB.
+fn prepare_linux(args: &LinuxArgs, ram_mib: u32) -> Result<PreparedGuest, String> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("{flag} '{}': {e}", path.display()))
+    };
+    let (name, kernel_path) = match &args.kernel {
+        Some(k) => {
+            let path = Path::new(k);
+            let name = path
+                .file_name()
+                .map(|s| safe_name(&s.to_string_lossy()))
+                .unwrap_or_else(|| LINUX_GUEST.into());
+            (name, path.to_path_buf())
+        }
+        None => (LINUX_GUEST.to_string(), linux::default_kernel()?),
+    };
+    let kernel = read("--kernel", &kernel_path)?;
+    // The kernel is checked before an initramfs is fetched or built for it.
+    linux::bundle(&kernel, &[], "")
+        .map_err(|e| format!("kernel {}: {e}", kernel_path.display()))?;
+    let initrd = match &args.initrd {
+        Some(path) => read("--initrd", Path::new(path))?,
+        None => linux::default_initramfs()?,
+    };
+    let cmdline = args.cmdline.as_deref().unwrap_or(linux::DEFAULT_CMDLINE);
+    let bytes = linux::bundle(&kernel, &initrd, cmdline)
+        .map_err(|e| format!("kernel {}: {e}", kernel_path.display()))?;
+    validate(&bytes, EntryMode::Linux, ram_mib)
+        .map_err(|e| format!("Linux guest in {ram_mib} MiB: {e}"))?;
+    eprintln!(
+        "xtask: Linux guest: {} ({}), initrd {} bytes{}, cmdline \"{cmdline}\", {ram_mib} MiB",
+        kernel_path.display(),
+        linux::describe(&kernel),
+        initrd.len(),
+        if args.initrd.is_none() {
+            " (generated busybox initramfs)"
+        } else {
+            ""
+        },
+    );
+    Ok(PreparedGuest {
+        name,
+        bytes,
+        entry: EntryMode::Linux,
         ram_mib,
         arg: 0,
     })
@@ -148,6 +232,18 @@ pub fn validate(bytes: &[u8], entry: EntryMode, ram_mib: u32) -> Result<(), Stri
             let layout =
                 LongModeLayout::for_ram(ram).ok_or("guest RAM too small for a 64-bit guest")?;
             elf64::check_fits(&elf, ram, std::slice::from_ref(&layout.reserved))
+                .map_err(|e| e.to_string())
+        }
+        EntryMode::Linux => {
+            // A dry run of what sluice does at boot (bundle, bzImage, command line,
+            // kernel and initrd placement, page tables) in RAM of the run's size.
+            // Zeroed pages cost nothing until written; the loader writes the kernel, the
+            // initrd and a few pages of tables.
+            let ram_len = usize::try_from(ram).map_err(|_| "--ram too large for this host")?;
+            let mut buf = vec![0u8; ram_len + 8];
+            let at = buf.as_ptr().align_offset(8);
+            loader::load(&mut buf[at..at + ram_len], EntryMode::Linux, bytes)
+                .map(|_| ())
                 .map_err(|e| e.to_string())
         }
     }
@@ -228,6 +324,51 @@ mod tests {
         assert!(e.contains("--ram"), "{e}");
         let e = prepare(Some("/nonexistent/guest.bin"), Some("bogus"), None, false).unwrap_err();
         assert!(e.contains("--entry"), "{e}");
+    }
+
+    #[test]
+    fn linux_ram_and_entry_are_checked_before_fetching_anything() {
+        let linux =
+            |entry, ram| prepare_with(Some("linux"), entry, ram, false, &LinuxArgs::default());
+        let e = linux(None, Some(64)).unwrap_err();
+        assert!(e.contains("Linux needs at least 128 MiB"), "{e}");
+        let e = linux(Some("elf64"), None).unwrap_err();
+        assert!(e.contains("--entry linux"), "{e}");
+        let e = linux(None, Some(8192)).unwrap_err();
+        assert!(e.contains("--ram"), "{e}");
+        let e = prepare(Some("/nonexistent/bundle"), Some("linux"), Some(64), false).unwrap_err();
+        assert!(e.contains("at least 128 MiB"), "{e}");
+        let e = prepare(Some("/nonexistent/guest.bin"), None, None, false).unwrap_err();
+        assert!(e.contains("linux"), "{e}");
+    }
+
+    #[test]
+    fn user_kernels_are_checked_before_the_initrd_is_read() {
+        let dir = std::env::temp_dir().join(format!("sluice-xtask-linux-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("bzImage");
+        std::fs::write(&kernel, b"MZ this is no kernel").unwrap();
+        let args = LinuxArgs {
+            kernel: Some(kernel.to_str().unwrap().into()),
+            initrd: Some("/nonexistent/initrd".into()),
+            cmdline: None,
+        };
+        let e = prepare_with(Some("linux"), None, None, false, &args).unwrap_err();
+        assert!(e.contains("bzImage: not a Linux bzImage"), "{e}");
+        let args = LinuxArgs {
+            kernel: Some("/nonexistent/bzImage".into()),
+            ..args
+        };
+        let e = prepare_with(Some("linux"), None, None, false, &args).unwrap_err();
+        assert!(e.starts_with("--kernel '/nonexistent/bzImage'"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn linux_bundles_that_do_not_fit_fail_the_dry_run() {
+        assert!(validate(b"not a bundle", EntryMode::Linux, 128)
+            .unwrap_err()
+            .contains("SLXLINUX"));
     }
 
     #[test]

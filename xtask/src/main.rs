@@ -8,6 +8,7 @@ mod guest_input;
 mod guests;
 mod host;
 mod image;
+mod linux;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,11 +129,12 @@ pub fn run_config<'a>(
 
 fn run(args: &RunArgs) -> Result<u8, String> {
     // Everything the user passed is checked before anything is built or booted.
-    let mut guest = guest_input::prepare(
+    let mut guest = guest_input::prepare_with(
         args.guest.as_deref(),
         args.entry.as_deref(),
         args.ram_mib,
         args.release,
+        &args.linux,
     )?;
     guest.arg = args.arg.unwrap_or(0);
     let emulator = choose_emulator(args);
