@@ -261,7 +261,12 @@ pub fn filter_cpuid(
     const ECX_OSXSAVE: u32 = 1 << 27;
     const ECX_HYPERVISOR: u32 = 1 << 31;
     const EDX_APIC: u32 = 1 << 9;
+    const EDX_MCE: u32 = 1 << 7;
+    const EDX_MCA: u32 = 1 << 14;
+    const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
     const LEAF7_ECX_OSPKE: u32 = 1 << 4;
+    const LEAF7_ECX_RDPID: u32 = 1 << 22;
+    const EXT_EDX_RDTSCP: u32 = 1 << 27;
     let [eax, ebx, mut ecx, mut edx] = raw;
     match leaf {
         // "sluicesluice" in EBX, ECX, EDX; highest hypervisor leaf in EAX.
@@ -280,6 +285,9 @@ pub fn filter_cpuid(
             // neither is x2APIC nor the TSC-deadline timer.
             ecx &= !(ECX_X2APIC | ECX_TSC_DEADLINE);
             edx &= !EDX_APIC;
+            // No machine-check architecture is offered: its MSRs (IA32_MCG_*, the bank
+            // registers) raise #GP, and a guest that saw MCE/MCA would read them.
+            edx &= !(EDX_MCE | EDX_MCA);
             // OSXSAVE mirrors the *guest's* CR4, not the host's.
             ecx &= !ECX_OSXSAVE;
             if ecx & ECX_XSAVE != 0 && guest_cr4 & CR4_OSXSAVE != 0 {
@@ -288,12 +296,22 @@ pub fn filter_cpuid(
             [eax, ebx, ecx | ECX_HYPERVISOR, edx]
         }
         7 if subleaf == 0 => {
-            ecx &= !LEAF7_ECX_OSPKE;
+            // IA32_TSC_ADJUST and IA32_TSC_AUX (RDPID) are not offered.
+            let ebx = ebx & !LEAF7_EBX_TSC_ADJUST;
+            ecx &= !(LEAF7_ECX_OSPKE | LEAF7_ECX_RDPID);
             if guest_cr4 & CR4_PKE != 0 {
                 ecx |= LEAF7_ECX_OSPKE;
             }
             [eax, ebx, ecx, edx]
         }
+        // TSC/crystal ratio (0x15) and processor frequencies (0x16) describe the
+        // physical part, not the rate at which the guest's TSC and PIT actually run
+        // (an emulator's TSC follows emulated instructions). Not enumerating them makes
+        // a guest calibrate its TSC against the virtual 8254, which is derived from the
+        // same TSC and so always agrees with it.
+        0x15 | 0x16 => [0; 4],
+        // RDTSCP needs IA32_TSC_AUX, which is not offered.
+        0x8000_0001 => [eax, ebx, ecx, edx & !EXT_EDX_RDTSCP],
         _ => [eax, ebx, ecx, edx],
     }
 }
@@ -1645,7 +1663,7 @@ mod tests {
         assert_eq!(c & ((1 << 21) | (1 << 24)), 0, "x2APIC/TSC deadline hidden");
         assert_eq!(c & (1 << 27), 0, "guest CR4.OSXSAVE is 0");
         assert_eq!(d & (1 << 9), 0, "APIC hidden");
-        assert_eq!(d, u64::from(0xBFEB_FBFFu32 & !(1 << 9)));
+        assert_eq!(d, u64::from(0xBFEB_FBFFu32 & !(1 << 9 | 1 << 7 | 1 << 14)));
         // Guest sets OSXSAVE; nested VMX keeps the VMX bit.
         h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_OSXSAVE);
         h.config.nested_vmx = true;
@@ -1695,6 +1713,26 @@ mod tests {
         let a = h.run();
         h.assert_retired(a);
         assert_eq!((h.regs.rax, h.regs.rbx, h.regs.rcx), (2, 7, 9));
+    }
+
+    #[test]
+    fn cpuid_hides_the_tsc_and_frequency_leaves() {
+        for leaf in [0x15, 0x16] {
+            assert_eq!(filter_cpuid(leaf, 0, [1, 2, 3, 4], false, 0), [0; 4]);
+        }
+        assert_eq!(filter_cpuid(0x14, 0, [1, 2, 3, 4], false, 0), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn cpuid_hides_what_sluice_does_not_offer() {
+        let l1 = filter_cpuid(1, 0, [0, 0, 0, u32::MAX], false, 0);
+        assert_eq!(l1[3] & (1 << 7 | 1 << 14 | 1 << 9), 0, "MCE, MCA, APIC");
+        let l7 = filter_cpuid(7, 0, [0, u32::MAX, u32::MAX, 0], false, 0);
+        assert_eq!(l7[1] & 1 << 1, 0, "TSC_ADJUST");
+        assert_eq!(l7[2] & 1 << 22, 0, "RDPID");
+        let ext = filter_cpuid(0x8000_0001, 0, [0, 0, 0, u32::MAX], false, 0);
+        assert_eq!(ext[3] & 1 << 27, 0, "RDTSCP");
+        assert_eq!(ext[3] | 1 << 27, u32::MAX);
     }
 
     #[test]
