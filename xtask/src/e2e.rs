@@ -607,6 +607,7 @@ pub fn judge(case: &Case, ending: &Ending, console: &str) -> Result<(), String> 
         Ending::EmulatorExited(why) => {
             return Err(format!("emulator stopped without a status: {why}"))
         }
+        Ending::Interrupted => return Err("interrupted".into()),
     }
     let mut rest = console;
     for line in case.expect_lines {

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,38 @@ pub enum Ending {
     Hang,
     /// The emulator stopped without a status from the kernel.
     EmulatorExited(String),
+    /// The user interrupted the run (Ctrl-C) or xtask was asked to terminate.
+    Interrupted,
+}
+
+/// Set by SIGINT/SIGTERM. The emulator runs in a process group of its own (so a hang
+/// can be stopped with everything it started), which also means the terminal's Ctrl-C
+/// does not reach it: xtask catches the signal and stops the group itself.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_signum: i32) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+extern "C" {
+    // POSIX signal(2) from the C library std already links; the handler only stores
+    // an atomic, which is async-signal-safe.
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+}
+
+/// Routes SIGINT and SIGTERM to [`INTERRUPTED`] for the rest of the process.
+pub fn catch_interrupts() {
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15;
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 #[derive(Debug)]
@@ -303,6 +336,10 @@ fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
                 break Ending::Status(reported_status(&console.string()).unwrap_or(0));
             }
         }
+        if interrupted() {
+            stop_group(&mut child);
+            break Ending::Interrupted;
+        }
         if start.elapsed() > spec.machine.timeout {
             stop_group(&mut child);
             break Ending::Hang;
@@ -394,6 +431,10 @@ fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
                     Ending::EmulatorExited(format!("qemu exited ({exit}) {}", stderr.trim()))
                 }
             };
+        }
+        if interrupted() {
+            stop_group(&mut child);
+            break Ending::Interrupted;
         }
         if start.elapsed() > spec.machine.timeout {
             stop_group(&mut child);

@@ -20,6 +20,7 @@ use emulator::{Emulator, Ending, Machine};
 use hypervisor::config::{Config, Platform};
 
 fn main() -> ExitCode {
+    emulator::catch_interrupts();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match cli::parse(args.iter().map(String::as_str)) {
         Ok(c) => c,
@@ -163,5 +164,9 @@ fn run(args: &RunArgs) -> Result<u8, String> {
             args.timeout_s
         )),
         Ending::EmulatorExited(why) => Err(why),
+        Ending::Interrupted => {
+            eprintln!("xtask: interrupted; the emulator was stopped");
+            Ok(130)
+        }
     }
 }
