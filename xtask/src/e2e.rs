@@ -26,6 +26,10 @@ pub struct Case {
     pub guest: Option<GuestSpec>,
     /// What the `sluice-stats` line must say, for runs with a guest.
     pub stats: Option<StatsExpect>,
+    /// Coalescing for this case regardless of the command line (`None`: as given).
+    pub coalesce: Option<bool>,
+    /// Time limit for the boot.
+    pub timeout_s: u64,
 }
 
 /// A built-in guest, booted by name, or — with `entry` — as a user's file would be
@@ -79,6 +83,8 @@ pub const CASES: &[Case] = &[
         forbid: &["error", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-penryn-no-ept",
@@ -97,6 +103,8 @@ pub const CASES: &[Case] = &[
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         // Nehalem: EPT and VPID, but unrestricted guest came with Westmere.
@@ -115,6 +123,8 @@ pub const CASES: &[Case] = &[
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-ryzen-no-vmx",
@@ -126,6 +136,8 @@ pub const CASES: &[Case] = &[
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "qemu-bios-no-vmx",
@@ -142,6 +154,8 @@ pub const CASES: &[Case] = &[
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "qemu-uefi-no-vmx",
@@ -158,6 +172,8 @@ pub const CASES: &[Case] = &[
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-hello64",
@@ -184,6 +200,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 2)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-hello-real",
@@ -204,6 +222,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         // The user's-boot-sector path: a file plus `--entry real:0x7c00`.
@@ -227,6 +247,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         // A 4 KiB ROM started like a PC's BIOS: the reset vector runs from the alias
@@ -248,6 +270,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("io_instruction", 10), ("vmcall", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-vmxon-gets-ud",
@@ -264,6 +288,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("vmxon", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-unknown-msr-gets-gp",
@@ -280,6 +306,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("rdmsr", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-triple-fault-64",
@@ -299,6 +327,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("triple_fault", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-triple-fault-real",
@@ -318,6 +348,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("triple_fault", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-memory-outside-ram",
@@ -338,6 +370,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("ept_violation", 1)],
             irqs_at_least: &[],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-uart-probe-and-interrupts",
@@ -363,6 +397,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("io_instruction", 100)],
             irqs_at_least: &[("irq4", 52)],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         // pit64 counts IRQ0 ticks of a 1000 Hz channel-0 timer over 50 ms measured by
@@ -384,6 +420,8 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[("hlt", 45), ("preemption_timer", 1)],
             irqs_at_least: &[("irq0", 45)],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
     Case {
         name: "bochs-pic-nesting-mask-eoi",
@@ -405,7 +443,64 @@ pub const CASES: &[Case] = &[
             exits_at_least: &[],
             irqs_at_least: &[("irq0", 2), ("irq4", 2)],
         }),
+        coalesce: None,
+        timeout_s: 120,
     },
+    Case {
+        // Debian's stock kernel and a busybox initramfs (fetched with apt): the kernel's
+        // own drivers find the 16550A on IRQ4 and run the timer on IRQ0 through the
+        // 8259A; /init prints its marker and powers off (HLT with interrupts off).
+        name: "bochs-linux-coalesce-on",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: LINUX_LINES,
+        forbid: &["Kernel panic", "EXCEPTION", "PANIC"],
+        guest: guest("linux"),
+        stats: Some(StatsExpect {
+            end: "halt",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 1000)],
+            irqs_at_least: &[("irq0", 100), ("irq4", 1)],
+        }),
+        coalesce: Some(true),
+        timeout_s: 900,
+    },
+    Case {
+        name: "bochs-linux-coalesce-off",
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: LINUX_LINES,
+        forbid: &["Kernel panic", "EXCEPTION", "PANIC"],
+        guest: guest("linux"),
+        stats: Some(StatsExpect {
+            end: "halt",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 1000)],
+            irqs_at_least: &[("irq0", 100), ("irq4", 1)],
+        }),
+        coalesce: Some(false),
+        timeout_s: 1200,
+    },
+];
+
+/// What a Linux boot must print, in order.
+const LINUX_LINES: &[&str] = &[
+    "sluice: guest linux (linux,",
+    "Command line: console=ttyS0 acpi=off pci=off nolapic noapic",
+    "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
+    "Run /init as init process",
+    "sluice-linux: init started",
+    "sluice-linux: uname Linux",
+    "XT-PIC      timer",
+    "XT-PIC      ttyS0",
+    "uart:16550A port:000003F8 irq:4",
+    "sluice-linux: done",
+    "reboot: System halted",
+    "sluice: guest stopped: HLT at",
 ];
 
 /// A guest booted twice in Bochs, with coalescing off and on: its own console lines
@@ -722,13 +817,13 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     let (mut passed, mut failed) = (0, 0);
     for case in cases {
         let started = Instant::now();
-        let payload = case_payload(case, args)?;
+        let (payload, ram_mib) = case_payload(case, args)?;
         let machine = Machine {
             emulator: case.emulator.clone(),
             firmware: case.firmware,
             cpu: case.cpu.map(String::from),
-            ram_mib: 64,
-            timeout: Duration::from_secs(120),
+            ram_mib,
+            timeout: Duration::from_secs(case.timeout_s),
             echo: false,
         };
         let outcome = emulator::boot(case.name, &kernel, &payload, machine);
@@ -786,7 +881,7 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
 }
 
 /// The payload a case boots: its guest (or none) and the run configuration.
-fn case_payload(case: &Case, args: &TestArgs) -> Result<Vec<u8>, String> {
+fn case_payload(case: &Case, args: &TestArgs) -> Result<(Vec<u8>, u32), String> {
     let prepared = match &case.guest {
         None => None,
         Some(GuestSpec { name, entry: None }) => {
@@ -806,17 +901,21 @@ fn case_payload(case: &Case, args: &TestArgs) -> Result<Vec<u8>, String> {
             )?)
         }
     };
+    let flags = crate::cli::CoalesceArgs {
+        coalesce: case.coalesce.or(args.coalesce.coalesce),
+        ..args.coalesce.clone()
+    };
     Ok(match &prepared {
         None => {
             let config = Config {
                 platform: crate::platform_of(&case.emulator),
                 ..Config::default()
             };
-            image::payload_bytes(&config, &[])
+            (image::payload_bytes(&config, &[]), 64)
         }
-        Some(g) => image::payload_bytes(
-            &crate::run_config(g, &case.emulator, &args.coalesce),
-            &g.bytes,
+        Some(g) => (
+            image::payload_bytes(&crate::run_config(g, &case.emulator, &flags), &g.bytes),
+            g.ram_mib,
         ),
     })
 }
@@ -867,6 +966,8 @@ mod tests {
         forbid: &["PANIC"],
         guest: None,
         stats: None,
+        coalesce: None,
+        timeout_s: 1,
     };
 
     #[test]
