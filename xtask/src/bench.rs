@@ -486,14 +486,17 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     crate::guests::build("bench64", args.release)?;
 
     // Two boots at a time: this machine has two cores and Bochs uses one.
-    let jobs: Vec<(u8, &str, u32, &str)> = workloads
-        .iter()
-        .flat_map(|(n, name, it)| {
-            policies
-                .iter()
-                .map(move |p| (*n, *name, if args.quick { 1 } else { *it }, *p))
-        })
-        .collect();
+    let mut jobs: Vec<(u8, &str, u32, &str)> = Vec::new();
+    if with_linux {
+        // First, so the two long boots overlap with the short runs.
+        jobs.push((0, LINUX, 1, "off"));
+        jobs.push((0, LINUX, 1, main_policy));
+    }
+    jobs.extend(workloads.iter().flat_map(|(n, name, it)| {
+        policies
+            .iter()
+            .map(move |p| (*n, *name, if args.quick { 1 } else { *it }, *p))
+    }));
     println!(
         "xtask: bench: {} runs in Bochs ({} workloads x {} policies)",
         jobs.len(),
@@ -570,8 +573,20 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
         println!("total exits per iteration of every workload, {p:<9}: {sum:.1}");
     }
     let data = json(&results, args, &commit, micro);
-    let json_path = out_dir.join("bench.json");
-    let svg_path = out_dir.join("bench.svg");
+    // A filtered run writes its own files, so it never replaces the full results.
+    let stem = match (&args.workload, &args.policy) {
+        (None, None) if !args.quick => "bench".to_string(),
+        (w, p) => format!(
+            "bench{}{}{}",
+            w.as_deref().map(|w| format!("-{w}")).unwrap_or_default(),
+            p.as_deref()
+                .map(|p| format!("-{}", p.replace(':', "-")))
+                .unwrap_or_default(),
+            if args.quick { "-quick" } else { "" }
+        ),
+    };
+    let json_path = out_dir.join(format!("{stem}.json"));
+    let svg_path = out_dir.join(format!("{stem}.svg"));
     write(
         &json_path,
         &serde_json::to_string_pretty(&data).unwrap_or_default(),
