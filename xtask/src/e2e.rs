@@ -446,46 +446,34 @@ pub const CASES: &[Case] = &[
         coalesce: None,
         timeout_s: 120,
     },
-    Case {
-        // Debian's stock kernel and a busybox initramfs (fetched with apt): the kernel's
-        // own drivers find the 16550A on IRQ4 and run the timer on IRQ0 through the
-        // 8259A; /init prints its marker and powers off (HLT with interrupts off).
-        name: "bochs-linux-coalesce-on",
-        emulator: BOCHS,
-        firmware: Firmware::Bios,
-        cpu: None,
-        expect_status: 0,
-        expect_lines: LINUX_LINES,
-        forbid: &["Kernel panic", "EXCEPTION", "PANIC"],
-        guest: guest("linux"),
-        stats: Some(StatsExpect {
-            end: "halt",
-            exit_code: 0,
-            exits_at_least: &[("io_instruction", 1000)],
-            irqs_at_least: &[("irq0", 100), ("irq4", 1)],
-        }),
-        coalesce: Some(true),
-        timeout_s: 900,
-    },
-    Case {
-        name: "bochs-linux-coalesce-off",
-        emulator: BOCHS,
-        firmware: Firmware::Bios,
-        cpu: None,
-        expect_status: 0,
-        expect_lines: LINUX_LINES,
-        forbid: &["Kernel panic", "EXCEPTION", "PANIC"],
-        guest: guest("linux"),
-        stats: Some(StatsExpect {
-            end: "halt",
-            exit_code: 0,
-            exits_at_least: &[("io_instruction", 1000)],
-            irqs_at_least: &[("irq0", 100), ("irq4", 1)],
-        }),
-        coalesce: Some(false),
-        timeout_s: 1200,
-    },
+    // Debian's stock kernel and a busybox initramfs (fetched with apt): the kernel's own
+    // drivers find the 16550A on IRQ4 and run the timer on IRQ0 through the 8259A;
+    // /init prints its marker and powers off (HLT with interrupts off).
+    linux_case("bochs-linux-coalesce-on", true, 900),
+    linux_case("bochs-linux-coalesce-off", false, 1200),
 ];
+
+/// A Linux boot with coalescing on or off; both must reach the same marker.
+const fn linux_case(name: &'static str, coalesce: bool, timeout_s: u64) -> Case {
+    Case {
+        name,
+        emulator: BOCHS,
+        firmware: Firmware::Bios,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: LINUX_LINES,
+        forbid: &["Kernel panic", "EXCEPTION", "PANIC"],
+        guest: guest("linux"),
+        stats: Some(StatsExpect {
+            end: "halt",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 1000)],
+            irqs_at_least: &[("irq0", 100), ("irq4", 1)],
+        }),
+        coalesce: Some(coalesce),
+        timeout_s,
+    }
+}
 
 /// What a Linux boot must print, in order.
 const LINUX_LINES: &[&str] = &[
