@@ -31,6 +31,8 @@
 
 use core::fmt::{self, Write};
 
+use crate::coalesce::exec::update_addr_reg;
+use crate::coalesce::insn::Width;
 use crate::guest_mem::{
     check_linear, is_canonical, pdpte_reserved, read_linear, read_linear_as, write_linear, Access,
     GuestMemory, PagingContext, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE,
@@ -354,14 +356,16 @@ pub const fn pat_valid(pat: u64) -> bool {
     true
 }
 
-/// Updates an address/count register by `delta` at `addr_mask` width as the
-/// processor does: 16-bit updates keep bits 63:16, 32-bit ones zero-extend.
-const fn update_masked(reg: u64, delta: u64, addr_mask: u64) -> u64 {
-    let v = reg.wrapping_add(delta);
-    if addr_mask == 0xFFFF {
-        (reg & !0xFFFF) | (v & 0xFFFF)
-    } else {
-        v & addr_mask
+/// An instruction retired: blocking by STI and by MOV SS ends with it (SDM 25.4.2).
+/// Shared by every path that moves the guest past instructions (one-instruction
+/// handlers here, the coalescer's write-back).
+pub fn retire_interrupt_shadow(vmcs: &mut impl Vmcs) {
+    let irq = vmcs.read(VmcsField::GuestInterruptibilityState);
+    if irq & BLOCKING_STI_MOVSS != 0 {
+        vmcs.write(
+            VmcsField::GuestInterruptibilityState,
+            irq & !BLOCKING_STI_MOVSS,
+        );
     }
 }
 
@@ -436,13 +440,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             rip & 0xFFFF
         };
         self.vmcs.write(VmcsField::GuestRip, rip);
-        let irq = self.read(VmcsField::GuestInterruptibilityState);
-        if irq & BLOCKING_STI_MOVSS != 0 {
-            self.vmcs.write(
-                VmcsField::GuestInterruptibilityState,
-                irq & !BLOCKING_STI_MOVSS,
-            );
-        }
+        retire_interrupt_shadow(self.vmcs);
     }
 
     /// Injects a hardware exception; the error code is dropped in real mode.
@@ -659,12 +657,13 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     /// before it done (RSI/RDI/RCX updated as far as the processor would).
     fn io_string(&mut self, q: IoQualification) -> ExitAction {
         let info = self.read(VmcsField::ExitInstructionInfo);
-        let addr_mask: u64 = match (info >> 7) & 7 {
-            0 => 0xFFFF,
-            1 => 0xFFFF_FFFF,
-            2 => u64::MAX,
+        let addr = match (info >> 7) & 7 {
+            0 => Width::W16,
+            1 => Width::W32,
+            2 => Width::W64,
             _ => return end(EndKind::Fatal),
         };
+        let addr_mask = addr.mask();
         let long = self.long_mode();
         let seg = if q.is_in { 0 } else { (info >> 15) & 7 };
         let base_field = match seg {
@@ -706,12 +705,12 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
                 return ExitAction::Resume;
             }
             if q.is_in {
-                self.regs.rdi = update_masked(self.regs.rdi, step, addr_mask);
+                self.regs.rdi = update_addr_reg(self.regs.rdi, step, addr);
             } else {
-                self.regs.rsi = update_masked(self.regs.rsi, step, addr_mask);
+                self.regs.rsi = update_addr_reg(self.regs.rsi, step, addr);
             }
             if q.rep {
-                self.regs.rcx = update_masked(self.regs.rcx, u64::MAX, addr_mask);
+                self.regs.rcx = update_addr_reg(self.regs.rcx, u64::MAX, addr);
             }
             self.stats.io.string_elements = self.stats.io.string_elements.saturating_add(1);
         }
@@ -2450,9 +2449,12 @@ mod tests {
         assert!(pat_valid(0x0007_0406_0007_0406));
         assert!(!pat_valid(0x0000_0000_0000_0002));
         assert!(!pat_valid(0x0800_0000_0000_0000));
-        assert_eq!(update_masked(0xAAAA_0000_FFFF, 1, 0xFFFF), 0xAAAA_0000_0000);
-        assert_eq!(update_masked(0xAAAA_FFFF_FFFF, 1, 0xFFFF_FFFF), 0);
-        assert_eq!(update_masked(0, u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(
+            update_addr_reg(0xAAAA_0000_FFFF, 1, Width::W16),
+            0xAAAA_0000_0000
+        );
+        assert_eq!(update_addr_reg(0xAAAA_FFFF_FFFF, 1, Width::W32), 0);
+        assert_eq!(update_addr_reg(0, u64::MAX, Width::W64), u64::MAX);
     }
 
     /// Accepts everything, remembers nothing.

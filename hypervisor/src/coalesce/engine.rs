@@ -9,9 +9,11 @@
 
 use crate::coalesce::block::{self, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
-use crate::coalesce::exec::{self, CpuState, IoEnv, Limits};
+use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason, Width};
-use crate::exits::{guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging};
+use crate::exits::{
+    guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
+};
 use crate::guest_mem::{translate, Access, GuestMemory};
 use crate::regs::GuestRegs;
 use crate::stats::{IoStats, Stats};
@@ -21,8 +23,6 @@ use crate::vmcs::{IoQualification, Vmcs, VmcsField};
 const RFLAGS_TF: u64 = 1 << 8;
 const DR7_ENABLED: u64 = 0xFF;
 const CR0_PE: u64 = 1;
-/// Interruptibility state: blocking by STI (bit 0) and MOV SS (bit 1).
-const BLOCKING_STI_MOVSS: u64 = 0b11;
 
 /// Coalescing settings (from the run configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,14 +204,8 @@ impl<'c> Coalescer<'c> {
         *regs = state.regs;
         vmcs.write(VmcsField::GuestRip, state.rip);
         vmcs.write(VmcsField::GuestRflags, state.rflags);
-        // At least one instruction retired: STI/MOV-SS blocking is over (SDM 25.4.2).
-        let irq = vmcs.read(VmcsField::GuestInterruptibilityState);
-        if irq & BLOCKING_STI_MOVSS != 0 {
-            vmcs.write(
-                VmcsField::GuestInterruptibilityState,
-                irq & !BLOCKING_STI_MOVSS,
-            );
-        }
+        // At least one instruction retired.
+        retire_interrupt_shadow(vmcs);
         io.instructions = io.instructions.saturating_add(u64::from(io_insns));
         io.string_elements = io.string_elements.saturating_add(u64::from(elements));
         io.emulated = io.emulated.saturating_add(u64::from(executed));
@@ -285,12 +279,6 @@ fn follow_range<M: GuestMemory>(
     };
     let hi = hi.min(u64::from(cs_limit) + 1).min(ip_end);
     (lo < hi && (lo..hi).contains(&state.rip)).then_some((lo, hi))
-}
-
-/// CPL <= IOPL and not virtual-8086 mode: IO needs no per-port check (SDM Vol. 1 19.5).
-fn io_permitted(state: &CpuState) -> bool {
-    let iopl = ((state.rflags >> 12) & 3) as u8;
-    state.rflags & (1 << 17) == 0 && state.cpl <= iopl
 }
 
 /// The linear address of the instruction at `state.rip`.

@@ -152,6 +152,13 @@ pub struct RunResult {
 }
 
 /// The IP range of a code size: IP, EIP or RIP.
+/// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check (SDM Vol. 1
+/// 19.5), so the emulator may perform it without asking the CPU.
+pub fn io_permitted(state: &CpuState) -> bool {
+    let iopl = ((state.rflags & rflags::IOPL) >> rflags::IOPL_SHIFT) as u8;
+    state.rflags & rflags::VM == 0 && state.cpl <= iopl
+}
+
 pub const fn ip_mask(mode: CodeMode) -> u64 {
     match mode {
         CodeMode::Bits16 => 0xFFFF,
@@ -703,8 +710,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
 
     /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check.
     fn io_allowed(&self) -> bool {
-        let iopl = ((self.state.rflags & rflags::IOPL) >> rflags::IOPL_SHIFT) as u8;
-        self.state.rflags & rflags::VM == 0 && self.state.cpl <= iopl
+        io_permitted(self.state)
     }
 
     fn port(&self, p: PortSrc) -> u16 {
