@@ -16,6 +16,8 @@ commands:
                                 the exit status is the run's status
   test  [--release] [--host-only] [--filter TEXT]
                                 host unit tests, then end-to-end boots in Bochs and QEMU
+  usb   --device PATH [options] write a bootable image for a real Intel PC to a USB stick
+                                (or to a file); see docs/HARDWARE.md
   bench [options]               the exit-reduction report: every workload of the bench64
                                 guest in Bochs, coalescing off and on per extent policy,
                                 plus the host micro-benchmark of the coalescer; writes
@@ -62,6 +64,15 @@ Linux options (run, with --guest linux only):
                                 \"console=ttyS0 acpi=off pci=off nolapic noapic\": serial
                                 console, no ACPI/PCI/APIC, so the kernel needs only the UART,
                                 the PIT and the 8259 PIC sluice emulates)
+
+usb options (plus the guest, Linux and coalescing options of run):
+  --device PATH                 the whole disk to write (/dev/sdX) or an image file
+  --firmware uefi|bios          which image to write (default uefi: every PC since ~2012)
+  --yes                         do not ask before erasing the device
+  --force                       write a disk that does not look removable or is larger
+                                than --max-size (mounted disks, partitions and the disk
+                                of the running system are always refused)
+  --max-size GIB                largest disk written without --force (default 64)
 
 coalescing options (run and test):
   --coalesce on|off             emulate each IO burst in one exit (default on) or take
@@ -238,9 +249,22 @@ impl Default for BenchArgs {
     }
 }
 
+/// `cargo xtask usb`: the image options of `run` plus the target device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsbArgs {
+    pub device: String,
+    pub firmware: Firmware,
+    pub yes: bool,
+    pub force: bool,
+    pub max_size_gib: u64,
+    /// Guest, RAM, Linux and coalescing choices (the emulator fields are unused).
+    pub run: RunArgs,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Build { release: bool },
+    Usb(UsbArgs),
     Bench(BenchArgs),
     Run(RunArgs),
     Test(TestArgs),
@@ -273,6 +297,18 @@ fn value<'a>(
     }
 }
 
+/// `--kernel`/`--initrd`/`--cmdline` make sense only with `--guest linux`.
+fn linux_flags_need_linux(run: &RunArgs) -> Result<(), UsageError> {
+    let linux_flags = run.linux.given();
+    if !linux_flags.is_empty() && run.guest.as_deref() != Some(LINUX_GUEST) {
+        return err(format!(
+            "{}: only for a Linux guest (add --guest {LINUX_GUEST})",
+            linux_flags.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
     let command = match args.next() {
@@ -283,6 +319,9 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
     let mut test = TestArgs::default();
     let mut bench = BenchArgs::default();
     let mut release = false;
+    let mut usb_device = None;
+    let (mut usb_yes, mut usb_force, mut usb_max_gib) = (false, false, None);
+    let mut usb_firmware = None;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v)),
@@ -290,7 +329,9 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
         };
         match (command, flag) {
             (_, "--help" | "-h") => return Ok(Command::Help),
-            ("build" | "run" | "test" | "bench", "--release") if inline.is_none() => release = true,
+            ("build" | "run" | "test" | "bench" | "usb", "--release") if inline.is_none() => {
+                release = true
+            }
             ("bench", "--workload") => {
                 bench.workload = Some(value(flag, inline, &mut args)?.to_string())
             }
@@ -329,12 +370,23 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     }
                 }
             }
-            ("run", "--firmware") => {
+            ("usb", "--device") => usb_device = Some(value(flag, inline, &mut args)?.to_string()),
+            ("usb", "--yes") if inline.is_none() => usb_yes = true,
+            ("usb", "--force") if inline.is_none() => usb_force = true,
+            ("usb", "--max-size") => {
+                let v = value(flag, inline, &mut args)?;
+                usb_max_gib = match v.parse::<u64>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => return err(format!("--max-size: expected a size in GiB, got '{v}'")),
+                }
+            }
+            ("run" | "usb", "--firmware") => {
                 run.firmware = match value(flag, inline, &mut args)? {
                     "bios" => Firmware::Bios,
                     "uefi" => Firmware::Uefi,
                     v => return err(format!("--firmware: expected bios or uefi, got '{v}'")),
-                }
+                };
+                usb_firmware = Some(run.firmware);
             }
             ("run", "--cpu") => run.cpu = Some(value(flag, inline, &mut args)?.to_string()),
             ("run", "--timeout") => {
@@ -348,9 +400,13 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     }
                 }
             }
-            ("run", "--guest") => run.guest = Some(value(flag, inline, &mut args)?.to_string()),
-            ("run", "--entry") => run.entry = Some(value(flag, inline, &mut args)?.to_string()),
-            ("run", "--arg") => {
+            ("run" | "usb", "--guest") => {
+                run.guest = Some(value(flag, inline, &mut args)?.to_string())
+            }
+            ("run" | "usb", "--entry") => {
+                run.entry = Some(value(flag, inline, &mut args)?.to_string())
+            }
+            ("run" | "usb", "--arg") => {
                 let v = value(flag, inline, &mut args)?;
                 let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
                     Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -361,20 +417,20 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     None => return err(format!("--arg: expected a number, got '{v}'")),
                 }
             }
-            ("run", "--ram") => {
+            ("run" | "usb", "--ram") => {
                 let v = value(flag, inline, &mut args)?;
                 run.ram_mib = match v.parse::<u32>() {
                     Ok(n) => Some(n),
                     _ => return err(format!("--ram: expected a size in MiB, got '{v}'")),
                 }
             }
-            ("run", "--kernel") => {
+            ("run" | "usb", "--kernel") => {
                 run.linux.kernel = Some(value(flag, inline, &mut args)?.to_string())
             }
-            ("run", "--initrd") => {
+            ("run" | "usb", "--initrd") => {
                 run.linux.initrd = Some(value(flag, inline, &mut args)?.to_string())
             }
-            ("run", "--cmdline") => {
+            ("run" | "usb", "--cmdline") => {
                 // May be empty (`--cmdline=` or `--cmdline ""`) and may contain spaces
                 // (one shell word).
                 run.linux.cmdline = match inline.or_else(|| args.next()) {
@@ -384,9 +440,9 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
             }
             ("test", "--host-only") if inline.is_none() => test.host_only = true,
             ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
-            ("run", f) if run.coalesce.take(f, inline, &mut args)? => {}
+            ("run" | "usb", f) if run.coalesce.take(f, inline, &mut args)? => {}
             ("test", f) if test.coalesce.take(f, inline, &mut args)? => {}
-            ("build" | "run" | "test" | "bench", _) => {
+            ("build" | "run" | "test" | "bench" | "usb", _) => {
                 return err(format!("unknown option '{arg}' for '{command}'"))
             }
             _ => return err(format!("unknown command '{command}'")),
@@ -400,15 +456,26 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
                     "Bochs has no UEFI firmware here; use --emulator qemu with --firmware uefi",
                 );
             }
-            let linux_flags = run.linux.given();
-            if !linux_flags.is_empty() && run.guest.as_deref() != Some(LINUX_GUEST) {
-                return err(format!(
-                    "{}: only for a Linux guest (add --guest {LINUX_GUEST})",
-                    linux_flags.join(", ")
-                ));
-            }
+            linux_flags_need_linux(&run)?;
             run.release = release;
             Ok(Command::Run(run))
+        }
+        "usb" => {
+            let Some(device) = usb_device else {
+                return err(
+                    "usb: --device PATH is required (the whole disk, e.g. /dev/sdb, or a file)",
+                );
+            };
+            linux_flags_need_linux(&run)?;
+            run.release = release;
+            Ok(Command::Usb(UsbArgs {
+                device,
+                firmware: usb_firmware.unwrap_or(Firmware::Uefi),
+                yes: usb_yes,
+                force: usb_force,
+                max_size_gib: usb_max_gib.unwrap_or(crate::usb::MAX_SIZE_GIB_DEFAULT),
+                run,
+            }))
         }
         "test" => {
             test.release = release;
@@ -586,6 +653,54 @@ mod tests {
             .0
             .contains("--exit-cost"));
         assert!(p("bench --coalesce on")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+    }
+
+    #[test]
+    fn usb_needs_a_device_and_defaults_to_uefi() {
+        assert!(p("usb")
+            .unwrap_err()
+            .0
+            .contains("--device PATH is required"));
+        let Ok(Command::Usb(u)) = p("usb --device /dev/sdb") else {
+            panic!("expected usb");
+        };
+        assert_eq!(u.device, "/dev/sdb");
+        assert_eq!(u.firmware, Firmware::Uefi);
+        assert!(!u.yes && !u.force);
+        assert_eq!(u.max_size_gib, crate::usb::MAX_SIZE_GIB_DEFAULT);
+        assert_eq!(u.run, RunArgs::default());
+    }
+
+    #[test]
+    fn usb_takes_guest_and_safety_flags() {
+        let Ok(Command::Usb(u)) = p(
+            "usb --device=stick.img --firmware bios --yes --force --max-size 256 --release \
+             --guest bench64 --arg 3 --ram 128 --coalesce off",
+        ) else {
+            panic!("expected usb");
+        };
+        assert_eq!(u.firmware, Firmware::Bios);
+        assert!(u.yes && u.force && u.run.release);
+        assert_eq!(u.max_size_gib, 256);
+        assert_eq!(u.run.guest.as_deref(), Some("bench64"));
+        assert_eq!((u.run.arg, u.run.ram_mib), (Some(3), Some(128)));
+        assert_eq!(u.run.coalesce.coalesce, Some(false));
+        assert!(p("usb --device x --max-size 0")
+            .unwrap_err()
+            .0
+            .contains("--max-size"));
+        assert!(p("usb --device x --emulator qemu")
+            .unwrap_err()
+            .0
+            .contains("unknown option"));
+        assert!(p("usb --device x --kernel bz")
+            .unwrap_err()
+            .0
+            .contains("only for a Linux guest"));
+        assert!(p("run --device x")
             .unwrap_err()
             .0
             .contains("unknown option"));

@@ -864,9 +864,31 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
             }
         }
     }
+    // Host-side end-to-end checks: real commands against real devices, no emulator.
+    let host_checks: [(&str, HostCheck); 1] = [("usb-writer-loop-device", crate::usb::end_to_end)];
+    for (name, check) in host_checks
+        .into_iter()
+        .filter(|(n, _)| args.filter.as_deref().is_none_or(|f| n.contains(f)))
+    {
+        let started = Instant::now();
+        let secs = || started.elapsed().as_secs_f64();
+        match check(args.release) {
+            Ok(summary) => {
+                passed += 1;
+                println!("test e2e::{name} ... ok ({:.1} s; {summary})", secs());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test e2e::{name} ... FAILED ({:.1} s)\n{e}", secs());
+            }
+        }
+    }
     println!("e2e: {passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
 }
+
+/// A host-side end-to-end check: takes `--release`, returns a one-line summary.
+type HostCheck = fn(bool) -> Result<String, String>;
 
 /// The payload a case boots: its guest (or none) and the run configuration.
 fn case_payload(case: &Case, args: &TestArgs) -> Result<(Vec<u8>, u32), String> {

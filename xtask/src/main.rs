@@ -9,6 +9,7 @@ mod guests;
 mod host;
 mod image;
 mod linux;
+mod usb;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Test(args) => e2e::test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Usb(args) => usb::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
