@@ -9,6 +9,7 @@ use hypervisor::config::Config;
 use hypervisor::ept::{self, EptAccess, FrameSource, MemoryType};
 use hypervisor::linux_boot;
 use hypervisor::loader::{self, Start};
+use hypervisor::mtrr::{self, Mtrrs};
 use hypervisor::regs::GuestRegs;
 use hypervisor::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
 use hypervisor::vmcs_setup::{self, ControlAddrs, HostState};
@@ -40,6 +41,21 @@ use crate::vmx::{self, VmxError};
 
 /// The VPID of the guest (0 belongs to the host, SDM 27.2.1.1).
 const GUEST_VPID: u16 = 1;
+
+/// The boot CPU's MTRRs (all CPUs of a system share one setting, SDM Vol. 3A
+/// 13.11.8), or "none" if CPUID.01H:EDX.MTRR[12] says there are none.
+fn host_mtrrs() -> Mtrrs {
+    let cpuid = CpuId::new();
+    if !cpuid.get_feature_info().is_some_and(|f| f.has_mtrr()) {
+        return Mtrrs::absent();
+    }
+    let phys_bits = cpuid
+        .get_processor_capacity_feature_info()
+        .map_or(36, |c| c.physical_address_bits());
+    // SAFETY: CPUID says the MTRRs exist; `Mtrrs::read` only reads the registers
+    // IA32_MTRRCAP reports.
+    Mtrrs::read(|msr| unsafe { Msr::new(msr).read() }, phys_bits)
+}
 
 /// Why a guest could not be started at all.
 pub enum StartError {
@@ -187,8 +203,23 @@ pub fn prepare(
     let loaded = loader::load(ram.bytes, config.guest_entry, image).map_err(StartError::Load)?;
 
     let ept_caps = ept::EptCaps::from_vmx_caps(&caps.ept);
-    let eptp =
-        ept::build_guest_ram(mem, ram_bytes, ram.host_base, ept_caps).map_err(StartError::Ept)?;
+    let mtrrs = host_mtrrs();
+    let types = |host: u64, len: u64| {
+        mtrrs
+            .uniform_type(host, len)
+            .and_then(MemoryType::from_bits)
+    };
+    let eptp = ept::build_guest_ram_typed(mem, ram_bytes, ram.host_base, ept_caps, &types)
+        .map_err(StartError::Ept)?;
+    println!(
+        "sluice: host MTRRs: {}; guest RAM at host {:#x} is {}",
+        mtrrs.describe(),
+        ram.host_base,
+        match mtrrs.uniform_type(ram.host_base, ram_bytes) {
+            Some(t) => mtrr::type_name(t),
+            None => "of mixed types (mapped page by page)",
+        }
+    );
     if let Some(alias) = loaded.firmware_alias {
         ept::map_range(
             mem,

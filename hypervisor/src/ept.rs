@@ -64,6 +64,21 @@ pub enum MemoryType {
     WriteBack = 6,
 }
 
+impl MemoryType {
+    /// The EPT/MTRR encoding `bits` (SDM Vol. 3C 29.3.7; Vol. 3A Table 13-8), or `None`
+    /// for the reserved values 2, 3 and 7+.
+    pub const fn from_bits(bits: u8) -> Option<MemoryType> {
+        match bits {
+            0 => Some(MemoryType::Uncacheable),
+            1 => Some(MemoryType::WriteCombining),
+            4 => Some(MemoryType::WriteThrough),
+            5 => Some(MemoryType::WriteProtected),
+            6 => Some(MemoryType::WriteBack),
+            _ => None,
+        }
+    }
+}
+
 /// Size of the page a leaf entry maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageSize {
@@ -274,6 +289,23 @@ pub fn build_guest_ram(
     host_base: u64,
     caps: EptCaps,
 ) -> Result<Eptp, EptError> {
+    build_guest_ram_typed(src, ram_bytes, host_base, caps, &|_, _| {
+        Some(MemoryType::WriteBack)
+    })
+}
+
+/// [`build_guest_ram`] with each leaf's memory type taken from `type_of(host, len)`:
+/// the one type of that host range, or `None` if the range is mixed, in which case a
+/// smaller page is used (down to 4 KiB, which always has one type). The boot code
+/// passes the host MTRRs here (see `mtrr.rs`) so guest RAM is cached as the firmware
+/// set that memory up.
+pub fn build_guest_ram_typed(
+    src: &mut impl FrameSource,
+    ram_bytes: u64,
+    host_base: u64,
+    caps: EptCaps,
+    type_of: &dyn Fn(u64, u64) -> Option<MemoryType>,
+) -> Result<Eptp, EptError> {
     if !ram_bytes.is_multiple_of(PAGE_4K) || !host_base.is_multiple_of(PAGE_4K) {
         return Err(EptError::Misaligned);
     }
@@ -291,8 +323,12 @@ pub fn build_guest_ram(
     while addr < ram_bytes {
         let left = ram_bytes - addr;
         let host = host_base + addr;
-        let fits =
-            |size: u64| addr.is_multiple_of(size) && host.is_multiple_of(size) && left >= size;
+        let fits = |size: u64| {
+            addr.is_multiple_of(size)
+                && host.is_multiple_of(size)
+                && left >= size
+                && type_of(host, size).is_some()
+        };
         let size = if caps.large_1g && fits(PAGE_1G) {
             PageSize::Size1G
         } else if caps.large_2m && fits(PAGE_2M) {
@@ -300,15 +336,10 @@ pub fn build_guest_ram(
         } else {
             PageSize::Size4K
         };
-        map_leaf(
-            src,
-            pml4,
-            addr,
-            host,
-            size,
-            EptAccess::RWX,
-            MemoryType::WriteBack,
-        )?;
+        // A 4 KiB range always has one type; `None` there would be a caller bug, and
+        // UC is the type that can never be wrong.
+        let mem_type = type_of(host, size.bytes()).unwrap_or(MemoryType::Uncacheable);
+        map_leaf(src, pml4, addr, host, size, EptAccess::RWX, mem_type)?;
         addr += size.bytes();
     }
     Ok(Eptp::new(pml4, caps.accessed_dirty))
@@ -694,5 +725,40 @@ mod tests {
             build_guest_ram(&mut src, 4096, 0x800, caps),
             Err(EptError::Misaligned)
         );
+    }
+
+    #[test]
+    fn guest_ram_takes_the_host_mtrr_types() {
+        use crate::mtrr::{Mtrrs, VariableRange, UC, WB};
+        // Host RAM WB by default, with one 4 KiB UC page at host 0x120_3000.
+        let mut m = Mtrrs::absent();
+        m.present = true;
+        m.enabled = true;
+        m.default_type = WB;
+        m.variable[0] = VariableRange {
+            base: 0x120_3000,
+            mask: (!0xFFFu64 & ((1 << 36) - 1)) | (1 << 11),
+            mem_type: UC,
+        };
+        m.variable_count = 1;
+        let mut src = TestFrames::new();
+        let caps = EptCaps {
+            large_2m: true,
+            large_1g: true,
+            accessed_dirty: false,
+        };
+        let types = |h: u64, len: u64| m.uniform_type(h, len).and_then(MemoryType::from_bits);
+        let eptp = build_guest_ram_typed(&mut src, 8 << 20, 0x100_0000, caps, &types).unwrap();
+        // The 2 MiB page holding the UC page is split; its neighbours stay large.
+        let leaf = |src: &mut TestFrames, gpa| translate(src, eptp, gpa).unwrap().1;
+        assert_eq!(leaf(&mut src, 0).size, PageSize::Size2M);
+        assert_eq!(leaf(&mut src, 0).memory_type, WB);
+        let uc = leaf(&mut src, 0x20_3000);
+        assert_eq!((uc.size, uc.memory_type), (PageSize::Size4K, UC));
+        let next = leaf(&mut src, 0x20_4000);
+        assert_eq!((next.size, next.memory_type), (PageSize::Size4K, WB));
+        assert_eq!(leaf(&mut src, 0x40_0000).size, PageSize::Size2M);
+        // Every byte still maps to its host address.
+        assert_eq!(translate(&mut src, eptp, 0x20_3abc).unwrap().0, 0x120_3abc);
     }
 }

@@ -19,6 +19,7 @@ pub mod irq;
 pub mod linux_boot;
 pub mod loader;
 pub mod machine;
+pub mod mtrr;
 pub mod payload;
 pub mod pic8259;
 pub mod pit8254;

@@ -184,6 +184,10 @@ pub const CASES: &[Case] = &[
         expect_lines: &[
             "vmx: ready",
             "sluice: guest hello64 (elf64",
+            // Bochs' firmware leaves RAM write-back; the EPT must say the same.
+            "host MTRRs: default WB, fixed ranges on",
+            "guest RAM at host 0x",
+            " is WB",
             "hello from a 64-bit guest",
             "hypercall print works",
             "cpuid: hypervisor sluicesluice",
