@@ -962,7 +962,6 @@ mod tests {
             let mut s = Screen::new(info(5 * CELL_W + 3, 3 * CELL_H, 5 * CELL_W + 7, bpp, f));
             let mut con = s.console();
             con.write_bytes(b"A\x1b[31;44mg");
-            drop(con);
             assert_cell_shows(&s, 0, 0, 'A', GREY, BLACK);
             assert_cell_shows(&s, 1, 0, 'g', PALETTE[1], PALETTE[4]);
             assert_cell_shows(&s, 2, 0, ' ', GREY, BLACK);
@@ -1002,7 +1001,6 @@ mod tests {
         con.write_bytes(b"wxyzQ");
         assert_eq!(row_text(&con, 1), "wxyz");
         assert_eq!(row_text(&con, 2), "Q");
-        drop(con);
         assert_cell_shows(&s, 0, 2, 'Q', GREY, BLACK);
         assert_cell_shows(&s, 3, 1, 'z', GREY, BLACK);
     }
@@ -1040,7 +1038,6 @@ mod tests {
         assert_eq!(row_text(&con, 0), "two");
         assert_eq!(row_text(&con, 1), "three");
         assert_eq!(row_text(&con, 2), "four");
-        drop(con);
         // Pixels follow the grid: 'two' now on the top row, where 'one' was.
         assert_cell_shows(&s, 0, 0, 't', GREY, BLACK);
         assert_cell_shows(&s, 2, 0, 'o', GREY, BLACK);
@@ -1065,7 +1062,6 @@ mod tests {
         assert_eq!(row_text(&con, 1), "4");
         assert_eq!(row_text(&con, 2), "5");
         assert_eq!(row_text(&con, 3), "");
-        drop(con);
         assert_cell_shows(&s, 0, 2, '5', GREY, BLACK);
         assert_cell_shows(&s, 0, 3, ' ', GREY, BLACK);
     }
@@ -1084,7 +1080,6 @@ mod tests {
         con.write_bytes("aé€".as_bytes());
         con.write_bytes(&[0x80, b'z']);
         assert_eq!(row_text(&con, 0), "a\u{fffd}\u{fffd}\u{fffd}z");
-        drop(con);
         let repl = replacement_glyph();
         for (y, line) in repl.iter().enumerate() {
             for (x, &a) in line.iter().enumerate() {
@@ -1128,7 +1123,6 @@ mod tests {
         assert_eq!(row_text(&con, 1), "aZYdef");
         con.write_bytes(b"\x1b[2J");
         assert_eq!((0..3).map(|r| row_text(&con, r)).collect::<String>(), "");
-        drop(con);
         assert_cell_shows(&s, 0, 0, ' ', GREY, BLACK);
     }
 
@@ -1178,7 +1172,6 @@ mod tests {
         assert_eq!(con.cell(0, end).attr, banner);
         assert_eq!(con.cell(89, end).attr, banner);
         assert_eq!(con.cell(0, end - 1).attr, banner, "blank line above");
-        drop(con);
         let (white, green) = (PALETTE[15], PALETTE[2]);
         assert_cell_shows(&s, 1, end, 's', white, green);
         assert_cell_shows(&s, 89, end, ' ', white, green);
