@@ -839,6 +839,31 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
             }
         }
     }
+    // The screen console, read back from QEMU screenshots (crate::screen).
+    let screens = crate::screen::CASES
+        .iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)));
+    for case in screens {
+        let started = Instant::now();
+        match crate::screen::run_case(case, &kernel) {
+            Ok(summary) => {
+                passed += 1;
+                println!(
+                    "test e2e::{} ... ok ({:.1} s; {summary})",
+                    case.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "test e2e::{} ... FAILED ({:.1} s)\n{e}",
+                    case.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
     let pairs: Vec<&PairCase> = PAIRS
         .iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))

@@ -9,6 +9,7 @@ mod guests;
 mod host;
 mod image;
 mod linux;
+mod screen;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
