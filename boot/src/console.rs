@@ -7,7 +7,7 @@
 //! in a format the console cannot draw) just leaves the serial port.
 
 use core::fmt::{self, Write};
-use hypervisor::fbcon::{Cell, Console, FbInfo, Report, RunNumbers};
+use hypervisor::fbcon::{Cell, Console, FbInfo, GlyphCache, Report, RunNumbers};
 use hypervisor::stats::{EndKind, Stats};
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
@@ -24,6 +24,7 @@ static SCREEN: Mutex<Option<Console<'static>>> = Mutex::new(None);
 /// per cell; a bigger screen uses the rows this allows (see `Console::new`).
 const MAX_CELLS: usize = 256 * 160;
 static mut CELLS: [Cell; MAX_CELLS] = [Cell::BLANK; MAX_CELLS];
+static mut GLYPHS: GlyphCache = GlyphCache::new();
 
 /// How the guest run ended and what the user can do, for the final screen.
 static RUN_END: Mutex<Option<(EndKind, u32, RunNumbers)>> = Mutex::new(None);
@@ -52,11 +53,16 @@ pub fn init_screen(fb: Option<bootloader_api::info::FrameBuffer>) -> Result<FbIn
     let fb = fb.ok_or("no framebuffer")?;
     let info =
         FbInfo::from_bootloader(&fb.info()).map_err(|_| "framebuffer format not drawable")?;
-    // SAFETY: called once at boot, before anything else can reach CELLS; from here on
-    // the console behind SCREEN owns the grid.
-    let cells = unsafe { &mut *core::ptr::addr_of_mut!(CELLS) };
+    // SAFETY: called once at boot, before anything else can reach CELLS and GLYPHS;
+    // from here on the console behind SCREEN owns them.
+    let (cells, glyphs) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(CELLS),
+            &mut *core::ptr::addr_of_mut!(GLYPHS),
+        )
+    };
     let mut console =
-        Console::new(fb.into_buffer(), info, cells).map_err(|_| "framebuffer too small")?;
+        Console::new(fb.into_buffer(), info, cells, glyphs).map_err(|_| "framebuffer too small")?;
     // Scrolling redraws every changed cell; jumping a quarter of the screen at a time
     // keeps a chatty guest (a Linux boot log) from spending its time redrawing.
     console.set_scroll_step(console.rows() / 4);

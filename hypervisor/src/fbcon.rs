@@ -278,6 +278,14 @@ impl Cell {
         }
     }
 
+    /// Index in the glyph cache: 0-94 for ' '..='~', 95 for the replacement glyph.
+    fn cache_slot(self) -> usize {
+        match self.ch {
+            0x20..=0x7e => usize::from(self.ch - 0x20),
+            _ => GLYPH_SLOTS - 1,
+        }
+    }
+
     /// The character the cell shows.
     pub fn char(self) -> char {
         match self.ch {
@@ -328,13 +336,47 @@ pub struct Console<'a> {
     utf8_left: u8,
     /// Encoded pixels of the 16 palette colours.
     pixels: [[u8; 4]; 16],
+    cache: &'a mut GlyphCache,
 }
+
+/// Rendered glyphs in the default colours, by [`Cell::cache_slot`] (about 55 KiB, so
+/// the caller provides it: a static in the kernel rather than the stack).
+pub struct GlyphCache {
+    glyphs: [[u8; GLYPH_BYTES]; GLYPH_SLOTS],
+    /// Which slots hold a rendered glyph.
+    filled: u128,
+}
+
+impl GlyphCache {
+    pub const fn new() -> Self {
+        GlyphCache {
+            glyphs: [[0; GLYPH_BYTES]; GLYPH_SLOTS],
+            filled: 0,
+        }
+    }
+}
+
+impl Default for GlyphCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Bytes of one rendered glyph at up to 4 bytes per pixel.
+const GLYPH_BYTES: usize = CELL_W * CELL_H * 4;
+/// Printable ASCII plus the replacement glyph.
+const GLYPH_SLOTS: usize = 96;
 
 impl<'a> Console<'a> {
     /// A console over `fb` described by `info`, keeping its grid in `cells`. The grid
     /// covers the screen from the top-left corner; when `cells` is too small for the
     /// whole screen, the console uses fewer rows. The screen is cleared.
-    pub fn new(fb: &'a mut [u8], info: FbInfo, cells: &'a mut [Cell]) -> Result<Self, FbError> {
+    pub fn new(
+        fb: &'a mut [u8],
+        info: FbInfo,
+        cells: &'a mut [Cell],
+        cache: &'a mut GlyphCache,
+    ) -> Result<Self, FbError> {
         info.check(fb.len())?;
         let cols = info.width / CELL_W;
         let rows = (info.height / CELL_H).min(cells.len() / cols.max(1));
@@ -362,7 +404,10 @@ impl<'a> Console<'a> {
             nparams: 0,
             utf8_left: 0,
             pixels,
+            cache,
         };
+        // Whatever the cache held was rendered for some other pixel format.
+        con.cache.filled = 0;
         con.clear_screen();
         Ok(con)
     }
@@ -402,10 +447,17 @@ impl<'a> Console<'a> {
     pub fn clear_screen(&mut self) {
         let bg = self.pixels[usize::from(DEFAULT_ATTR.bg())];
         let bpp = self.info.bytes_per_pixel;
+        // One block of background pixels, copied line by line: a few block copies per
+        // line instead of a store per pixel (Bochs and debug builds are slow per pixel).
+        let mut block = [0u8; 64 * 4];
+        for px in block.chunks_exact_mut(bpp) {
+            px.copy_from_slice(&bg[..bpp]);
+        }
+        let block = &block[..block.len() / bpp * bpp];
         for y in 0..self.info.height {
             let start = y * self.info.stride * bpp;
-            for px in self.fb[start..start + self.info.width * bpp].chunks_exact_mut(bpp) {
-                px.copy_from_slice(&bg[..bpp]);
+            for chunk in self.fb[start..start + self.info.width * bpp].chunks_mut(block.len()) {
+                chunk.copy_from_slice(&block[..chunk.len()]);
             }
         }
         self.cells[..self.cols * self.rows].fill(Cell::BLANK);
@@ -414,26 +466,65 @@ impl<'a> Console<'a> {
         self.wrap_pending = false;
     }
 
-    /// Draws one cell's glyph; writes pixels only, never reads them.
+    /// Draws one cell's glyph; writes pixels only, never reads them. Glyphs in the
+    /// default colours come from the cache (rendered on first use), so the common case
+    /// is one copy per glyph line; others are composed line by line, a blank line
+    /// (most of a space, the rows above and below a letter) without per-pixel work.
     fn draw(&mut self, col: usize, row: usize) {
         let cell = self.cells[row * self.cols + col];
+        let bpp = self.info.bytes_per_pixel;
+        let line_len = CELL_W * bpp;
+        let origin = (row * CELL_H * self.info.stride + col * CELL_W) * bpp;
+        let line_step = self.info.stride * bpp;
+        if cell.attr == DEFAULT_ATTR {
+            let slot = cell.cache_slot();
+            if self.cache.filled & (1 << slot) == 0 {
+                let mut glyph = [0u8; GLYPH_BYTES];
+                self.render(cell, &mut glyph[..CELL_H * line_len]);
+                self.cache.glyphs[slot] = glyph;
+                self.cache.filled |= 1 << slot;
+            }
+            let glyph = &self.cache.glyphs[slot];
+            for y in 0..CELL_H {
+                let start = origin + y * line_step;
+                self.fb[start..start + line_len]
+                    .copy_from_slice(&glyph[y * line_len..(y + 1) * line_len]);
+            }
+        } else {
+            let mut glyph = [0u8; GLYPH_BYTES];
+            self.render(cell, &mut glyph[..CELL_H * line_len]);
+            for y in 0..CELL_H {
+                let start = origin + y * line_step;
+                self.fb[start..start + line_len]
+                    .copy_from_slice(&glyph[y * line_len..(y + 1) * line_len]);
+            }
+        }
+    }
+
+    /// Composes a cell's pixels, line after line, into `out` (`CELL_H` lines of
+    /// `CELL_W` pixels).
+    fn render(&self, cell: Cell, out: &mut [u8]) {
         let fg = usize::from(cell.attr.fg());
         let bg = usize::from(cell.attr.bg());
         let (fgp, bgp) = (self.pixels[fg], self.pixels[bg]);
         let bpp = self.info.bytes_per_pixel;
-        let raster = cell.raster();
-        for (y, line) in raster.iter().enumerate().take(CELL_H) {
-            let start = ((row * CELL_H + y) * self.info.stride + col * CELL_W) * bpp;
-            let dst = &mut self.fb[start..start + CELL_W * bpp];
-            for (px, &a) in dst.chunks_exact_mut(bpp).zip(line.iter()) {
-                match a {
-                    0 => px.copy_from_slice(&bgp[..bpp]),
-                    255 => px.copy_from_slice(&fgp[..bpp]),
-                    a => {
-                        let c = PALETTE[bg].mix(PALETTE[fg], a);
-                        px.copy_from_slice(&self.info.encode(c)[..bpp]);
-                    }
-                }
+        let line_len = CELL_W * bpp;
+        let mut blank = [0u8; CELL_W * 4];
+        for px in blank[..line_len].chunks_exact_mut(bpp) {
+            px.copy_from_slice(&bgp[..bpp]);
+        }
+        for (line, dst) in cell.raster().iter().zip(out.chunks_exact_mut(line_len)) {
+            if line.iter().all(|&a| a == 0) {
+                dst.copy_from_slice(&blank[..line_len]);
+                continue;
+            }
+            for (&a, px) in line.iter().zip(dst.chunks_exact_mut(bpp)) {
+                let p = match a {
+                    0 => bgp,
+                    255 => fgp,
+                    a => self.info.encode(PALETTE[bg].mix(PALETTE[fg], a)),
+                };
+                px.copy_from_slice(&p[..bpp]);
             }
         }
     }
@@ -841,6 +932,7 @@ mod tests {
     struct Screen {
         fb: Vec<u8>,
         cells: Vec<Cell>,
+        cache: std::boxed::Box<GlyphCache>,
         info: FbInfo,
     }
 
@@ -850,11 +942,12 @@ mod tests {
                 // Filled with a pattern the console must overwrite when it clears.
                 fb: vec![0x5a; info.stride * info.height * info.bytes_per_pixel],
                 cells: vec![Cell::BLANK; 4096],
+                cache: std::boxed::Box::default(),
                 info,
             }
         }
         fn console(&mut self) -> Console<'_> {
-            Console::new(&mut self.fb, self.info, &mut self.cells).unwrap()
+            Console::new(&mut self.fb, self.info, &mut self.cells, &mut self.cache).unwrap()
         }
     }
 
@@ -1234,7 +1327,8 @@ mod tests {
         let i = info(10 * CELL_W, 10 * CELL_H, 10 * CELL_W, 4, PixelFormat::Rgb);
         let mut fb = vec![0u8; i.stride * i.height * 4];
         let mut cells = vec![Cell::BLANK; 35];
-        let con = Console::new(&mut fb, i, &mut cells).unwrap();
+        let mut cache = std::boxed::Box::default();
+        let con = Console::new(&mut fb, i, &mut cells, &mut cache).unwrap();
         assert_eq!((con.cols(), con.rows()), (10, 3));
     }
 

@@ -400,7 +400,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypervisor::fbcon::{Cell, Console, FbInfo, PixelFormat, Report};
+    use hypervisor::fbcon::{Cell, Console, FbInfo, GlyphCache, PixelFormat, Report};
 
     /// Renders text with the kernel's console into an RGB image, as a screendump of it
     /// would look.
@@ -414,7 +414,8 @@ mod tests {
         };
         let mut fb = vec![0u8; width * height * 3];
         let mut cells = vec![Cell::BLANK; 10_000];
-        let mut con = Console::new(&mut fb, info, &mut cells).unwrap();
+        let mut cache = Box::<GlyphCache>::default();
+        let mut con = Console::new(&mut fb, info, &mut cells, &mut cache).unwrap();
         f(&mut con);
         Image {
             width,
