@@ -129,6 +129,14 @@ pub fn final_screen(status: u32, meaning: &str) {
         HINT.force_unlock();
     }
     let run = *RUN_END.lock();
+    // A guest that ended through its exit hypercall passes its own code as the status,
+    // which may collide with sluice's numbers.
+    let meaning = match run {
+        Some((EndKind::Hypercall, code, _)) if code == status && status != 0 => {
+            "the guest's own exit code"
+        }
+        _ => meaning,
+    };
     let report = Report {
         status,
         meaning,
