@@ -1,10 +1,14 @@
-//! The hypervisor's own console: COM1 (I/O port 0x3f8) driven by `uart_16550`.
+//! The hypervisor's own console: COM1 (I/O port 0x3f8) driven by `uart_16550`, and the
+//! boot framebuffer through `hypervisor::fbcon`.
 //!
-//! Everything sluice prints goes through here. A PC without a serial port is normal
-//! (most laptops), so a UART that fails its presence check turns the console into a
-//! sink instead of stopping the boot.
+//! Everything sluice prints, and everything the guest writes to its virtual UART, goes
+//! to both. A PC without a serial port is normal (most laptops), so a UART that fails
+//! its presence check just leaves the screen; a machine without a framebuffer (or one
+//! in a format the console cannot draw) just leaves the serial port.
 
 use core::fmt::{self, Write};
+use hypervisor::fbcon::{Cell, Console, FbInfo, GlyphCache, Report, RunNumbers};
+use hypervisor::stats::{EndKind, Stats};
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550};
@@ -13,6 +17,18 @@ use uart_16550::{Config, Uart16550};
 const COM1: u16 = 0x3f8;
 
 static CONSOLE: Mutex<Option<Uart16550<PioBackend>>> = Mutex::new(None);
+
+static SCREEN: Mutex<Option<Console<'static>>> = Mutex::new(None);
+
+/// Text cells of the screen console: 256 x 160 covers 2304 x 2560 pixels at 9 x 16
+/// per cell; a bigger screen uses the rows this allows (see `Console::new`).
+const MAX_CELLS: usize = 256 * 160;
+static mut CELLS: [Cell; MAX_CELLS] = [Cell::BLANK; MAX_CELLS];
+static mut GLYPHS: GlyphCache = GlyphCache::new();
+
+/// How the guest run ended and what the user can do, for the final screen.
+static RUN_END: Mutex<Option<(EndKind, u32, RunNumbers)>> = Mutex::new(None);
+static HINT: Mutex<Option<&'static str>> = Mutex::new(None);
 
 /// Brings up COM1 at 115200 8N1. Returns whether a UART answered.
 pub fn init() -> bool {
@@ -29,6 +45,29 @@ pub fn init() -> bool {
     }
     *CONSOLE.lock() = Some(uart);
     true
+}
+
+/// Takes over the bootloader's framebuffer for the screen console. Returns the
+/// framebuffer's description, or why there is no screen console.
+pub fn init_screen(fb: Option<bootloader_api::info::FrameBuffer>) -> Result<FbInfo, &'static str> {
+    let fb = fb.ok_or("no framebuffer")?;
+    let info =
+        FbInfo::from_bootloader(&fb.info()).map_err(|_| "framebuffer format not drawable")?;
+    // SAFETY: called once at boot, before anything else can reach CELLS and GLYPHS;
+    // from here on the console behind SCREEN owns them.
+    let (cells, glyphs) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(CELLS),
+            &mut *core::ptr::addr_of_mut!(GLYPHS),
+        )
+    };
+    let mut console =
+        Console::new(fb.into_buffer(), info, cells, glyphs).map_err(|_| "framebuffer too small")?;
+    // Scrolling redraws every changed cell; jumping a quarter of the screen at a time
+    // keeps a chatty guest (a Linux boot log) from spending its time redrawing.
+    console.set_scroll_step(console.rows() / 4);
+    *SCREEN.lock() = Some(console);
+    Ok(info)
 }
 
 struct Writer<'a>(&'a mut Uart16550<PioBackend>);
@@ -51,15 +90,64 @@ pub fn print(args: fmt::Arguments) {
         if let Some(uart) = CONSOLE.lock().as_mut() {
             let _ = Writer(uart).write_fmt(args);
         }
+        if let Some(screen) = SCREEN.lock().as_mut() {
+            let _ = screen.write_fmt(args);
+        }
     });
 }
 
-/// Printing from an exception or panic handler: the lock may be held by the code that
+/// Printing from an exception or panic handler: a lock may be held by the code that
 /// faulted, and waiting for it would hang the machine instead of reporting.
 pub fn print_emergency(args: fmt::Arguments) {
-    // SAFETY: we are on the way to stopping the machine; no other printer resumes.
-    unsafe { CONSOLE.force_unlock() };
+    // SAFETY: we are on the way to stopping the machine; no other printer resumes. A
+    // screen console interrupted mid-glyph is still consistent (every index it uses is
+    // bounds-checked), it only leaves that glyph half drawn.
+    unsafe {
+        CONSOLE.force_unlock();
+        SCREEN.force_unlock();
+    }
     print(args);
+}
+
+/// Remembers how the guest run ended, for the final screen.
+pub fn set_run_end(kind: EndKind, exit_code: u32, stats: &Stats) {
+    *RUN_END.lock() = Some((kind, exit_code, RunNumbers::from_stats(stats)));
+}
+
+/// Remembers what the user can do about an error, for the final screen.
+pub fn set_hint(hint: &'static str) {
+    *HINT.lock() = Some(hint);
+}
+
+/// Draws the final screen. Called once, on the way to stopping the machine (possibly
+/// from a panic or exception while a lock was held, so the locks are taken by force).
+pub fn final_screen(status: u32, meaning: &str) {
+    // SAFETY: as in print_emergency; nothing else runs after this.
+    unsafe {
+        SCREEN.force_unlock();
+        RUN_END.force_unlock();
+        HINT.force_unlock();
+    }
+    let run = *RUN_END.lock();
+    // A guest that ended through its exit hypercall passes its own code as the status,
+    // which may collide with sluice's numbers.
+    let meaning = match run {
+        Some((EndKind::Hypercall, code, _)) if code == status && status != 0 => {
+            "the guest's own exit code"
+        }
+        _ => meaning,
+    };
+    let report = Report {
+        status,
+        meaning,
+        ok: status == 0,
+        end: run.map(|(kind, code, _)| (kind, code)),
+        numbers: run.map(|(_, _, n)| n),
+        hint: *HINT.lock(),
+    };
+    if let Some(screen) = SCREEN.lock().as_mut() {
+        screen.final_screen(&report);
+    }
 }
 
 #[macro_export]
@@ -110,6 +198,9 @@ pub fn write_bytes(bytes: &[u8]) {
                 }
                 uart.send_bytes_exact(&[b]);
             }
+        }
+        if let Some(screen) = SCREEN.lock().as_mut() {
+            screen.write_bytes(bytes);
         }
     });
 }

@@ -35,15 +35,24 @@ entry_point!(kernel_main, config = &BOOT_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let serial = console::init();
+    let screen = console::init_screen(boot_info.framebuffer.take());
     gdt::init();
     interrupts::init();
     println!(
         "sluice {} -- a type-1 hypervisor for Intel VMX that coalesces port-IO exits",
         env!("CARGO_PKG_VERSION")
     );
-    if !serial {
-        // Nothing to print to; the run carries on so the screen console (when there is
-        // one) still works.
+    match screen {
+        Ok(fb) => println!(
+            "sluice: screen {}x{} ({:?}, {} bytes per pixel){}",
+            fb.width,
+            fb.height,
+            fb.format,
+            fb.bytes_per_pixel,
+            if serial { "" } else { ", no serial port" }
+        ),
+        // Only the serial port can say so; without one the run carries on silently.
+        Err(why) => println!("sluice: no screen console: {why}"),
     }
 
     let payload_bytes: &[u8] = match boot_info.ramdisk_addr.into_option() {
@@ -110,6 +119,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     if let Err(missing) = probe.verdict {
         println!("sluice: error: {missing}");
+        let hint = missing.hint(vmx::cpu_vendor());
+        println!("sluice: what to do: {hint}");
+        console::set_hint(hint);
         platform::exit(status::UNSUPPORTED);
     }
     let caps = probe

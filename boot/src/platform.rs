@@ -6,7 +6,8 @@
 //! - Bochs: `xchg bx, bx` is the magic breakpoint (bochsrc `magic_break: enabled=1`)
 //!   that drops into the debugger, whose rc file says `quit`. As a fallback, the
 //!   string "Shutdown" written to port 0x8900 ends Bochs too.
-//! - Hardware: interrupts off and HLT forever; the message stays on the console.
+//! - Hardware: interrupts off and HLT forever, no watchdog and no reset: the final
+//!   screen stays up for the user to read.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 use hypervisor::config::Platform;
@@ -26,6 +27,18 @@ pub mod status {
     /// VM-entry failure, an exit sluice cannot handle). A guest that ends itself (exit
     /// hypercall) passes its own status instead; a halt or triple fault is status 0.
     pub const GUEST_STOPPED: u32 = 4;
+
+    /// What a status means, in the words of the final screen.
+    pub fn meaning(code: u32) -> &'static str {
+        match code {
+            OK => "the run did what was asked",
+            UNSUPPORTED => "this CPU lacks something sluice needs",
+            BAD_PAYLOAD => "the configuration or guest in the image is invalid",
+            KERNEL_FAULT => "sluice itself faulted (a bug in sluice)",
+            GUEST_STOPPED => "the guest could not start or was stopped",
+            _ => "the guest's own exit code",
+        }
+    }
 }
 
 static PLATFORM: AtomicU8 = AtomicU8::new(Platform::Hardware as u8);
@@ -45,6 +58,7 @@ fn current() -> Platform {
 pub fn exit(code: u32) -> ! {
     crate::console::print_emergency(format_args!("sluice: exit status {code}\n"));
     x86_64::instructions::interrupts::disable();
+    crate::console::final_screen(code, status::meaning(code));
     crate::console::flush();
     match current() {
         Platform::Qemu => {

@@ -569,6 +569,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         &stats,
         &bus,
     );
+    crate::console::set_run_end(kind, exit_code, &stats);
     match kind {
         EndKind::Hypercall => exit_code,
         EndKind::Halt | EndKind::TripleFault => status::OK,

@@ -7,7 +7,8 @@ use core::arch::asm;
 use core::fmt;
 
 use hypervisor::vmx_caps::{
-    check_platform, FeatureControlAction, MissingFeature, RawVmxMsrs, VmxCaps, IA32_FEATURE_CONTROL,
+    check_platform, CpuVendor, FeatureControlAction, MissingFeature, RawVmxMsrs, VmxCaps,
+    IA32_FEATURE_CONTROL,
 };
 use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
@@ -18,6 +19,15 @@ use crate::memory::Memory;
 fn rdmsr(msr: u32) -> u64 {
     // SAFETY: callers only name MSRs whose presence the capability bits establish.
     unsafe { Msr::new(msr).read() }
+}
+
+/// The CPU's maker, from the CPUID leaf 0 vendor string.
+pub fn cpu_vendor() -> CpuVendor {
+    CpuId::new()
+        .get_vendor_info()
+        .map_or(CpuVendor::Other, |v| {
+            CpuVendor::from_vendor_string(v.as_str())
+        })
 }
 
 /// What the probe found: the decoded capabilities (when the CPU has VMX at all, so the

@@ -10,6 +10,7 @@ pub mod cpio;
 pub mod elf64;
 pub mod ept;
 pub mod exits;
+pub mod fbcon;
 pub mod frames;
 pub mod guest_mem;
 pub mod guest_paging;

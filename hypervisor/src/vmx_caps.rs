@@ -807,6 +807,56 @@ impl fmt::Display for MissingFeature {
     }
 }
 
+/// The CPU's maker (CPUID leaf 0 vendor string), for advice that differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuVendor {
+    Intel,
+    Amd,
+    Other,
+}
+
+impl CpuVendor {
+    /// From the 12-byte vendor string (EBX, EDX, ECX of CPUID leaf 0).
+    pub fn from_vendor_string(s: &str) -> Self {
+        match s {
+            "GenuineIntel" => CpuVendor::Intel,
+            // Early AMD samples said "AMDisbetter!"; Hygon's Zen derivative has no VMX
+            // either, and gets the same advice.
+            "AuthenticAMD" | "AMDisbetter!" | "HygonGenuine" => CpuVendor::Amd,
+            _ => CpuVendor::Other,
+        }
+    }
+}
+
+impl MissingFeature {
+    /// What a user can do about it, in words for someone at the machine (shown on the
+    /// screen and the serial console after the error).
+    pub const fn hint(self, vendor: CpuVendor) -> &'static str {
+        match (self, vendor) {
+            (MissingFeature::NoVmx, CpuVendor::Amd) => {
+                "sluice needs Intel VMX (VT-x); this is an AMD CPU, whose AMD-V (SVM) sluice \
+                 does not support"
+            }
+            (MissingFeature::NoVmx, _) => {
+                "this CPU does not offer VT-x: inside a virtual machine, enable nested \
+                 virtualization; on a PC, enable Intel VT-x (Virtualization Technology) in \
+                 the firmware setup and power-cycle, or the CPU lacks it"
+            }
+            (MissingFeature::DisabledByFirmware, _) => {
+                "enable Intel VT-x (Virtualization Technology) in the firmware setup, then \
+                 power-cycle (the setting takes effect only after a full power-off)"
+            }
+            (MissingFeature::NoEpt, _)
+            | (MissingFeature::NoUnrestrictedGuest, _)
+            | (MissingFeature::NoEptWriteBack, _)
+            | (MissingFeature::NoEpt4LevelWalk, _) => {
+                "this CPU lacks EPT / unrestricted guest: sluice needs a Westmere-or-newer \
+                 Intel CPU (2010 or later)"
+            }
+        }
+    }
+}
+
 /// Platform part of the requirement check, usable before any VMX MSR is read (with VMX
 /// absent, reading them would #GP): checks CPUID and `IA32_FEATURE_CONTROL`.
 pub const fn check_platform(
@@ -881,6 +931,32 @@ pub(crate) mod test_cpus {
 mod tests {
     use super::test_cpus::{skylake, SKL_EPT_VPID_CAP, SKL_PROCBASED2};
     use super::*;
+
+    #[test]
+    fn hints_tell_the_user_what_to_do() {
+        let amd = CpuVendor::from_vendor_string("AuthenticAMD");
+        let intel = CpuVendor::from_vendor_string("GenuineIntel");
+        assert_eq!((amd, intel), (CpuVendor::Amd, CpuVendor::Intel));
+        assert_eq!(
+            CpuVendor::from_vendor_string("GenuineIotel"),
+            CpuVendor::Other
+        );
+        assert!(MissingFeature::NoVmx
+            .hint(amd)
+            .contains("this is an AMD CPU"));
+        assert!(!MissingFeature::NoVmx.hint(intel).contains("AMD"));
+        assert!(MissingFeature::DisabledByFirmware
+            .hint(intel)
+            .starts_with("enable Intel VT-x (Virtualization Technology) in the firmware setup"));
+        for m in [
+            MissingFeature::NoEpt,
+            MissingFeature::NoUnrestrictedGuest,
+            MissingFeature::NoEptWriteBack,
+            MissingFeature::NoEpt4LevelWalk,
+        ] {
+            assert!(m.hint(intel).contains("Westmere-or-newer"), "{m:?}");
+        }
+    }
 
     // Skylake-class values (revision 0x2b as reported by Bochs corei7_skylake_x).
     // Locked, VMX outside SMX on.

@@ -58,6 +58,10 @@ const QEMU: Emulator = Emulator::Qemu { kvm: false };
 /// Lines every boot prints before anything CPU-specific.
 const BANNER: &str = "sluice 0.1.0 -- a type-1 hypervisor for Intel VMX";
 const NO_VMX: &str = "sluice: error: no VMX on this CPU (CPUID.1:ECX.VMX[bit 5] is clear)";
+/// The advice after the error (QEMU's TCG CPU models say "AuthenticAMD" too).
+const AMD_HINT: &str = "sluice: what to do: sluice needs Intel VMX (VT-x); this is an AMD CPU";
+const OLD_CPU_HINT: &str = "sluice: what to do: this CPU lacks EPT / unrestricted guest: \
+                            sluice needs a Westmere-or-newer Intel CPU";
 
 pub const CASES: &[Case] = &[
     Case {
@@ -98,6 +102,7 @@ pub const CASES: &[Case] = &[
             "vmx: ept=no",
             "vmx: unrestricted-guest=no",
             "sluice: error: no EPT",
+            OLD_CPU_HINT,
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
@@ -118,6 +123,7 @@ pub const CASES: &[Case] = &[
             "vmx: ept=yes",
             "vmx: unrestricted-guest=no",
             "sluice: error: no unrestricted guest",
+            OLD_CPU_HINT,
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
@@ -132,7 +138,7 @@ pub const CASES: &[Case] = &[
         firmware: Firmware::Bios,
         cpu: Some("ryzen"),
         expect_status: 1,
-        expect_lines: &[BANNER, NO_VMX, "sluice: exit status 1"],
+        expect_lines: &[BANNER, NO_VMX, AMD_HINT, "sluice: exit status 1"],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
         guest: None,
         stats: None,
@@ -149,6 +155,7 @@ pub const CASES: &[Case] = &[
             BANNER,
             "sluice: platform=qemu",
             NO_VMX,
+            AMD_HINT,
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
@@ -167,6 +174,7 @@ pub const CASES: &[Case] = &[
             BANNER,
             "sluice: platform=qemu",
             NO_VMX,
+            AMD_HINT,
             "sluice: exit status 1",
         ],
         forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
@@ -829,6 +837,31 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
                 passed += 1;
                 println!(
                     "test e2e::{} ... ok ({:.1} s)",
+                    case.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "test e2e::{} ... FAILED ({:.1} s)\n{e}",
+                    case.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    // The screen console, read back from QEMU screenshots (crate::screen).
+    let screens = crate::screen::CASES
+        .iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)));
+    for case in screens {
+        let started = Instant::now();
+        match crate::screen::run_case(case, &kernel) {
+            Ok(summary) => {
+                passed += 1;
+                println!(
+                    "test e2e::{} ... ok ({:.1} s; {summary})",
                     case.name,
                     started.elapsed().as_secs_f64()
                 );

@@ -226,7 +226,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, String> {
     result
 }
 
-fn spawn_group(cmd: &mut Command) -> Result<Child, String> {
+pub fn spawn_group(cmd: &mut Command) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
     // Own process group, so a hung run is stopped with everything it started
     // (xvfb-run starts Xvfb next to Bochs).
@@ -236,7 +236,7 @@ fn spawn_group(cmd: &mut Command) -> Result<Child, String> {
 }
 
 /// SIGTERM first so xvfb-run removes its temporary files, then SIGKILL.
-fn stop_group(child: &mut Child) {
+pub fn stop_group(child: &mut Child) {
     let pgid = format!("-{}", child.id());
     let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
     let deadline = Instant::now() + Duration::from_secs(3);

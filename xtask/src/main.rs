@@ -9,6 +9,7 @@ mod guests;
 mod host;
 mod image;
 mod linux;
+mod screen;
 mod usb;
 
 use std::path::PathBuf;
