@@ -23,6 +23,7 @@ pub mod payload;
 pub mod pic8259;
 pub mod pit8254;
 pub mod regs;
+pub mod rtc;
 pub mod stats;
 pub mod timebase;
 pub mod uart16550;
