@@ -14,6 +14,7 @@ pub mod frames;
 pub mod guest_mem;
 pub mod guest_paging;
 pub mod hypercall;
+pub mod i8042;
 pub mod iobus;
 pub mod irq;
 pub mod linux_boot;

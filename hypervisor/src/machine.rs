@@ -1,7 +1,9 @@
 //! The virtual PC around the guest: the 16550A UART (COM1, IRQ4), the 8254 PIT (IRQ0,
-//! port 0x61) and the 8259A pair, plus the wiring between them that no single chip
-//! owns: device outputs onto PIC inputs, PIC output into the CPU (via `irq`), and the
-//! next moment a timer needs the CPU (for the VMX-preemption timer).
+//! port 0x61), the 8259A pair, the MC146818A RTC with CMOS RAM (0x70/0x71, IRQ8) and
+//! the 8042 keyboard controller (0x60/0x64, IRQ1/IRQ12) with port 0x92, plus the
+//! wiring between them that no single chip owns: device outputs onto PIC inputs, PIC
+//! output into the CPU (via `irq`), the next moment a timer needs the CPU (for the
+//! VMX-preemption timer), and reset requests for the run loop.
 //!
 //! Devices sit in `RefCell`s so the IO bus and the run loop can both reach them (see
 //! `impl PortDevice for &RefCell<T>` in `iobus`). Nothing here touches hardware; the
@@ -9,10 +11,14 @@
 
 use core::cell::RefCell;
 
+use crate::i8042::{
+    Port92, AUX_IRQ, I8042, I8042_CMD_PORTS, I8042_DATA_PORTS, KEYBOARD_IRQ, PORT_92,
+};
 use crate::iobus::{BusError, ConsoleSink, IoBus};
 use crate::irq::{self, Delivery, InterruptController};
 use crate::pic8259::PicPair;
 use crate::pit8254::{Pit, PIT_PORTS, PORT_B};
+use crate::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
 use crate::stats::Stats;
 use crate::uart16550::Uart16550;
 use crate::vmcs::Vmcs;
@@ -27,6 +33,37 @@ pub struct Machine<S: ConsoleSink> {
     pub uart: RefCell<Uart16550<S>>,
     pub pit: RefCell<Pit>,
     pub pic: RefCell<PicPair>,
+    pub rtc: RefCell<Rtc>,
+    pub kbc: RefCell<I8042>,
+    pub port92: RefCell<Port92>,
+}
+
+/// What the machine is built from beyond its chips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcConfig {
+    /// The RTC's time at PIT tick 0, seconds since 1970 (the host's clock, read once
+    /// at boot).
+    pub wall_clock: u64,
+    /// Guest RAM, for the CMOS memory-size bytes.
+    pub ram_bytes: u64,
+}
+
+impl Default for PcConfig {
+    fn default() -> Self {
+        PcConfig {
+            wall_clock: DEFAULT_EPOCH,
+            ram_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who asked for a system reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSource {
+    /// The keyboard controller (pulse command or output-port bit 0).
+    I8042,
+    /// System control port A (0x92) bit 0.
+    Port92,
 }
 
 /// Timer edges seen by one [`Machine::poll`].
@@ -43,10 +80,18 @@ pub struct BusHandles<'m, S: ConsoleSink> {
     pit: &'m RefCell<Pit>,
     port_b: &'m RefCell<Pit>,
     pic: [&'m RefCell<PicPair>; 3],
+    rtc: &'m RefCell<Rtc>,
+    kbc: [&'m RefCell<I8042>; 2],
+    port92: &'m RefCell<Port92>,
 }
 
 impl<S: ConsoleSink> Machine<S> {
+    /// A machine with [`PcConfig::default`].
     pub fn new(sink: S) -> Self {
+        Self::with_config(sink, PcConfig::default())
+    }
+
+    pub fn with_config(sink: S, config: PcConfig) -> Self {
         let pit = Pit::new();
         let mut pic = PicPair::new();
         // The PIC's IRQ0 input starts at the level the PIT drives, so the first look
@@ -56,6 +101,9 @@ impl<S: ConsoleSink> Machine<S> {
             uart: RefCell::new(Uart16550::new(COM1_BASE, sink)),
             pit: RefCell::new(pit),
             pic: RefCell::new(pic),
+            rtc: RefCell::new(Rtc::new(config.wall_clock, config.ram_bytes, 0)),
+            kbc: RefCell::new(I8042::new()),
+            port92: RefCell::new(Port92::new()),
         }
     }
 
@@ -65,6 +113,9 @@ impl<S: ConsoleSink> Machine<S> {
             pit: &self.pit,
             port_b: &self.pit,
             pic: [&self.pic; 3],
+            rtc: &self.rtc,
+            kbc: [&self.kbc; 2],
+            port92: &self.port92,
         }
     }
 
@@ -82,7 +133,30 @@ impl<S: ConsoleSink> Machine<S> {
         let [ra, rb, rc] = pic_ports;
         bus.register(ra, a)?;
         bus.register(rb, b)?;
-        bus.register(rc, c)
+        bus.register(rc, c)?;
+        bus.register(RTC_PORTS, &mut handles.rtc)?;
+        let [data, cmd] = &mut handles.kbc;
+        bus.register(I8042_DATA_PORTS, data)?;
+        bus.register(I8042_CMD_PORTS, cmd)?;
+        bus.register(PORT_92..=PORT_92, &mut handles.port92)
+    }
+
+    /// Brings the time-based devices (PIT, RTC) to `now` (PIT ticks) before a device
+    /// access, without looking at interrupt lines.
+    pub fn set_now(&self, now: u64) {
+        self.pit.borrow_mut().set_now(now);
+        self.rtc.borrow_mut().set_now(now);
+    }
+
+    /// Whether the guest asked for a system reset, and how (latched).
+    pub fn reset_request(&self) -> Option<ResetSource> {
+        if self.kbc.borrow().reset_requested() {
+            Some(ResetSource::I8042)
+        } else if self.port92.borrow().reset_requested() {
+            Some(ResetSource::Port92)
+        } else {
+            None
+        }
     }
 
     /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
@@ -95,7 +169,11 @@ impl<S: ConsoleSink> Machine<S> {
 
     /// [`Machine::sync`] without the statistics, for callers that hold them elsewhere
     /// (the coalescer's device accesses): PIT OUT0 on IRQ0 (edge-triggered: each rising
-    /// edge since the last look raises a request), the UART's interrupt line on IRQ4.
+    /// edge since the last look raises a request), the UART's interrupt line on IRQ4,
+    /// the 8042's IRQ1/IRQ12 and the RTC's IRQ8. Those three hold their line up until
+    /// the guest reads the device; a line the guest dropped and the device raised again
+    /// between two looks is lowered first, so the edge-triggered 8259A sees the new
+    /// request (on the chips the line does go low in between).
     pub fn poll(&self, now: u64) -> Ticks {
         let mut pit = self.pit.borrow_mut();
         let mut pic = self.pic.borrow_mut();
@@ -115,6 +193,22 @@ impl<S: ConsoleSink> Machine<S> {
         }
         pic.set_irq(TIMER_IRQ, pit.out(0, now));
         pic.set_irq(COM1_IRQ, self.uart.borrow().irq_line());
+        let mut rtc = self.rtc.borrow_mut();
+        rtc.set_now(now);
+        if rtc.take_fell() {
+            pic.set_irq(RTC_IRQ, false);
+        }
+        pic.set_irq(RTC_IRQ, rtc.irq_line());
+        let mut kbc = self.kbc.borrow_mut();
+        let [kbd_fell, aux_fell] = kbc.take_fell();
+        if kbd_fell {
+            pic.set_irq(KEYBOARD_IRQ, false);
+        }
+        if aux_fell {
+            pic.set_irq(AUX_IRQ, false);
+        }
+        pic.set_irq(KEYBOARD_IRQ, kbc.irq1());
+        pic.set_irq(AUX_IRQ, kbc.irq12());
         ticks
     }
 
@@ -144,9 +238,15 @@ impl<S: ConsoleSink> Machine<S> {
         d
     }
 
-    /// When (PIT ticks) the guest next needs the CPU for a timer interrupt, if ever.
+    /// When (PIT ticks) the guest next needs the CPU for a timer interrupt (PIT IRQ0
+    /// edge or an enabled RTC flag), if ever.
     pub fn next_timer_event(&self, now: u64) -> Option<u64> {
-        self.pit.borrow().next_irq0_edge(now)
+        let pit = self.pit.borrow().next_irq0_edge(now);
+        let rtc = self.rtc.borrow().next_event(now);
+        match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether a halted guest could still be woken: an interrupt is pending at the PIC
@@ -199,6 +299,7 @@ impl InterruptController for PicPair {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pit8254::PIT_HZ;
     use crate::vmcs::{SoftVmcs, VmcsField};
 
     #[derive(Default)]
@@ -311,6 +412,128 @@ mod tests {
         assert!(m.can_wake(0));
     }
 
+    /// Linux-style PIC init with the slave's lines unmasked too.
+    fn init_pic_both(bus: &mut IoBus, master_unmasked: u8, slave_unmasked: u8) {
+        init_pic(bus, master_unmasked | 1 << 2);
+        bus.write(0xa1, 1, u32::from(!slave_unmasked));
+    }
+
+    #[test]
+    fn rtc_periodic_interrupt_reaches_irq8_each_time_register_c_is_read() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        bus_io(&m, |bus| {
+            init_pic_both(bus, 0, 0x01);
+            bus.write(0x70, 1, 0x0b);
+            let b = bus.read(0x71, 1);
+            bus.write(0x71, 1, b | 0x40); // PIE at the default 1024 Hz
+        });
+        let first = m.next_timer_event(0).expect("PIE makes an RTC event");
+        assert!(first <= PIT_HZ / 1024 + 1, "{first}");
+        let mut v = guest_with_if();
+        m.sync(first, &mut stats);
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        assert_eq!(stats.irq_injected[8], 1);
+        // The handler reads C (line drops), EOIs both PICs; by the next look the RTC
+        // has raised the line again: that is a new edge.
+        bus_io(&m, |bus| {
+            bus.write(0x70, 1, 0x0c);
+            assert_eq!(bus.read(0x71, 1), 0xc0);
+            bus.write(0xa0, 1, 0x20);
+            bus.write(0x20, 1, 0x20);
+        });
+        let second = m.next_timer_event(first).unwrap();
+        m.set_now(second + 5);
+        m.sync(second + 5, &mut stats);
+        v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        // Without reading C, no further interrupt however long.
+        bus_io(&m, |bus| {
+            bus.write(0xa0, 1, 0x20);
+            bus.write(0x20, 1, 0x20);
+        });
+        m.sync(second + PIT_HZ, &mut stats);
+        v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(stats.irq_injected[8], 2);
+    }
+
+    #[test]
+    fn keyboard_bytes_raise_irq1_one_edge_per_byte() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        let mut v = guest_with_if();
+        bus_io(&m, |bus| {
+            init_pic(bus, 0x02);
+            bus.write(0x60, 1, 0xf2); // identify: FA AB 83
+        });
+        for want in [0xfa, 0xab, 0x83] {
+            m.sync(0, &mut stats);
+            v = guest_with_if();
+            assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x21));
+            bus_io(&m, |bus| {
+                assert_eq!(bus.read(0x64, 1) & 1, 1);
+                assert_eq!(bus.read(0x60, 1), want);
+                bus.write(0x20, 1, 0x20);
+            });
+        }
+        m.sync(0, &mut stats);
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(stats.irq_injected[1], 3);
+    }
+
+    #[test]
+    fn aux_loopback_raises_irq12_through_the_slave() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        bus_io(&m, |bus| {
+            init_pic_both(bus, 0, 1 << 4);
+            bus.write(0x64, 1, 0x60);
+            bus.write(0x60, 1, 0x47); // KBDINT | AUXINT | SYS | XLATE
+            bus.write(0x64, 1, 0xd3);
+            bus.write(0x60, 1, 0xa5);
+        });
+        m.sync(0, &mut stats);
+        let mut v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x2c));
+        assert_eq!(stats.irq_injected[12], 1);
+    }
+
+    #[test]
+    fn reset_requests_are_reported_with_their_source() {
+        let m = Machine::new(Sink::default());
+        assert_eq!(m.reset_request(), None);
+        bus_io(&m, |bus| bus.write(0x64, 1, 0xfe));
+        assert_eq!(m.reset_request(), Some(ResetSource::I8042));
+        let m = Machine::new(Sink::default());
+        bus_io(&m, |bus| {
+            assert_eq!(bus.read(0x92, 1), 0x02);
+            bus.write(0x92, 1, 0x03);
+        });
+        assert_eq!(m.reset_request(), Some(ResetSource::Port92));
+    }
+
+    #[test]
+    fn cmos_memory_size_follows_the_configuration() {
+        let m = Machine::with_config(
+            Sink::default(),
+            PcConfig {
+                wall_clock: DEFAULT_EPOCH,
+                ram_bytes: 48 << 20,
+            },
+        );
+        bus_io(&m, |bus| {
+            let mut cmos = |i: u32| {
+                bus.write(0x70, 1, i);
+                bus.read(0x71, 1)
+            };
+            assert_eq!(cmos(0x17) | cmos(0x18) << 8, 47 * 1024);
+            assert_eq!(cmos(0x34) | cmos(0x35) << 8, 32 * 16);
+            assert_eq!(cmos(0x09), 0x26);
+            assert_eq!(cmos(0x32), 0x20);
+        });
+    }
+
     #[test]
     fn devices_answer_on_the_bus() {
         let m = Machine::new(Sink::default());
@@ -323,6 +546,10 @@ mod tests {
             assert_eq!(bus.read(0x61, 1) & 0x01, 0x01);
             bus.write(0x4d0, 1, 0xf8);
             assert_eq!(bus.read(0x4d0, 1), 0xf8);
+            assert_ne!(bus.read(0x64, 1), 0xff);
+            bus.write(0x70, 1, 0x0d);
+            assert_eq!(bus.read(0x71, 1), 0x80);
+            assert_eq!(bus.read(0x92, 1), 0x02);
             assert_eq!(bus.unknown_reads() + bus.unknown_writes(), 0);
         });
         assert_eq!(m.uart.borrow().sink().0, b"x");

@@ -437,6 +437,7 @@ impl Rtc {
         self.nmi_masked
     }
 
+    #[cfg(test)]
     fn ticks_for(cycles: u64) -> u64 {
         u64::try_from(u128::from(cycles) * u128::from(PIT_HZ) / u128::from(RTC_HZ))
             .unwrap_or(u64::MAX)
