@@ -39,6 +39,7 @@ use crate::guest_mem::{
 };
 use crate::hypercall;
 use crate::iobus::{size_mask, IoBus};
+use crate::machine::ResetSource;
 use crate::regs::GuestRegs;
 use crate::stats::{EndKind, Stats};
 use crate::vmcs::{
@@ -269,6 +270,8 @@ pub fn filter_cpuid(
     const LEAF7_ECX_OSPKE: u32 = 1 << 4;
     const LEAF7_ECX_RDPID: u32 = 1 << 22;
     const EXT_EDX_RDTSCP: u32 = 1 << 27;
+    const LEAF6_EAX_ARAT: u32 = 1 << 2;
+    const LEAFD1_EAX_XSAVES: u32 = 1 << 3;
     let [eax, ebx, mut ecx, mut edx] = raw;
     match leaf {
         // "sluicesluice" in EBX, ECX, EDX; highest hypervisor leaf in EAX.
@@ -312,6 +315,20 @@ pub fn filter_cpuid(
         // a guest calibrate its TSC against the virtual 8254, which is derived from the
         // same TSC and so always agrees with it.
         0x15 | 0x16 => [0; 4],
+        // Thermal and power management (SDM Vol. 2A CPUID leaf 06H): nearly every bit
+        // announces MSRs sluice does not offer: ECX[0] IA32_MPERF/IA32_APERF (which
+        // Linux reads for frequency scaling), ECX[3] IA32_ENERGY_PERF_BIAS, EAX[0] and
+        // [6] the thermal status MSRs, EAX[4] power-limit notification, EAX[7-11] HWP.
+        // Only ARAT (EAX[2], the APIC timer keeps running in deep C-states) names no
+        // MSR; EBX (interrupt thresholds) goes with the thermal MSRs.
+        6 => [eax & LEAF6_EAX_ARAT, 0, 0, 0],
+        // Processor extended state, sub-leaf 1 (SDM Vol. 2A CPUID leaf 0DH; Vol. 1
+        // 13.2): EAX[3] announces XSAVES/XRSTORS and IA32_XSS, ECX:EDX the IA32_XSS
+        // bits. IA32_XSS is not switched between host and guest by VMX and sluice
+        // refuses it (#GP), so XSAVES is hidden and Linux uses XSAVEC/XSAVEOPT with
+        // user states only. EBX (size for XCR0 | IA32_XSS) stays: the host's IA32_XSS
+        // is 0.
+        0xD if subleaf == 1 => [eax & !LEAFD1_EAX_XSAVES, ebx, 0, 0],
         // RDTSCP needs IA32_TSC_AUX, which is not offered.
         0x8000_0001 => [eax, ebx, ecx, edx & !EXT_EDX_RDTSCP],
         _ => [eax, ebx, ecx, edx],
@@ -754,10 +771,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     }
 
     fn rdmsr(&mut self) -> ExitAction {
-        let r = self.read_msr(self.regs.rcx as u32);
-        if let Ok(v) = r {
-            self.regs.rax = v & 0xFFFF_FFFF;
-            self.regs.rdx = v >> 32;
+        let index = self.regs.rcx as u32;
+        let r = self.read_msr(index);
+        match r {
+            Ok(v) => {
+                self.regs.rax = v & 0xFFFF_FFFF;
+                self.regs.rdx = v >> 32;
+            }
+            Err(Fault::Gp) => self.stats.note_msr_gp(index, false),
+            Err(_) => {}
         }
         self.complete(r.map(|_| ()))
     }
@@ -799,7 +821,11 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     fn wrmsr(&mut self) -> ExitAction {
         let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
-        let r = self.write_msr(self.regs.rcx as u32, value);
+        let index = self.regs.rcx as u32;
+        let r = self.write_msr(index, value);
+        if r == Err(Fault::Gp) {
+            self.stats.note_msr_gp(index, true);
+        }
         self.complete(r)
     }
 
@@ -1166,6 +1192,14 @@ pub fn describe_end(vmcs: &impl Vmcs, kind: EndKind, w: &mut impl Write) -> fmt:
             }
             write!(w, " rip={rip:#x}")
         }
+        EndKind::Reset(source) => write!(
+            w,
+            "sluice: guest stopped: guest requested a reset via {} at rip={rip:#x}",
+            match source {
+                ResetSource::I8042 => "the i8042",
+                ResetSource::Port92 => "port 0x92",
+            }
+        ),
         EndKind::Fatal => write!(
             w,
             "sluice: guest stopped: unhandled VM exit {} (reason {}) at rip={rip:#x} qualification={q:#x}",
@@ -1732,6 +1766,57 @@ mod tests {
         let ext = filter_cpuid(0x8000_0001, 0, [0, 0, 0, u32::MAX], false, 0);
         assert_eq!(ext[3] & 1 << 27, 0, "RDTSCP");
         assert_eq!(ext[3] | 1 << 27, u32::MAX);
+    }
+
+    #[test]
+    fn cpuid_hides_aperf_mperf_and_xsaves() {
+        let l6 = filter_cpuid(6, 0, [0x77, 2, 0x9, 0], false, 0);
+        assert_eq!(l6, [0x4, 0, 0, 0], "only ARAT stays");
+        let xd1 = filter_cpuid(0xD, 1, [0xF, 0x240, 0x100, 0x1], false, 0);
+        assert_eq!(xd1, [0x7, 0x240, 0, 0], "XSAVES and IA32_XSS bits hidden");
+        // Sub-leaf 0 is untouched.
+        assert_eq!(filter_cpuid(0xD, 0, [7, 8, 9, 0], false, 0), [7, 8, 9, 0]);
+    }
+
+    #[test]
+    fn msrs_that_raise_gp_are_counted_per_number() {
+        let mut h = Harness::long();
+        for (write, msr) in [(false, 0xE8), (false, 0xE8), (true, 0xDA0), (false, 0x1B)] {
+            h.regs.rcx = msr;
+            h.regs.rax = 0;
+            h.regs.rdx = 0;
+            h.exit_on(if write { er::WRMSR } else { er::RDMSR }, 0);
+            let a = h.run();
+            h.assert_faulted(a, 0x8000_0B0D);
+            h.vmcs.write(VmcsField::EntryInterruptionInfo, 0);
+        }
+        // A readable MSR is not counted.
+        h.regs.rcx = u64::from(msr::IA32_PAT);
+        h.exit_on(er::RDMSR, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        let reads = h.stats.msr_gp_reads.sorted();
+        assert_eq!(reads[0].map(|e| (e.msr, e.count)), Some((0xE8, 2)));
+        assert_eq!(reads[1].map(|e| (e.msr, e.count)), Some((0x1B, 1)));
+        assert_eq!(reads[2], None);
+        let writes = h.stats.msr_gp_writes.sorted();
+        assert_eq!(writes[0].map(|e| (e.msr, e.count)), Some((0xDA0, 1)));
+        assert_eq!(h.stats.unknown_msrs, 3, "APIC_BASE is refused on purpose");
+    }
+
+    #[test]
+    fn reset_request_is_described() {
+        let h = Harness::long();
+        let line = h.describe(EndKind::Reset(ResetSource::I8042));
+        assert!(
+            line.starts_with(
+                "sluice: guest stopped: guest requested a reset via the i8042 at rip="
+            ),
+            "{line}"
+        );
+        assert!(h
+            .describe(EndKind::Reset(ResetSource::Port92))
+            .contains("via port 0x92"));
     }
 
     #[test]

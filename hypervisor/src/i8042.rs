@@ -277,12 +277,12 @@ impl I8042 {
         self.refill();
     }
 
-    fn from_keyboard(&mut self, b: u8) {
+    fn keyboard_sends(&mut self, b: u8) {
         self.queue.push(b, Source::Keyboard);
         self.refill();
     }
 
-    fn from_aux(&mut self, b: u8) {
+    fn aux_sends(&mut self, b: u8) {
         self.queue.push(b, Source::Aux);
         self.refill();
     }
@@ -364,12 +364,12 @@ impl I8042 {
                     self.reset_requested = true;
                 }
             }
-            DataTarget::KbdLoop => self.from_keyboard(v),
-            DataTarget::AuxLoop => self.from_aux(v),
+            DataTarget::KbdLoop => self.keyboard_sends(v),
+            DataTarget::AuxLoop => self.aux_sends(v),
             DataTarget::Aux => {
                 // No mouse: the transmission times out.
                 self.timeout = true;
-                self.from_aux(KBD_RESEND);
+                self.aux_sends(KBD_RESEND);
             }
         }
     }
@@ -435,7 +435,7 @@ impl I8042 {
     fn answer(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.kbd.last = b;
-            self.from_keyboard(b);
+            self.keyboard_sends(b);
         }
     }
 }

@@ -95,6 +95,8 @@ pub const D_VRT: u8 = 0x80;
 /// Hours register bit 7 in 12-hour mode: PM.
 const HOUR_PM: u8 = 0x80;
 
+/// PIT ticks in one second (the PIT's input clock), for callers converting guest time.
+pub const PIT_SECOND: u64 = PIT_HZ;
 /// The time base the divider chain counts.
 pub const RTC_HZ: u64 = 32_768;
 /// 32 kHz cycles from releasing the divider to the end of the first update: the
