@@ -257,7 +257,9 @@ pub fn filter_cpuid(
     nested_vmx: bool,
     guest_cr4: u64,
 ) -> [u32; 4] {
+    const ECX_MONITOR: u32 = 1 << 3;
     const ECX_VMX: u32 = 1 << 5;
+    const ECX_PDCM: u32 = 1 << 15;
     const ECX_X2APIC: u32 = 1 << 21;
     const ECX_TSC_DEADLINE: u32 = 1 << 24;
     const ECX_XSAVE: u32 = 1 << 26;
@@ -293,6 +295,16 @@ pub fn filter_cpuid(
             // No machine-check architecture is offered: its MSRs (IA32_MCG_*, the bank
             // registers) raise #GP, and a guest that saw MCE/MCA would read them.
             edx &= !(EDX_MCE | EDX_MCA);
+            // PDCM announces IA32_PERF_CAPABILITIES (0x345), which Linux's perf driver
+            // reads unguarded; sluice offers no PMU (leaf 0AH below).
+            ecx &= !ECX_PDCM;
+            // MONITOR/MWAIT: sluice does not intercept MWAIT, and a guest idling in
+            // it sits in a C-state where the VMX-preemption timer may stop counting
+            // (SDM Vol. 3C 26.5.1: it counts in C0-C2 only), so timer interrupts could
+            // come late. Without it the guest idles in HLT, which sluice handles; and
+            // Linux's intel_idle, which writes the model-specific MSR_POWER_CTL
+            // (0x1FC), stays out.
+            ecx &= !ECX_MONITOR;
             // OSXSAVE mirrors the *guest's* CR4, not the host's.
             ecx &= !ECX_OSXSAVE;
             if ecx & ECX_XSAVE != 0 && guest_cr4 & CR4_OSXSAVE != 0 {
@@ -322,6 +334,13 @@ pub fn filter_cpuid(
         // Only ARAT (EAX[2], the APIC timer keeps running in deep C-states) names no
         // MSR; EBX (interrupt thresholds) goes with the thermal MSRs.
         6 => [eax & LEAF6_EAX_ARAT, 0, 0, 0],
+        // MONITOR/MWAIT parameters go with the hidden MONITOR bit (SDM Vol. 2A CPUID
+        // leaf 05H).
+        5 => [0; 4],
+        // Architectural performance monitoring (SDM Vol. 2A CPUID leaf 0AH, Vol. 3B
+        // 20.2): version 0 = none. The counters' MSRs (IA32_PMCx, IA32_PERFEVTSELx,
+        // the fixed counters) are not offered, so Linux runs software events only.
+        0xA => [0; 4],
         // Processor extended state, sub-leaf 1 (SDM Vol. 2A CPUID leaf 0DH; Vol. 1
         // 13.2): EAX[3] announces XSAVES/XRSTORS and IA32_XSS, ECX:EDX the IA32_XSS
         // bits. IA32_XSS is not switched between host and guest by VMX and sluice
@@ -1766,6 +1785,21 @@ mod tests {
         let ext = filter_cpuid(0x8000_0001, 0, [0, 0, 0, u32::MAX], false, 0);
         assert_eq!(ext[3] & 1 << 27, 0, "RDTSCP");
         assert_eq!(ext[3] | 1 << 27, u32::MAX);
+    }
+
+    #[test]
+    fn cpuid_hides_pmu_and_monitor_mwait() {
+        let l1 = filter_cpuid(1, 0, [0, 0, u32::MAX, 0], false, 0);
+        assert_eq!(l1[2] & (1 << 15 | 1 << 3), 0, "PDCM, MONITOR");
+        assert_ne!(l1[2] & 1, 0, "SSE3 stays");
+        assert_eq!(
+            filter_cpuid(0xA, 0, [0x0703_0804, 0, 0, 0x603], false, 0),
+            [0; 4]
+        );
+        assert_eq!(
+            filter_cpuid(5, 0, [0x40, 0x40, 3, 0x1120], false, 0),
+            [0; 4]
+        );
     }
 
     #[test]

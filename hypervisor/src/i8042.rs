@@ -93,7 +93,8 @@ pub const KBD_RESEND: u8 = 0xFE;
 pub const KBD_BAT_OK: u8 = 0xAA;
 pub const KBD_ECHO: u8 = 0xEE;
 
-/// Where an output-buffer byte came from.
+/// Where an output-buffer byte came from, as the status register and the IRQ lines
+/// see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     Controller,
@@ -101,41 +102,54 @@ enum Source {
     Aux,
 }
 
+/// One byte waiting for the output buffer. `wire` marks bytes that really come over
+/// the keyboard or aux interface, which a disabled interface holds back; the loopback
+/// commands 0xD2/0xD3 put their byte in the buffer from inside the controller, so they
+/// work with the interface disabled (Linux's AUX probe relies on that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    byte: u8,
+    source: Source,
+    wire: bool,
+}
+
 /// Bytes waiting for the output buffer.
 const QUEUE: usize = 16;
 
 #[derive(Clone, Copy)]
 struct Queue {
-    bytes: [(u8, Source); QUEUE],
+    bytes: [Pending; QUEUE],
     len: usize,
 }
 
 impl Queue {
     const fn new() -> Self {
         Queue {
-            bytes: [(0, Source::Controller); QUEUE],
+            bytes: [Pending {
+                byte: 0,
+                source: Source::Controller,
+                wire: false,
+            }; QUEUE],
             len: 0,
         }
     }
 
     /// A full queue drops the byte (the real devices would wait; nothing here sends
     /// more than three bytes at a time).
-    fn push(&mut self, b: u8, s: Source) {
+    fn push(&mut self, p: Pending) {
         if self.len < QUEUE {
-            self.bytes[self.len] = (b, s);
+            self.bytes[self.len] = p;
             self.len += 1;
         }
     }
 
     /// The first byte that `allowed` accepts, removed.
-    fn take(&mut self, allowed: impl Fn(Source) -> bool) -> Option<(u8, Source)> {
-        let i = self.bytes[..self.len]
-            .iter()
-            .position(|&(_, s)| allowed(s))?;
+    fn take(&mut self, allowed: impl Fn(&Pending) -> bool) -> Option<(u8, Source)> {
+        let i = self.bytes[..self.len].iter().position(allowed)?;
         let e = self.bytes[i];
         self.bytes.copy_within(i + 1..self.len, i);
         self.len -= 1;
-        Some(e)
+        Some((e.byte, e.source))
     }
 }
 
@@ -265,26 +279,24 @@ impl I8042 {
             return;
         }
         let ctr = self.ram[0];
-        self.obf = self.queue.take(|s| match s {
-            Source::Controller => true,
-            Source::Keyboard => ctr & CTR_KBDDIS == 0,
-            Source::Aux => ctr & CTR_AUXDIS == 0,
+        self.obf = self.queue.take(|p| match (p.wire, p.source) {
+            (false, _) | (_, Source::Controller) => true,
+            (true, Source::Keyboard) => ctr & CTR_KBDDIS == 0,
+            (true, Source::Aux) => ctr & CTR_AUXDIS == 0,
         });
     }
 
-    fn respond(&mut self, b: u8) {
-        self.queue.push(b, Source::Controller);
+    fn put(&mut self, byte: u8, source: Source, wire: bool) {
+        self.queue.push(Pending { byte, source, wire });
         self.refill();
+    }
+
+    fn respond(&mut self, b: u8) {
+        self.put(b, Source::Controller, false);
     }
 
     fn keyboard_sends(&mut self, b: u8) {
-        self.queue.push(b, Source::Keyboard);
-        self.refill();
-    }
-
-    fn aux_sends(&mut self, b: u8) {
-        self.queue.push(b, Source::Aux);
-        self.refill();
+        self.put(b, Source::Keyboard, true);
     }
 
     fn read_data(&mut self) -> u8 {
@@ -364,12 +376,13 @@ impl I8042 {
                     self.reset_requested = true;
                 }
             }
-            DataTarget::KbdLoop => self.keyboard_sends(v),
-            DataTarget::AuxLoop => self.aux_sends(v),
+            DataTarget::KbdLoop => self.put(v, Source::Keyboard, false),
+            DataTarget::AuxLoop => self.put(v, Source::Aux, false),
             DataTarget::Aux => {
-                // No mouse: the transmission times out.
+                // No mouse: the transmission times out; the controller reports it
+                // itself, so the answer is not held by a disabled aux interface.
                 self.timeout = true;
-                self.aux_sends(KBD_RESEND);
+                self.put(KBD_RESEND, Source::Aux, false);
             }
         }
     }
@@ -566,9 +579,10 @@ mod tests {
     #[test]
     fn linux_aux_probe_loopback_enable_disable_test() {
         let mut c = I8042::new();
+        // i8042_controller_init: keyboard off, aux still disabled as the BIOS left it.
         cmd(&mut c, CMD_WRITE_CTR);
-        put(&mut c, CTR_SYS | CTR_XLATE | CTR_KBDINT); // aux enabled, aux irq off
-                                                       // i8042_check_aux: loopback of 0x5A comes back as aux data.
+        put(&mut c, CTR_SYS | CTR_XLATE | CTR_KBDDIS | CTR_AUXDIS);
+        // i8042_check_aux: loopback of 0x5A comes back as aux data.
         cmd(&mut c, CMD_AUX_LOOP);
         put(&mut c, 0x5A);
         let s = status(&mut c);
@@ -655,12 +669,15 @@ mod tests {
         put(&mut c, 0x1C);
         assert!(!c.irq1());
         assert_eq!(get(&mut c), Some(0x1C));
+        // Loopback works with the interface disabled; keyboard answers wait.
         cmd(&mut c, CMD_KBD_DISABLE);
         cmd(&mut c, CMD_KBD_LOOP);
         put(&mut c, 0x1D);
+        assert_eq!(get(&mut c), Some(0x1D));
+        c.keyboard_sends(0x1E);
         assert_eq!(status(&mut c) & STR_OBF, 0, "held while disabled");
         cmd(&mut c, CMD_KBD_ENABLE);
-        assert_eq!(get(&mut c), Some(0x1D));
+        assert_eq!(get(&mut c), Some(0x1E));
         // Controller answers are never held.
         cmd(&mut c, CMD_KBD_DISABLE);
         cmd(&mut c, CMD_SELF_TEST);
