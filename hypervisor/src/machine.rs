@@ -9,12 +9,12 @@
 //! `impl PortDevice for &RefCell<T>` in `iobus`). Nothing here touches hardware; the
 //! kernel passes the time in PIT ticks and the VMCS.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 use crate::i8042::{
     Port92, AUX_IRQ, I8042, I8042_CMD_PORTS, I8042_DATA_PORTS, KEYBOARD_IRQ, PORT_92,
 };
-use crate::iobus::{BusError, ConsoleSink, IoBus};
+use crate::iobus::{size_mask, BusError, ConsoleSink, IoBus, PortDevice};
 use crate::irq::{self, Delivery, InterruptController};
 use crate::pic8259::PicPair;
 use crate::pit8254::{Pit, PIT_PORTS, PORT_B};
@@ -22,6 +22,10 @@ use crate::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
 use crate::stats::Stats;
 use crate::uart16550::Uart16550;
 use crate::vmcs::Vmcs;
+
+/// Bits of `Machine::lines` for the lines the PIT and UART drive.
+const LINE_IRQ0: u8 = 3;
+const LINE_IRQ4: u8 = 4;
 
 /// COM1 (PC/AT I/O map) and its IRQ.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -36,6 +40,71 @@ pub struct Machine<S: ConsoleSink> {
     pub rtc: RefCell<Rtc>,
     pub kbc: RefCell<I8042>,
     pub port92: RefCell<Port92>,
+    /// The levels last put on IRQ1, IRQ8, IRQ12, IRQ0 and IRQ4 (bits 0-4), so `poll`
+    /// only touches the PIC when a line changes: it runs after every coalesced device
+    /// access. Driving an 8259A input to the level it already has changes nothing, and
+    /// `poll` is the only code that drives them.
+    lines: Cell<u8>,
+    /// Guest time of the latest `set_now`/`poll`, for the RTC's accesses.
+    now: Cell<u64>,
+    /// The RTC, the 8042 or port 0x92 was accessed since `poll` last looked at them:
+    /// only an access or the RTC's next event (`rtc_due`) can move their lines, so
+    /// `poll` skips them otherwise and stays as cheap as before they existed.
+    touched: Cell<bool>,
+    rtc_due: Cell<u64>,
+    reset: Cell<Option<ResetSource>>,
+}
+
+/// A device on the bus that marks the machine's `touched` flag and, for the RTC,
+/// brings it to the machine's time before each access.
+pub struct Watched<'m, T> {
+    dev: &'m RefCell<T>,
+    touched: &'m Cell<bool>,
+    now: Option<&'m Cell<u64>>,
+}
+
+/// Devices that can be brought to a time before an access.
+pub trait Timed {
+    fn set_now(&mut self, now: u64);
+}
+
+impl Timed for Rtc {
+    fn set_now(&mut self, now: u64) {
+        Rtc::set_now(self, now)
+    }
+}
+
+impl Timed for I8042 {
+    fn set_now(&mut self, _now: u64) {}
+}
+
+impl Timed for Port92 {
+    fn set_now(&mut self, _now: u64) {}
+}
+
+impl<T: PortDevice + Timed> PortDevice for Watched<'_, T> {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        self.touched.set(true);
+        match self.dev.try_borrow_mut() {
+            Ok(mut d) => {
+                if let Some(now) = self.now {
+                    d.set_now(now.get());
+                }
+                d.read(port, size)
+            }
+            Err(_) => size_mask(size),
+        }
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        self.touched.set(true);
+        if let Ok(mut d) = self.dev.try_borrow_mut() {
+            if let Some(now) = self.now {
+                d.set_now(now.get());
+            }
+            d.write(port, size, value);
+        }
+    }
 }
 
 /// What the machine is built from beyond its chips.
@@ -80,9 +149,9 @@ pub struct BusHandles<'m, S: ConsoleSink> {
     pit: &'m RefCell<Pit>,
     port_b: &'m RefCell<Pit>,
     pic: [&'m RefCell<PicPair>; 3],
-    rtc: &'m RefCell<Rtc>,
-    kbc: [&'m RefCell<I8042>; 2],
-    port92: &'m RefCell<Port92>,
+    rtc: Watched<'m, Rtc>,
+    kbc: [Watched<'m, I8042>; 2],
+    port92: Watched<'m, Port92>,
 }
 
 impl<S: ConsoleSink> Machine<S> {
@@ -96,7 +165,8 @@ impl<S: ConsoleSink> Machine<S> {
         let mut pic = PicPair::new();
         // The PIC's IRQ0 input starts at the level the PIT drives, so the first look
         // does not mistake power-on for a rising edge.
-        pic.set_irq(TIMER_IRQ, pit.out(0, 0));
+        let out0 = pit.out(0, 0);
+        pic.set_irq(TIMER_IRQ, out0);
         Machine {
             uart: RefCell::new(Uart16550::new(COM1_BASE, sink)),
             pit: RefCell::new(pit),
@@ -104,6 +174,11 @@ impl<S: ConsoleSink> Machine<S> {
             rtc: RefCell::new(Rtc::new(config.wall_clock, config.ram_bytes, 0)),
             kbc: RefCell::new(I8042::new()),
             port92: RefCell::new(Port92::new()),
+            lines: Cell::new(u8::from(out0) << LINE_IRQ0),
+            now: Cell::new(0),
+            touched: Cell::new(true),
+            rtc_due: Cell::new(0),
+            reset: Cell::new(None),
         }
     }
 
@@ -113,9 +188,20 @@ impl<S: ConsoleSink> Machine<S> {
             pit: &self.pit,
             port_b: &self.pit,
             pic: [&self.pic; 3],
-            rtc: &self.rtc,
-            kbc: [&self.kbc; 2],
-            port92: &self.port92,
+            rtc: self.watched(&self.rtc, true),
+            kbc: [
+                self.watched(&self.kbc, false),
+                self.watched(&self.kbc, false),
+            ],
+            port92: self.watched(&self.port92, false),
+        }
+    }
+
+    fn watched<'m, T>(&'m self, dev: &'m RefCell<T>, timed: bool) -> Watched<'m, T> {
+        Watched {
+            dev,
+            touched: &self.touched,
+            now: timed.then_some(&self.now),
         }
     }
 
@@ -145,18 +231,21 @@ impl<S: ConsoleSink> Machine<S> {
     /// access, without looking at interrupt lines.
     pub fn set_now(&self, now: u64) {
         self.pit.borrow_mut().set_now(now);
-        self.rtc.borrow_mut().set_now(now);
+        self.now.set(self.now.get().max(now));
     }
 
     /// Whether the guest asked for a system reset, and how (latched).
     pub fn reset_request(&self) -> Option<ResetSource> {
-        if self.kbc.borrow().reset_requested() {
-            Some(ResetSource::I8042)
-        } else if self.port92.borrow().reset_requested() {
-            Some(ResetSource::Port92)
-        } else {
-            None
+        if self.reset.get().is_none() && self.touched.get() {
+            self.reset.set(if self.kbc.borrow().reset_requested() {
+                Some(ResetSource::I8042)
+            } else if self.port92.borrow().reset_requested() {
+                Some(ResetSource::Port92)
+            } else {
+                None
+            });
         }
+        self.reset.get()
     }
 
     /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
@@ -190,25 +279,56 @@ impl<S: ConsoleSink> Machine<S> {
             };
             pic.set_irq(TIMER_IRQ, false);
             pic.set_irq(TIMER_IRQ, true);
+            self.lines.set(self.lines.get() | 1 << LINE_IRQ0);
         }
-        pic.set_irq(TIMER_IRQ, pit.out(0, now));
-        pic.set_irq(COM1_IRQ, self.uart.borrow().irq_line());
-        let mut rtc = self.rtc.borrow_mut();
-        rtc.set_now(now);
-        if rtc.take_fell() {
-            pic.set_irq(RTC_IRQ, false);
+        let mut lines = self.lines.get();
+        for (bit, irq, level) in [
+            (LINE_IRQ0, TIMER_IRQ, pit.out(0, now)),
+            (LINE_IRQ4, COM1_IRQ, self.uart.borrow().irq_line()),
+        ] {
+            if level != (lines & 1 << bit != 0) {
+                pic.set_irq(irq, level);
+                lines ^= 1 << bit;
+            }
         }
-        pic.set_irq(RTC_IRQ, rtc.irq_line());
-        let mut kbc = self.kbc.borrow_mut();
-        let [kbd_fell, aux_fell] = kbc.take_fell();
-        if kbd_fell {
-            pic.set_irq(KEYBOARD_IRQ, false);
+        self.lines.set(lines);
+        self.now.set(self.now.get().max(now));
+        if !self.touched.get() && now < self.rtc_due.get() {
+            return ticks;
         }
-        if aux_fell {
-            pic.set_irq(AUX_IRQ, false);
+        // Before `touched` is cleared: a reset request must not go unseen.
+        self.reset_request();
+        self.touched.set(false);
+        let (rtc_fell, rtc_level) = {
+            let mut rtc = self.rtc.borrow_mut();
+            rtc.set_now(now);
+            self.rtc_due.set(rtc.due());
+            (rtc.take_fell(), rtc.irq_line())
+        };
+        let ([kbd_fell, aux_fell], kbd_level, aux_level) = {
+            let mut kbc = self.kbc.borrow_mut();
+            (kbc.take_fell(), kbc.irq1(), kbc.irq12())
+        };
+        let level = u8::from(kbd_level) | u8::from(rtc_level) << 1 | u8::from(aux_level) << 2;
+        let fell = u8::from(kbd_fell) | u8::from(rtc_fell) << 1 | u8::from(aux_fell) << 2;
+        let mut lines = self.lines.get();
+        // The common case, nothing moved, costs two comparisons (this runs after every
+        // coalesced access).
+        if level == lines & 0b111 && fell & lines == 0 {
+            return ticks;
         }
-        pic.set_irq(KEYBOARD_IRQ, kbc.irq1());
-        pic.set_irq(AUX_IRQ, kbc.irq12());
+        for (bit, irq) in [(0, KEYBOARD_IRQ), (1, RTC_IRQ), (2, AUX_IRQ)] {
+            let mask = 1u8 << bit;
+            if fell & lines & mask != 0 {
+                pic.set_irq(irq, false);
+                lines &= !mask;
+            }
+            if (level ^ lines) & mask != 0 {
+                pic.set_irq(irq, level & mask != 0);
+                lines ^= mask;
+            }
+        }
+        self.lines.set(lines);
         ticks
     }
 
@@ -504,6 +624,8 @@ mod tests {
         let m = Machine::new(Sink::default());
         assert_eq!(m.reset_request(), None);
         bus_io(&m, |bus| bus.write(0x64, 1, 0xfe));
+        // A poll in between (which clears the accessed-device flag) must not hide it.
+        m.sync(10, &mut Stats::new());
         assert_eq!(m.reset_request(), Some(ResetSource::I8042));
         let m = Machine::new(Sink::default());
         bus_io(&m, |bus| {

@@ -347,6 +347,9 @@ pub struct Rtc {
     phase: u64,
     /// 32 kHz cycles since `origin` already accounted for.
     done: u64,
+    /// The first PIT tick at which `set_now` has anything to do (the next periodic
+    /// edge or update end), so the per-access call is a comparison most of the time.
+    due: u64,
     /// The IRQ line went from asserted to deasserted (register C read) since the
     /// interrupt wiring last looked, so the next assertion is a new edge.
     fell: bool,
@@ -367,13 +370,33 @@ impl Rtc {
             // ends one second later.
             phase: FIRST_UPDATE,
             done: FIRST_UPDATE,
+            due: now,
             fell: false,
         };
         rtc.ram[usize::from(REG_A)] = A_DV_32K | 0x06;
         rtc.ram[usize::from(REG_B)] = B_24H;
         rtc.store_time(DateTime::from_unix(start));
         rtc.set_memory_size(ram_bytes);
+        rtc.due = rtc.next_due();
         rtc
+    }
+
+    /// The first PIT tick at which [`Rtc::set_now`] has work to do.
+    pub fn due(&self) -> u64 {
+        self.due
+    }
+
+    /// The first PIT tick at which the chip's state changes on its own: the next
+    /// periodic edge or update end after `done`.
+    fn next_due(&self) -> u64 {
+        if !self.running() {
+            return u64::MAX;
+        }
+        let mut next = FIRST_UPDATE + Self::updates_by(self.done) * RTC_HZ;
+        if let Some(p) = periodic_cycles(self.reg(REG_A)) {
+            next = next.min((self.done / p + 1) * p);
+        }
+        self.tick_of(next)
     }
 
     /// The PC CMOS memory-size bytes (PC AT Technical Reference; the 0x34/0x35 pair as
@@ -479,7 +502,7 @@ impl Rtc {
     /// Brings the chip to PIT tick `now`: periodic flags, update cycles, alarms.
     pub fn set_now(&mut self, now: u64) {
         self.now = self.now.max(now);
-        if !self.running() {
+        if self.now < self.due || !self.running() {
             return;
         }
         let c = self.cycles_at(self.now);
@@ -498,6 +521,7 @@ impl Rtc {
             self.advance_seconds(updates);
         }
         self.done = c;
+        self.due = self.next_due();
     }
 
     /// `n` update cycles: the time advances `n` seconds, UF is set, and AF if the
@@ -580,10 +604,10 @@ impl Rtc {
     /// The first PIT tick after `now` at which an enabled interrupt flag would be set,
     /// if the line is not already up (the run loop wakes a halted guest then).
     pub fn next_event(&self, now: u64) -> Option<u64> {
-        if !self.running() || self.irq_line() {
+        let b = self.reg(REG_B);
+        if b & (B_PIE | B_UIE | B_AIE) == 0 || !self.running() || self.irq_line() {
             return None;
         }
-        let b = self.reg(REG_B);
         let c = self.cycles_at(now.max(self.now)).max(self.done);
         let mut next: Option<u64> = None;
         let mut take = |cycles: u64| {
@@ -654,6 +678,7 @@ impl Rtc {
             REG_C | REG_D => {}
             i => self.ram[usize::from(i)] = v,
         }
+        self.due = self.next_due();
     }
 }
 
