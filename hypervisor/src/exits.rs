@@ -72,6 +72,9 @@ pub struct MsrFile {
     pub lstar: u64,
     pub cstar: u64,
     pub sfmask: u64,
+    /// The guest's XCR0 as its last XSETBV set it (the hardware holds it too; kept
+    /// here for CPUID leaf 0DH). 0 until the first XSETBV: only x87/SSE state then.
+    pub xcr0: u64,
 }
 
 /// Fixed facts about the virtual CPU, from the capability probe.
@@ -354,6 +357,33 @@ pub fn filter_cpuid(
     }
 }
 
+/// CPUID.(EAX=0DH,ECX=1):EAX[1], XSAVEC (compacted XSAVE format).
+const LEAFD1_EAX_XSAVEC: u32 = 1 << 1;
+
+/// CPUID.(EAX=0DH,ECX=1):EBX, the size of an XSAVE area in the compacted format for
+/// the state components enabled in XCR0 | IA32_XSS (IA32_XSS is 0 for sluice's
+/// guests), computed as SDM Vol. 1 13.4.3 lays the compacted format out: the legacy
+/// region and header (576 bytes), then each enabled component from 2 up in order,
+/// starting on a 64-byte boundary when CPUID.(EAX=0DH,ECX=i):ECX[1] says it is
+/// aligned. `component(i)` gives CPUID.(EAX=0DH,ECX=i) EAX (size) and ECX (flags).
+/// A processor reports this itself; sluice computes it because an emulator (Bochs)
+/// reports the standard-format size there, which Linux then flags as an XSAVE
+/// consistency problem.
+pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> (u32, u32)) -> u32 {
+    let mut size: u32 = 576;
+    for i in 2..63u32 {
+        if xcr0 & (1 << i) == 0 {
+            continue;
+        }
+        let (len, flags) = component(i);
+        if flags & 0b10 != 0 {
+            size = size.next_multiple_of(64);
+        }
+        size = size.saturating_add(len);
+    }
+    size
+}
+
 /// Whether an XCR0 value is one XSETBV accepts (SDM Vol. 1 13.3 and the
 /// XSETBV reference): x87 set, only bits CPUID.(EAX=0DH,ECX=0) reports, AVX
 /// needs SSE, the AVX-512 trio all or nothing and only with AVX, AMX
@@ -560,7 +590,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             self.host.cpuid(leaf, subleaf)
         };
         let cr4 = self.visible_cr4();
-        let [a, b, c, d] = filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4);
+        let [a, mut b, c, d] = filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4);
+        if leaf == 0xD && subleaf == 1 && a & LEAFD1_EAX_XSAVEC != 0 {
+            let xcr0 = self.msrs.xcr0;
+            let host = &mut *self.host;
+            b = compacted_xsave_size(xcr0, |i| {
+                let [size, _, flags, _] = host.cpuid(0xD, i);
+                (size, flags)
+            });
+        }
         self.regs.rax = u64::from(a);
         self.regs.rbx = u64::from(b);
         self.regs.rcx = u64::from(c);
@@ -947,6 +985,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             return self.complete(Err(Fault::Gp));
         }
         self.host.xsetbv(xcr, value);
+        self.msrs.xcr0 = value;
         self.complete(Ok(()))
     }
 
@@ -1278,6 +1317,11 @@ mod tests {
                 // VMX, XSAVE, x2APIC, TSC deadline, OSXSAVE (host CR4) in ECX; APIC in EDX.
                 1 => [0x906EA, 0x0010_0800, 0x7FFA_FBFF, 0xBFEB_FBFF],
                 7 => [0, 0x029C_6FBF, 0x10, 0],
+                // Sub-leaf 1 as Bochs reports it: XSAVEOPT, XSAVEC, XGETBV1, XSAVES,
+                // the standard-format size in EBX, PT in the IA32_XSS bits.
+                0xD if subleaf == 1 => [0xF, 0xA80, 0x100, 0],
+                0xD if subleaf == 2 => [256, 576, 0, 0],
+                0xD if subleaf > 2 => [0; 4],
                 0xD => [
                     self.xsave_mask as u32,
                     0x340,
@@ -1788,6 +1832,45 @@ mod tests {
     }
 
     #[test]
+    fn compacted_xsave_size_follows_xcr0_and_alignment() {
+        // Skylake-X sizes: AVX 256, opmask 64, ZMM_Hi256 512, Hi16_ZMM 1024.
+        let sizes = |i: u32| match i {
+            2 => (256, 0),
+            5 => (64, 0),
+            6 => (512, 0),
+            7 => (1024, 0),
+            9 => (8, 0),
+            _ => (0, 0),
+        };
+        assert_eq!(compacted_xsave_size(0x3, sizes), 576);
+        assert_eq!(compacted_xsave_size(0x7, sizes), 832);
+        assert_eq!(compacted_xsave_size(0xE7, sizes), 2432);
+        // An aligned component after an odd-sized one starts on 64 bytes.
+        let aligned = |i: u32| match i {
+            9 => (8, 0),
+            10 => (64, 0b10),
+            _ => (0, 0),
+        };
+        assert_eq!(compacted_xsave_size(0x603, aligned), 576 + 64 + 64);
+    }
+
+    #[test]
+    fn cpuid_leaf_d1_reports_the_compacted_size_of_the_guests_xcr0() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_OSXSAVE);
+        h.regs.rcx = 0;
+        h.regs.rax = 0x7;
+        h.regs.rdx = 0;
+        h.exit_on(er::XSETBV, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        assert_eq!(h.msrs.xcr0, 0x7);
+        let [eax, ebx, ..] = cpuid(&mut h, 0xD, 1);
+        assert_eq!(eax & 0b1010, 0b0010, "XSAVEC stays, XSAVES hidden");
+        assert_eq!(ebx, 576 + 256);
+    }
+
+    #[test]
     fn cpuid_hides_pmu_and_monitor_mwait() {
         let l1 = filter_cpuid(1, 0, [0, 0, u32::MAX, 0], false, 0);
         assert_eq!(l1[2] & (1 << 15 | 1 << 3), 0, "PDCM, MONITOR");
@@ -2123,6 +2206,7 @@ mod tests {
                 lstar: 0xFFFF_FFFF_8100_0000,
                 cstar: 0xFFFF_FFFF_8100_1000,
                 sfmask: 0x4_7700,
+                xcr0: 0,
             }
         );
         assert_eq!(read_ok(&mut h, msr::IA32_LSTAR), 0xFFFF_FFFF_8100_0000);
