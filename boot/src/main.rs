@@ -5,6 +5,7 @@
 #![no_main]
 #![feature(abi_x86_interrupt)]
 
+mod cmos;
 mod console;
 mod gdt;
 mod interrupts;

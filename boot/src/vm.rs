@@ -27,7 +27,8 @@ use hypervisor::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuCon
 use hypervisor::guest_mem::SliceMemory;
 use hypervisor::iobus::{ConsoleSink, IoBus};
 use hypervisor::irq;
-use hypervisor::machine::{Machine, Ticks};
+use hypervisor::machine::{Machine, PcConfig, Ticks};
+use hypervisor::rtc::{self, DateTime};
 use hypervisor::stats::{self, EndKind, Stats};
 use hypervisor::timebase::Timebase;
 use hypervisor::vmcs::exit_reason;
@@ -411,12 +412,12 @@ impl KernelIo<'_, '_> {
 
 impl IoEnv for KernelIo<'_, '_> {
     fn io_read(&mut self, port: u16, width: Width) -> u32 {
-        self.machine.pit.borrow_mut().set_now(self.now());
+        self.machine.set_now(self.now());
         self.bus.read(port, width.bytes())
     }
 
     fn io_write(&mut self, port: u16, width: Width, value: u32) {
-        self.machine.pit.borrow_mut().set_now(self.now());
+        self.machine.set_now(self.now());
         self.bus.write(port, width.bytes(), value)
     }
 
@@ -426,6 +427,22 @@ impl IoEnv for KernelIo<'_, '_> {
         self.ticks.lost += t.lost;
         self.machine.interrupt_pending()
     }
+}
+
+/// The guest RTC's time at PIT tick 0: the machine's own clock read now, less the
+/// time since the timebase started; [`rtc::DEFAULT_EPOCH`] when it cannot be read.
+fn wall_clock(timebase: Timebase) -> u64 {
+    let elapsed = timebase.pit_ticks(crate::tsc::rdtsc()) / rtc::PIT_SECOND;
+    let (secs, from) = match crate::cmos::read_wall_clock() {
+        Some(t) => (t.saturating_sub(elapsed), "the machine's RTC"),
+        None => (rtc::DEFAULT_EPOCH, "fixed; the machine's RTC is unreadable"),
+    };
+    let d = DateTime::from_unix(secs);
+    println!(
+        "sluice: guest clock starts at {:04}-{:02}-{:02} {:02}:{:02}:{:02} ({from})",
+        d.year, d.month, d.day, d.hour, d.minute, d.second
+    );
+    secs
 }
 
 /// The guest's COM1 output goes to sluice's console.
@@ -452,7 +469,13 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         preemption_timer,
     } = prepared;
     let mut mem = SliceMemory::new(ram.bytes);
-    let machine = Machine::new(ConsoleOut);
+    let machine = Machine::with_config(
+        ConsoleOut,
+        PcConfig {
+            wall_clock: wall_clock(timebase),
+            ram_bytes: config.ram_bytes(),
+        },
+    );
     let mut handles = machine.handles();
     let mut bus = IoBus::new();
     if let Err(e) = Machine::register(&mut handles, &mut bus) {
@@ -486,6 +509,11 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
     let mut host = KernelHost;
     let mut launched = false;
     let (kind, exit_code) = loop {
+        // A reset the guest asked for (i8042, port 0x92) during the last exit: sluice
+        // does not restart guests, it stops this one and says why.
+        if let Some(source) = machine.reset_request() {
+            break (EndKind::Reset(source), 0);
+        }
         let now_tsc = crate::tsc::rdtsc();
         let now = timebase.pit_ticks(now_tsc);
         while let Some(byte) = crate::console::try_read() {

@@ -39,6 +39,7 @@ use crate::guest_mem::{
 };
 use crate::hypercall;
 use crate::iobus::{size_mask, IoBus};
+use crate::machine::ResetSource;
 use crate::regs::GuestRegs;
 use crate::stats::{EndKind, Stats};
 use crate::vmcs::{
@@ -71,6 +72,9 @@ pub struct MsrFile {
     pub lstar: u64,
     pub cstar: u64,
     pub sfmask: u64,
+    /// The guest's XCR0 as its last XSETBV set it (the hardware holds it too; kept
+    /// here for CPUID leaf 0DH). 0 until the first XSETBV: only x87/SSE state then.
+    pub xcr0: u64,
 }
 
 /// Fixed facts about the virtual CPU, from the capability probe.
@@ -256,7 +260,9 @@ pub fn filter_cpuid(
     nested_vmx: bool,
     guest_cr4: u64,
 ) -> [u32; 4] {
+    const ECX_MONITOR: u32 = 1 << 3;
     const ECX_VMX: u32 = 1 << 5;
+    const ECX_PDCM: u32 = 1 << 15;
     const ECX_X2APIC: u32 = 1 << 21;
     const ECX_TSC_DEADLINE: u32 = 1 << 24;
     const ECX_XSAVE: u32 = 1 << 26;
@@ -269,6 +275,8 @@ pub fn filter_cpuid(
     const LEAF7_ECX_OSPKE: u32 = 1 << 4;
     const LEAF7_ECX_RDPID: u32 = 1 << 22;
     const EXT_EDX_RDTSCP: u32 = 1 << 27;
+    const LEAF6_EAX_ARAT: u32 = 1 << 2;
+    const LEAFD1_EAX_XSAVES: u32 = 1 << 3;
     let [eax, ebx, mut ecx, mut edx] = raw;
     match leaf {
         // "sluicesluice" in EBX, ECX, EDX; highest hypervisor leaf in EAX.
@@ -290,6 +298,16 @@ pub fn filter_cpuid(
             // No machine-check architecture is offered: its MSRs (IA32_MCG_*, the bank
             // registers) raise #GP, and a guest that saw MCE/MCA would read them.
             edx &= !(EDX_MCE | EDX_MCA);
+            // PDCM announces IA32_PERF_CAPABILITIES (0x345), which Linux's perf driver
+            // reads unguarded; sluice offers no PMU (leaf 0AH below).
+            ecx &= !ECX_PDCM;
+            // MONITOR/MWAIT: sluice does not intercept MWAIT, and a guest idling in
+            // it sits in a C-state where the VMX-preemption timer may stop counting
+            // (SDM Vol. 3C 26.5.1: it counts in C0-C2 only), so timer interrupts could
+            // come late. Without it the guest idles in HLT, which sluice handles; and
+            // Linux's intel_idle, which writes the model-specific MSR_POWER_CTL
+            // (0x1FC), stays out.
+            ecx &= !ECX_MONITOR;
             // OSXSAVE mirrors the *guest's* CR4, not the host's.
             ecx &= !ECX_OSXSAVE;
             if ecx & ECX_XSAVE != 0 && guest_cr4 & CR4_OSXSAVE != 0 {
@@ -312,10 +330,58 @@ pub fn filter_cpuid(
         // a guest calibrate its TSC against the virtual 8254, which is derived from the
         // same TSC and so always agrees with it.
         0x15 | 0x16 => [0; 4],
+        // Thermal and power management (SDM Vol. 2A CPUID leaf 06H): nearly every bit
+        // announces MSRs sluice does not offer: ECX[0] IA32_MPERF/IA32_APERF (which
+        // Linux reads for frequency scaling), ECX[3] IA32_ENERGY_PERF_BIAS, EAX[0] and
+        // [6] the thermal status MSRs, EAX[4] power-limit notification, EAX[7-11] HWP.
+        // Only ARAT (EAX[2], the APIC timer keeps running in deep C-states) names no
+        // MSR; EBX (interrupt thresholds) goes with the thermal MSRs.
+        6 => [eax & LEAF6_EAX_ARAT, 0, 0, 0],
+        // MONITOR/MWAIT parameters go with the hidden MONITOR bit (SDM Vol. 2A CPUID
+        // leaf 05H).
+        5 => [0; 4],
+        // Architectural performance monitoring (SDM Vol. 2A CPUID leaf 0AH, Vol. 3B
+        // 20.2): version 0 = none. The counters' MSRs (IA32_PMCx, IA32_PERFEVTSELx,
+        // the fixed counters) are not offered, so Linux runs software events only.
+        0xA => [0; 4],
+        // Processor extended state, sub-leaf 1 (SDM Vol. 2A CPUID leaf 0DH; Vol. 1
+        // 13.2): EAX[3] announces XSAVES/XRSTORS and IA32_XSS, ECX:EDX the IA32_XSS
+        // bits. IA32_XSS is not switched between host and guest by VMX and sluice
+        // refuses it (#GP), so XSAVES is hidden and Linux uses XSAVEC/XSAVEOPT with
+        // user states only. EBX (size for XCR0 | IA32_XSS) stays: the host's IA32_XSS
+        // is 0.
+        0xD if subleaf == 1 => [eax & !LEAFD1_EAX_XSAVES, ebx, 0, 0],
         // RDTSCP needs IA32_TSC_AUX, which is not offered.
         0x8000_0001 => [eax, ebx, ecx, edx & !EXT_EDX_RDTSCP],
         _ => [eax, ebx, ecx, edx],
     }
+}
+
+/// CPUID.(EAX=0DH,ECX=1):EAX[1], XSAVEC (compacted XSAVE format).
+const LEAFD1_EAX_XSAVEC: u32 = 1 << 1;
+
+/// CPUID.(EAX=0DH,ECX=1):EBX, the size of an XSAVE area in the compacted format for
+/// the state components enabled in XCR0 | IA32_XSS (IA32_XSS is 0 for sluice's
+/// guests), computed as SDM Vol. 1 13.4.3 lays the compacted format out: the legacy
+/// region and header (576 bytes), then each enabled component from 2 up in order,
+/// starting on a 64-byte boundary when CPUID.(EAX=0DH,ECX=i):ECX[1] says it is
+/// aligned. `component(i)` gives CPUID.(EAX=0DH,ECX=i) EAX (size) and ECX (flags).
+/// A processor reports this itself; sluice computes it because an emulator (Bochs)
+/// reports the standard-format size there, which Linux then flags as an XSAVE
+/// consistency problem.
+pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> (u32, u32)) -> u32 {
+    let mut size: u32 = 576;
+    for i in 2..63u32 {
+        if xcr0 & (1 << i) == 0 {
+            continue;
+        }
+        let (len, flags) = component(i);
+        if flags & 0b10 != 0 {
+            size = size.next_multiple_of(64);
+        }
+        size = size.saturating_add(len);
+    }
+    size
 }
 
 /// Whether an XCR0 value is one XSETBV accepts (SDM Vol. 1 13.3 and the
@@ -524,7 +590,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             self.host.cpuid(leaf, subleaf)
         };
         let cr4 = self.visible_cr4();
-        let [a, b, c, d] = filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4);
+        let [a, mut b, c, d] = filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4);
+        if leaf == 0xD && subleaf == 1 && a & LEAFD1_EAX_XSAVEC != 0 {
+            let xcr0 = self.msrs.xcr0;
+            let host = &mut *self.host;
+            b = compacted_xsave_size(xcr0, |i| {
+                let [size, _, flags, _] = host.cpuid(0xD, i);
+                (size, flags)
+            });
+        }
         self.regs.rax = u64::from(a);
         self.regs.rbx = u64::from(b);
         self.regs.rcx = u64::from(c);
@@ -754,10 +828,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     }
 
     fn rdmsr(&mut self) -> ExitAction {
-        let r = self.read_msr(self.regs.rcx as u32);
-        if let Ok(v) = r {
-            self.regs.rax = v & 0xFFFF_FFFF;
-            self.regs.rdx = v >> 32;
+        let index = self.regs.rcx as u32;
+        let r = self.read_msr(index);
+        match r {
+            Ok(v) => {
+                self.regs.rax = v & 0xFFFF_FFFF;
+                self.regs.rdx = v >> 32;
+            }
+            Err(Fault::Gp) => self.stats.note_msr_gp(index, false),
+            Err(_) => {}
         }
         self.complete(r.map(|_| ()))
     }
@@ -799,7 +878,11 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     fn wrmsr(&mut self) -> ExitAction {
         let value = (self.regs.rdx << 32) | (self.regs.rax & 0xFFFF_FFFF);
-        let r = self.write_msr(self.regs.rcx as u32, value);
+        let index = self.regs.rcx as u32;
+        let r = self.write_msr(index, value);
+        if r == Err(Fault::Gp) {
+            self.stats.note_msr_gp(index, true);
+        }
         self.complete(r)
     }
 
@@ -902,6 +985,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             return self.complete(Err(Fault::Gp));
         }
         self.host.xsetbv(xcr, value);
+        self.msrs.xcr0 = value;
         self.complete(Ok(()))
     }
 
@@ -1166,6 +1250,14 @@ pub fn describe_end(vmcs: &impl Vmcs, kind: EndKind, w: &mut impl Write) -> fmt:
             }
             write!(w, " rip={rip:#x}")
         }
+        EndKind::Reset(source) => write!(
+            w,
+            "sluice: guest stopped: guest requested a reset via {} at rip={rip:#x}",
+            match source {
+                ResetSource::I8042 => "the i8042",
+                ResetSource::Port92 => "port 0x92",
+            }
+        ),
         EndKind::Fatal => write!(
             w,
             "sluice: guest stopped: unhandled VM exit {} (reason {}) at rip={rip:#x} qualification={q:#x}",
@@ -1225,6 +1317,11 @@ mod tests {
                 // VMX, XSAVE, x2APIC, TSC deadline, OSXSAVE (host CR4) in ECX; APIC in EDX.
                 1 => [0x906EA, 0x0010_0800, 0x7FFA_FBFF, 0xBFEB_FBFF],
                 7 => [0, 0x029C_6FBF, 0x10, 0],
+                // Sub-leaf 1 as Bochs reports it: XSAVEOPT, XSAVEC, XGETBV1, XSAVES,
+                // the standard-format size in EBX, PT in the IA32_XSS bits.
+                0xD if subleaf == 1 => [0xF, 0xA80, 0x100, 0],
+                0xD if subleaf == 2 => [256, 576, 0, 0],
+                0xD if subleaf > 2 => [0; 4],
                 0xD => [
                     self.xsave_mask as u32,
                     0x340,
@@ -1735,6 +1832,111 @@ mod tests {
     }
 
     #[test]
+    fn compacted_xsave_size_follows_xcr0_and_alignment() {
+        // Skylake-X sizes: AVX 256, opmask 64, ZMM_Hi256 512, Hi16_ZMM 1024.
+        let sizes = |i: u32| match i {
+            2 => (256, 0),
+            5 => (64, 0),
+            6 => (512, 0),
+            7 => (1024, 0),
+            9 => (8, 0),
+            _ => (0, 0),
+        };
+        assert_eq!(compacted_xsave_size(0x3, sizes), 576);
+        assert_eq!(compacted_xsave_size(0x7, sizes), 832);
+        assert_eq!(compacted_xsave_size(0xE7, sizes), 2432);
+        // An aligned component after an odd-sized one starts on 64 bytes.
+        let aligned = |i: u32| match i {
+            9 => (8, 0),
+            10 => (64, 0b10),
+            _ => (0, 0),
+        };
+        assert_eq!(compacted_xsave_size(0x603, aligned), 576 + 64 + 64);
+    }
+
+    #[test]
+    fn cpuid_leaf_d1_reports_the_compacted_size_of_the_guests_xcr0() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_OSXSAVE);
+        h.regs.rcx = 0;
+        h.regs.rax = 0x7;
+        h.regs.rdx = 0;
+        h.exit_on(er::XSETBV, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        assert_eq!(h.msrs.xcr0, 0x7);
+        let [eax, ebx, ..] = cpuid(&mut h, 0xD, 1);
+        assert_eq!(eax & 0b1010, 0b0010, "XSAVEC stays, XSAVES hidden");
+        assert_eq!(ebx, 576 + 256);
+    }
+
+    #[test]
+    fn cpuid_hides_pmu_and_monitor_mwait() {
+        let l1 = filter_cpuid(1, 0, [0, 0, u32::MAX, 0], false, 0);
+        assert_eq!(l1[2] & (1 << 15 | 1 << 3), 0, "PDCM, MONITOR");
+        assert_ne!(l1[2] & 1, 0, "SSE3 stays");
+        assert_eq!(
+            filter_cpuid(0xA, 0, [0x0703_0804, 0, 0, 0x603], false, 0),
+            [0; 4]
+        );
+        assert_eq!(
+            filter_cpuid(5, 0, [0x40, 0x40, 3, 0x1120], false, 0),
+            [0; 4]
+        );
+    }
+
+    #[test]
+    fn cpuid_hides_aperf_mperf_and_xsaves() {
+        let l6 = filter_cpuid(6, 0, [0x77, 2, 0x9, 0], false, 0);
+        assert_eq!(l6, [0x4, 0, 0, 0], "only ARAT stays");
+        let xd1 = filter_cpuid(0xD, 1, [0xF, 0x240, 0x100, 0x1], false, 0);
+        assert_eq!(xd1, [0x7, 0x240, 0, 0], "XSAVES and IA32_XSS bits hidden");
+        // Sub-leaf 0 is untouched.
+        assert_eq!(filter_cpuid(0xD, 0, [7, 8, 9, 0], false, 0), [7, 8, 9, 0]);
+    }
+
+    #[test]
+    fn msrs_that_raise_gp_are_counted_per_number() {
+        let mut h = Harness::long();
+        for (write, msr) in [(false, 0xE8), (false, 0xE8), (true, 0xDA0), (false, 0x1B)] {
+            h.regs.rcx = msr;
+            h.regs.rax = 0;
+            h.regs.rdx = 0;
+            h.exit_on(if write { er::WRMSR } else { er::RDMSR }, 0);
+            let a = h.run();
+            h.assert_faulted(a, 0x8000_0B0D);
+            h.vmcs.write(VmcsField::EntryInterruptionInfo, 0);
+        }
+        // A readable MSR is not counted.
+        h.regs.rcx = u64::from(msr::IA32_PAT);
+        h.exit_on(er::RDMSR, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        let reads = h.stats.msr_gp_reads.sorted();
+        assert_eq!(reads[0].map(|e| (e.msr, e.count)), Some((0xE8, 2)));
+        assert_eq!(reads[1].map(|e| (e.msr, e.count)), Some((0x1B, 1)));
+        assert_eq!(reads[2], None);
+        let writes = h.stats.msr_gp_writes.sorted();
+        assert_eq!(writes[0].map(|e| (e.msr, e.count)), Some((0xDA0, 1)));
+        assert_eq!(h.stats.unknown_msrs, 3, "APIC_BASE is refused on purpose");
+    }
+
+    #[test]
+    fn reset_request_is_described() {
+        let h = Harness::long();
+        let line = h.describe(EndKind::Reset(ResetSource::I8042));
+        assert!(
+            line.starts_with(
+                "sluice: guest stopped: guest requested a reset via the i8042 at rip="
+            ),
+            "{line}"
+        );
+        assert!(h
+            .describe(EndKind::Reset(ResetSource::Port92))
+            .contains("via port 0x92"));
+    }
+
+    #[test]
     fn hlt_with_interrupts_off_ends_the_guest() {
         let mut h = Harness::long();
         h.vmcs.write(VmcsField::GuestRflags, 0x2);
@@ -2004,6 +2206,7 @@ mod tests {
                 lstar: 0xFFFF_FFFF_8100_0000,
                 cstar: 0xFFFF_FFFF_8100_1000,
                 sfmask: 0x4_7700,
+                xcr0: 0,
             }
         );
         assert_eq!(read_ok(&mut h, msr::IA32_LSTAR), 0xFFFF_FFFF_8100_0000);

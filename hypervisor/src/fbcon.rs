@@ -20,6 +20,7 @@ use core::fmt;
 
 use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
 
+use crate::machine::ResetSource;
 use crate::stats::{EndKind, Stats};
 use crate::vmcs::exit_reason;
 
@@ -870,6 +871,10 @@ pub fn end_phrase(kind: EndKind, exit_code: u32) -> &'static str {
         EndKind::EptMisconfiguration => "guest stopped: EPT misconfiguration",
         EndKind::EntryFailure => "guest stopped: VM entry failed",
         EndKind::Fatal => "guest stopped: a VM exit sluice cannot handle",
+        EndKind::Reset(ResetSource::I8042) => {
+            "guest stopped: it asked for a reset (i8042 command 0xFE or output port)"
+        }
+        EndKind::Reset(ResetSource::Port92) => "guest stopped: it asked for a reset (port 0x92)",
     }
 }
 

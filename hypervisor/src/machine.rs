@@ -1,21 +1,31 @@
 //! The virtual PC around the guest: the 16550A UART (COM1, IRQ4), the 8254 PIT (IRQ0,
-//! port 0x61) and the 8259A pair, plus the wiring between them that no single chip
-//! owns: device outputs onto PIC inputs, PIC output into the CPU (via `irq`), and the
-//! next moment a timer needs the CPU (for the VMX-preemption timer).
+//! port 0x61), the 8259A pair, the MC146818A RTC with CMOS RAM (0x70/0x71, IRQ8) and
+//! the 8042 keyboard controller (0x60/0x64, IRQ1/IRQ12) with port 0x92, plus the
+//! wiring between them that no single chip owns: device outputs onto PIC inputs, PIC
+//! output into the CPU (via `irq`), the next moment a timer needs the CPU (for the
+//! VMX-preemption timer), and reset requests for the run loop.
 //!
 //! Devices sit in `RefCell`s so the IO bus and the run loop can both reach them (see
 //! `impl PortDevice for &RefCell<T>` in `iobus`). Nothing here touches hardware; the
 //! kernel passes the time in PIT ticks and the VMCS.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
-use crate::iobus::{BusError, ConsoleSink, IoBus};
+use crate::i8042::{
+    Port92, AUX_IRQ, I8042, I8042_CMD_PORTS, I8042_DATA_PORTS, KEYBOARD_IRQ, PORT_92,
+};
+use crate::iobus::{size_mask, BusError, ConsoleSink, IoBus, PortDevice};
 use crate::irq::{self, Delivery, InterruptController};
 use crate::pic8259::PicPair;
 use crate::pit8254::{Pit, PIT_PORTS, PORT_B};
+use crate::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
 use crate::stats::Stats;
 use crate::uart16550::Uart16550;
 use crate::vmcs::Vmcs;
+
+/// Bits of `Machine::lines` for the lines the PIT and UART drive.
+const LINE_IRQ0: u8 = 3;
+const LINE_IRQ4: u8 = 4;
 
 /// COM1 (PC/AT I/O map) and its IRQ.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -27,6 +37,102 @@ pub struct Machine<S: ConsoleSink> {
     pub uart: RefCell<Uart16550<S>>,
     pub pit: RefCell<Pit>,
     pub pic: RefCell<PicPair>,
+    pub rtc: RefCell<Rtc>,
+    pub kbc: RefCell<I8042>,
+    pub port92: RefCell<Port92>,
+    /// The levels last put on IRQ1, IRQ8, IRQ12, IRQ0 and IRQ4 (bits 0-4), so `poll`
+    /// only touches the PIC when a line changes: it runs after every coalesced device
+    /// access. Driving an 8259A input to the level it already has changes nothing, and
+    /// `poll` is the only code that drives them.
+    lines: Cell<u8>,
+    /// Guest time of the latest `set_now`/`poll`, for the RTC's accesses.
+    now: Cell<u64>,
+    /// The RTC, the 8042 or port 0x92 was accessed since `poll` last looked at them:
+    /// only an access or the RTC's next event (`rtc_due`) can move their lines, so
+    /// `poll` skips them otherwise and stays as cheap as before they existed.
+    touched: Cell<bool>,
+    rtc_due: Cell<u64>,
+    reset: Cell<Option<ResetSource>>,
+}
+
+/// A device on the bus that marks the machine's `touched` flag and, for the RTC,
+/// brings it to the machine's time before each access.
+pub struct Watched<'m, T> {
+    dev: &'m RefCell<T>,
+    touched: &'m Cell<bool>,
+    now: Option<&'m Cell<u64>>,
+}
+
+/// Devices that can be brought to a time before an access.
+pub trait Timed {
+    fn set_now(&mut self, now: u64);
+}
+
+impl Timed for Rtc {
+    fn set_now(&mut self, now: u64) {
+        Rtc::set_now(self, now)
+    }
+}
+
+impl Timed for I8042 {
+    fn set_now(&mut self, _now: u64) {}
+}
+
+impl Timed for Port92 {
+    fn set_now(&mut self, _now: u64) {}
+}
+
+impl<T: PortDevice + Timed> PortDevice for Watched<'_, T> {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        self.touched.set(true);
+        match self.dev.try_borrow_mut() {
+            Ok(mut d) => {
+                if let Some(now) = self.now {
+                    d.set_now(now.get());
+                }
+                d.read(port, size)
+            }
+            Err(_) => size_mask(size),
+        }
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        self.touched.set(true);
+        if let Ok(mut d) = self.dev.try_borrow_mut() {
+            if let Some(now) = self.now {
+                d.set_now(now.get());
+            }
+            d.write(port, size, value);
+        }
+    }
+}
+
+/// What the machine is built from beyond its chips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcConfig {
+    /// The RTC's time at PIT tick 0, seconds since 1970 (the host's clock, read once
+    /// at boot).
+    pub wall_clock: u64,
+    /// Guest RAM, for the CMOS memory-size bytes.
+    pub ram_bytes: u64,
+}
+
+impl Default for PcConfig {
+    fn default() -> Self {
+        PcConfig {
+            wall_clock: DEFAULT_EPOCH,
+            ram_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who asked for a system reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSource {
+    /// The keyboard controller (pulse command or output-port bit 0).
+    I8042,
+    /// System control port A (0x92) bit 0.
+    Port92,
 }
 
 /// Timer edges seen by one [`Machine::poll`].
@@ -43,19 +149,36 @@ pub struct BusHandles<'m, S: ConsoleSink> {
     pit: &'m RefCell<Pit>,
     port_b: &'m RefCell<Pit>,
     pic: [&'m RefCell<PicPair>; 3],
+    rtc: Watched<'m, Rtc>,
+    kbc: [Watched<'m, I8042>; 2],
+    port92: Watched<'m, Port92>,
 }
 
 impl<S: ConsoleSink> Machine<S> {
+    /// A machine with [`PcConfig::default`].
     pub fn new(sink: S) -> Self {
+        Self::with_config(sink, PcConfig::default())
+    }
+
+    pub fn with_config(sink: S, config: PcConfig) -> Self {
         let pit = Pit::new();
         let mut pic = PicPair::new();
         // The PIC's IRQ0 input starts at the level the PIT drives, so the first look
         // does not mistake power-on for a rising edge.
-        pic.set_irq(TIMER_IRQ, pit.out(0, 0));
+        let out0 = pit.out(0, 0);
+        pic.set_irq(TIMER_IRQ, out0);
         Machine {
             uart: RefCell::new(Uart16550::new(COM1_BASE, sink)),
             pit: RefCell::new(pit),
             pic: RefCell::new(pic),
+            rtc: RefCell::new(Rtc::new(config.wall_clock, config.ram_bytes, 0)),
+            kbc: RefCell::new(I8042::new()),
+            port92: RefCell::new(Port92::new()),
+            lines: Cell::new(u8::from(out0) << LINE_IRQ0),
+            now: Cell::new(0),
+            touched: Cell::new(true),
+            rtc_due: Cell::new(0),
+            reset: Cell::new(None),
         }
     }
 
@@ -65,6 +188,20 @@ impl<S: ConsoleSink> Machine<S> {
             pit: &self.pit,
             port_b: &self.pit,
             pic: [&self.pic; 3],
+            rtc: self.watched(&self.rtc, true),
+            kbc: [
+                self.watched(&self.kbc, false),
+                self.watched(&self.kbc, false),
+            ],
+            port92: self.watched(&self.port92, false),
+        }
+    }
+
+    fn watched<'m, T>(&'m self, dev: &'m RefCell<T>, timed: bool) -> Watched<'m, T> {
+        Watched {
+            dev,
+            touched: &self.touched,
+            now: timed.then_some(&self.now),
         }
     }
 
@@ -82,7 +219,33 @@ impl<S: ConsoleSink> Machine<S> {
         let [ra, rb, rc] = pic_ports;
         bus.register(ra, a)?;
         bus.register(rb, b)?;
-        bus.register(rc, c)
+        bus.register(rc, c)?;
+        bus.register(RTC_PORTS, &mut handles.rtc)?;
+        let [data, cmd] = &mut handles.kbc;
+        bus.register(I8042_DATA_PORTS, data)?;
+        bus.register(I8042_CMD_PORTS, cmd)?;
+        bus.register(PORT_92..=PORT_92, &mut handles.port92)
+    }
+
+    /// Brings the time-based devices (PIT, RTC) to `now` (PIT ticks) before a device
+    /// access, without looking at interrupt lines.
+    pub fn set_now(&self, now: u64) {
+        self.pit.borrow_mut().set_now(now);
+        self.now.set(self.now.get().max(now));
+    }
+
+    /// Whether the guest asked for a system reset, and how (latched).
+    pub fn reset_request(&self) -> Option<ResetSource> {
+        if self.reset.get().is_none() && self.touched.get() {
+            self.reset.set(if self.kbc.borrow().reset_requested() {
+                Some(ResetSource::I8042)
+            } else if self.port92.borrow().reset_requested() {
+                Some(ResetSource::Port92)
+            } else {
+                None
+            });
+        }
+        self.reset.get()
     }
 
     /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
@@ -95,7 +258,11 @@ impl<S: ConsoleSink> Machine<S> {
 
     /// [`Machine::sync`] without the statistics, for callers that hold them elsewhere
     /// (the coalescer's device accesses): PIT OUT0 on IRQ0 (edge-triggered: each rising
-    /// edge since the last look raises a request), the UART's interrupt line on IRQ4.
+    /// edge since the last look raises a request), the UART's interrupt line on IRQ4,
+    /// the 8042's IRQ1/IRQ12 and the RTC's IRQ8. Those three hold their line up until
+    /// the guest reads the device; a line the guest dropped and the device raised again
+    /// between two looks is lowered first, so the edge-triggered 8259A sees the new
+    /// request (on the chips the line does go low in between).
     pub fn poll(&self, now: u64) -> Ticks {
         let mut pit = self.pit.borrow_mut();
         let mut pic = self.pic.borrow_mut();
@@ -112,9 +279,56 @@ impl<S: ConsoleSink> Machine<S> {
             };
             pic.set_irq(TIMER_IRQ, false);
             pic.set_irq(TIMER_IRQ, true);
+            self.lines.set(self.lines.get() | 1 << LINE_IRQ0);
         }
-        pic.set_irq(TIMER_IRQ, pit.out(0, now));
-        pic.set_irq(COM1_IRQ, self.uart.borrow().irq_line());
+        let mut lines = self.lines.get();
+        for (bit, irq, level) in [
+            (LINE_IRQ0, TIMER_IRQ, pit.out(0, now)),
+            (LINE_IRQ4, COM1_IRQ, self.uart.borrow().irq_line()),
+        ] {
+            if level != (lines & 1 << bit != 0) {
+                pic.set_irq(irq, level);
+                lines ^= 1 << bit;
+            }
+        }
+        self.lines.set(lines);
+        self.now.set(self.now.get().max(now));
+        if !self.touched.get() && now < self.rtc_due.get() {
+            return ticks;
+        }
+        // Before `touched` is cleared: a reset request must not go unseen.
+        self.reset_request();
+        self.touched.set(false);
+        let (rtc_fell, rtc_level) = {
+            let mut rtc = self.rtc.borrow_mut();
+            rtc.set_now(now);
+            self.rtc_due.set(rtc.due());
+            (rtc.take_fell(), rtc.irq_line())
+        };
+        let ([kbd_fell, aux_fell], kbd_level, aux_level) = {
+            let mut kbc = self.kbc.borrow_mut();
+            (kbc.take_fell(), kbc.irq1(), kbc.irq12())
+        };
+        let level = u8::from(kbd_level) | u8::from(rtc_level) << 1 | u8::from(aux_level) << 2;
+        let fell = u8::from(kbd_fell) | u8::from(rtc_fell) << 1 | u8::from(aux_fell) << 2;
+        let mut lines = self.lines.get();
+        // The common case, nothing moved, costs two comparisons (this runs after every
+        // coalesced access).
+        if level == lines & 0b111 && fell & lines == 0 {
+            return ticks;
+        }
+        for (bit, irq) in [(0, KEYBOARD_IRQ), (1, RTC_IRQ), (2, AUX_IRQ)] {
+            let mask = 1u8 << bit;
+            if fell & lines & mask != 0 {
+                pic.set_irq(irq, false);
+                lines &= !mask;
+            }
+            if (level ^ lines) & mask != 0 {
+                pic.set_irq(irq, level & mask != 0);
+                lines ^= mask;
+            }
+        }
+        self.lines.set(lines);
         ticks
     }
 
@@ -144,9 +358,15 @@ impl<S: ConsoleSink> Machine<S> {
         d
     }
 
-    /// When (PIT ticks) the guest next needs the CPU for a timer interrupt, if ever.
+    /// When (PIT ticks) the guest next needs the CPU for a timer interrupt (PIT IRQ0
+    /// edge or an enabled RTC flag), if ever.
     pub fn next_timer_event(&self, now: u64) -> Option<u64> {
-        self.pit.borrow().next_irq0_edge(now)
+        let pit = self.pit.borrow().next_irq0_edge(now);
+        let rtc = self.rtc.borrow().next_event(now);
+        match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether a halted guest could still be woken: an interrupt is pending at the PIC
@@ -199,6 +419,7 @@ impl InterruptController for PicPair {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pit8254::PIT_HZ;
     use crate::vmcs::{SoftVmcs, VmcsField};
 
     #[derive(Default)]
@@ -311,6 +532,130 @@ mod tests {
         assert!(m.can_wake(0));
     }
 
+    /// Linux-style PIC init with the slave's lines unmasked too.
+    fn init_pic_both(bus: &mut IoBus, master_unmasked: u8, slave_unmasked: u8) {
+        init_pic(bus, master_unmasked | 1 << 2);
+        bus.write(0xa1, 1, u32::from(!slave_unmasked));
+    }
+
+    #[test]
+    fn rtc_periodic_interrupt_reaches_irq8_each_time_register_c_is_read() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        bus_io(&m, |bus| {
+            init_pic_both(bus, 0, 0x01);
+            bus.write(0x70, 1, 0x0b);
+            let b = bus.read(0x71, 1);
+            bus.write(0x71, 1, b | 0x40); // PIE at the default 1024 Hz
+        });
+        let first = m.next_timer_event(0).expect("PIE makes an RTC event");
+        assert!(first <= PIT_HZ / 1024 + 1, "{first}");
+        let mut v = guest_with_if();
+        m.sync(first, &mut stats);
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        assert_eq!(stats.irq_injected[8], 1);
+        // The handler reads C (line drops), EOIs both PICs; by the next look the RTC
+        // has raised the line again: that is a new edge.
+        bus_io(&m, |bus| {
+            bus.write(0x70, 1, 0x0c);
+            assert_eq!(bus.read(0x71, 1), 0xc0);
+            bus.write(0xa0, 1, 0x20);
+            bus.write(0x20, 1, 0x20);
+        });
+        let second = m.next_timer_event(first).unwrap();
+        m.set_now(second + 5);
+        m.sync(second + 5, &mut stats);
+        v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        // Without reading C, no further interrupt however long.
+        bus_io(&m, |bus| {
+            bus.write(0xa0, 1, 0x20);
+            bus.write(0x20, 1, 0x20);
+        });
+        m.sync(second + PIT_HZ, &mut stats);
+        v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(stats.irq_injected[8], 2);
+    }
+
+    #[test]
+    fn keyboard_bytes_raise_irq1_one_edge_per_byte() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        let mut v = guest_with_if();
+        bus_io(&m, |bus| {
+            init_pic(bus, 0x02);
+            bus.write(0x60, 1, 0xf2); // identify: FA AB 83
+        });
+        for want in [0xfa, 0xab, 0x83] {
+            m.sync(0, &mut stats);
+            v = guest_with_if();
+            assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x21));
+            bus_io(&m, |bus| {
+                assert_eq!(bus.read(0x64, 1) & 1, 1);
+                assert_eq!(bus.read(0x60, 1), want);
+                bus.write(0x20, 1, 0x20);
+            });
+        }
+        m.sync(0, &mut stats);
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(stats.irq_injected[1], 3);
+    }
+
+    #[test]
+    fn aux_loopback_raises_irq12_through_the_slave() {
+        let m = Machine::new(Sink::default());
+        let mut stats = Stats::new();
+        bus_io(&m, |bus| {
+            init_pic_both(bus, 0, 1 << 4);
+            bus.write(0x64, 1, 0x60);
+            bus.write(0x60, 1, 0x47); // KBDINT | AUXINT | SYS | XLATE
+            bus.write(0x64, 1, 0xd3);
+            bus.write(0x60, 1, 0xa5);
+        });
+        m.sync(0, &mut stats);
+        let mut v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x2c));
+        assert_eq!(stats.irq_injected[12], 1);
+    }
+
+    #[test]
+    fn reset_requests_are_reported_with_their_source() {
+        let m = Machine::new(Sink::default());
+        assert_eq!(m.reset_request(), None);
+        bus_io(&m, |bus| bus.write(0x64, 1, 0xfe));
+        // A poll in between (which clears the accessed-device flag) must not hide it.
+        m.sync(10, &mut Stats::new());
+        assert_eq!(m.reset_request(), Some(ResetSource::I8042));
+        let m = Machine::new(Sink::default());
+        bus_io(&m, |bus| {
+            assert_eq!(bus.read(0x92, 1), 0x02);
+            bus.write(0x92, 1, 0x03);
+        });
+        assert_eq!(m.reset_request(), Some(ResetSource::Port92));
+    }
+
+    #[test]
+    fn cmos_memory_size_follows_the_configuration() {
+        let m = Machine::with_config(
+            Sink::default(),
+            PcConfig {
+                wall_clock: DEFAULT_EPOCH,
+                ram_bytes: 48 << 20,
+            },
+        );
+        bus_io(&m, |bus| {
+            let mut cmos = |i: u32| {
+                bus.write(0x70, 1, i);
+                bus.read(0x71, 1)
+            };
+            assert_eq!(cmos(0x17) | cmos(0x18) << 8, 47 * 1024);
+            assert_eq!(cmos(0x34) | cmos(0x35) << 8, 32 * 16);
+            assert_eq!(cmos(0x09), 0x26);
+            assert_eq!(cmos(0x32), 0x20);
+        });
+    }
+
     #[test]
     fn devices_answer_on_the_bus() {
         let m = Machine::new(Sink::default());
@@ -323,6 +668,10 @@ mod tests {
             assert_eq!(bus.read(0x61, 1) & 0x01, 0x01);
             bus.write(0x4d0, 1, 0xf8);
             assert_eq!(bus.read(0x4d0, 1), 0xf8);
+            assert_ne!(bus.read(0x64, 1), 0xff);
+            bus.write(0x70, 1, 0x0d);
+            assert_eq!(bus.read(0x71, 1), 0x80);
+            assert_eq!(bus.read(0x92, 1), 0x02);
             assert_eq!(bus.unknown_reads() + bus.unknown_writes(), 0);
         });
         assert_eq!(m.uart.borrow().sink().0, b"x");

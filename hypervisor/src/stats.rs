@@ -9,6 +9,7 @@
 use core::fmt::{self, Write};
 
 use crate::iobus::IoBus;
+use crate::machine::ResetSource;
 use crate::vmcs::exit_reason_name;
 
 /// Basic exit reasons counted individually (0..=79 covers every reason the
@@ -27,6 +28,11 @@ pub struct Stats {
     pub injected_exceptions: u64,
     /// RDMSR/WRMSR of MSRs outside the allow-list (answered with #GP).
     pub unknown_msrs: u64,
+    /// The MSRs whose RDMSR ended in #GP, busiest kept (unknown MSRs, MSRs sluice
+    /// refuses on purpose).
+    pub msr_gp_reads: MsrTop,
+    /// The same for WRMSR (unknown MSRs and refused values).
+    pub msr_gp_writes: MsrTop,
     /// External interrupts injected, by IRQ line (0-15).
     pub irq_injected: [u64; 16],
     /// Spurious vectors (IRQ7/IRQ15 with nothing in service) handed to the guest.
@@ -38,6 +44,63 @@ pub struct Stats {
     pub timer_ticks_lost: u64,
     /// Port IO and coalescing.
     pub io: IoStats,
+}
+
+/// MSRs tracked individually per direction in [`MsrTop`].
+pub const TOP_MSRS: usize = 8;
+
+/// #GP count of one MSR number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrCount {
+    pub msr: u32,
+    pub count: u64,
+}
+
+/// The busiest MSR numbers of one direction that ended in #GP. Like the unknown-port
+/// table: a newcomer to a full table replaces an entry seen only once, so MSRs a guest
+/// keeps trying stay and one-off probes churn among themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsrTop {
+    entries: [Option<MsrCount>; TOP_MSRS],
+}
+
+impl MsrTop {
+    pub const fn new() -> Self {
+        MsrTop {
+            entries: [None; TOP_MSRS],
+        }
+    }
+
+    pub fn note(&mut self, msr: u32) {
+        if let Some(e) = self.entries.iter_mut().flatten().find(|e| e.msr == msr) {
+            e.count = e.count.saturating_add(1);
+            return;
+        }
+        let slot = match self.entries.iter().position(|e| e.is_none()) {
+            Some(i) => i,
+            None => match self
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.map(|e| (i, e.count)))
+                .min_by_key(|&(_, c)| c)
+            {
+                Some((i, c)) if c <= 1 => i,
+                _ => return,
+            },
+        };
+        self.entries[slot] = Some(MsrCount { msr, count: 1 });
+    }
+
+    /// Busiest first (ties by MSR number), then `None`s.
+    pub fn sorted(&self) -> [Option<MsrCount>; TOP_MSRS] {
+        let mut out = self.entries;
+        out.sort_unstable_by_key(|e| match e {
+            Some(e) => (0u8, u64::MAX - e.count, e.msr),
+            None => (1, 0, 0),
+        });
+        out
+    }
 }
 
 /// Block-length histogram buckets, in instructions per IO exit.
@@ -110,6 +173,8 @@ impl Stats {
             exits_other: 0,
             injected_exceptions: 0,
             unknown_msrs: 0,
+            msr_gp_reads: MsrTop::new(),
+            msr_gp_writes: MsrTop::new(),
             irq_injected: [0; 16],
             irq_spurious: 0,
             timer_ticks: 0,
@@ -126,6 +191,15 @@ impl Stats {
             None => &mut self.exits_other,
         };
         *slot = slot.saturating_add(1);
+    }
+
+    /// Counts an RDMSR (`write` false) or WRMSR of `msr` that ended in #GP.
+    pub fn note_msr_gp(&mut self, msr: u32, write: bool) {
+        if write {
+            self.msr_gp_writes.note(msr);
+        } else {
+            self.msr_gp_reads.note(msr);
+        }
     }
 
     /// Exits counted for a basic reason.
@@ -157,6 +231,8 @@ pub enum EndKind {
     EntryFailure,
     /// An exit the hypervisor does not handle.
     Fatal,
+    /// The guest asked for a system reset; sluice stops it instead.
+    Reset(ResetSource),
 }
 
 impl EndKind {
@@ -170,6 +246,7 @@ impl EndKind {
             EndKind::Halt => "halt",
             EndKind::EntryFailure => "entry-failure",
             EndKind::Fatal => "fatal",
+            EndKind::Reset(_) => "reset",
         }
     }
 }
@@ -264,9 +341,13 @@ pub fn write_stats_line(
     }
     write!(
         w,
-        "]}},\"injected_exceptions\":{},\"unknown_msrs\":{},\"interrupts\":{{\"injected\":{{",
+        "]}},\"injected_exceptions\":{},\"unknown_msrs\":{},\"msr_gp\":{{\"rdmsr\":",
         stats.injected_exceptions, stats.unknown_msrs
     )?;
+    write_msr_top(w, &stats.msr_gp_reads)?;
+    w.write_str(",\"wrmsr\":")?;
+    write_msr_top(w, &stats.msr_gp_writes)?;
+    w.write_str("},\"interrupts\":{\"injected\":{")?;
     let mut first = true;
     for (irq, &n) in stats.irq_injected.iter().enumerate() {
         if n != 0 {
@@ -283,6 +364,18 @@ pub fn write_stats_line(
     )?;
     write_io(w, stats)?;
     w.write_str("}\n")
+}
+
+/// `[{"msr":"0xe8","count":3},...]`, busiest first.
+fn write_msr_top(w: &mut impl Write, top: &MsrTop) -> fmt::Result {
+    w.write_char('[')?;
+    for (i, e) in top.sorted().iter().flatten().enumerate() {
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        write!(w, "{{\"msr\":\"{:#x}\",\"count\":{}}}", e.msr, e.count)?;
+    }
+    w.write_char(']')
 }
 
 /// The `"io"` object: exits, instructions, the block histogram, stop reasons, cache.
@@ -341,6 +434,7 @@ mod tests {
             (EndKind::Halt, "halt"),
             (EndKind::EntryFailure, "entry-failure"),
             (EndKind::Fatal, "fatal"),
+            (EndKind::Reset(ResetSource::I8042), "reset"),
         ];
         for (k, n) in all {
             assert_eq!(k.name(), n);
@@ -374,7 +468,7 @@ mod tests {
             line("g", EndKind::Halt, 0, &Stats::new(), &bus),
             "sluice-stats: {\"guest\":\"g\",\"end\":\"halt\",\"exit_code\":0,\"exits\":{},\
              \"unknown_ports\":{\"reads\":0,\"writes\":0,\"top\":[]},\
-             \"injected_exceptions\":0,\"unknown_msrs\":0,\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0},\"io\":{\"exits\":0,\"instructions\":0,\"string_elements\":0,\"emulated\":0,\"blocks\":{\"1\":0,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":0,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{},\"cache\":{\"hits\":0,\"misses\":0},\"cycles\":0}}\n"
+             \"injected_exceptions\":0,\"unknown_msrs\":0,\"msr_gp\":{\"rdmsr\":[],\"wrmsr\":[]},\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0},\"io\":{\"exits\":0,\"instructions\":0,\"string_elements\":0,\"emulated\":0,\"blocks\":{\"1\":0,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":0,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{},\"cache\":{\"hits\":0,\"misses\":0},\"cycles\":0}}\n"
         );
     }
 
@@ -391,6 +485,10 @@ mod tests {
         s.count_exit(exit_reason::VMCALL as u32);
         s.injected_exceptions = 3;
         s.unknown_msrs = 1;
+        s.note_msr_gp(0xDA0, false);
+        s.note_msr_gp(0xE8, false);
+        s.note_msr_gp(0xE8, false);
+        s.note_msr_gp(0x1B, true);
         s.irq_injected[0] = 9;
         s.irq_injected[4] = 2;
         s.irq_spurious = 1;
@@ -418,7 +516,7 @@ mod tests {
              \"unknown_ports\":{\"reads\":1,\"writes\":2,\"top\":[\
              {\"port\":\"0x0070\",\"reads\":0,\"writes\":2},\
              {\"port\":\"0x1234\",\"reads\":1,\"writes\":0}]},\
-             \"injected_exceptions\":3,\"unknown_msrs\":1,\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3},\"io\":{\"exits\":5,\"instructions\":9,\"string_elements\":4,\"emulated\":14,\"blocks\":{\"1\":1,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":1,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{\"unsupported\":1,\"limit\":1},\"cache\":{\"hits\":3,\"misses\":2},\"cycles\":777}}\n"
+             \"injected_exceptions\":3,\"unknown_msrs\":1,\"msr_gp\":{\"rdmsr\":[{\"msr\":\"0xe8\",\"count\":2},{\"msr\":\"0xda0\",\"count\":1}],\"wrmsr\":[{\"msr\":\"0x1b\",\"count\":1}]},\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3},\"io\":{\"exits\":5,\"instructions\":9,\"string_elements\":4,\"emulated\":14,\"blocks\":{\"1\":1,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":1,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{\"unsupported\":1,\"limit\":1},\"cache\":{\"hits\":3,\"misses\":2},\"cycles\":777}}\n"
         );
         assert_eq!(l.matches('\n').count(), 1);
         assert!(balanced(&l));
@@ -449,6 +547,46 @@ mod tests {
             }
         }
         depth == 0 && !in_str
+    }
+
+    #[test]
+    fn msr_top_keeps_the_busiest_and_lets_one_offs_churn() {
+        let mut t = MsrTop::new();
+        for m in 0..TOP_MSRS as u32 {
+            t.note(0x100 + m);
+            t.note(0x100 + m);
+        }
+        for _ in 0..5 {
+            t.note(0x103);
+        }
+        // A full table of twice-seen MSRs keeps them.
+        for m in 0..20 {
+            t.note(0x9000 + m);
+        }
+        let s = t.sorted();
+        assert_eq!(
+            s[0],
+            Some(MsrCount {
+                msr: 0x103,
+                count: 7
+            })
+        );
+        assert_eq!(
+            s[1],
+            Some(MsrCount {
+                msr: 0x100,
+                count: 2
+            })
+        );
+        assert!(s.iter().flatten().all(|e| (0x100..0x108).contains(&e.msr)));
+        // Once-seen entries give way.
+        let mut t = MsrTop::new();
+        for m in 0..TOP_MSRS as u32 {
+            t.note(m);
+        }
+        t.note(0xE8);
+        assert!(t.sorted().iter().flatten().any(|e| e.msr == 0xE8));
+        assert_eq!(t.sorted().iter().flatten().count(), TOP_MSRS);
     }
 
     #[test]
