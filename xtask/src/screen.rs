@@ -190,8 +190,16 @@ pub fn check_screen(serial: &str, screen: &[String], also: &[&str]) -> Result<()
     if serial_lines.is_empty() {
         return Err("the serial port printed no banner".into());
     }
+    check_screen_lines(screen, serial_lines.into_iter().chain(also.iter().copied()))
+}
+
+/// Each of `wanted` must be part of a screen line, in this order.
+pub fn check_screen_lines<'w>(
+    screen: &[String],
+    wanted: impl IntoIterator<Item = &'w str>,
+) -> Result<(), String> {
     let mut from = 0;
-    for want in serial_lines.iter().chain(also) {
+    for want in wanted {
         match screen[from..].iter().position(|l| l.contains(want)) {
             Some(i) => from += i + 1,
             None => {
@@ -211,7 +219,19 @@ pub struct ScreenCase {
     pub firmware: Firmware,
     /// Lines of the final screen that must follow the serial lines.
     pub final_lines: &'static [&'static str],
+    /// `false`: the PC has no serial port at all (QEMU `-serial none`, like most
+    /// laptops); the screen alone must then show `screen_only` and the final lines.
+    pub serial: bool,
 }
+
+/// What a PC without a serial port must still show on screen (the no-VMX path).
+const SCREEN_ONLY_NO_VMX: &[&str] = &[
+    "sluice 0.1.0 -- a type-1 hypervisor for Intel VMX",
+    "sluice: screen ",
+    "sluice: error: ",
+    "sluice: what to do: ",
+    "sluice: exit status 1",
+];
 
 const FINAL_NO_VMX: &[&str] = &[
     " sluice: run ended",
@@ -224,11 +244,19 @@ pub const CASES: &[ScreenCase] = &[
         name: "screen-qemu-uefi-no-vmx",
         firmware: Firmware::Uefi,
         final_lines: FINAL_NO_VMX,
+        serial: true,
+    },
+    ScreenCase {
+        name: "screen-qemu-uefi-no-serial-port",
+        firmware: Firmware::Uefi,
+        final_lines: FINAL_NO_VMX,
+        serial: false,
     },
     ScreenCase {
         name: "screen-qemu-bios-no-vmx",
         firmware: Firmware::Bios,
         final_lines: FINAL_NO_VMX,
+        serial: true,
     },
 ];
 
@@ -288,6 +316,13 @@ fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
         .position(|w| w[0] == "-monitor" && w[1] == "none")
         .ok_or("qemu_args has no -monitor none to replace")?;
     args[at + 1] = format!("unix:{},server,nowait", socket.display());
+    if !case.serial {
+        let at = args
+            .windows(2)
+            .position(|w| w[0] == "-serial" && w[1] == "stdio")
+            .ok_or("qemu_args has no -serial stdio to replace")?;
+        args[at + 1] = "none".into();
+    }
     let mut child = emulator::spawn_group(
         Command::new("qemu-system-x86_64")
             .args(&args)
@@ -311,7 +346,8 @@ fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
     let text = || String::from_utf8_lossy(&serial.lock().unwrap()).into_owned();
     let start = Instant::now();
     let result = (|| {
-        while emulator::reported_status(&text()).is_none() {
+        // Without a serial port the screen is the only witness: poll it instead.
+        while case.serial && emulator::reported_status(&text()).is_none() {
             if let Ok(Some(exit)) = child.try_wait() {
                 return Err(format!("qemu exited ({exit}) before the exit status"));
             }
@@ -320,19 +356,45 @@ fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut monitor = Monitor::connect(&socket)?;
+        // QEMU creates the socket a moment after it starts.
+        let mut monitor = loop {
+            match Monitor::connect(&socket) {
+                Ok(m) => break m,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
         let shot = spec.workdir.join("screen.ppm");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now()
+            + if case.serial {
+                Duration::from_secs(10)
+            } else {
+                spec.machine.timeout
+            };
         loop {
             let _ = std::fs::remove_file(&shot);
             monitor.command(&format!("screendump {}", shot.display()))?;
             let bytes = std::fs::read(&shot).map_err(|e| format!("reading the screenshot: {e}"))?;
             let img = parse_ppm(&bytes)?;
             let lines = unwrapped(&read_text(&img), img.width / CELL_W);
-            let verdict = check_screen(&text(), &lines, case.final_lines);
+            let verdict = if case.serial {
+                check_screen(&text(), &lines, case.final_lines)
+            } else if !text().is_empty() {
+                Err("QEMU has no serial port, yet something was printed on one".into())
+            } else {
+                let want = SCREEN_ONLY_NO_VMX.iter().chain(case.final_lines);
+                check_screen_lines(&lines, want.copied())
+            };
             if verdict.is_ok() || Instant::now() > deadline {
                 let _ = monitor.command("quit");
                 return verdict.map(|()| {
+                    if !case.serial {
+                        return format!(
+                            "{}x{} screen alone (no serial port) shows the banner, the error, \
+                             the advice and the final screen",
+                            img.width, img.height
+                        );
+                    }
                     format!(
                         "{}x{} screen shows the {} serial lines and the final screen",
                         img.width,
