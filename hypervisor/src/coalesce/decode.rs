@@ -71,6 +71,20 @@ pub fn decode(bytes: &[u8], mode: CodeMode) -> Result<Insn, DecodeError> {
     }
 }
 
+/// The mnemonic of the instruction at the start of `bytes` (lower case, as zydis
+/// names it) and its length, for statistics; `None` if the bytes do not decode.
+pub fn mnemonic(bytes: &[u8], mode: CodeMode) -> Option<(&'static str, u8)> {
+    let (machine, stack) = match mode {
+        CodeMode::Bits16 => (MachineMode::LEGACY_16, StackWidth::_16),
+        CodeMode::Bits32 => (MachineMode::LEGACY_32, StackWidth::_32),
+        CodeMode::Bits64 => (MachineMode::LONG_64, StackWidth::_64),
+    };
+    let decoder = Decoder::new(machine, stack).ok()?;
+    let window = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    let insn: Instruction<VisibleOperands> = decoder.decode_first(window).ok()??;
+    Some((insn.mnemonic.static_string()?, insn.length))
+}
+
 /// The legacy and REX prefix bytes of `insn`, in order.
 fn prefixes(insn: &Instruction<VisibleOperands>) -> impl Iterator<Item = u8> + '_ {
     let n = usize::from(insn.raw.prefix_count).min(insn.raw.prefixes.len());

@@ -7,7 +7,7 @@
 //! code that does not translate), the caller falls back to the one-instruction IO
 //! handler in `exits`, which is always correct; the fallback is counted as a stop.
 
-use crate::coalesce::block::{self, Extent, GuestCode};
+use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason, Width};
@@ -46,11 +46,18 @@ pub enum Outcome {
 pub struct Coalescer<'c> {
     pub settings: Settings,
     cache: &'c mut BlockCache,
+    /// Why the last coalesced run stopped and the RIP it stopped at (for the
+    /// stop-site statistics).
+    last_stop: (StopReason, u64),
 }
 
 impl<'c> Coalescer<'c> {
     pub fn new(settings: Settings, cache: &'c mut BlockCache) -> Self {
-        Coalescer { settings, cache }
+        Coalescer {
+            settings,
+            cache,
+            last_stop: (StopReason::Off, 0),
+        }
     }
 
     /// The guest's code mode from CR0.PE, EFER.LMA/CS.L and CS.D (SDM Vol. 3A 3.4.5).
@@ -101,11 +108,27 @@ impl<'c> Coalescer<'c> {
         env: &mut E,
         stats: &mut Stats,
     ) -> Outcome {
+        let mode = Self::code_mode(vmcs);
+        let cs_base = vmcs.read(VmcsField::GuestCsBase);
+        let exit_rip = vmcs.read(VmcsField::GuestRip);
+        self.last_stop = (StopReason::Off, exit_rip);
         let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io);
-        if let Outcome::Fallback(reason) = outcome {
-            let slot = &mut stats.io.stops[reason.index()];
+        let (mut reason, rip) = self.last_stop;
+        if let Outcome::Fallback(r) = outcome {
+            let slot = &mut stats.io.stops[r.index()];
             *slot = slot.saturating_add(1);
+            reason = r;
         }
+        let stop_rip = if mode == CodeMode::Bits64 {
+            rip
+        } else {
+            cs_base.wrapping_add(rip) & 0xFFFF_FFFF
+        };
+        let paging = guest_paging(vmcs);
+        let cpl = guest_cpl(vmcs);
+        stats.io.sites.record(stop_rip, reason.index() as u8, || {
+            describe(&*mem, paging, cpl, stop_rip, mode)
+        });
         outcome
     }
 
@@ -213,6 +236,7 @@ impl<'c> Coalescer<'c> {
         *bucket = bucket.saturating_add(1);
         let slot = &mut io.stops[stop.index()];
         *slot = slot.saturating_add(1);
+        self.last_stop = (stop, state.rip);
         Outcome::Done
     }
 
@@ -243,6 +267,24 @@ impl<'c> Coalescer<'c> {
         let b = block::scan(&mut code, rip_linear, mode, &extent);
         *self.cache.insert(gpa, mode, &extent, b)
     }
+}
+
+/// Mnemonic and first code bytes of the instruction at `linear` (stop statistics).
+fn describe<M: GuestMemory>(
+    mem: &M,
+    paging: crate::guest_mem::PagingContext,
+    cpl: u8,
+    linear: u64,
+    mode: CodeMode,
+) -> (&'static str, [u8; 8], u8) {
+    let mut buf = [0u8; crate::coalesce::decode::MAX_INSN_LEN];
+    let got = GuestCode::new(mem, paging, cpl).fetch(linear, &mut buf);
+    let got = got.min(buf.len());
+    let (name, len) = crate::coalesce::decode::mnemonic(&buf[..got], mode).unwrap_or(("?", 8));
+    let mut bytes = [0u8; 8];
+    let n = got.min(8).min(usize::from(len));
+    bytes[..n].copy_from_slice(&buf[..n]);
+    (name, bytes, n as u8)
 }
 
 /// The RIP range a run may continue into: the extent around the exiting instruction
