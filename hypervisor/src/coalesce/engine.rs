@@ -19,6 +19,11 @@ use crate::regs::GuestRegs;
 use crate::stats::{IoStats, Stats};
 use crate::vmcs::{IoQualification, Vmcs, VmcsField};
 
+/// Taken transfers (JMP, Jcc, CALL, RET) out of the current extent one exit may follow
+/// in 64-bit code with the `page` and `line` policies; each starts a new extent at
+/// its target (docs/COALESCING.md, "Leaving the extent").
+pub const MAX_HOPS: u32 = 8;
+
 /// RFLAGS.TF (single-step), RFLAGS.VM; DR7 L0-L3/G0-G3 (enabled breakpoints).
 const RFLAGS_TF: u64 = 1 << 8;
 const DR7_ENABLED: u64 = 0xFF;
@@ -41,7 +46,7 @@ pub enum Outcome {
     Fallback(StopReason),
 }
 
-/// The coalescer of one vCPU. The block cache is borrowed: at about 70 KiB it lives
+/// The coalescer of one vCPU. The block cache is borrowed: at about 90 KiB it lives
 /// in a static of the kernel (`BlockCache::new` is const), not on its stack.
 pub struct Coalescer<'c> {
     pub settings: Settings,
@@ -90,6 +95,7 @@ impl<'c> Coalescer<'c> {
         }
         CpuState {
             regs: *regs,
+            rsp: vmcs.read(VmcsField::GuestRsp),
             rip: vmcs.read(VmcsField::GuestRip),
             rflags: vmcs.read(VmcsField::GuestRflags),
             mode,
@@ -167,7 +173,8 @@ impl<'c> Coalescer<'c> {
             Some(_) => return Outcome::Fallback(StopReason::Off),
         }
         let limits = self.settings.limits;
-        let follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
+        let mut follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
+        let mut hops = 0u32;
         let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
         let mut block_gpa = gpa;
         let stop = loop {
@@ -187,6 +194,7 @@ impl<'c> Coalescer<'c> {
                     max_string_elements: limits.max_string_elements.saturating_sub(elements),
                 },
                 follow,
+                hops < MAX_HOPS,
             );
             executed = executed.saturating_add(r.executed);
             io_insns = io_insns.saturating_add(r.io_insns);
@@ -211,6 +219,14 @@ impl<'c> Coalescer<'c> {
             if !((ran_off_full_block || followed_branch) && chainable) {
                 break r.stop;
             }
+            if let Some((lo, hi)) = follow {
+                if !(lo..hi).contains(&state.rip) {
+                    // A transfer left the extent: the target's extent is the new one.
+                    hops += 1;
+                    let target = linear_rip(&state);
+                    follow = follow_range(&*mem, &state, &extent, target, cs_limit);
+                }
+            }
             let next_linear = linear_rip(&state);
             let Ok(next_gpa) =
                 translate(&*mem, &state.paging, next_linear, Access::fetch(state.cpl))
@@ -226,6 +242,7 @@ impl<'c> Coalescer<'c> {
         // Write everything back in one go.
         *regs = state.regs;
         vmcs.write(VmcsField::GuestRip, state.rip);
+        vmcs.write(VmcsField::GuestRsp, state.rsp);
         vmcs.write(VmcsField::GuestRflags, state.rflags);
         // At least one instruction retired.
         retire_interrupt_shadow(vmcs);
