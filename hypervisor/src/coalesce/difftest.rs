@@ -3657,4 +3657,137 @@ mod tests {
         );
         assert_eq!(co.final_.rip, c.ip);
     }
+
+    /// `out 0xE0, al` then `code`, then hlt: a 64-bit case with RSP in the data area.
+    fn after_out(code: &[u8]) -> Case {
+        let mut bytes = vec![0xE6, 0xE0];
+        bytes.extend_from_slice(code);
+        bytes.push(0xF4);
+        let mut c = Case::new(CodeMode::Bits64, bytes);
+        c.rsp = DATA + 0x800;
+        c.data_fill = Some(7);
+        c.regs.rbx = DATA + 0x100;
+        c.regs.rcx = 3;
+        c.regs.rax = 0x8081_8283_8485_8687;
+        c
+    }
+
+    #[test]
+    fn memory_forms_agree_with_the_reference() {
+        let programs: &[&[u8]] = &[
+            // movzx eax, byte [rbx]; movsx rdx, word [rbx + rcx*2 + 4]; mov [rbx+8], eax
+            &[
+                0x0F, 0xB6, 0x03, 0x48, 0x0F, 0xBF, 0x54, 0x4B, 0x04, 0x89, 0x43, 0x08,
+            ],
+            // add [rbx], rax; cmp byte [rbx+1], 0x80; sub rdx, [rbx]; test [rbx], edx
+            &[
+                0x48, 0x01, 0x03, 0x80, 0x7B, 0x01, 0x80, 0x48, 0x2B, 0x13, 0x85, 0x13,
+            ],
+            // inc dword [rbx]; shl word [rbx+2], 3; shr byte [rbx], 1; mov qword [rbx], -1
+            &[
+                0xFF, 0x03, 0x66, 0xC1, 0x63, 0x02, 0x03, 0xD0, 0x2B, 0x48, 0xC7, 0x03, 0xFF, 0xFF,
+                0xFF, 0xFF,
+            ],
+            // lea eax, [rbx + rcx*8 + 0x60]; lea rdx, [rip + 0x10]; movsxd rsi, [rbx]
+            &[
+                0x8D, 0x44, 0xCB, 0x60, 0x48, 0x8D, 0x15, 0x10, 0, 0, 0, 0x48, 0x63, 0x33,
+            ],
+            // push rbx; push -2; pop rdx; pop rsi; mov eax, [rsp - 8]
+            &[0x53, 0x6A, 0xFE, 0x5A, 0x5E, 0x8B, 0x44, 0x24, 0xF8],
+            // call +1 (to the out); ...: call rel32 over a byte, then ret back
+            // call L; jmp E; L: out 0xE0, al; ret; E:
+            &[0xE8, 0x02, 0, 0, 0, 0xEB, 0x03, 0xE6, 0xE0, 0xC3],
+        ];
+        for code in programs {
+            let c = after_out(code);
+            let co = expect_ok(&c);
+            assert_eq!(
+                co.stop,
+                Some(StopReason::Unsupported),
+                "{code:02x?}: ran to the hlt\n{}",
+                describe(&c)
+            );
+            assert!(co.executed as usize >= 2, "{code:02x?}");
+        }
+    }
+
+    #[test]
+    fn transfers_leave_the_extent_only_to_canonical_targets() {
+        // out; jmp rel32 to the next 4 KiB page, which holds out; call back; hlt ...
+        let mut code = vec![0xE6, 0xE0, 0xE9];
+        let target = 0x1000i32 - 7;
+        code.extend_from_slice(&target.to_le_bytes());
+        code.resize(0x1000, 0xF4);
+        // At CODE + 0x1000: out 0xE0, al; ret (to the return address pushed below).
+        code.extend_from_slice(&[0xE6, 0xE0, 0xC3]);
+        let mut c = Case::new(CodeMode::Bits64, code);
+        c.rsp = DATA + 0x800;
+        // Return to the first page's hlt at CODE + 7.
+        let mut c2 = c.clone();
+        c2.code[7..16].copy_from_slice(&[0xF4; 9]);
+        c.data_fill = None;
+        let (_, _, _) = c.build();
+        // The stack holds zeros: RET goes to linear 0, canonical, a hop to page 0.
+        let co = expect_ok(&c);
+        assert!(co.executed >= 4, "out, jmp, out, ret: {}", co.executed);
+        // A non-canonical return address: the RET is left to the CPU (#GP there).
+        // out; mov rax, 0x8000_0000_0000_0000; push rax; ret
+        let _ = c2;
+        let c = after_out(&[0x48, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x50, 0xC3]);
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (3, Some(StopReason::BranchOut)));
+        assert_eq!(co.final_.rsp, c.rsp - 8);
+    }
+
+    #[test]
+    fn accesses_that_fault_or_would_set_a_d_stop_before_the_instruction() {
+        // mov eax, [rbx] with RBX on an unmapped page; on a page without A/D; a write
+        // to a page without A/D; a store across into an unmapped page.
+        let cases: Vec<(Vec<u8>, fn(&mut Case))> = vec![
+            (vec![0x8B, 0x03], |c| c.unmap.push(DATA + 0x1000)),
+            (vec![0x8B, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
+            (vec![0x89, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
+            (vec![0x48, 0x89, 0x43, 0xFC], |c| {
+                c.unmap.push(DATA + 0x1000)
+            }),
+            // push with RSP on a page without A/D.
+            (vec![0x53], |c| {
+                c.rsp = DATA + 0x1800;
+                c.ad_clear.push(DATA + 0x1000);
+            }),
+            // pop from a non-canonical RSP.
+            (vec![0x5A], |c| c.rsp = 0x0000_8000_0000_0000),
+        ];
+        for (code, setup) in cases {
+            let mut c = after_out(&code);
+            c.regs.rbx = DATA + 0x1000;
+            setup(&mut c);
+            let co = expect_ok(&c);
+            assert_eq!(
+                (co.executed, co.stop),
+                (1, Some(StopReason::Memory)),
+                "{code:02x?}\n{}",
+                describe(&c)
+            );
+            assert_eq!(co.final_.rip, c.ip + 2);
+        }
+        // The same load with A/D set runs on.
+        let mut c = after_out(&[0x8B, 0x03]);
+        c.regs.rbx = DATA + 0x1000;
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (2, Some(StopReason::Unsupported)));
+    }
+
+    #[test]
+    fn a_store_into_the_blocks_own_code_stops_before_it() {
+        // mov byte [rip + 0], 0xF4 would overwrite the following nop with hlt.
+        let c = after_out(&[0xC6, 0x05, 0x00, 0x00, 0x00, 0x00, 0xF4, 0x90, 0x90]);
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (1, Some(StopReason::Memory)));
+        // A push into the code page (RSP just above the code) stops too.
+        let mut c = after_out(&[0x53, 0x90]);
+        c.rsp = CODE + 8;
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (1, Some(StopReason::Memory)));
+    }
 }
