@@ -3723,8 +3723,6 @@ mod tests {
         let mut c = Case::new(CodeMode::Bits64, code);
         c.rsp = DATA + 0x800;
         // Return to the first page's hlt at CODE + 7.
-        let mut c2 = c.clone();
-        c2.code[7..16].copy_from_slice(&[0xF4; 9]);
         c.data_fill = None;
         let (_, _, _) = c.build();
         // The stack holds zeros: RET goes to linear 0, canonical, a hop to page 0.
@@ -3732,7 +3730,6 @@ mod tests {
         assert!(co.executed >= 4, "out, jmp, out, ret: {}", co.executed);
         // A non-canonical return address: the RET is left to the CPU (#GP there).
         // out; mov rax, 0x8000_0000_0000_0000; push rax; ret
-        let _ = c2;
         let c = after_out(&[0x48, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x50, 0xC3]);
         let co = expect_ok(&c);
         assert_eq!((co.executed, co.stop), (3, Some(StopReason::BranchOut)));
@@ -3743,7 +3740,8 @@ mod tests {
     fn accesses_that_fault_or_would_set_a_d_stop_before_the_instruction() {
         // mov eax, [rbx] with RBX on an unmapped page; on a page without A/D; a write
         // to a page without A/D; a store across into an unmapped page.
-        let cases: Vec<(Vec<u8>, fn(&mut Case))> = vec![
+        type Setup = fn(&mut Case);
+        let cases: Vec<(Vec<u8>, Setup)> = vec![
             (vec![0x8B, 0x03], |c| c.unmap.push(DATA + 0x1000)),
             (vec![0x8B, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
             (vec![0x89, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
