@@ -658,6 +658,15 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
         // Group 2: /4 SHL, /5 SHR (the /6 SAL alias is left to the CPU).
         0xC0 | 0xC1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_two(insn),
         0xD0 | 0xD1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_one(insn, 1),
+        // SHL/SHR r/m, CL (register destination): the count is CL, masked by the CPU.
+        0xD2 | 0xD3 if reg_form && matches!(modrm_reg, 4 | 5) => {
+            let dst = reg_operand(ops.first())?;
+            (reg_operand(ops.get(1))? == RegRef::new(1, Width::W8)).then_some(Op::Alu {
+                op: alu_op(insn.mnemonic)?,
+                dst,
+                src: Operand::Reg(RegRef::new(1, Width::W8)),
+            })
+        }
         // Group 11: MOV r/m, imm (/0), register destination only.
         0xC6 | 0xC7 if reg_form && modrm_reg == 0 => mov(insn),
         0xE0..=0xE2 => Some(Op::Loop {
@@ -1462,8 +1471,9 @@ mod tests {
             op(&[0xC1, 0xE0, 0xFF], Bits32),
             alu(AluOp::Shl, r(0, Width::W32), Operand::Imm(0xFF))
         );
-        // D3 E0 shl eax, cl; C1 F8 01 sar; C1 C0 01 rol; C1 F0 01 (/6 SAL alias); C1 20 01 memory.
-        unsupported(&[0xD3, 0xE0], Bits32);
+        // D3 E0 shl eax, cl (supported: `shifts_by_cl`); C1 F8 01 sar; C1 C0 01 rol;
+        // C1 F0 01 (/6 SAL alias); C1 20 01 memory (32-bit code).
+        assert!(decode(&[0xD3, 0xE0], Bits32).is_ok());
         unsupported(&[0xC1, 0xF8, 0x01], Bits32);
         unsupported(&[0xC1, 0xC0, 0x01], Bits32);
         assert!(decode(&[0xC1, 0xF0, 0x01], Bits32).is_err());
@@ -1992,6 +2002,28 @@ mod tests {
                 mem: m32
             }
         );
+    }
+
+    #[test]
+    fn shifts_by_cl() {
+        // shl esi, cl (D3 E6); shr al, cl (D2 E8); sar (D3 FE) stays unsupported.
+        assert_eq!(
+            op(&[0xD3, 0xE6], Bits64),
+            Op::Alu {
+                op: AluOp::Shl,
+                dst: RegRef::new(6, Width::W32),
+                src: Operand::Reg(RegRef::new(1, Width::W8))
+            }
+        );
+        assert_eq!(
+            op(&[0xD2, 0xE8], Bits16),
+            Op::Alu {
+                op: AluOp::Shr,
+                dst: RegRef::AL,
+                src: Operand::Reg(RegRef::new(1, Width::W8))
+            }
+        );
+        unsupported(&[0xD3, 0xFE], Bits64);
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl<'c> Coalescer<'c> {
             seg_base,
             cpl: guest_cpl(vmcs),
             paging: guest_paging(vmcs),
+            quiet: 0,
         }
     }
 

@@ -125,7 +125,14 @@ pub struct CpuState {
     pub cpl: u8,
     /// For the string-IO memory accesses.
     pub paging: PagingContext,
+    /// Instructions executed since the last IO instruction of this exit (a run stops
+    /// with `Limit` at [`MAX_QUIET`]: nothing is gained by emulating code without IO).
+    pub quiet: u32,
 }
+
+/// The most instructions a run executes after its last IO instruction: ordinary code
+/// runs faster natively than emulated, and only the exits saved count.
+pub const MAX_QUIET: u32 = 48;
 
 /// The devices and the interrupt controller as the executor sees them.
 pub trait IoEnv {
@@ -551,12 +558,19 @@ pub fn run_following(
             if ex.state.rflags & rflags::TF != 0 {
                 return ex.stop(StopReason::SingleStep);
             }
-            if ex.res.executed >= ex.limits.max_insns {
+            if ex.res.executed >= ex.limits.max_insns || ex.state.quiet >= MAX_QUIET {
                 return ex.stop(StopReason::Limit);
             }
         }
         let insn = ex.insns[idx];
-        match ex.step(insn, first) {
+        let (before, io_before) = (ex.res.executed, ex.res.io_insns);
+        let flow = ex.step(insn, first);
+        if ex.res.io_insns != io_before {
+            ex.state.quiet = 0;
+        } else {
+            ex.state.quiet = ex.state.quiet.saturating_add(ex.res.executed - before);
+        }
+        match flow {
             Flow::Goto(next) => idx = next,
             Flow::Next => match ex.locate(ex.state.rip) {
                 Some(next) => idx = next,
@@ -1301,6 +1315,7 @@ mod tests {
                     seg_base: [0; 6],
                     cpl: 0,
                     paging: PagingContext::default(),
+                    quiet: 0,
                 },
                 ram: vec![0; RAM],
                 env: Env::default(),
@@ -2046,6 +2061,26 @@ mod tests {
     // -----------------------------------------------------------------------
     // Control flow
     // -----------------------------------------------------------------------
+
+    #[test]
+    fn a_run_ends_max_quiet_instructions_after_its_last_io() {
+        let mut t = T::new(CodeMode::Bits64);
+        // out; 10 nops; out; 60 nops: the second out restarts the count.
+        let mut b = vec![out_dx(W8)];
+        b.extend(std::iter::repeat_n(nop(), 10));
+        b.push(out_dx(W8));
+        b.extend(std::iter::repeat_n(nop(), 60));
+        let executed = 1 + 10 + 1 + MAX_QUIET;
+        assert_eq!(t.run(&b, 0x2000), res(executed, 2, 0, StopReason::Limit));
+        assert_eq!(t.st.rip, 0x2000 + u64::from(executed));
+        // A run that starts quiet (continued from a previous block) stops sooner.
+        t.st.quiet = MAX_QUIET - 3;
+        let b = [out_dx(W8), nop(), nop(), nop(), nop()];
+        assert_eq!(t.run(&b, 0x2000), res(5, 1, 0, StopReason::ExtentEnd));
+        t.st.quiet = MAX_QUIET - 3;
+        let b = [nop(), nop(), nop(), nop(), nop()];
+        assert_eq!(t.run(&b, 0x2000), res(3, 0, 0, StopReason::Limit));
+    }
 
     #[test]
     fn jmp_inside_the_block_is_followed() {
