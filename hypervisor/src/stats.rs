@@ -123,6 +123,128 @@ pub struct IoStats {
     pub cache_misses: u64,
     /// TSC cycles spent handling IO exits (from the exit to the next entry).
     pub cycles: u64,
+    /// Where IO exits ended their runs, busiest sites kept ([`StopSites`]).
+    pub sites: StopSites,
+}
+
+/// Stop sites kept (a site: the guest RIP a run ended at, and why).
+pub const SITE_SLOTS: usize = 64;
+/// Sites and instructions printed in `sluice-stats`.
+pub const SITES_PRINTED: usize = 16;
+
+/// One place where coalesced runs end: the instruction at guest-linear `rip` that the
+/// run stopped before (or the exiting instruction, for a fallback), the stop reason
+/// (`coalesce::insn::StopReason::index`), that instruction's mnemonic and first code
+/// bytes (looked up once, when the site is first seen), and how often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopSite {
+    pub rip: u64,
+    pub reason: u8,
+    pub mnemonic: &'static str,
+    pub bytes: [u8; 8],
+    pub nbytes: u8,
+    pub count: u64,
+}
+
+impl StopSite {
+    const EMPTY: StopSite = StopSite {
+        rip: 0,
+        reason: 0,
+        mnemonic: "",
+        bytes: [0; 8],
+        nbytes: 0,
+        count: 0,
+    };
+}
+
+/// The busiest stop sites in a small two-choice hash table with Space-Saving
+/// replacement (Metwally et al., 2005): fixed size, no heap, constant time per IO exit
+/// (a linear scan per exit made exits measurably slower in debug builds under Bochs).
+/// `used` counts occupied slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopSites {
+    pub slots: [StopSite; SITE_SLOTS],
+    pub used: usize,
+}
+
+impl Default for StopSites {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StopSites {
+    pub const fn new() -> Self {
+        StopSites {
+            slots: [StopSite::EMPTY; SITE_SLOTS],
+            used: 0,
+        }
+    }
+
+    /// Counts a stop at `rip` for `reason`; `describe` gives the mnemonic and code
+    /// bytes of a site seen for the first time (it is not called for known sites).
+    /// Constant time (this runs on every IO exit): the site may live in one of two
+    /// slots chosen by a hash; a new site takes the emptier of the two (Space-Saving:
+    /// it inherits the evicted count, so a count over-estimates by at most that).
+    pub fn record(
+        &mut self,
+        rip: u64,
+        reason: u8,
+        describe: impl FnOnce() -> (&'static str, [u8; 8], u8),
+    ) {
+        let h = (rip ^ (rip >> 17) ^ (u64::from(reason) << 7)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let a = (h >> 58) as usize % SITE_SLOTS;
+        let b = a ^ 1;
+        for i in [a, b] {
+            let s = &mut self.slots[i];
+            if s.count != 0 && s.rip == rip && s.reason == reason {
+                s.count = s.count.saturating_add(1);
+                return;
+            }
+        }
+        let slot = if self.slots[a].count <= self.slots[b].count {
+            a
+        } else {
+            b
+        };
+        let base = self.slots[slot].count;
+        if base == 0 {
+            self.used = self.used.saturating_add(1).min(SITE_SLOTS);
+        }
+        let (mnemonic, bytes, nbytes) = describe();
+        self.slots[slot] = StopSite {
+            rip,
+            reason,
+            mnemonic,
+            bytes,
+            nbytes: nbytes.min(8),
+            count: base.saturating_add(1),
+        };
+    }
+
+    /// Indexes of the used slots, busiest first (ties: lower RIP first), at most `N`.
+    pub fn top<const N: usize>(&self) -> ([usize; N], usize) {
+        let mut order = [0usize; SITE_SLOTS];
+        let mut used = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.count != 0 {
+                order[used] = i;
+                used += 1;
+            }
+        }
+        let order = &mut order[..used];
+        order.sort_unstable_by(|&a, &b| {
+            let (x, y) = (&self.slots[a], &self.slots[b]);
+            y.count
+                .cmp(&x.count)
+                .then(x.rip.cmp(&y.rip))
+                .then(x.reason.cmp(&y.reason))
+        });
+        let mut out = [0usize; N];
+        let n = used.min(N);
+        out[..n].copy_from_slice(&order[..n]);
+        (out, n)
+    }
 }
 
 impl IoStats {
@@ -136,6 +258,7 @@ impl IoStats {
             cache_hits: 0,
             cache_misses: 0,
             cycles: 0,
+            sites: StopSites::new(),
         }
     }
 
@@ -408,9 +531,79 @@ fn write_io(w: &mut impl Write, stats: &Stats) -> fmt::Result {
     }
     write!(
         w,
-        "}},\"cache\":{{\"hits\":{},\"misses\":{}}},\"cycles\":{}}}",
+        "}},\"cache\":{{\"hits\":{},\"misses\":{}}},\"cycles\":{}",
         io.cache_hits, io.cache_misses, io.cycles
-    )
+    )?;
+    write_sites(w, &io.sites)?;
+    w.write_char('}')
+}
+
+/// `"stop_sites"`: the busiest sites, and `"stop_insns"`: the same sites summed by
+/// (mnemonic, reason), busiest first. Omitted when no site was recorded.
+fn write_sites(w: &mut impl Write, sites: &StopSites) -> fmt::Result {
+    if sites.used == 0 {
+        return Ok(());
+    }
+    let reason_name = |r: u8| {
+        crate::coalesce::insn::StopReason::ALL
+            .get(usize::from(r))
+            .map_or("unknown", |r| r.name())
+    };
+    let (top, n) = sites.top::<SITES_PRINTED>();
+    w.write_str(",\"stop_sites\":[")?;
+    for (i, &k) in top[..n].iter().enumerate() {
+        let s = &sites.slots[k];
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        write!(
+            w,
+            "{{\"rip\":\"{:#x}\",\"reason\":\"{}\",\"insn\":",
+            s.rip,
+            reason_name(s.reason)
+        )?;
+        write_json_string(w, s.mnemonic)?;
+        w.write_str(",\"bytes\":\"")?;
+        for (j, b) in s.bytes[..usize::from(s.nbytes.min(8))].iter().enumerate() {
+            if j > 0 {
+                w.write_char(' ')?;
+            }
+            write!(w, "{b:02x}")?;
+        }
+        write!(w, "\",\"count\":{}}}", s.count)?;
+    }
+    // Sum by (mnemonic, reason): at most SITE_SLOTS groups.
+    let mut groups = [("", 0u8, 0u64); SITE_SLOTS];
+    let mut ng = 0;
+    for s in sites.slots.iter().filter(|s| s.count != 0) {
+        match groups[..ng]
+            .iter_mut()
+            .find(|g| g.0 == s.mnemonic && g.1 == s.reason)
+        {
+            Some(g) => g.2 = g.2.saturating_add(s.count),
+            None => {
+                groups[ng] = (s.mnemonic, s.reason, s.count);
+                ng += 1;
+            }
+        }
+    }
+    let groups = &mut groups[..ng];
+    groups.sort_unstable_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)).then(a.1.cmp(&b.1)));
+    w.write_str("],\"stop_insns\":[")?;
+    for (i, g) in groups.iter().take(SITES_PRINTED).enumerate() {
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        w.write_str("{\"insn\":")?;
+        write_json_string(w, g.0)?;
+        write!(
+            w,
+            ",\"reason\":\"{}\",\"count\":{}}}",
+            reason_name(g.1),
+            g.2
+        )?;
+    }
+    w.write_char(']')
 }
 
 #[cfg(test)]
@@ -587,6 +780,65 @@ mod tests {
         t.note(0xE8);
         assert!(t.sorted().iter().flatten().any(|e| e.msr == 0xE8));
         assert_eq!(t.sorted().iter().flatten().count(), TOP_MSRS);
+    }
+
+    #[test]
+    fn stop_sites_keep_the_busiest_and_describe_once() {
+        let mut sites = StopSites::new();
+        let mut described = 0;
+        let mut rec = |s: &mut StopSites, rip: u64, reason: u8| {
+            s.record(rip, reason, || {
+                described += 1;
+                ("ret", [0xC3, 0, 0, 0, 0, 0, 0, 0], 1)
+            })
+        };
+        for _ in 0..50 {
+            rec(&mut sites, 0x1000, 0);
+        }
+        for _ in 0..3 {
+            rec(&mut sites, 0x1000, 4);
+        }
+        // Many one-off sites fill the table and evict each other, not the hot one.
+        for i in 0..(SITE_SLOTS as u64 * 3) {
+            rec(&mut sites, 0x2000 + i, 0);
+        }
+        assert_eq!(sites.used, SITE_SLOTS);
+        let (top, n) = sites.top::<2>();
+        assert_eq!(n, 2);
+        assert_eq!(
+            (sites.slots[top[0]].rip, sites.slots[top[0]].count),
+            (0x1000, 50)
+        );
+        assert!(sites.slots[top[1]].count <= 50);
+        assert_eq!(described, 2 + SITE_SLOTS * 3);
+    }
+
+    #[test]
+    fn stop_sites_in_the_line() {
+        let mut s = Stats::new();
+        s.io.sites
+            .record(0xffff_ffff_8100_0010, 0, || ("ret", [0xC3; 8], 1));
+        s.io.sites
+            .record(0xffff_ffff_8100_0010, 0, || ("ret", [0xC3; 8], 1));
+        s.io.sites
+            .record(0x20, 4, || ("jmp", [0xEB, 0xFE, 0, 0, 0, 0, 0, 0], 2));
+        s.io.sites.record(0x30, 0, || ("ret", [0xC3; 8], 1));
+        let l = line("g", EndKind::Halt, 0, &s, &IoBus::new());
+        assert!(
+            l.contains(
+                "\"stop_sites\":[{\"rip\":\"0xffffffff81000010\",\"reason\":\"unsupported\",\"insn\":\"ret\",\"bytes\":\"c3\",\"count\":2},\
+                 {\"rip\":\"0x20\",\"reason\":\"branch_out\",\"insn\":\"jmp\",\"bytes\":\"eb fe\",\"count\":1},"
+            ),
+            "{l}"
+        );
+        assert!(
+            l.contains(
+                "\"stop_insns\":[{\"insn\":\"ret\",\"reason\":\"unsupported\",\"count\":3},\
+                 {\"insn\":\"jmp\",\"reason\":\"branch_out\",\"count\":1}]}}"
+            ),
+            "{l}"
+        );
+        assert!(balanced(&l));
     }
 
     #[test]

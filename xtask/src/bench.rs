@@ -55,6 +55,10 @@ pub struct Measurement {
     pub cycles: u64,
     /// Stop reasons, most frequent first.
     pub stops: Vec<(String, u64)>,
+    /// The `io.stop_sites` and `io.stop_insns` arrays as the kernel wrote them
+    /// (busiest first), or null.
+    pub stop_sites: serde_json::Value,
+    pub stop_insns: serde_json::Value,
 }
 
 impl Measurement {
@@ -99,6 +103,8 @@ impl Measurement {
             cache_misses: io["cache"]["misses"].as_u64().unwrap_or(0),
             cycles: n("cycles"),
             stops,
+            stop_sites: io["stop_sites"].clone(),
+            stop_insns: io["stop_insns"].clone(),
         })
     }
 
@@ -131,6 +137,34 @@ impl Measurement {
         } else {
             self.cycles as f64 / self.io_instructions as f64
         }
+    }
+
+    /// Where runs stopped: the busiest stop instructions and sites, `n` of each.
+    pub fn stop_report(&self, n: usize) -> String {
+        let mut out = String::new();
+        let rows = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+        let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("?").to_string();
+        for g in rows(&self.stop_insns).iter().take(n) {
+            let _ = writeln!(
+                out,
+                "  {:>9}  {:<18} {}",
+                g["count"].as_u64().unwrap_or(0),
+                text(g, "reason"),
+                text(g, "insn")
+            );
+        }
+        for s in rows(&self.stop_sites).iter().take(n) {
+            let _ = writeln!(
+                out,
+                "  {:>9}  {:<18} {:<20} {:<8} {}",
+                s["count"].as_u64().unwrap_or(0),
+                text(s, "reason"),
+                text(s, "rip"),
+                text(s, "insn"),
+                text(s, "bytes")
+            );
+        }
+        out
     }
 
     fn top_stops(&self) -> String {
@@ -427,6 +461,7 @@ fn json(
                 "cycles": m.cycles, "mean_block": m.mean_block(),
                 "cycles_per_io": m.cycles_per_io(),
                 "stops": m.stops.iter().map(|(k, n)| serde_json::json!({"reason": k, "count": n})).collect::<Vec<_>>(),
+                "stop_insns": m.stop_insns, "stop_sites": m.stop_sites,
             })
         })
         .collect();
@@ -579,6 +614,16 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
         "{}",
         table(&results, main_policy, args.exit_cost, args.emulate_cost)
     );
+    for m in results
+        .iter()
+        .filter(|m| m.policy == main_policy && m.stop_sites.is_array())
+    {
+        println!(
+            "\nwhere {} runs stop ({main_policy}): by instruction, then by site",
+            m.workload
+        );
+        print!("{}", m.stop_report(8));
+    }
     println!();
     print!("{}", policy_table(&results, &policies));
     println!();
@@ -642,6 +687,22 @@ mod tests {
         assert!((m.mean_block() - 34.0).abs() < 1e-9);
         assert!((m.hit_rate() - 0.75).abs() < 1e-9);
         assert!((m.cycles_per_io() - 4000.0 / 240.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn stop_sites_are_read_and_reported() {
+        let c = console(10, 240, 340).replace(
+            "\"cycles\":4000}",
+            "\"cycles\":4000,\"stop_sites\":[{\"rip\":\"0xffffffff81000010\",\"reason\":\"unsupported\",\"insn\":\"ret\",\"bytes\":\"c3\",\"count\":7}],\"stop_insns\":[{\"insn\":\"ret\",\"reason\":\"unsupported\",\"count\":7}]}",
+        );
+        let m = Measurement::from_console("linux-boot", "page", 1, &c).unwrap();
+        let r = m.stop_report(8);
+        assert!(r.contains("0xffffffff81000010"), "{r}");
+        assert!(r.contains("unsupported") && r.contains(" c3"), "{r}");
+        assert_eq!(r.lines().count(), 2, "{r}");
+        // Older lines without sites still parse, with nothing to report.
+        let old = Measurement::from_console("w", "page", 1, &console(1, 1, 1)).unwrap();
+        assert!(old.stop_report(8).is_empty());
     }
 
     #[test]

@@ -880,10 +880,10 @@ pub(crate) mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(b.end_reason(), StopReason::ExtentEnd);
         // In the 2 MiB page the page extent runs to the block limit (zero bytes are
-        // `add [rax], al`: unsupported).
+        // `add [rax], al`, a supported memory form).
         let b = scan(&mut g, 0x20_1234, CodeMode::Bits64, &Extent::Page);
-        assert_eq!(b.len(), 1);
-        assert_eq!(b.end_reason(), StopReason::Unsupported);
+        assert_eq!(b.len(), MAX_BLOCK_INSNS);
+        assert_eq!(b.end_reason(), StopReason::Limit);
     }
 
     #[test]

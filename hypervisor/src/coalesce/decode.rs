@@ -20,7 +20,7 @@ use zydis::{
 };
 
 use super::insn::{
-    AluOp, CodeMode, Cond, Insn, LoopKind, Op, Operand, PortSrc, RegRef, Seg, Width,
+    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg, Width,
 };
 
 /// The longest x86 instruction (SDM Vol. 2, 2.3.11): longer ones raise #GP.
@@ -69,6 +69,20 @@ pub fn decode(bytes: &[u8], mode: CodeMode) -> Result<Insn, DecodeError> {
         Some(op) => Ok(Insn { op, len }),
         None => Err(DecodeError::Unsupported { len }),
     }
+}
+
+/// The mnemonic of the instruction at the start of `bytes` (lower case, as zydis
+/// names it) and its length, for statistics; `None` if the bytes do not decode.
+pub fn mnemonic(bytes: &[u8], mode: CodeMode) -> Option<(&'static str, u8)> {
+    let (machine, stack) = match mode {
+        CodeMode::Bits16 => (MachineMode::LEGACY_16, StackWidth::_16),
+        CodeMode::Bits32 => (MachineMode::LEGACY_32, StackWidth::_32),
+        CodeMode::Bits64 => (MachineMode::LONG_64, StackWidth::_64),
+    };
+    let decoder = Decoder::new(machine, stack).ok()?;
+    let window = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    let insn: Instruction<VisibleOperands> = decoder.decode_first(window).ok()??;
+    Some((insn.mnemonic.static_string()?, insn.length))
 }
 
 /// The legacy and REX prefix bytes of `insn`, in order.
@@ -287,6 +301,275 @@ fn rex_b(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
         && matches!(bytes.get(n - 1), Some(&b) if b & 0xF1 == 0x41)
 }
 
+/// A memory operand of 64-bit code (SDM Vol. 2 2.2.1: ModRM/SIB with REX, RIP-relative
+/// with mod 00 r/m 101). Segment: DS/SS (base 0 in 64-bit mode) or an FS/GS override.
+/// `None` outside 64-bit mode or for anything but a plain memory operand.
+fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Option<MemRef> {
+    if mode != CodeMode::Bits64 {
+        return None;
+    }
+    let addr = width_bits(addr_bits)?;
+    let DecodedOperandKind::Mem(m) = &op?.kind else {
+        return None;
+    };
+    let seg = match m.segment {
+        Register::FS => Seg::Fs,
+        Register::GS => Seg::Gs,
+        Register::DS | Register::SS | Register::ES | Register::CS => Seg::Ds,
+        _ => return None,
+    };
+    let (base, rip_rel, base_w) = match m.base {
+        Register::NONE => (None, false, None),
+        Register::RIP => (None, true, Some(Width::W64)),
+        Register::EIP => (None, true, Some(Width::W32)),
+        r => {
+            let g = gpr(r)?;
+            (Some(g.index), false, Some(g.width))
+        }
+    };
+    let (index, index_w) = match m.index {
+        Register::NONE => (None, None),
+        r => {
+            let g = gpr(r)?;
+            (Some(g.index), Some(g.width))
+        }
+    };
+    // The address size (67h makes it 32): the registers must have it.
+    if base_w.is_some_and(|w| w != addr) || index_w.is_some_and(|w| w != addr) {
+        return None;
+    }
+    if !matches!(addr, Width::W32 | Width::W64) || index == Some(4) {
+        return None;
+    }
+    let scale = match (index, m.scale) {
+        (None, _) => 1,
+        (Some(_), s @ (1 | 2 | 4 | 8)) => s,
+        (Some(_), 0) => 1,
+        _ => return None,
+    };
+    let disp = if m.disp.has_displacement {
+        i32::try_from(m.disp.displacement).ok()?
+    } else {
+        0
+    };
+    Some(MemRef {
+        base,
+        index,
+        scale,
+        disp,
+        rip_rel,
+        seg,
+        addr,
+    })
+}
+
+/// Forms with a memory operand (64-bit mode): MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU
+/// group with a memory destination or source, and the register forms of MOVZX/MOVSX.
+/// LOCK, REP/REPNE and an operand of another width than the instruction's make it
+/// unsupported.
+fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -> Option<Op> {
+    if has_prefix(insn, 0xF0) || has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
+        return None;
+    }
+    let ops = insn.operands();
+    let opw = width_bits(insn.operand_width)?;
+    let m0 = || mem_operand(ops.first(), mode, insn.address_width);
+    let m1 = || mem_operand(ops.get(1), mode, insn.address_width);
+    let opc = insn.opcode;
+    match insn.opcode_map {
+        OpcodeMap::_0F => {
+            // MOVZX 0F B6/B7, MOVSX 0F BE/BF (register or memory source).
+            let signed = match opc {
+                0xB6 | 0xB7 => false,
+                0xBE | 0xBF => true,
+                _ => return None,
+            };
+            let dst = reg_operand(ops.first())?;
+            let width = if opc & 1 == 0 { Width::W8 } else { Width::W16 };
+            let src = match reg_operand(ops.get(1)) {
+                Some(r) if r.width == width => Rm::Reg(r),
+                Some(_) => return None,
+                None => Rm::Mem(m1()?),
+            };
+            return Some(Op::Load {
+                dst,
+                src,
+                width,
+                signed,
+            });
+        }
+        OpcodeMap::DEFAULT => {}
+        _ => return None,
+    }
+    let alu_mem = |src: Operand, op: AluOp| {
+        Some(Op::AluMem {
+            op,
+            mem: m0()?,
+            src,
+            width: opw,
+        })
+    };
+    match opc {
+        // ALU r/m, r (memory destination) and r, r/m (memory source).
+        0x00..=0x3B if matches!(opc >> 3, 0 | 1 | 4 | 5 | 6 | 7) && opc & 7 <= 3 => {
+            let op = alu_op(insn.mnemonic)?;
+            let w = if opc & 1 == 0 { Width::W8 } else { opw };
+            if opc & 2 == 0 {
+                let r = reg_operand(ops.get(1)).filter(|r| r.width == w)?;
+                Some(Op::AluMem {
+                    op,
+                    mem: m0()?,
+                    src: Operand::Reg(r),
+                    width: w,
+                })
+            } else {
+                let dst = reg_operand(ops.first()).filter(|r| r.width == w)?;
+                Some(Op::AluLoad {
+                    op,
+                    dst,
+                    mem: m1()?,
+                })
+            }
+        }
+        // MOVSXD r, r/m32 (without REX.W a plain 32-bit MOV; Intel discourages it).
+        0x63 => {
+            let dst = reg_operand(ops.first())?;
+            let src = match reg_operand(ops.get(1)) {
+                Some(r) if r.width == Width::W32 => Rm::Reg(r),
+                Some(_) => return None,
+                None => Rm::Mem(m1()?),
+            };
+            (dst.width != Width::W16).then_some(Op::Load {
+                dst,
+                src,
+                width: Width::W32,
+                signed: true,
+            })
+        }
+        // Group 1 on memory; /2 ADC and /3 SBB are not in the subset.
+        0x80 | 0x81 | 0x83 if !matches!(modrm_reg, 2 | 3) => {
+            let w = if opc == 0x80 { Width::W8 } else { opw };
+            alu_mem(
+                Operand::Imm(imm_operand(ops.get(1), w)?),
+                alu_op(insn.mnemonic)?,
+            )
+            .map(|o| with_width(o, w))
+        }
+        0x84 | 0x85 => {
+            let w = if opc == 0x84 { Width::W8 } else { opw };
+            let r = reg_operand(ops.get(1)).filter(|r| r.width == w)?;
+            alu_mem(Operand::Reg(r), AluOp::Test).map(|o| with_width(o, w))
+        }
+        0x88 | 0x89 => {
+            let w = if opc == 0x88 { Width::W8 } else { opw };
+            let r = reg_operand(ops.get(1)).filter(|r| r.width == w)?;
+            Some(Op::Store {
+                mem: m0()?,
+                src: Operand::Reg(r),
+                width: w,
+            })
+        }
+        0x8A | 0x8B => {
+            let dst = reg_operand(ops.first())?;
+            let w = if opc == 0x8A { Width::W8 } else { opw };
+            (dst.width == w).then_some(Op::Load {
+                dst,
+                src: Rm::Mem(m1()?),
+                width: w,
+                signed: false,
+            })
+        }
+        0x8D => {
+            let dst = reg_operand(ops.first())?;
+            let DecodedOperandKind::Mem(_) = &ops.get(1)?.kind else {
+                return None;
+            };
+            // LEA's operand is an address, not an access: no segment, no fault.
+            let mut mem = mem_operand(ops.get(1), mode, insn.address_width)?;
+            mem.seg = Seg::Ds;
+            Some(Op::Lea { dst, mem })
+        }
+        0xC0 | 0xC1 | 0xD0 | 0xD1 if matches!(modrm_reg, 4 | 5) => {
+            let w = if opc & 1 == 0 { Width::W8 } else { opw };
+            let count = if opc >= 0xD0 {
+                1
+            } else {
+                imm_operand(ops.get(1), Width::W8)?
+            };
+            alu_mem(Operand::Imm(count), alu_op(insn.mnemonic)?).map(|o| with_width(o, w))
+        }
+        0xC6 | 0xC7 if modrm_reg == 0 => {
+            let w = if opc == 0xC6 { Width::W8 } else { opw };
+            Some(Op::Store {
+                mem: m0()?,
+                src: Operand::Imm(imm_operand(ops.get(1), w)?),
+                width: w,
+            })
+        }
+        0xF6 | 0xF7 if modrm_reg == 0 => {
+            let w = if opc == 0xF6 { Width::W8 } else { opw };
+            alu_mem(Operand::Imm(imm_operand(ops.get(1), w)?), AluOp::Test)
+                .map(|o| with_width(o, w))
+        }
+        0xFE | 0xFF if modrm_reg <= 1 => {
+            let w = if opc == 0xFE { Width::W8 } else { opw };
+            alu_mem(Operand::Imm(1), alu_op(insn.mnemonic)?).map(|o| with_width(o, w))
+        }
+        _ => None,
+    }
+}
+
+fn with_width(op: Op, w: Width) -> Op {
+    match op {
+        Op::AluMem { op, mem, src, .. } => Op::AluMem {
+            op,
+            mem,
+            src,
+            width: w,
+        },
+        o => o,
+    }
+}
+
+/// PUSH/POP/CALL/RET of 64-bit code (SDM Vol. 2 "PUSH", "POP", "CALL", "RET"): 8-byte
+/// stack slots; the 66h forms (2-byte slots) are left to the CPU.
+fn map_stack(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
+    if mode != CodeMode::Bits64
+        || insn.opcode_map != OpcodeMap::DEFAULT
+        || has_prefix(insn, 0x66)
+        || has_prefix(insn, 0xF0)
+        || has_prefix(insn, 0xF2)
+        || has_prefix(insn, 0xF3)
+    {
+        return None;
+    }
+    let ops = insn.operands();
+    match insn.opcode {
+        0x50..=0x57 => {
+            let r = reg_operand(ops.first()).filter(|r| r.width == Width::W64)?;
+            Some(Op::Push {
+                src: Operand::Reg(r),
+            })
+        }
+        0x58..=0x5F => {
+            let r = reg_operand(ops.first()).filter(|r| r.width == Width::W64)?;
+            Some(Op::Pop { dst: r })
+        }
+        // PUSH imm8/imm32, sign-extended to 64 bits.
+        0x68 | 0x6A => Some(Op::Push {
+            src: Operand::Imm(imm_operand(ops.first(), Width::W64)?),
+        }),
+        0xE8 => Some(Op::Call {
+            rel: rel_operand(ops.first())?,
+        }),
+        0xC3 => Some(Op::Ret { pop: 0 }),
+        0xC2 => Some(Op::Ret {
+            pop: u16::try_from(imm_operand(ops.first(), Width::W16)?).ok()?,
+        }),
+        _ => None,
+    }
+}
+
 /// The subset, by opcode (SDM Vol. 2, Tables; group encodings Table A-6).
 fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Option<Op> {
     let (mod_, modrm_reg) = modrm(insn, bytes)?;
@@ -296,6 +579,21 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
     // SDM leaves it undefined (INS/OUTS) or it has MPX side effects (BND branches),
     // leave the instruction to the CPU.
     let f2 = has_prefix(insn, 0xF2);
+    if let Some(op) = map_stack(insn, mode) {
+        return Some(op);
+    }
+    let movx =
+        insn.opcode_map == OpcodeMap::_0F && matches!(insn.opcode, 0xB6 | 0xB7 | 0xBE | 0xBF);
+    let movsxd = insn.opcode_map == OpcodeMap::DEFAULT && insn.opcode == 0x63;
+    let lea = insn.opcode_map == OpcodeMap::DEFAULT && insn.opcode == 0x8D;
+    if !reg_form || movx || movsxd || lea {
+        if let Some(op) = map_mem(insn, mode, modrm_reg) {
+            return Some(op);
+        }
+        if movx || movsxd || lea {
+            return None;
+        }
+    }
     match insn.opcode_map {
         OpcodeMap::DEFAULT => {}
         OpcodeMap::_0F => {
@@ -360,6 +658,15 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
         // Group 2: /4 SHL, /5 SHR (the /6 SAL alias is left to the CPU).
         0xC0 | 0xC1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_two(insn),
         0xD0 | 0xD1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_one(insn, 1),
+        // SHL/SHR r/m, CL (register destination): the count is CL, masked by the CPU.
+        0xD2 | 0xD3 if reg_form && matches!(modrm_reg, 4 | 5) => {
+            let dst = reg_operand(ops.first())?;
+            (reg_operand(ops.get(1))? == RegRef::new(1, Width::W8)).then_some(Op::Alu {
+                op: alu_op(insn.mnemonic)?,
+                dst,
+                src: Operand::Reg(RegRef::new(1, Width::W8)),
+            })
+        }
         // Group 11: MOV r/m, imm (/0), register destination only.
         0xC6 | 0xC7 if reg_form && modrm_reg == 0 => mov(insn),
         0xE0..=0xE2 => Some(Op::Loop {
@@ -896,11 +1203,15 @@ mod tests {
                 src: Operand::Reg(r(9, Width::W32))
             }
         );
-        // mov eax, [rbx] (8B 03) is a memory read: unsupported, length 2.
-        assert_eq!(
+        // mov eax, [rbx] (8B 03) is a memory read: supported in 64-bit mode only.
+        assert!(matches!(
             decode(&[0x8B, 0x03], Bits64),
-            Err(DecodeError::Unsupported { len: 2 })
-        );
+            Ok(Insn {
+                op: Op::Load { .. },
+                len: 2
+            })
+        ));
+        unsupported(&[0x8B, 0x03], Bits32);
         // mov [ebx], eax (89 03); mov ax, es (8C C0); mov eax, cr0 (0F 20 C0).
         unsupported(&[0x89, 0x03], Bits32);
         unsupported(&[0x8C, 0xC0], Bits16);
@@ -1160,8 +1471,9 @@ mod tests {
             op(&[0xC1, 0xE0, 0xFF], Bits32),
             alu(AluOp::Shl, r(0, Width::W32), Operand::Imm(0xFF))
         );
-        // D3 E0 shl eax, cl; C1 F8 01 sar; C1 C0 01 rol; C1 F0 01 (/6 SAL alias); C1 20 01 memory.
-        unsupported(&[0xD3, 0xE0], Bits32);
+        // D3 E0 shl eax, cl (supported: `shifts_by_cl`); C1 F8 01 sar; C1 C0 01 rol;
+        // C1 F0 01 (/6 SAL alias); C1 20 01 memory (32-bit code).
+        assert!(decode(&[0xD3, 0xE0], Bits32).is_ok());
         unsupported(&[0xC1, 0xF8, 0x01], Bits32);
         unsupported(&[0xC1, 0xC0, 0x01], Bits32);
         assert!(decode(&[0xC1, 0xF0, 0x01], Bits32).is_err());
@@ -1505,7 +1817,10 @@ mod tests {
 
     #[test]
     fn other_instructions_are_unsupported_with_their_length() {
-        // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [rip+0] (8B 05 rel32).
+        // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
+        // disp32 in 32-bit code); xchg eax, eax (87 C0); lock add [rax], eax; rep ret;
+        // call [rax] (FF 10); push word 1 (66 6A 01); adc [rax], eax (11 00); 16-bit code
+        // pop ax (58); movsxd ax, eax (66 63 C0).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
             (&[0xFA], Bits32),
@@ -1514,10 +1829,230 @@ mod tests {
             (&[0xCF], Bits32),
             (&[0xCD, 0x10], Bits16),
             (&[0x0F, 0xA2], Bits64),
-            (&[0x8B, 0x05, 0, 0, 0, 0], Bits64),
+            (&[0x8B, 0x05, 0, 0, 0, 0], Bits32),
             (&[0x87, 0xC0], Bits64),
+            (&[0xF0, 0x01, 0x00], Bits64),
+            (&[0xF3, 0xC3], Bits64),
+            (&[0xFF, 0x10], Bits64),
+            (&[0x66, 0x6A, 0x01], Bits64),
+            (&[0x11, 0x00], Bits64),
+            (&[0x58], Bits16),
+            (&[0x66, 0x63, 0xC0], Bits64),
         ] {
             unsupported(bytes, m);
+        }
+    }
+
+    fn mem(base: Option<u8>, index: Option<u8>, scale: u8, disp: i32) -> MemRef {
+        MemRef {
+            base,
+            index,
+            scale,
+            disp,
+            rip_rel: false,
+            seg: Seg::Ds,
+            addr: Width::W64,
+        }
+    }
+
+    #[test]
+    fn memory_operand_forms_in_64_bit_code() {
+        let r = RegRef::new;
+        // mov rax, [rbx + rcx*4 + 0x10] (48 8B 44 8B 10).
+        assert_eq!(
+            op(&[0x48, 0x8B, 0x44, 0x8B, 0x10], Bits64),
+            Op::Load {
+                dst: r(0, Width::W64),
+                src: Rm::Mem(mem(Some(3), Some(1), 4, 0x10)),
+                width: Width::W64,
+                signed: false
+            }
+        );
+        // movzx eax, byte [rip - 2] (0F B6 05 FE FF FF FF): RIP-relative.
+        let mut rip = mem(None, None, 1, -2);
+        rip.rip_rel = true;
+        assert_eq!(
+            op(&[0x0F, 0xB6, 0x05, 0xFE, 0xFF, 0xFF, 0xFF], Bits64),
+            Op::Load {
+                dst: r(0, Width::W32),
+                src: Rm::Mem(rip),
+                width: Width::W8,
+                signed: false
+            }
+        );
+        // movzx eax, al (0F B6 C0) in every mode; movsx ecx, dx (0F BF CA).
+        for m in ALL {
+            assert_eq!(
+                op(&[0x0F, 0xB6, 0xC0], m),
+                Op::Load {
+                    dst: r(0, if m == Bits16 { Width::W16 } else { Width::W32 }),
+                    src: Rm::Reg(RegRef::AL),
+                    width: Width::W8,
+                    signed: false
+                }
+            );
+        }
+        assert_eq!(
+            op(&[0x0F, 0xBF, 0xCA], Bits32),
+            Op::Load {
+                dst: r(1, Width::W32),
+                src: Rm::Reg(r(2, Width::W16)),
+                width: Width::W16,
+                signed: true
+            }
+        );
+        // movsxd rax, dword [rsp + 8] (48 63 44 24 08): RSP as base.
+        assert_eq!(
+            op(&[0x48, 0x63, 0x44, 0x24, 0x08], Bits64),
+            Op::Load {
+                dst: r(0, Width::W64),
+                src: Rm::Mem(mem(Some(4), None, 1, 8)),
+                width: Width::W32,
+                signed: true
+            }
+        );
+        // mov [rdi], sil (40 88 37); mov dword fs:[rax], 7 (64 C7 00 07 00 00 00).
+        assert_eq!(
+            op(&[0x40, 0x88, 0x37], Bits64),
+            Op::Store {
+                mem: mem(Some(7), None, 1, 0),
+                src: Operand::Reg(r(6, Width::W8)),
+                width: Width::W8
+            }
+        );
+        let mut fs = mem(Some(0), None, 1, 0);
+        fs.seg = Seg::Fs;
+        assert_eq!(
+            op(&[0x64, 0xC7, 0x00, 0x07, 0, 0, 0], Bits64),
+            Op::Store {
+                mem: fs,
+                src: Operand::Imm(7),
+                width: Width::W32
+            }
+        );
+        // add [rbx], ecx (01 0B); cmp byte [rbx+1], 0x80 (80 7B 01 80); test [rax], edx
+        // (85 10); inc qword [rax] (48 FF 00); shl word [rax], 3 (66 C1 20 03).
+        assert_eq!(
+            op(&[0x01, 0x0B], Bits64),
+            Op::AluMem {
+                op: AluOp::Add,
+                mem: mem(Some(3), None, 1, 0),
+                src: Operand::Reg(r(1, Width::W32)),
+                width: Width::W32
+            }
+        );
+        assert_eq!(
+            op(&[0x80, 0x7B, 0x01, 0x80], Bits64),
+            Op::AluMem {
+                op: AluOp::Cmp,
+                mem: mem(Some(3), None, 1, 1),
+                src: Operand::Imm(0x80),
+                width: Width::W8
+            }
+        );
+        assert_eq!(
+            op(&[0x85, 0x10], Bits64),
+            Op::AluMem {
+                op: AluOp::Test,
+                mem: mem(Some(0), None, 1, 0),
+                src: Operand::Reg(r(2, Width::W32)),
+                width: Width::W32
+            }
+        );
+        assert!(matches!(
+            op(&[0x48, 0xFF, 0x00], Bits64),
+            Op::AluMem {
+                op: AluOp::Inc,
+                width: Width::W64,
+                ..
+            }
+        ));
+        assert_eq!(
+            op(&[0x66, 0xC1, 0x20, 0x03], Bits64),
+            Op::AluMem {
+                op: AluOp::Shl,
+                mem: mem(Some(0), None, 1, 0),
+                src: Operand::Imm(3),
+                width: Width::W16
+            }
+        );
+        // sub rax, [r12 + 0x100] (49 2B 84 24 00 01 00 00).
+        assert_eq!(
+            op(&[0x49, 0x2B, 0x84, 0x24, 0x00, 0x01, 0, 0], Bits64),
+            Op::AluLoad {
+                op: AluOp::Sub,
+                dst: r(0, Width::W64),
+                mem: mem(Some(12), None, 1, 0x100)
+            }
+        );
+        // lea eax, [rbx + 0x60] (8D 43 60); 67h: lea eax, [ebx + 0x60].
+        assert_eq!(
+            op(&[0x8D, 0x43, 0x60], Bits64),
+            Op::Lea {
+                dst: r(0, Width::W32),
+                mem: mem(Some(3), None, 1, 0x60)
+            }
+        );
+        let mut m32 = mem(Some(3), None, 1, 0x60);
+        m32.addr = Width::W32;
+        assert_eq!(
+            op(&[0x67, 0x8D, 0x43, 0x60], Bits64),
+            Op::Lea {
+                dst: r(0, Width::W32),
+                mem: m32
+            }
+        );
+    }
+
+    #[test]
+    fn shifts_by_cl() {
+        // shl esi, cl (D3 E6); shr al, cl (D2 E8); sar (D3 FE) stays unsupported.
+        assert_eq!(
+            op(&[0xD3, 0xE6], Bits64),
+            Op::Alu {
+                op: AluOp::Shl,
+                dst: RegRef::new(6, Width::W32),
+                src: Operand::Reg(RegRef::new(1, Width::W8))
+            }
+        );
+        assert_eq!(
+            op(&[0xD2, 0xE8], Bits16),
+            Op::Alu {
+                op: AluOp::Shr,
+                dst: RegRef::AL,
+                src: Operand::Reg(RegRef::new(1, Width::W8))
+            }
+        );
+        unsupported(&[0xD3, 0xFE], Bits64);
+    }
+
+    #[test]
+    fn stack_forms_in_64_bit_code() {
+        let r = RegRef::new;
+        assert_eq!(
+            op(&[0x53], Bits64),
+            Op::Push {
+                src: Operand::Reg(r(3, Width::W64))
+            }
+        );
+        assert_eq!(
+            op(&[0x41, 0x5C], Bits64),
+            Op::Pop {
+                dst: r(12, Width::W64)
+            }
+        );
+        assert_eq!(
+            op(&[0x6A, 0xFF], Bits64),
+            Op::Push {
+                src: Operand::Imm(u64::MAX)
+            }
+        );
+        assert_eq!(op(&[0xE8, 0x10, 0, 0, 0], Bits64), Op::Call { rel: 0x10 });
+        assert_eq!(op(&[0xC3], Bits64), Op::Ret { pop: 0 });
+        assert_eq!(op(&[0xC2, 0x08, 0x00], Bits64), Op::Ret { pop: 8 });
+        for m in [Bits16, Bits32] {
+            unsupported(&[0xC3], m);
+            unsupported(&[0x53], m);
         }
     }
 

@@ -385,6 +385,9 @@ pub(super) struct Case {
     pub settings: Settings,
     /// With paging: 4 KiB pages (linear = physical) left unmapped.
     pub unmap: Vec<u64>,
+    /// With paging: 4 KiB pages whose PTE has neither the accessed nor the dirty flag
+    /// (all other entries have both).
+    pub ad_clear: Vec<u64>,
     /// Paging with large pages (64-bit: one 2 MiB page; 32-bit: one 4 MiB PSE page),
     /// else 4 KiB pages.
     pub large_pages: bool,
@@ -426,6 +429,7 @@ impl Case {
                 },
             },
             unmap: Vec::new(),
+            ad_clear: Vec::new(),
             large_pages: false,
             paging32: false,
             board_init: Vec::new(),
@@ -469,15 +473,21 @@ impl Case {
             let put = |ram: &mut [u8], at: u64, val: u64| {
                 ram[at as usize..at as usize + 8].copy_from_slice(&val.to_le_bytes());
             };
-            put(&mut ram, PML4, 0x2000 | 7);
-            put(&mut ram, 0x2000, 0x3000 | 7);
+            // Accessed and dirty flags set (0x60), except on `ad_clear` pages.
+            put(&mut ram, PML4, 0x2000 | 0x67);
+            put(&mut ram, 0x2000, 0x3000 | 0x67);
             if self.large_pages {
-                put(&mut ram, 0x3000, 0x80 | 7);
+                put(&mut ram, 0x3000, 0x80 | 0x67);
             } else {
-                put(&mut ram, 0x3000, PT | 7);
+                put(&mut ram, 0x3000, PT | 0x67);
                 for page in 0..(RAM as u64 / 4096) {
+                    let ad = if self.ad_clear.contains(&(page * 4096)) {
+                        0
+                    } else {
+                        0x60
+                    };
                     if !self.unmap.contains(&(page * 4096)) {
-                        put(&mut ram, PT + page * 8, (page * 4096) | 7);
+                        put(&mut ram, PT + page * 8, (page * 4096) | 7 | ad);
                     }
                 }
             }
@@ -694,6 +704,287 @@ pub(super) enum RefOp {
         kind: BranchKind,
         target: u64,
     },
+    /// MOV/MOVZX/MOVSX/MOVSXD reg, r/m: `size` source bytes, extended.
+    Load {
+        dst: GReg,
+        src: RefRm,
+        size: u8,
+        signed: bool,
+    },
+    Store {
+        mem: RefMem,
+        src: Src,
+        size: u8,
+    },
+    AluMem {
+        op: HostOp,
+        mem: RefMem,
+        src: Src,
+        size: u8,
+    },
+    AluLoad {
+        op: HostOp,
+        dst: GReg,
+        mem: RefMem,
+    },
+    Lea {
+        dst: GReg,
+        mem: RefMem,
+    },
+    Push {
+        src: Src,
+    },
+    Pop {
+        dst: GReg,
+    },
+    Call {
+        target: u64,
+    },
+    Ret {
+        pop: u16,
+    },
+}
+
+/// A memory operand as iced reads it: base, index, scale, displacement (for
+/// RIP-relative operands iced has already added the next RIP: `base` is None and
+/// `disp` the address), segment (4 FS, 5 GS, else 3), address size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RefMem {
+    pub base: Option<u8>,
+    pub index: Option<u8>,
+    pub scale: u8,
+    pub disp: u64,
+    pub seg: u8,
+    pub addr: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RefRm {
+    Reg(GReg),
+    Mem(RefMem),
+}
+
+/// iced's memory operand of `i` (64-bit code only; `None` otherwise).
+fn ref_mem(i: &Instruction) -> Option<RefMem> {
+    use iced_x86::Register as R;
+    if i.code_size() != iced_x86::CodeSize::Code64 {
+        return None;
+    }
+    let reg = |r: R| -> Option<Option<(u8, u8)>> {
+        if r == R::None {
+            return Some(None);
+        }
+        let g = greg(r)?;
+        Some(Some((g.index, g.size)))
+    };
+    let rip = matches!(i.memory_base(), R::RIP | R::EIP);
+    let base = if rip { None } else { reg(i.memory_base())? };
+    let index = reg(i.memory_index())?;
+    let addr = match i.memory_displ_size() {
+        _ if rip => {
+            if i.memory_base() == R::EIP {
+                4
+            } else {
+                8
+            }
+        }
+        // Without registers: iced reports a 32-bit displacement as 4 bytes only
+        // under a 32-bit address size (67h), else as 8 (sign-extended).
+        4 if base.is_none() && index.is_none() => 4,
+        _ => base.or(index).map_or(8, |(_, size)| size),
+    };
+    let seg = match i.memory_segment() {
+        R::FS => 4,
+        R::GS => 5,
+        _ => 3,
+    };
+    Some(RefMem {
+        base: base.map(|b| b.0),
+        index: index.map(|x| x.0),
+        scale: i.memory_index_scale() as u8,
+        disp: i.memory_displacement64(),
+        seg,
+        addr,
+    })
+}
+
+fn mem_bytes(m: iced_x86::MemorySize) -> u8 {
+    use iced_x86::MemorySize as S;
+    match m {
+        S::UInt8 | S::Int8 => 1,
+        S::UInt16 | S::Int16 => 2,
+        S::UInt32 | S::Int32 => 4,
+        S::UInt64 | S::Int64 => 8,
+        _ => 0,
+    }
+}
+
+fn host_op(m: Mnemonic) -> Option<HostOp> {
+    use Mnemonic as M;
+    Some(match m {
+        M::Add => HostOp::Add,
+        M::Or => HostOp::Or,
+        M::And => HostOp::And,
+        M::Sub => HostOp::Sub,
+        M::Xor => HostOp::Xor,
+        M::Cmp => HostOp::Cmp,
+        M::Test => HostOp::Test,
+        M::Inc => HostOp::Inc,
+        M::Dec => HostOp::Dec,
+        M::Shl | M::Sal => HostOp::Shl,
+        M::Shr => HostOp::Shr,
+        _ => return None,
+    })
+}
+
+/// The reference's reading of the new forms with memory or stack operands (64-bit
+/// code): `None` if not one of them.
+fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
+    use Mnemonic as M;
+    let m = i.mnemonic();
+    let long = i.code_size() == iced_x86::CodeSize::Code64;
+    let mem0 = i.op_count() > 0 && i.op_kind(0) == OpKind::Memory;
+    let mem1 = i.op_count() > 1 && i.op_kind(1) == OpKind::Memory;
+    let reg0 = || greg(i.op_register(0)).filter(|_| i.op_kind(0) == OpKind::Register);
+    let size_of = |n: u32| -> u8 {
+        if i.op_kind(n) == OpKind::Memory {
+            mem_bytes(i.memory_size())
+        } else {
+            greg(i.op_register(n)).map_or(0, |g| g.size)
+        }
+    };
+    let locked = i.has_lock_prefix() || i.has_rep_prefix() || i.has_repne_prefix();
+    let op = match m {
+        M::Movzx | M::Movsx | M::Movsxd => {
+            let dst = reg0()?;
+            let size = size_of(1);
+            let src = if mem1 {
+                RefRm::Mem(ref_mem(i)?)
+            } else {
+                RefRm::Reg(greg(i.op_register(1))?)
+            };
+            if locked || (dst.size == 2 && m == M::Movsxd) {
+                return Some(None);
+            }
+            RefOp::Load {
+                dst,
+                src,
+                size,
+                signed: m != M::Movzx,
+            }
+        }
+        M::Lea => {
+            let dst = reg0()?;
+            RefOp::Lea {
+                dst,
+                mem: RefMem {
+                    seg: 3,
+                    ..ref_mem(i)?
+                },
+            }
+        }
+        M::Mov if mem1 => {
+            let dst = reg0()?;
+            RefOp::Load {
+                dst,
+                src: RefRm::Mem(ref_mem(i)?),
+                size: dst.size,
+                signed: false,
+            }
+        }
+        M::Mov if mem0 => {
+            let size = size_of(0);
+            RefOp::Store {
+                mem: ref_mem(i)?,
+                src: src_of(i, 1, size)?,
+                size,
+            }
+        }
+        _ if mem0 && host_op(m).is_some() => {
+            let op = host_op(m)?;
+            let size = size_of(0);
+            let src = match op {
+                HostOp::Inc | HostOp::Dec => Src::Imm(1),
+                HostOp::Shl | HostOp::Shr => {
+                    if i.op_count() < 2 {
+                        Src::Imm(1)
+                    } else if is_imm(i.op_kind(1)) {
+                        Src::Imm(i.immediate(1) & 0xFF)
+                    } else {
+                        return Some(None);
+                    }
+                }
+                _ => src_of(i, 1, size)?,
+            };
+            if locked {
+                return Some(None);
+            }
+            RefOp::AluMem {
+                op,
+                mem: ref_mem(i)?,
+                src,
+                size,
+            }
+        }
+        _ if mem1 && host_op(m).is_some() => {
+            let dst = reg0()?;
+            if locked {
+                return Some(None);
+            }
+            RefOp::AluLoad {
+                op: host_op(m)?,
+                dst,
+                mem: ref_mem(i)?,
+            }
+        }
+        M::Push if long && !mem0 => {
+            if i.op_kind(0) == OpKind::Register {
+                let r = greg(i.op_register(0))?;
+                if r.size != 8 {
+                    return Some(None);
+                }
+                RefOp::Push { src: Src::Reg(r) }
+            } else if is_imm(i.op_kind(0)) && format!("{:?}", i.code()).starts_with("Pushq") {
+                RefOp::Push {
+                    src: Src::Imm(i.immediate(0)),
+                }
+            } else {
+                return Some(None);
+            }
+        }
+        M::Pop if long && !mem0 => {
+            let r = reg0()?;
+            if r.size != 8 {
+                return Some(None);
+            }
+            RefOp::Pop { dst: r }
+        }
+        M::Call if long && i.op_kind(0) == OpKind::NearBranch64 => {
+            if i.has_repne_prefix() {
+                return Some(None);
+            }
+            RefOp::Call {
+                target: i.near_branch_target(),
+            }
+        }
+        M::Ret if long => {
+            if i.has_repne_prefix()
+                || i.has_rep_prefix()
+                || !format!("{:?}", i.code()).starts_with("Retnq")
+            {
+                return Some(None);
+            }
+            RefOp::Ret {
+                pop: if i.op_count() > 0 {
+                    i.immediate(0) as u16
+                } else {
+                    0
+                },
+            }
+        }
+        _ => return None,
+    };
+    Some(Some(op))
 }
 
 fn seg_index(r: iced_x86::Register) -> u8 {
@@ -769,6 +1060,9 @@ fn size_mask(size: u8) -> u64 {
 /// subset (a mandatory stop).
 pub(super) fn ref_op(i: &Instruction) -> Option<RefOp> {
     use Mnemonic as M;
+    if let Some(op) = ref_mem_op(i) {
+        return op;
+    }
     let m = i.mnemonic();
     let reg0 = || greg(i.op_register(0)).filter(|_| i.op_kind(0) == OpKind::Register);
     Some(match m {
@@ -1299,6 +1593,121 @@ impl Reference<'_, '_> {
         }
     }
 
+    /// The effective address of `m` (iced has resolved RIP-relative operands).
+    fn ref_ea(&self, m: RefMem, _i: &Instruction) -> u64 {
+        let reg = |n: u8| {
+            self.get(GReg {
+                index: n,
+                size: 8,
+                high: false,
+            })
+        };
+        let mut a = m.disp;
+        if let Some(b) = m.base {
+            a = a.wrapping_add(reg(b));
+        }
+        if let Some(x) = m.index {
+            a = a.wrapping_add(reg(x).wrapping_mul(u64::from(m.scale)));
+        }
+        a & size_mask(m.addr)
+    }
+
+    fn ref_linear(&self, m: RefMem, i: &Instruction) -> u64 {
+        let ea = self.ref_ea(m, i);
+        match m.seg {
+            4 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestFsBase)),
+            5 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestGsBase)),
+            _ => ea,
+        }
+    }
+
+    /// The guest-physical address of each byte of an access, as a CPU that must not
+    /// fault and must not set an accessed or dirty flag sees it; anything else is a
+    /// mandatory stop (4-level paging, walked here by hand).
+    fn ref_gpas(&self, lin: u64, size: u8, write: bool) -> Result<Vec<u64>, String> {
+        let stop = |why: &str| {
+            Err(format!(
+                "the coalescer ran past a mandatory stop: {why} at {lin:#x} ({size} bytes, write {write})"
+            ))
+        };
+        let cpl = exits::guest_cpl(&self.vmcs);
+        let paging = exits::guest_paging(&self.vmcs);
+        let mem_ram = &self.ram;
+        let rd = |at: u64| -> Option<u64> {
+            let at = at as usize;
+            mem_ram
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let mut out = Vec::new();
+        for k in 0..u64::from(size) {
+            let l = lin.wrapping_add(k);
+            // The top 17 bits equal: canonical for 48-bit linear addresses.
+            if ((l as i64) << 16 >> 16) as u64 != l {
+                return stop("non-canonical address");
+            }
+            let mut table = paging.cr3 & 0x000F_FFFF_FFFF_F000;
+            let (mut writable, mut user) = (true, true);
+            let mut gpa = None;
+            for level in (1..=4u32).rev() {
+                let shift = 12 + 9 * (level - 1);
+                let Some(e) = rd(table + ((l >> shift) & 0x1FF) * 8) else {
+                    return stop("paging structure outside RAM");
+                };
+                if e & 1 == 0 {
+                    return stop("page not present");
+                }
+                if e & 0x20 == 0 {
+                    return stop("the CPU would set an accessed flag");
+                }
+                writable &= e & 2 != 0;
+                user &= e & 4 != 0;
+                let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
+                if leaf {
+                    if write && e & 0x40 == 0 {
+                        return stop("the CPU would set a dirty flag");
+                    }
+                    let page = (1u64 << shift) - 1;
+                    gpa = Some((e & 0x000F_FFFF_FFFF_F000 & !page) | (l & page));
+                    break;
+                }
+                table = e & 0x000F_FFFF_FFFF_F000;
+            }
+            let Some(g) = gpa else {
+                return stop("no leaf");
+            };
+            if cpl == 3 && !user {
+                return stop("user access to a supervisor page");
+            }
+            if write && !writable && (cpl == 3 || paging.cr0 & (1 << 16) != 0) {
+                return stop("write to a read-only page");
+            }
+            if g >= self.ram.len() as u64 {
+                return stop("outside guest RAM");
+            }
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    fn ref_read(&self, lin: u64, size: u8) -> Result<u64, String> {
+        let gpas = self.ref_gpas(lin, size, false)?;
+        Ok(gpas.iter().enumerate().fold(0, |v, (k, &g)| {
+            v | u64::from(self.ram[g as usize]) << (8 * k)
+        }))
+    }
+
+    fn ref_write(&mut self, lin: u64, size: u8, v: u64) -> Result<(), String> {
+        let gpas = self.ref_gpas(lin, size, true)?;
+        for (k, g) in gpas.into_iter().enumerate() {
+            if (PAGE_TABLES.0..PAGE_TABLES.1).contains(&g) {
+                self.wrote_page_tables = true;
+            }
+            self.ram[g as usize] = (v >> (8 * k)) as u8;
+        }
+        Ok(())
+    }
+
     fn advance(&mut self, len: usize) {
         let rip = self.rip().wrapping_add(len as u64) & ip_mask(self.mode);
         self.vmcs.write(VmcsField::GuestRip, rip);
@@ -1513,6 +1922,106 @@ impl Reference<'_, '_> {
                 }
                 self.vmcs.write(VmcsField::GuestRflags, f);
                 self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Load {
+                dst,
+                src,
+                size,
+                signed,
+            } => {
+                let v = match src {
+                    RefRm::Reg(r) => self.get(r),
+                    RefRm::Mem(m) => {
+                        let lin = self.ref_linear(m, &i);
+                        self.ref_read(lin, size)?
+                    }
+                };
+                let v = if signed {
+                    let shift = 64 - 8 * u32::from(size);
+                    (((v << shift) as i64) >> shift) as u64
+                } else {
+                    v
+                };
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Store { mem, src, size } => {
+                let v = self.src(src);
+                let lin = self.ref_linear(mem, &i);
+                self.ref_write(lin, size, v)?;
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::AluMem { op, mem, src, size } => {
+                let lin = self.ref_linear(mem, &i);
+                if op.writes() {
+                    // The CPU checks the write access before doing anything.
+                    self.ref_gpas(lin, size, true)?;
+                }
+                let a = self.ref_read(lin, size)?;
+                let (r, f) = ref_alu(op, size, a, self.src(src), rflags);
+                if op.writes() {
+                    self.ref_write(lin, size, r)?;
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::AluLoad { op, dst, mem } => {
+                let lin = self.ref_linear(mem, &i);
+                let b = self.ref_read(lin, dst.size)?;
+                let (r, f) = ref_alu(op, dst.size, self.get(dst), b, rflags);
+                if op.writes() {
+                    self.set(dst, r);
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Lea { dst, mem } => {
+                let ea = self.ref_ea(mem, &i);
+                self.set(dst, ea);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Push { src } => {
+                let v = self.src(src);
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                self.ref_write(rsp, 8, v)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Pop { dst } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp);
+                let v = self.ref_read(rsp, 8)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp.wrapping_add(8));
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Call { target } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                let next = rip.wrapping_add(len as u64);
+                self.ref_write(rsp, 8, next)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::Ret { pop } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp);
+                let target = self.ref_read(rsp, 8)?;
+                if !crate::guest_mem::is_canonical(target, 48) {
+                    return Err(format!(
+                        "the coalescer ran past `{}` to a non-canonical address (#GP)",
+                        text()
+                    ));
+                }
+                self.vmcs
+                    .write(VmcsField::GuestRsp, rsp.wrapping_add(8 + u64::from(pop)));
+                self.vmcs.write(VmcsField::GuestRip, target);
                 self.executed += 1;
             }
             RefOp::Branch { kind, target } => {
@@ -3147,5 +3656,136 @@ mod tests {
             (1, 3, Some(StopReason::Memory))
         );
         assert_eq!(co.final_.rip, c.ip);
+    }
+
+    /// `out 0xE0, al` then `code`, then hlt: a 64-bit case with RSP in the data area.
+    fn after_out(code: &[u8]) -> Case {
+        let mut bytes = vec![0xE6, 0xE0];
+        bytes.extend_from_slice(code);
+        bytes.push(0xF4);
+        let mut c = Case::new(CodeMode::Bits64, bytes);
+        c.rsp = DATA + 0x800;
+        c.data_fill = Some(7);
+        c.regs.rbx = DATA + 0x100;
+        c.regs.rcx = 3;
+        c.regs.rax = 0x8081_8283_8485_8687;
+        c
+    }
+
+    #[test]
+    fn memory_forms_agree_with_the_reference() {
+        let programs: &[&[u8]] = &[
+            // movzx eax, byte [rbx]; movsx rdx, word [rbx + rcx*2 + 4]; mov [rbx+8], eax
+            &[
+                0x0F, 0xB6, 0x03, 0x48, 0x0F, 0xBF, 0x54, 0x4B, 0x04, 0x89, 0x43, 0x08,
+            ],
+            // add [rbx], rax; cmp byte [rbx+1], 0x80; sub rdx, [rbx]; test [rbx], edx
+            &[
+                0x48, 0x01, 0x03, 0x80, 0x7B, 0x01, 0x80, 0x48, 0x2B, 0x13, 0x85, 0x13,
+            ],
+            // inc dword [rbx]; shl word [rbx+2], 3; shr byte [rbx], 1; mov qword [rbx], -1
+            &[
+                0xFF, 0x03, 0x66, 0xC1, 0x63, 0x02, 0x03, 0xD0, 0x2B, 0x48, 0xC7, 0x03, 0xFF, 0xFF,
+                0xFF, 0xFF,
+            ],
+            // lea eax, [rbx + rcx*8 + 0x60]; lea rdx, [rip + 0x10]; movsxd rsi, [rbx]
+            &[
+                0x8D, 0x44, 0xCB, 0x60, 0x48, 0x8D, 0x15, 0x10, 0, 0, 0, 0x48, 0x63, 0x33,
+            ],
+            // push rbx; push -2; pop rdx; pop rsi; mov eax, [rsp - 8]
+            &[0x53, 0x6A, 0xFE, 0x5A, 0x5E, 0x8B, 0x44, 0x24, 0xF8],
+            // call +1 (to the out); ...: call rel32 over a byte, then ret back
+            // call L; jmp E; L: out 0xE0, al; ret; E:
+            &[0xE8, 0x02, 0, 0, 0, 0xEB, 0x03, 0xE6, 0xE0, 0xC3],
+        ];
+        for code in programs {
+            let c = after_out(code);
+            let co = expect_ok(&c);
+            assert_eq!(
+                co.stop,
+                Some(StopReason::Unsupported),
+                "{code:02x?}: ran to the hlt\n{}",
+                describe(&c)
+            );
+            assert!(co.executed as usize >= 2, "{code:02x?}");
+        }
+    }
+
+    #[test]
+    fn transfers_leave_the_extent_only_to_canonical_targets() {
+        // out; jmp rel32 to the next 4 KiB page, which holds out; call back; hlt ...
+        let mut code = vec![0xE6, 0xE0, 0xE9];
+        let target = 0x1000i32 - 7;
+        code.extend_from_slice(&target.to_le_bytes());
+        code.resize(0x1000, 0xF4);
+        // At CODE + 0x1000: out 0xE0, al; ret (to the return address pushed below).
+        code.extend_from_slice(&[0xE6, 0xE0, 0xC3]);
+        let mut c = Case::new(CodeMode::Bits64, code);
+        c.rsp = DATA + 0x800;
+        // Return to the first page's hlt at CODE + 7.
+        c.data_fill = None;
+        let (_, _, _) = c.build();
+        // The stack holds zeros: RET goes to linear 0, canonical, a hop to page 0.
+        let co = expect_ok(&c);
+        assert!(co.executed >= 4, "out, jmp, out, ret: {}", co.executed);
+        // A non-canonical return address: the RET is left to the CPU (#GP there).
+        // out; mov rax, 0x8000_0000_0000_0000; push rax; ret
+        let c = after_out(&[0x48, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x50, 0xC3]);
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (3, Some(StopReason::BranchOut)));
+        assert_eq!(co.final_.rsp, c.rsp - 8);
+    }
+
+    #[test]
+    fn accesses_that_fault_or_would_set_a_d_stop_before_the_instruction() {
+        // mov eax, [rbx] with RBX on an unmapped page; on a page without A/D; a write
+        // to a page without A/D; a store across into an unmapped page.
+        type Setup = fn(&mut Case);
+        let cases: Vec<(Vec<u8>, Setup)> = vec![
+            (vec![0x8B, 0x03], |c| c.unmap.push(DATA + 0x1000)),
+            (vec![0x8B, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
+            (vec![0x89, 0x03], |c| c.ad_clear.push(DATA + 0x1000)),
+            (vec![0x48, 0x89, 0x43, 0xFC], |c| {
+                c.unmap.push(DATA + 0x1000)
+            }),
+            // push with RSP on a page without A/D.
+            (vec![0x53], |c| {
+                c.rsp = DATA + 0x1800;
+                c.ad_clear.push(DATA + 0x1000);
+            }),
+            // pop from a non-canonical RSP.
+            (vec![0x5A], |c| c.rsp = 0x0000_8000_0000_0000),
+        ];
+        for (code, setup) in cases {
+            let mut c = after_out(&code);
+            c.regs.rbx = DATA + 0x1000;
+            setup(&mut c);
+            let co = expect_ok(&c);
+            assert_eq!(
+                (co.executed, co.stop),
+                (1, Some(StopReason::Memory)),
+                "{code:02x?}\n{}",
+                describe(&c)
+            );
+            assert_eq!(co.final_.rip, c.ip + 2);
+        }
+        // The same load with A/D set runs on.
+        let mut c = after_out(&[0x8B, 0x03]);
+        c.regs.rbx = DATA + 0x1000;
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (2, Some(StopReason::Unsupported)));
+    }
+
+    #[test]
+    fn a_store_into_the_blocks_own_code_stops_before_it() {
+        // mov byte [rip + 0], 0xF4 would overwrite the following nop with hlt.
+        let c = after_out(&[0xC6, 0x05, 0x00, 0x00, 0x00, 0x00, 0xF4, 0x90, 0x90]);
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (1, Some(StopReason::Memory)));
+        // A push into the code page (RSP just above the code) stops too.
+        let mut c = after_out(&[0x53, 0x90]);
+        c.rsp = CODE + 8;
+        let co = expect_ok(&c);
+        assert_eq!((co.executed, co.stop), (1, Some(StopReason::Memory)));
     }
 }

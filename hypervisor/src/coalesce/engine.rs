@@ -7,7 +7,7 @@
 //! code that does not translate), the caller falls back to the one-instruction IO
 //! handler in `exits`, which is always correct; the fallback is counted as a stop.
 
-use crate::coalesce::block::{self, Extent, GuestCode};
+use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason, Width};
@@ -18,6 +18,11 @@ use crate::guest_mem::{translate, Access, GuestMemory};
 use crate::regs::GuestRegs;
 use crate::stats::{IoStats, Stats};
 use crate::vmcs::{IoQualification, Vmcs, VmcsField};
+
+/// Taken transfers (JMP, Jcc, CALL, RET) out of the current extent one exit may follow
+/// in 64-bit code with the `page` and `line` policies; each starts a new extent at
+/// its target (docs/COALESCING.md, "Leaving the extent").
+pub const MAX_HOPS: u32 = 8;
 
 /// RFLAGS.TF (single-step), RFLAGS.VM; DR7 L0-L3/G0-G3 (enabled breakpoints).
 const RFLAGS_TF: u64 = 1 << 8;
@@ -41,16 +46,23 @@ pub enum Outcome {
     Fallback(StopReason),
 }
 
-/// The coalescer of one vCPU. The block cache is borrowed: at about 70 KiB it lives
+/// The coalescer of one vCPU. The block cache is borrowed: at about 90 KiB it lives
 /// in a static of the kernel (`BlockCache::new` is const), not on its stack.
 pub struct Coalescer<'c> {
     pub settings: Settings,
     cache: &'c mut BlockCache,
+    /// Why the last coalesced run stopped and the RIP it stopped at (for the
+    /// stop-site statistics).
+    last_stop: (StopReason, u64),
 }
 
 impl<'c> Coalescer<'c> {
     pub fn new(settings: Settings, cache: &'c mut BlockCache) -> Self {
-        Coalescer { settings, cache }
+        Coalescer {
+            settings,
+            cache,
+            last_stop: (StopReason::Off, 0),
+        }
     }
 
     /// The guest's code mode from CR0.PE, EFER.LMA/CS.L and CS.D (SDM Vol. 3A 3.4.5).
@@ -83,12 +95,14 @@ impl<'c> Coalescer<'c> {
         }
         CpuState {
             regs: *regs,
+            rsp: vmcs.read(VmcsField::GuestRsp),
             rip: vmcs.read(VmcsField::GuestRip),
             rflags: vmcs.read(VmcsField::GuestRflags),
             mode,
             seg_base,
             cpl: guest_cpl(vmcs),
             paging: guest_paging(vmcs),
+            quiet: 0,
         }
     }
 
@@ -101,11 +115,27 @@ impl<'c> Coalescer<'c> {
         env: &mut E,
         stats: &mut Stats,
     ) -> Outcome {
+        let mode = Self::code_mode(vmcs);
+        let cs_base = vmcs.read(VmcsField::GuestCsBase);
+        let exit_rip = vmcs.read(VmcsField::GuestRip);
+        self.last_stop = (StopReason::Off, exit_rip);
         let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io);
-        if let Outcome::Fallback(reason) = outcome {
-            let slot = &mut stats.io.stops[reason.index()];
+        let (mut reason, rip) = self.last_stop;
+        if let Outcome::Fallback(r) = outcome {
+            let slot = &mut stats.io.stops[r.index()];
             *slot = slot.saturating_add(1);
+            reason = r;
         }
+        let stop_rip = if mode == CodeMode::Bits64 {
+            rip
+        } else {
+            cs_base.wrapping_add(rip) & 0xFFFF_FFFF
+        };
+        let paging = guest_paging(vmcs);
+        let cpl = guest_cpl(vmcs);
+        stats.io.sites.record(stop_rip, reason.index() as u8, || {
+            describe(&*mem, paging, cpl, stop_rip, mode)
+        });
         outcome
     }
 
@@ -144,7 +174,8 @@ impl<'c> Coalescer<'c> {
             Some(_) => return Outcome::Fallback(StopReason::Off),
         }
         let limits = self.settings.limits;
-        let follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
+        let mut follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
+        let mut hops = 0u32;
         let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
         let mut block_gpa = gpa;
         let stop = loop {
@@ -164,6 +195,7 @@ impl<'c> Coalescer<'c> {
                     max_string_elements: limits.max_string_elements.saturating_sub(elements),
                 },
                 follow,
+                hops < MAX_HOPS,
             );
             executed = executed.saturating_add(r.executed);
             io_insns = io_insns.saturating_add(r.io_insns);
@@ -188,6 +220,14 @@ impl<'c> Coalescer<'c> {
             if !((ran_off_full_block || followed_branch) && chainable) {
                 break r.stop;
             }
+            if let Some((lo, hi)) = follow {
+                if !(lo..hi).contains(&state.rip) {
+                    // A transfer left the extent: the target's extent is the new one.
+                    hops += 1;
+                    let target = linear_rip(&state);
+                    follow = follow_range(&*mem, &state, &extent, target, cs_limit);
+                }
+            }
             let next_linear = linear_rip(&state);
             let Ok(next_gpa) =
                 translate(&*mem, &state.paging, next_linear, Access::fetch(state.cpl))
@@ -203,6 +243,7 @@ impl<'c> Coalescer<'c> {
         // Write everything back in one go.
         *regs = state.regs;
         vmcs.write(VmcsField::GuestRip, state.rip);
+        vmcs.write(VmcsField::GuestRsp, state.rsp);
         vmcs.write(VmcsField::GuestRflags, state.rflags);
         // At least one instruction retired.
         retire_interrupt_shadow(vmcs);
@@ -213,6 +254,7 @@ impl<'c> Coalescer<'c> {
         *bucket = bucket.saturating_add(1);
         let slot = &mut io.stops[stop.index()];
         *slot = slot.saturating_add(1);
+        self.last_stop = (stop, state.rip);
         Outcome::Done
     }
 
@@ -243,6 +285,24 @@ impl<'c> Coalescer<'c> {
         let b = block::scan(&mut code, rip_linear, mode, &extent);
         *self.cache.insert(gpa, mode, &extent, b)
     }
+}
+
+/// Mnemonic and first code bytes of the instruction at `linear` (stop statistics).
+fn describe<M: GuestMemory>(
+    mem: &M,
+    paging: crate::guest_mem::PagingContext,
+    cpl: u8,
+    linear: u64,
+    mode: CodeMode,
+) -> (&'static str, [u8; 8], u8) {
+    let mut buf = [0u8; crate::coalesce::decode::MAX_INSN_LEN];
+    let got = GuestCode::new(mem, paging, cpl).fetch(linear, &mut buf);
+    let got = got.min(buf.len());
+    let (name, len) = crate::coalesce::decode::mnemonic(&buf[..got], mode).unwrap_or(("?", 8));
+    let mut bytes = [0u8; 8];
+    let n = got.min(8).min(usize::from(len));
+    bytes[..n].copy_from_slice(&buf[..n]);
+    (name, bytes, n as u8)
 }
 
 /// The RIP range a run may continue into: the extent around the exiting instruction

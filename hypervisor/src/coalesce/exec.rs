@@ -78,8 +78,10 @@
 //! element does not), so `executed == 0` means the state was not changed at all.
 
 use super::insn::{
-    AluOp, CodeMode, Cond, Insn, LoopKind, Op, Operand, PortSrc, RegRef, Seg, StopReason, Width,
+    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg,
+    StopReason, Width,
 };
+use super::memory::{self, Pieces};
 use crate::guest_mem::{
     check_linear, read_linear_as, translate, write_linear, Access, GuestMemory, PagingContext,
     PAGE_SIZE,
@@ -110,6 +112,9 @@ use rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuState {
     pub regs: GuestRegs,
+    /// RSP (the VMCS guest RSP field): used by PUSH/POP/CALL/RET and as an address
+    /// register; never a register operand of the subset.
+    pub rsp: u64,
     pub rip: u64,
     pub rflags: u64,
     pub mode: CodeMode,
@@ -120,7 +125,14 @@ pub struct CpuState {
     pub cpl: u8,
     /// For the string-IO memory accesses.
     pub paging: PagingContext,
+    /// Instructions executed since the last IO instruction of this exit (a run stops
+    /// with `Limit` at [`MAX_QUIET`]: nothing is gained by emulating code without IO).
+    pub quiet: u32,
 }
+
+/// The most instructions a run executes after its last IO instruction: ordinary code
+/// runs faster natively than emulated, and only the exits saved count.
+pub const MAX_QUIET: u32 = 48;
 
 /// The devices and the interrupt controller as the executor sees them.
 pub trait IoEnv {
@@ -434,6 +446,18 @@ impl CodePieces {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Dest {
+    Here(usize),
+    Follow,
+}
+
+/// Sign-extends the low `width` bits of `v` to 64 bits.
+const fn sign_extend(v: u64, width: Width) -> u64 {
+    let shift = 64 - width.bits();
+    (((v << shift) as i64) >> shift) as u64
+}
+
 enum Flow {
     /// Retired; RIP already advanced to the fall-through address.
     Next,
@@ -455,6 +479,8 @@ struct Exec<'a, M: GuestMemory, E: IoEnv> {
     res: RunResult,
     code: Option<CodePieces>,
     follow: Option<(u64, u64)>,
+    /// Taken transfers may also leave the follow range (see `may_follow`).
+    leave: bool,
 }
 
 /// Executes the block: `insns[i]` starts at byte `offsets[i]` (ascending) of the
@@ -477,6 +503,7 @@ pub fn run(
 ) -> RunResult {
     run_following(
         insns, offsets, code_len, block_rip, block_gpa, scan_end, state, mem, env, limits, None,
+        false,
     )
 }
 
@@ -498,6 +525,7 @@ pub fn run_following(
     env: &mut impl IoEnv,
     limits: &Limits,
     follow: Option<(u64, u64)>,
+    leave: bool,
 ) -> RunResult {
     let n = insns.len().min(offsets.len());
     state.rip = block_rip;
@@ -519,6 +547,7 @@ pub fn run_following(
         },
         code: None,
         follow,
+        leave,
     };
     let Some(mut idx) = ex.locate(block_rip) else {
         return ex.res;
@@ -529,12 +558,19 @@ pub fn run_following(
             if ex.state.rflags & rflags::TF != 0 {
                 return ex.stop(StopReason::SingleStep);
             }
-            if ex.res.executed >= ex.limits.max_insns {
+            if ex.res.executed >= ex.limits.max_insns || ex.state.quiet >= MAX_QUIET {
                 return ex.stop(StopReason::Limit);
             }
         }
         let insn = ex.insns[idx];
-        match ex.step(insn, first) {
+        let (before, io_before) = (ex.res.executed, ex.res.io_insns);
+        let flow = ex.step(insn, first);
+        if ex.res.io_insns != io_before {
+            ex.state.quiet = 0;
+        } else {
+            ex.state.quiet = ex.state.quiet.saturating_add(ex.res.executed - before);
+        }
+        match flow {
             Flow::Goto(next) => idx = next,
             Flow::Next => match ex.locate(ex.state.rip) {
                 Some(next) => idx = next,
@@ -649,6 +685,144 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 }
                 flow
             }
+            Op::Load {
+                dst,
+                src,
+                width,
+                signed,
+            } => {
+                if !reg_ok(mode, dst) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = match src {
+                    Rm::Reg(r) => {
+                        if !reg_ok(mode, r) {
+                            return Flow::Stop(StopReason::Unsupported);
+                        }
+                        read_reg(&self.state.regs, r)
+                    }
+                    Rm::Mem(m) => match self.load(insn, m, width) {
+                        Ok(v) => v,
+                        Err(stop) => return Flow::Stop(stop),
+                    },
+                };
+                let v = if signed { sign_extend(v, width) } else { v };
+                write_reg(&mut self.state.regs, dst, v);
+                self.retire(insn)
+            }
+            Op::Store { mem, src, width } => {
+                if !operand_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = read_operand(&self.state.regs, src);
+                match self.access(insn, mem, width, true) {
+                    Ok(p) => {
+                        if !memory::write_pieces(&mut *self.mem, &p, v) {
+                            return Flow::Stop(StopReason::Memory);
+                        }
+                    }
+                    Err(stop) => return Flow::Stop(stop),
+                }
+                self.retire(insn)
+            }
+            Op::AluMem {
+                op,
+                mem,
+                src,
+                width,
+            } => {
+                if !operand_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let p = match self.access(insn, mem, width, writes_dst(op)) {
+                    Ok(p) => p,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let Some(a) = memory::read_pieces(&*self.mem, &p) else {
+                    return Flow::Stop(StopReason::Memory);
+                };
+                let b = read_operand(&self.state.regs, src);
+                let (r, f) = alu(op, width, a, b, self.state.rflags);
+                if writes_dst(op) && !memory::write_pieces(&mut *self.mem, &p, r) {
+                    return Flow::Stop(StopReason::Memory);
+                }
+                self.state.rflags = f;
+                self.retire(insn)
+            }
+            Op::AluLoad { op, dst, mem } => {
+                if !reg_ok(mode, dst) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let b = match self.load(insn, mem, dst.width) {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let a = read_reg(&self.state.regs, dst);
+                let (r, f) = alu(op, dst.width, a, b, self.state.rflags);
+                if writes_dst(op) {
+                    write_reg(&mut self.state.regs, dst, r);
+                }
+                self.state.rflags = f;
+                self.retire(insn)
+            }
+            Op::Lea { dst, mem } => {
+                if !reg_ok(mode, dst) || mode != CodeMode::Bits64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let ea = self.effective_address(insn, mem);
+                write_reg(&mut self.state.regs, dst, ea);
+                self.retire(insn)
+            }
+            Op::Push { src } => {
+                if mode != CodeMode::Bits64 || !operand_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = read_operand(&self.state.regs, src);
+                if let Err(stop) = self.push(v) {
+                    return Flow::Stop(stop);
+                }
+                self.retire(insn)
+            }
+            Op::Pop { dst } => {
+                if mode != CodeMode::Bits64 || !reg_ok(mode, dst) || dst.width != Width::W64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = match self.stack_read() {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                self.state.rsp = self.state.rsp.wrapping_add(8);
+                write_reg(&mut self.state.regs, dst, v);
+                self.retire(insn)
+            }
+            Op::Call { rel } => {
+                if mode != CodeMode::Bits64 || self.shadow_stack() {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let next = self.state.rip.wrapping_add(u64::from(insn.len));
+                let target = next.wrapping_add(rel as i64 as u64);
+                let Some(dest) = self.destination(target) else {
+                    return Flow::Stop(StopReason::BranchOut);
+                };
+                if let Err(stop) = self.push(next) {
+                    return Flow::Stop(stop);
+                }
+                self.jump(target, dest)
+            }
+            Op::Ret { pop } => {
+                if mode != CodeMode::Bits64 || self.shadow_stack() {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let target = match self.stack_read() {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let Some(dest) = self.destination(target) else {
+                    return Flow::Stop(StopReason::BranchOut);
+                };
+                self.state.rsp = self.state.rsp.wrapping_add(8 + u64::from(pop));
+                self.jump(target, dest)
+            }
             Op::Ins { width, rep, addr } => self.string(insn, first, width, rep, addr, None),
             Op::Outs {
                 width,
@@ -678,10 +852,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         let dest = if taken {
             match self.locate(target) {
                 Some(i) => Some(i),
-                None if self
-                    .follow
-                    .is_some_and(|(lo, hi)| (lo..hi).contains(&target)) =>
-                {
+                None if self.may_follow(target) => {
                     // Taken into code the caller will run next: execute the branch.
                     if let Some(addr) = loop_addr {
                         self.state.regs.rcx = update_addr_reg(self.state.regs.rcx, u64::MAX, addr);
@@ -706,6 +877,137 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
             }
             None => self.retire(insn),
         }
+    }
+
+    /// Where a taken CALL or RET to `target` goes: an instruction of this block, or
+    /// code in the follow range (the caller continues there); `None`: out of reach.
+    fn destination(&self, target: u64) -> Option<Dest> {
+        match self.locate(target) {
+            Some(i) => Some(Dest::Here(i)),
+            None if self.may_follow(target) => Some(Dest::Follow),
+            None => None,
+        }
+    }
+
+    /// Whether a taken transfer to `target` outside this block may be executed, the
+    /// caller continuing at the target: inside the follow range, or (with `leave`)
+    /// anywhere a 64-bit transfer can go without faulting on the branch itself, i.e. a
+    /// canonical target (SDM Vol. 1 3.3.7.1: a non-canonical target raises #GP at the
+    /// branch). Fetching at the target is the caller's business: a target that does
+    /// not translate faults there on the CPU too, after the branch retired.
+    fn may_follow(&self, target: u64) -> bool {
+        let Some((lo, hi)) = self.follow else {
+            return false;
+        };
+        if (lo..hi).contains(&target) {
+            return true;
+        }
+        let bits = if self.state.paging.cr4 & crate::guest_mem::CR4_LA57 != 0 {
+            57
+        } else {
+            48
+        };
+        self.leave
+            && self.mode() == CodeMode::Bits64
+            && crate::guest_mem::is_canonical(target, bits)
+    }
+
+    /// Retires a taken CALL/RET whose stack work is done.
+    fn jump(&mut self, target: u64, dest: Dest) -> Flow {
+        self.state.rip = target;
+        self.res.executed += 1;
+        match dest {
+            Dest::Here(i) => Flow::Goto(i),
+            Dest::Follow => Flow::Stop(StopReason::BranchOut),
+        }
+    }
+
+    /// CET shadow stacks (CR4.CET) change what CALL and RET do: not emulated.
+    fn shadow_stack(&self) -> bool {
+        self.state.paging.cr4 & (1 << 23) != 0
+    }
+
+    /// A 64-bit register by encoding, RSP included (address computation).
+    fn gpr64(&self, index: u8) -> u64 {
+        if index == 4 {
+            self.state.rsp
+        } else {
+            self.state.regs.get(index).unwrap_or(0)
+        }
+    }
+
+    /// The effective address of `m` (SDM Vol. 1 3.7.5), truncated to the address
+    /// size; RIP-relative addresses count from the end of the instruction.
+    fn effective_address(&self, insn: Insn, m: MemRef) -> u64 {
+        let mut a = m.disp as i64 as u64;
+        if let Some(b) = m.base {
+            a = a.wrapping_add(self.gpr64(b));
+        }
+        if m.rip_rel {
+            let next = self.state.rip.wrapping_add(u64::from(insn.len));
+            a = a.wrapping_add(next);
+        }
+        if let Some(i) = m.index {
+            a = a.wrapping_add(self.gpr64(i).wrapping_mul(u64::from(m.scale)));
+        }
+        a & m.addr.mask()
+    }
+
+    /// Checks a data access of `width` at `m` (64-bit mode): the pieces to read or
+    /// write, or why the run stops before the instruction.
+    fn access(
+        &mut self,
+        insn: Insn,
+        m: MemRef,
+        width: Width,
+        write: bool,
+    ) -> Result<Pieces, StopReason> {
+        if self.mode() != CodeMode::Bits64 {
+            return Err(StopReason::Unsupported);
+        }
+        let mut lin = self.effective_address(insn, m);
+        if matches!(m.seg, Seg::Fs | Seg::Gs) {
+            lin = lin.wrapping_add(self.state.seg_base[m.seg as usize]);
+        }
+        self.checked(lin, usize::from(width.bytes()), write)
+    }
+
+    fn checked(&mut self, lin: u64, n: usize, write: bool) -> Result<Pieces, StopReason> {
+        let st = &*self.state;
+        let p = memory::data_access(&*self.mem, &st.paging, st.cpl, st.rflags, lin, n, write)
+            .ok_or(StopReason::Memory)?;
+        if write {
+            // Self-modifying code: a write into this block's code stops before it.
+            let code = self.code_pieces();
+            if p.iter().any(|(gpa, len)| code.overlaps(gpa, len as u64)) {
+                return Err(StopReason::Memory);
+            }
+        }
+        Ok(p)
+    }
+
+    fn load(&mut self, insn: Insn, m: MemRef, width: Width) -> Result<u64, StopReason> {
+        let p = self.access(insn, m, width, false)?;
+        memory::read_pieces(&*self.mem, &p)
+            .map(|v| v & width.mask())
+            .ok_or(StopReason::Memory)
+    }
+
+    /// PUSH of 8 bytes at RSP - 8 (SS base 0 in 64-bit mode).
+    fn push(&mut self, v: u64) -> Result<(), StopReason> {
+        let at = self.state.rsp.wrapping_sub(8);
+        let p = self.checked(at, 8, true)?;
+        if !memory::write_pieces(&mut *self.mem, &p, v) {
+            return Err(StopReason::Memory);
+        }
+        self.state.rsp = at;
+        Ok(())
+    }
+
+    /// The 8 bytes at RSP.
+    fn stack_read(&mut self) -> Result<u64, StopReason> {
+        let p = self.checked(self.state.rsp, 8, false)?;
+        memory::read_pieces(&*self.mem, &p).ok_or(StopReason::Memory)
     }
 
     /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check.
@@ -1006,12 +1308,14 @@ mod tests {
             T {
                 st: CpuState {
                     regs: GuestRegs::default(),
+                    rsp: 0,
                     rip: 0,
                     rflags: 0x2,
                     mode,
                     seg_base: [0; 6],
                     cpl: 0,
                     paging: PagingContext::default(),
+                    quiet: 0,
                 },
                 ram: vec![0; RAM],
                 env: Env::default(),
@@ -1757,6 +2061,26 @@ mod tests {
     // -----------------------------------------------------------------------
     // Control flow
     // -----------------------------------------------------------------------
+
+    #[test]
+    fn a_run_ends_max_quiet_instructions_after_its_last_io() {
+        let mut t = T::new(CodeMode::Bits64);
+        // out; 10 nops; out; 60 nops: the second out restarts the count.
+        let mut b = vec![out_dx(W8)];
+        b.extend(std::iter::repeat_n(nop(), 10));
+        b.push(out_dx(W8));
+        b.extend(std::iter::repeat_n(nop(), 60));
+        let executed = 1 + 10 + 1 + MAX_QUIET;
+        assert_eq!(t.run(&b, 0x2000), res(executed, 2, 0, StopReason::Limit));
+        assert_eq!(t.st.rip, 0x2000 + u64::from(executed));
+        // A run that starts quiet (continued from a previous block) stops sooner.
+        t.st.quiet = MAX_QUIET - 3;
+        let b = [out_dx(W8), nop(), nop(), nop(), nop()];
+        assert_eq!(t.run(&b, 0x2000), res(5, 1, 0, StopReason::ExtentEnd));
+        t.st.quiet = MAX_QUIET - 3;
+        let b = [nop(), nop(), nop(), nop(), nop()];
+        assert_eq!(t.run(&b, 0x2000), res(3, 0, 0, StopReason::Limit));
+    }
 
     #[test]
     fn jmp_inside_the_block_is_followed() {

@@ -104,6 +104,22 @@ pub enum Seg {
     Gs,
 }
 
+/// A memory operand `seg:[base + index * scale + disp]` (SDM Vol. 1 3.7.5), 64-bit
+/// mode only. `base` and `index` are register encodings 0-15 (`index` never 4);
+/// `rip_rel` makes the base the address of the next instruction (RIP-relative), so
+/// the form stays position-independent. `seg` is DS or SS (both base 0 in 64-bit
+/// mode) or an FS/GS override; `addr` is the address size (W32 with 67h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemRef {
+    pub base: Option<u8>,
+    pub index: Option<u8>,
+    pub scale: u8,
+    pub disp: i32,
+    pub rip_rel: bool,
+    pub seg: Seg,
+    pub addr: Width,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AluOp {
     Add,
@@ -235,6 +251,61 @@ pub enum Op {
         addr: Width,
         width: Width,
     },
+    /// MOV/MOVZX/MOVSX/MOVSXD reg, r/m: `src` bytes of `width` from a register or
+    /// memory, zero- or sign-extended (`signed`) to the destination's width.
+    Load {
+        dst: RegRef,
+        src: Rm,
+        width: Width,
+        signed: bool,
+    },
+    /// MOV m, reg|imm (`width` = operand size).
+    Store {
+        mem: MemRef,
+        src: Operand,
+        width: Width,
+    },
+    /// ALU op on a memory destination (CMP/TEST only read it).
+    AluMem {
+        op: AluOp,
+        mem: MemRef,
+        src: Operand,
+        width: Width,
+    },
+    /// ALU op reg, m (a register destination, memory source).
+    AluLoad {
+        op: AluOp,
+        dst: RegRef,
+        mem: MemRef,
+    },
+    /// LEA reg, m: the effective address, truncated to the destination width.
+    Lea {
+        dst: RegRef,
+        mem: MemRef,
+    },
+    /// PUSH r64 / imm (64-bit mode, 8 bytes).
+    Push {
+        src: Operand,
+    },
+    /// POP r64 (64-bit mode).
+    Pop {
+        dst: RegRef,
+    },
+    /// CALL rel32 (64-bit mode): pushes the return address.
+    Call {
+        rel: i32,
+    },
+    /// RET / RET imm16 (near, 64-bit mode): pops the return address, then `pop` bytes.
+    Ret {
+        pop: u16,
+    },
+}
+
+/// A register-or-memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rm {
+    Reg(RegRef),
+    Mem(MemRef),
 }
 
 impl Op {
@@ -246,7 +317,10 @@ impl Op {
     }
 
     pub const fn is_branch(&self) -> bool {
-        matches!(self, Op::Jmp { .. } | Op::Jcc { .. } | Op::Loop { .. })
+        matches!(
+            self,
+            Op::Jmp { .. } | Op::Jcc { .. } | Op::Loop { .. } | Op::Call { .. } | Op::Ret { .. }
+        )
     }
 }
 

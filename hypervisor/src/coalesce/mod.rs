@@ -13,3 +13,4 @@ pub mod exec;
 #[cfg(test)]
 mod fuzz;
 pub mod insn;
+pub mod memory;

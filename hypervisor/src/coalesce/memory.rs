@@ -1,0 +1,312 @@
+//! Data memory accesses of coalesced instructions (MOV/ALU with memory operands,
+//! PUSH/POP, CALL/RET): when the emulator may perform one, and where its bytes are.
+//!
+//! The rule is the coalescing contract's: an access is emulated only when the
+//! processor would perform it without a fault and *without changing anything but the
+//! bytes accessed*. Otherwise the run stops before the instruction and the CPU
+//! executes it natively (raising the fault itself, or setting the flags itself):
+//!
+//! - the linear address must translate for the access kind at the CPL (present,
+//!   writable with CR0.WP or at CPL 3, user/supervisor; SDM Vol. 3A 4.6) and be
+//!   canonical (Vol. 1 3.3.7.1; [`translate`] checks it), every byte in guest RAM;
+//! - accessed and dirty flags (SDM Vol. 3A 4.8): the processor sets A in every
+//!   paging-structure entry it uses, and D in the entry that maps the page for a
+//!   write. The emulator does not set them; it only emulates an access whose entries
+//!   already have A (and D on the leaf for a write), where the processor would write
+//!   nothing. PAE PDPTEs have no A flag (Table 4-8);
+//! - SMAP and protection keys are not modelled here, so a supervisor access to a
+//!   user-mode page with CR4.SMAP, any access to a user-mode page with CR4.PKE, and
+//!   any access at all with CR4.PKS stop (SDM Vol. 3A 4.6.1, 4.6.2);
+//! - alignment checking (CR0.AM, RFLAGS.AC at CPL 3; SDM Vol. 3A 6.15 #AC): a
+//!   misaligned access stops.
+//!
+//! TLBs are not modelled: the walk reads the paging structures as they are now, which
+//! is what a processor does after INVLPG or a CR3 write (SDM Vol. 3A 4.10.4.3).
+
+use crate::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
+
+const P: u64 = 1;
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
+const PS: u64 = 1 << 7;
+const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+const CR0_AM: u64 = 1 << 18;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_SMAP: u64 = 1 << 21;
+const CR4_PKE: u64 = 1 << 22;
+const CR4_PKS: u64 = 1 << 24;
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// The guest-physical pieces of an access (one, or two when it crosses a 4 KiB page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pieces {
+    pub parts: [(u64, usize); 2],
+    pub n: usize,
+}
+
+impl Pieces {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.parts[..self.n.min(2)].iter().copied()
+    }
+}
+
+/// Whether the processor would set no A or D flag translating `linear` (whose
+/// translation already succeeded) for a read or, with `write`, a write.
+pub fn ad_already_set(
+    mem: &impl GuestMemory,
+    ctx: &PagingContext,
+    linear: u64,
+    write: bool,
+) -> bool {
+    let leaf_ok = |e: u64| e & A != 0 && (!write || e & D != 0);
+    // 9-bit-indexed levels from `level` down to the leaf.
+    let walk = |mut table: u64, mut level: u32| -> bool {
+        loop {
+            let shift = 12 + 9 * (level - 1);
+            let Ok(e) = mem.read_u64((table & ADDR) | (((linear >> shift) & 0x1FF) << 3)) else {
+                return false;
+            };
+            if e & P == 0 {
+                return false;
+            }
+            if level == 1 || (e & PS != 0 && level <= 3) {
+                return leaf_ok(e);
+            }
+            if e & A == 0 {
+                return false;
+            }
+            table = e;
+            level -= 1;
+        }
+    };
+    match ctx.mode() {
+        PagingMode::None => true,
+        PagingMode::Bits32 => {
+            let lin = linear & 0xFFFF_FFFF;
+            let Ok(pde) = mem.read_u32((ctx.cr3 & 0xFFFF_F000) | ((lin >> 22) << 2)) else {
+                return false;
+            };
+            let pde = u64::from(pde);
+            if pde & P == 0 {
+                return false;
+            }
+            if pde & PS != 0 && ctx.cr4 & CR4_PSE != 0 {
+                return leaf_ok(pde);
+            }
+            if pde & A == 0 {
+                return false;
+            }
+            let Ok(pte) = mem.read_u32((pde & 0xFFFF_F000) | (((lin >> 12) & 0x3FF) << 2)) else {
+                return false;
+            };
+            u64::from(pte) & P != 0 && leaf_ok(u64::from(pte))
+        }
+        PagingMode::Pae => {
+            let lin = linear & 0xFFFF_FFFF;
+            match mem.read_u64((ctx.cr3 & 0xFFFF_FFE0) | ((lin >> 30) << 3)) {
+                Ok(pdpte) if pdpte & P != 0 => walk(pdpte, 2),
+                _ => false,
+            }
+        }
+        PagingMode::Level4 => walk(ctx.cr3, 4),
+        PagingMode::Level5 => walk(ctx.cr3, 5),
+    }
+}
+
+/// The guest-physical pieces of an `n`-byte data access (1..=8 bytes) at `linear`, if
+/// the emulator may perform it (see the module documentation); `None` otherwise.
+pub fn data_access(
+    mem: &impl GuestMemory,
+    ctx: &PagingContext,
+    cpl: u8,
+    rflags: u64,
+    linear: u64,
+    n: usize,
+    write: bool,
+) -> Option<Pieces> {
+    if n == 0 || n > 8 {
+        return None;
+    }
+    // #AC: alignment checking applies at CPL 3 with CR0.AM and RFLAGS.AC.
+    if cpl == 3
+        && ctx.cr0 & CR0_AM != 0
+        && rflags & RFLAGS_AC != 0
+        && !linear.is_multiple_of(n as u64)
+    {
+        return None;
+    }
+    if ctx.cr4 & CR4_PKS != 0 {
+        return None;
+    }
+    let access = if write {
+        Access::write(cpl)
+    } else {
+        Access::read(cpl)
+    };
+    let in_page = (PAGE_SIZE - (linear & (PAGE_SIZE - 1))) as usize;
+    let first = in_page.min(n);
+    let mut pieces = Pieces {
+        parts: [(0, 0); 2],
+        n: 0,
+    };
+    for (lin, len) in [
+        (linear, first),
+        (linear.wrapping_add(first as u64), n - first),
+    ] {
+        if len == 0 {
+            continue;
+        }
+        let gpa = translate(mem, ctx, lin, access).ok()?;
+        mem.check(gpa, len as u64).ok()?;
+        if !ad_already_set(mem, ctx, lin, write) {
+            return None;
+        }
+        if ctx.mode() != PagingMode::None && ctx.cr4 & (CR4_SMAP | CR4_PKE) != 0 {
+            // A user-mode page: protection keys apply to it, SMAP to supervisor
+            // accesses of it.
+            let user = translate(mem, ctx, lin, Access::read(3)).is_ok();
+            if user && (ctx.cr4 & CR4_PKE != 0 || (cpl < 3 && ctx.cr4 & CR4_SMAP != 0)) {
+                return None;
+            }
+        }
+        pieces.parts[pieces.n] = (gpa, len);
+        pieces.n += 1;
+    }
+    Some(pieces)
+}
+
+/// Reads the access's bytes (little-endian) as a value.
+pub fn read_pieces(mem: &impl GuestMemory, p: &Pieces) -> Option<u64> {
+    let mut buf = [0u8; 8];
+    let mut at = 0;
+    for (gpa, len) in p.iter() {
+        mem.read(gpa, &mut buf[at..at + len]).ok()?;
+        at += len;
+    }
+    Some(u64::from_le_bytes(buf))
+}
+
+/// Writes the low bytes of `value` over the access's pieces.
+pub fn write_pieces(mem: &mut impl GuestMemory, p: &Pieces, value: u64) -> bool {
+    let bytes = value.to_le_bytes();
+    let mut at = 0;
+    for (gpa, len) in p.iter() {
+        if mem.write(gpa, &bytes[at..at + len]).is_err() {
+            return false;
+        }
+        at += len;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+
+    const PML4: u64 = 0x1000;
+    const PDPT: u64 = 0x2000;
+    const PD: u64 = 0x3000;
+    const PT: u64 = 0x4000;
+
+    /// 4-level paging mapping linear page k to physical page k over 64 KiB; entries
+    /// get `flags` (P, R/W, U/S as wanted, plus A/D as wanted).
+    fn tables(ram: &mut [u8], upper: u64, leaf: u64) -> PagingContext {
+        let put = |ram: &mut [u8], at: u64, v: u64| {
+            ram[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        put(ram, PML4, PDPT | upper);
+        put(ram, PDPT, PD | upper);
+        put(ram, PD, PT | upper);
+        for k in 0..16u64 {
+            put(ram, PT + 8 * k, (k << 12) | leaf);
+        }
+        PagingContext {
+            cr0: CR0_PE | CR0_PG | CR0_WP,
+            cr3: PML4,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+        }
+    }
+
+    #[test]
+    fn a_and_d_must_already_be_set() {
+        let mut ram = vec![0u8; 0x10000];
+        let ctx = tables(&mut ram, P | 2 | A, P | 2 | A | D);
+        let m = SliceMemory::new(&mut ram);
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, true).is_some());
+        // Leaf without D: reads fine, writes stop.
+        let ctx = tables(&mut ram, P | 2 | A, P | 2 | A);
+        let m = SliceMemory::new(&mut ram);
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 4, false).is_some());
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 4, true).is_none());
+        // An upper level without A: neither.
+        let ctx = tables(&mut ram, P | 2, P | 2 | A | D);
+        let m = SliceMemory::new(&mut ram);
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 4, false).is_none());
+        assert!(!ad_already_set(&m, &ctx, 0x8000, false));
+    }
+
+    #[test]
+    fn faults_and_protection_stop() {
+        let mut ram = vec![0u8; 0x10000];
+        // Read-only supervisor pages.
+        let mut ctx = tables(&mut ram, P | 2 | A, P | A | D);
+        // Page 9 not present.
+        ram[(PT + 8 * 9) as usize] = 0;
+        let m = SliceMemory::new(&mut ram);
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_some());
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, true).is_none(), "WP");
+        assert!(
+            data_access(&m, &ctx, 3, 2, 0x8000, 8, false).is_none(),
+            "U/S"
+        );
+        assert!(data_access(&m, &ctx, 0, 2, 0x9000, 1, false).is_none(), "P");
+        // Crossing into the unmapped page.
+        assert!(data_access(&m, &ctx, 0, 2, 0x8FFC, 8, false).is_none());
+        // Non-canonical, outside RAM.
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000_0000_0000_8000, 1, false).is_none());
+        assert!(data_access(&m, &ctx, 0, 2, 0x10_0000, 1, false).is_none());
+        // Without CR0.WP a supervisor write to a read-only page is fine.
+        ctx.cr0 &= !CR0_WP;
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, true).is_some());
+        ctx.cr4 |= CR4_PKS;
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_none());
+    }
+
+    #[test]
+    fn smap_pke_and_alignment_check() {
+        let mut ram = vec![0u8; 0x10000];
+        let mut ctx = tables(&mut ram, P | 2 | 4 | A, P | 2 | 4 | A | D);
+        let m = SliceMemory::new(&mut ram);
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_some());
+        ctx.cr4 |= CR4_SMAP;
+        assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_none());
+        assert!(data_access(&m, &ctx, 3, 2, 0x8000, 8, false).is_some());
+        ctx.cr4 = CR4_PAE | CR4_PKE;
+        assert!(data_access(&m, &ctx, 3, 2, 0x8000, 8, false).is_none());
+        ctx.cr4 = CR4_PAE;
+        ctx.cr0 |= CR0_AM;
+        assert!(data_access(&m, &ctx, 3, RFLAGS_AC | 2, 0x8001, 2, false).is_none());
+        assert!(data_access(&m, &ctx, 3, RFLAGS_AC | 2, 0x8002, 2, false).is_some());
+        assert!(data_access(&m, &ctx, 0, RFLAGS_AC | 2, 0x8001, 2, false).is_some());
+        assert!(data_access(&m, &ctx, 3, 2, 0x8001, 2, false).is_some());
+    }
+
+    #[test]
+    fn page_crossing_pieces_read_and_write() {
+        let mut ram = vec![0u8; 0x10000];
+        let ctx = tables(&mut ram, P | 2 | A, P | 2 | A | D);
+        // Swap linear pages 8 and 9 physically.
+        ram[(PT + 8 * 8) as usize + 1] = 0x90;
+        ram[(PT + 8 * 9) as usize + 1] = 0x80;
+        let mut m = SliceMemory::new(&mut ram);
+        let p = data_access(&m, &ctx, 0, 2, 0x8FFE, 4, true).unwrap();
+        assert_eq!(p.n, 2);
+        assert_eq!(p.parts, [(0x9FFE, 2), (0x8000, 2)]);
+        assert!(write_pieces(&mut m, &p, 0x1122_3344));
+        assert_eq!(m.read_u16(0x9FFE).unwrap(), 0x3344);
+        assert_eq!(m.read_u16(0x8000).unwrap(), 0x1122);
+        assert_eq!(read_pieces(&m, &p), Some(0x1122_3344));
+    }
+}
