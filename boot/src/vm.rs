@@ -491,6 +491,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         cr0_fixed1: caps.cr0_fixed1,
         cr4_fixed0: caps.cr4_fixed0,
         cr4_fixed1: caps.cr4_fixed1,
+        tsc_hz: timebase.tsc_hz(),
     };
     let rate = caps.misc.preemption_timer_rate;
     let mut cache = BLOCK_CACHE.lock();

@@ -92,6 +92,10 @@ pub struct VcpuConfig {
     pub cr0_fixed1: u64,
     pub cr4_fixed0: u64,
     pub cr4_fixed1: u64,
+    /// The rate of the guest's TSC in Hz as sluice measured it against the 8254 (the
+    /// guest reads the host TSC: no RDTSC exiting, no offset); 0 if unknown. CPUID
+    /// leaves 15H/16H report it (see [`tsc_frequency_leaf`]).
+    pub tsc_hz: u64,
 }
 
 /// Everything a handler may touch.
@@ -250,6 +254,27 @@ pub fn handle_exit<V: Vmcs, M: GuestMemory, H: HostOps>(
     }
 }
 
+/// CPUID leaves 15H and 16H (SDM Vol. 2A CPUID, "Time Stamp Counter and Nominal Core
+/// Crystal Clock Information Leaf" and "Processor Frequency Information Leaf") for a
+/// guest whose TSC runs at `tsc_hz`, the rate sluice measured: what the guest really
+/// gets. 15H says TSC = ECX * EBX / EAX with ECX the crystal in Hz; a crystal of half
+/// the TSC rate and a ratio of 2/1 keep ECX within 32 bits up to 8.5 GHz. With it a
+/// guest knows its TSC rate without timing the 8254 through exits (Linux marks the
+/// frequency as known and skips its PIT calibration loops, whose timing checks an
+/// exit per port read can fail). 16H gives the same rate in MHz as base and maximum
+/// frequency; the bus frequency (ECX) is left 0, "not enumerated". Unknown or
+/// unrepresentable rates leave both leaves at 0, which the SDM defines as "not
+/// enumerated".
+pub fn tsc_frequency_leaf(leaf: u32, tsc_hz: u64) -> [u32; 4] {
+    let crystal = tsc_hz / 2;
+    let mhz = tsc_hz / 1_000_000;
+    match leaf {
+        0x15 if crystal > 0 && crystal <= u64::from(u32::MAX) => [1, 2, crystal as u32, 0],
+        0x16 if mhz > 0 && mhz <= 0xFFFF => [mhz as u32, mhz as u32, 0, 0],
+        _ => [0; 4],
+    }
+}
+
 /// CPUID result as the guest sees it: `raw` is the host's answer for
 /// `leaf`/`subleaf` (ignored for the hypervisor range 0x4000_0000–0x4FFF_FFFF,
 /// which sluice answers itself). `guest_cr4` is the CR4 value the guest sees.
@@ -324,11 +349,10 @@ pub fn filter_cpuid(
             }
             [eax, ebx, ecx, edx]
         }
-        // TSC/crystal ratio (0x15) and processor frequencies (0x16) describe the
-        // physical part, not the rate at which the guest's TSC and PIT actually run
-        // (an emulator's TSC follows emulated instructions). Not enumerating them makes
-        // a guest calibrate its TSC against the virtual 8254, which is derived from the
-        // same TSC and so always agrees with it.
+        // TSC/crystal ratio (0x15) and processor frequencies (0x16) of the physical
+        // part are not passed on: an emulator's say 3.5 GHz while its TSC follows
+        // emulated instructions. The exit handler answers them from the measured rate
+        // instead (`tsc_frequency_leaf`).
         0x15 | 0x16 => [0; 4],
         // Thermal and power management (SDM Vol. 2A CPUID leaf 06H): nearly every bit
         // announces MSRs sluice does not offer: ECX[0] IA32_MPERF/IA32_APERF (which
@@ -590,7 +614,10 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             self.host.cpuid(leaf, subleaf)
         };
         let cr4 = self.visible_cr4();
-        let [a, mut b, c, d] = filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4);
+        let [a, mut b, c, d] = match leaf {
+            0x15 | 0x16 => tsc_frequency_leaf(leaf, self.config.tsc_hz),
+            _ => filter_cpuid(leaf, subleaf, raw, self.config.nested_vmx, cr4),
+        };
         if leaf == 0xD && subleaf == 1 && a & LEAFD1_EAX_XSAVEC != 0 {
             let xcr0 = self.msrs.xcr0;
             let host = &mut *self.host;
@@ -1301,6 +1328,7 @@ mod tests {
         cr0_fixed1: 0xFFFF_FFFF,
         cr4_fixed0: 0x2000,
         cr4_fixed1: 0xFF_FFFF,
+        tsc_hz: 0,
     };
 
     #[derive(Default)]
@@ -1817,6 +1845,32 @@ mod tests {
             assert_eq!(filter_cpuid(leaf, 0, [1, 2, 3, 4], false, 0), [0; 4]);
         }
         assert_eq!(filter_cpuid(0x14, 0, [1, 2, 3, 4], false, 0), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn tsc_leaves_report_the_measured_rate() {
+        // 200.016 MHz (Bochs): ECX * EBX / EAX is the rate; Linux computes
+        // (ECX / 1000) * EBX / EAX in kHz.
+        let [a, b, c, d] = tsc_frequency_leaf(0x15, 200_016_000);
+        assert_eq!((a, b, d), (1, 2, 0));
+        assert_eq!(u64::from(c) * u64::from(b) / u64::from(a), 200_016_000);
+        assert_eq!(u64::from(c / 1000) * 2, 200_016);
+        assert_eq!(tsc_frequency_leaf(0x16, 3_600_000_000), [3600, 3600, 0, 0]);
+        // 8.5 GHz still fits; unknown and absurd rates are "not enumerated".
+        assert_ne!(tsc_frequency_leaf(0x15, 8_500_000_000), [0; 4]);
+        assert_eq!(tsc_frequency_leaf(0x15, 9_000_000_000), [0; 4]);
+        assert_eq!(tsc_frequency_leaf(0x15, 0), [0; 4]);
+        assert_eq!(tsc_frequency_leaf(0x16, 999_999), [0; 4]);
+        assert_eq!(tsc_frequency_leaf(0x16, 70_000_000_000), [0; 4]);
+    }
+
+    #[test]
+    fn cpuid_exits_answer_the_tsc_leaves_from_the_configuration() {
+        let mut h = Harness::long();
+        assert_eq!(cpuid(&mut h, 0x15, 0), [0; 4], "rate unknown: not enumerated");
+        h.config.tsc_hz = 2_000_000_000;
+        assert_eq!(cpuid(&mut h, 0x15, 0), [1, 2, 1_000_000_000, 0]);
+        assert_eq!(cpuid(&mut h, 0x16, 0), [2000, 2000, 0, 0]);
     }
 
     #[test]

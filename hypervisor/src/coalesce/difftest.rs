@@ -1740,6 +1740,7 @@ impl Reference<'_, '_> {
                 cr0_fixed1: u64::MAX,
                 cr4_fixed0: 0,
                 cr4_fixed1: u64::MAX,
+                tsc_hz: 0,
             },
         };
         let action = exits::handle_exit(&mut ctx);
