@@ -502,6 +502,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
             limits: Limits {
                 max_insns: config.coalesce_max_insns,
                 max_string_elements: config.coalesce_max_string,
+                max_quiet: config.coalesce_max_quiet,
             },
         },
         &mut cache,

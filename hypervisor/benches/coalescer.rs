@@ -652,6 +652,7 @@ fn settings() -> Settings {
         limits: Limits {
             max_insns: COALESCE_MAX_INSNS_DEFAULT,
             max_string_elements: COALESCE_MAX_STRING_DEFAULT,
+            max_quiet: hypervisor::config::COALESCE_MAX_QUIET_DEFAULT,
         },
     }
 }

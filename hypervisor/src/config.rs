@@ -7,7 +7,8 @@
 //! parsing never allocates and never panics; every error names its line.
 //!
 //! Keys: `platform`, `guest.*`, `ram_mib`, and the coalescing options
-//! `coalesce`, `coalesce.extent`, `coalesce.max_insns`, `coalesce.max_string`.
+//! `coalesce`, `coalesce.extent`, `coalesce.max_insns`, `coalesce.max_string`,
+//! `coalesce.max_quiet`.
 //! Any unknown key is an error, so a typo can never be silently ignored.
 
 use core::fmt;
@@ -25,7 +26,7 @@ pub const RAM_MIB_MAX: u32 = 4096;
 pub const RAM_MIB_DEFAULT: u32 = 64;
 
 /// Keys this version understands, in the order `write_to` emits them.
-pub const KNOWN_KEYS: [&str; 10] = [
+pub const KNOWN_KEYS: [&str; 11] = [
     "platform",
     "guest.name",
     "guest.entry",
@@ -36,6 +37,7 @@ pub const KNOWN_KEYS: [&str; 10] = [
     "coalesce.extent",
     "coalesce.max_insns",
     "coalesce.max_string",
+    "coalesce.max_quiet",
 ];
 
 /// Coalescing defaults: on, the extent policy the benchmarks chose (docs/BENCHMARKS.md),
@@ -43,9 +45,13 @@ pub const KNOWN_KEYS: [&str; 10] = [
 pub const COALESCE_EXTENT_DEFAULT: &str = "page";
 pub const COALESCE_MAX_INSNS_DEFAULT: u32 = 256;
 pub const COALESCE_MAX_STRING_DEFAULT: u32 = 4096;
+/// Instructions emulated after the last IO instruction of an exit at most (see
+/// docs/COALESCING.md, "quiet limit", and docs/BENCHMARKS.md for how it was chosen).
+pub const COALESCE_MAX_QUIET_DEFAULT: u32 = 48;
 /// Accepted ranges for the per-exit bounds.
 pub const COALESCE_MAX_INSNS_RANGE: core::ops::RangeInclusive<u32> = 1..=4096;
 pub const COALESCE_MAX_STRING_RANGE: core::ops::RangeInclusive<u32> = 1..=65536;
+pub const COALESCE_MAX_QUIET_RANGE: core::ops::RangeInclusive<u32> = 0..=4096;
 
 /// Index of `guest.load` in [`KNOWN_KEYS`], for the cross-key check.
 const GUEST_LOAD_SLOT: usize = 3;
@@ -141,6 +147,8 @@ pub struct Config<'a> {
     pub coalesce_extent: &'a str,
     pub coalesce_max_insns: u32,
     pub coalesce_max_string: u32,
+    /// `coalesce.max_quiet`: instructions emulated past the last IO instruction.
+    pub coalesce_max_quiet: u32,
 }
 
 impl Default for Config<'_> {
@@ -156,6 +164,7 @@ impl Default for Config<'_> {
             coalesce_extent: COALESCE_EXTENT_DEFAULT,
             coalesce_max_insns: COALESCE_MAX_INSNS_DEFAULT,
             coalesce_max_string: COALESCE_MAX_STRING_DEFAULT,
+            coalesce_max_quiet: COALESCE_MAX_QUIET_DEFAULT,
         }
     }
 }
@@ -189,6 +198,7 @@ impl<'a> Config<'a> {
             || crate::coalesce::block::Extent::parse(self.coalesce_extent).is_none()
             || !COALESCE_MAX_INSNS_RANGE.contains(&self.coalesce_max_insns)
             || !COALESCE_MAX_STRING_RANGE.contains(&self.coalesce_max_string)
+            || !COALESCE_MAX_QUIET_RANGE.contains(&self.coalesce_max_quiet)
         {
             return Err(fmt::Error);
         }
@@ -212,7 +222,8 @@ impl<'a> Config<'a> {
         writeln!(w, "coalesce = {}", if self.coalesce { "on" } else { "off" })?;
         writeln!(w, "coalesce.extent = {}", self.coalesce_extent)?;
         writeln!(w, "coalesce.max_insns = {}", self.coalesce_max_insns)?;
-        writeln!(w, "coalesce.max_string = {}", self.coalesce_max_string)
+        writeln!(w, "coalesce.max_string = {}", self.coalesce_max_string)?;
+        writeln!(w, "coalesce.max_quiet = {}", self.coalesce_max_quiet)
     }
 }
 
@@ -498,11 +509,11 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
                 }
                 config.coalesce_extent = value;
             }
-            "coalesce.max_insns" | "coalesce.max_string" => {
-                let range = if key == "coalesce.max_insns" {
-                    COALESCE_MAX_INSNS_RANGE
-                } else {
-                    COALESCE_MAX_STRING_RANGE
+            "coalesce.max_insns" | "coalesce.max_string" | "coalesce.max_quiet" => {
+                let range = match key {
+                    "coalesce.max_insns" => COALESCE_MAX_INSNS_RANGE,
+                    "coalesce.max_string" => COALESCE_MAX_STRING_RANGE,
+                    _ => COALESCE_MAX_QUIET_RANGE,
                 };
                 let n = value.parse::<u32>().ok().filter(|n| range.contains(n));
                 let Some(n) = n else {
@@ -513,10 +524,10 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
                         max: *range.end(),
                     }));
                 };
-                if key == "coalesce.max_insns" {
-                    config.coalesce_max_insns = n;
-                } else {
-                    config.coalesce_max_string = n;
+                match key {
+                    "coalesce.max_insns" => config.coalesce_max_insns = n,
+                    "coalesce.max_string" => config.coalesce_max_string = n,
+                    _ => config.coalesce_max_quiet = n,
                 }
             }
             _ => unreachable!("key was found in KNOWN_KEYS"),
@@ -623,7 +634,7 @@ mod tests {
     fn unknown_key_message() {
         assert_eq!(
             err_text("platform = qemu\n\nram_mb = 64"),
-            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, guest.arg, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string)"
+            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, guest.arg, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string, coalesce.max_quiet)"
         );
         assert!(err_text("timeout_s = 5").contains("unknown key 'timeout_s'"));
     }
@@ -631,12 +642,14 @@ mod tests {
     #[test]
     fn coalescing_keys_parse_and_reject_bad_values() {
         let c = parse(
-            "coalesce = off\ncoalesce.extent = bytes:32\ncoalesce.max_insns = 8\ncoalesce.max_string = 100",
+            "coalesce = off\ncoalesce.extent = bytes:32\ncoalesce.max_insns = 8\ncoalesce.max_string = 100\ncoalesce.max_quiet = 0",
         )
         .unwrap();
         assert!(!c.coalesce);
         assert_eq!(c.coalesce_extent, "bytes:32");
         assert_eq!((c.coalesce_max_insns, c.coalesce_max_string), (8, 100));
+        assert_eq!(c.coalesce_max_quiet, 0);
+        assert!(parse("coalesce.max_quiet = 4097").is_err());
         let d = parse("").unwrap();
         assert!(d.coalesce);
         assert_eq!(d.coalesce_extent, COALESCE_EXTENT_DEFAULT);
@@ -729,6 +742,7 @@ mod tests {
             coalesce_extent: "bytes:48",
             coalesce_max_insns: 1,
             coalesce_max_string: 65536,
+            coalesce_max_quiet: 0,
         });
         round_trip(Config {
             platform: Platform::Bochs,

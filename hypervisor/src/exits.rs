@@ -1867,7 +1867,11 @@ mod tests {
     #[test]
     fn cpuid_exits_answer_the_tsc_leaves_from_the_configuration() {
         let mut h = Harness::long();
-        assert_eq!(cpuid(&mut h, 0x15, 0), [0; 4], "rate unknown: not enumerated");
+        assert_eq!(
+            cpuid(&mut h, 0x15, 0),
+            [0; 4],
+            "rate unknown: not enumerated"
+        );
         h.config.tsc_hz = 2_000_000_000;
         assert_eq!(cpuid(&mut h, 0x15, 0), [1, 2, 1_000_000_000, 0]);
         assert_eq!(cpuid(&mut h, 0x16, 0), [2000, 2000, 0, 0]);

@@ -473,6 +473,7 @@ fn json(
             "emulate_cost_cycles": args.emulate_cost,
             "max_insns": hypervisor::config::COALESCE_MAX_INSNS_DEFAULT,
             "max_string": hypervisor::config::COALESCE_MAX_STRING_DEFAULT,
+            "max_quiet": hypervisor::config::COALESCE_MAX_QUIET_DEFAULT,
             "release": args.release,
         },
         "results": rows,

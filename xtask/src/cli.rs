@@ -80,6 +80,8 @@ coalescing options (run and test):
   --extent POLICY               where the scan for a burst may look (policies below)
   --max-insns N                 instructions emulated per exit at most (1..=4096, default 256)
   --max-string N                string-IO elements per exit at most (1..=65536, default 4096)
+  --max-quiet N                 instructions emulated after the last IO instruction of an
+                                exit at most (0..=4096, default 48)
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +104,7 @@ pub struct CoalesceArgs {
     pub extent: Option<String>,
     pub max_insns: Option<u32>,
     pub max_string: Option<u32>,
+    pub max_quiet: Option<u32>,
 }
 
 impl CoalesceArgs {
@@ -129,18 +132,13 @@ impl CoalesceArgs {
                 }
                 self.extent = Some(v.to_string());
             }
-            "--max-insns" | "--max-string" => {
+            "--max-insns" | "--max-string" | "--max-quiet" => {
+                use hypervisor::config as c;
                 let v = value(flag, inline, rest)?;
-                let (range, slot) = if flag == "--max-insns" {
-                    (
-                        hypervisor::config::COALESCE_MAX_INSNS_RANGE,
-                        &mut self.max_insns,
-                    )
-                } else {
-                    (
-                        hypervisor::config::COALESCE_MAX_STRING_RANGE,
-                        &mut self.max_string,
-                    )
+                let (range, slot) = match flag {
+                    "--max-insns" => (c::COALESCE_MAX_INSNS_RANGE, &mut self.max_insns),
+                    "--max-string" => (c::COALESCE_MAX_STRING_RANGE, &mut self.max_string),
+                    _ => (c::COALESCE_MAX_QUIET_RANGE, &mut self.max_quiet),
                 };
                 match v.parse::<u32>() {
                     Ok(n) if range.contains(&n) => *slot = Some(n),
@@ -587,9 +585,9 @@ mod tests {
 
     #[test]
     fn coalescing_flags_for_run_and_test() {
-        let Ok(Command::Run(r)) =
-            p("run --coalesce off --extent bytes:32 --max-insns 16 --max-string 100")
-        else {
+        let Ok(Command::Run(r)) = p(
+            "run --coalesce off --extent bytes:32 --max-insns 16 --max-string 100 --max-quiet 0",
+        ) else {
             panic!("expected run");
         };
         assert_eq!(
@@ -598,7 +596,8 @@ mod tests {
                 coalesce: Some(false),
                 extent: Some("bytes:32".into()),
                 max_insns: Some(16),
-                max_string: Some(100)
+                max_string: Some(100),
+                max_quiet: Some(0),
             }
         );
         let Ok(Command::Test(t)) = p("test --coalesce=on --extent=page") else {
@@ -614,6 +613,10 @@ mod tests {
             .0
             .contains("unknown policy 'galaxy'"));
         assert!(p("run --max-insns 0").unwrap_err().0.contains("1..=4096"));
+        assert!(p("run --max-quiet 5000")
+            .unwrap_err()
+            .0
+            .contains("0..=4096"));
         assert!(p("test --max-string x")
             .unwrap_err()
             .0

@@ -128,6 +128,7 @@ pub fn run_config<'a>(
         coalesce_extent: coalesce.extent.as_deref().unwrap_or(d.coalesce_extent),
         coalesce_max_insns: coalesce.max_insns.unwrap_or(d.coalesce_max_insns),
         coalesce_max_string: coalesce.max_string.unwrap_or(d.coalesce_max_string),
+        coalesce_max_quiet: coalesce.max_quiet.unwrap_or(d.coalesce_max_quiet),
     }
 }
 

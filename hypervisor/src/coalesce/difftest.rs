@@ -426,6 +426,7 @@ impl Case {
                 limits: Limits {
                     max_insns: 1000,
                     max_string_elements: 4096,
+                    max_quiet: super::exec::MAX_QUIET,
                 },
             },
             unmap: Vec::new(),
@@ -3202,6 +3203,7 @@ pub(super) fn random_case(mode: CodeMode, seed: u64) -> Case {
     c.settings.limits = Limits {
         max_insns: rng.pick(&[0, 1, 2, 3, 5, 8, 16, 64, 64, 1000]),
         max_string_elements: rng.pick(&[0, 1, 2, 3, 7, 16, 64, 4096, 4096]),
+        max_quiet: rng.pick(&[0, 1, 2, 5, 48, 48, 1000]),
     };
     c
 }

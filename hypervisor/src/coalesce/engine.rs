@@ -193,6 +193,7 @@ impl<'c> Coalescer<'c> {
                 &Limits {
                     max_insns: limits.max_insns.saturating_sub(executed),
                     max_string_elements: limits.max_string_elements.saturating_sub(elements),
+                    max_quiet: limits.max_quiet,
                 },
                 follow,
                 hops < MAX_HOPS,

@@ -126,13 +126,13 @@ pub struct CpuState {
     /// For the string-IO memory accesses.
     pub paging: PagingContext,
     /// Instructions executed since the last IO instruction of this exit (a run stops
-    /// with `Limit` at [`MAX_QUIET`]: nothing is gained by emulating code without IO).
+    /// with `Limit` at [`Limits::max_quiet`]: nothing is gained by emulating code
+    /// without IO).
     pub quiet: u32,
 }
 
-/// The most instructions a run executes after its last IO instruction: ordinary code
-/// runs faster natively than emulated, and only the exits saved count.
-pub const MAX_QUIET: u32 = 48;
+/// The default of [`Limits::max_quiet`] (configuration key `coalesce.max_quiet`).
+pub const MAX_QUIET: u32 = crate::config::COALESCE_MAX_QUIET_DEFAULT;
 
 /// The devices and the interrupt controller as the executor sees them.
 pub trait IoEnv {
@@ -150,6 +150,9 @@ pub struct Limits {
     pub max_insns: u32,
     /// INS/OUTS elements per run, over all string instructions of the run.
     pub max_string_elements: u32,
+    /// Instructions a run executes after its last IO instruction at most: ordinary
+    /// code runs faster natively than emulated, and only the exits saved count.
+    pub max_quiet: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,7 +561,7 @@ pub fn run_following(
             if ex.state.rflags & rflags::TF != 0 {
                 return ex.stop(StopReason::SingleStep);
             }
-            if ex.res.executed >= ex.limits.max_insns || ex.state.quiet >= MAX_QUIET {
+            if ex.res.executed >= ex.limits.max_insns || ex.state.quiet >= ex.limits.max_quiet {
                 return ex.stop(StopReason::Limit);
             }
         }
@@ -1322,6 +1325,7 @@ mod tests {
                 limits: Limits {
                     max_insns: 1000,
                     max_string_elements: 10_000,
+                    max_quiet: MAX_QUIET,
                 },
                 gpa: None,
                 scan_end: StopReason::ExtentEnd,
@@ -2871,6 +2875,7 @@ mod tests {
             t.limits = Limits {
                 max_insns: 50,
                 max_string_elements: 20,
+                max_quiet: MAX_QUIET,
             };
             t.gpa = Some(rnd());
             let rip = rnd();

@@ -431,6 +431,7 @@ fn fuzz_case(mode: CodeMode, code: Vec<u8>, rng: &mut Rng, seed: u64) -> Case {
         limits: Limits {
             max_insns: rng.below(80) as u32,
             max_string_elements: rng.below(40) as u32,
+            max_quiet: rng.below(60) as u32,
         },
     };
     c
