@@ -3697,6 +3697,14 @@ mod tests {
             ],
             // push rbx; push -2; pop rdx; pop rsi; mov eax, [rsp - 8]
             &[0x53, 0x6A, 0xFE, 0x5A, 0x5E, 0x8B, 0x44, 0x24, 0xF8],
+            // A stack frame: sub rsp, 0x28; mov [rsp+8], rax; cmp rsp, 0x10;
+            // sub rsp, 0x100; add rsp, rcx; xor rsp, 0 ... add rsp, 0x128 - rcx is not
+            // expressible, so: and rsp, -16; add rsp, 0x28
+            &[
+                0x48, 0x83, 0xEC, 0x28, 0x48, 0x89, 0x44, 0x24, 0x08, 0x48, 0x83, 0xFC, 0x10, 0x48,
+                0x81, 0xEC, 0x00, 0x01, 0x00, 0x00, 0x48, 0x01, 0xCC, 0x48, 0x83, 0xE4, 0xF0, 0x48,
+                0x83, 0xC4, 0x28,
+            ],
             // call +1 (to the out); ...: call rel32 over a byte, then ret back
             // call L; jmp E; L: out 0xE0, al; ret; E:
             &[0xE8, 0x02, 0, 0, 0, 0xEB, 0x03, 0xE6, 0xE0, 0xC3],
@@ -3712,6 +3720,20 @@ mod tests {
             );
             assert!(co.executed as usize >= 2, "{code:02x?}");
         }
+    }
+
+    #[test]
+    fn stack_frame_arithmetic_on_rsp_runs_to_the_end() {
+        // out; sub rsp, 0x28; mov [rsp+8], rax; cmp rsp, 0x10; add rsp, 0x28; hlt
+        let code = [
+            0x48, 0x83, 0xEC, 0x28, 0x48, 0x89, 0x44, 0x24, 0x08, 0x48, 0x83, 0xFC, 0x10, 0x48,
+            0x83, 0xC4, 0x28,
+        ];
+        let c = after_out(&code);
+        let co = expect_ok(&c);
+        assert_eq!(co.stop, Some(StopReason::Unsupported), "{}", describe(&c));
+        // The out and all four: only the hlt is left to the CPU.
+        assert_eq!(co.executed, 5, "{}", describe(&c));
     }
 
     #[test]

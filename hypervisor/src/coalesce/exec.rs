@@ -628,6 +628,23 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 write_reg(&mut self.state.regs, dst, v);
                 self.retire(insn)
             }
+            // ADD/SUB/CMP RSP, imm or reg: every stack frame's set-up and tear-down. RSP
+            // is an ordinary register to the ALU (SDM Vol. 1 3.4.1); it lives in the run
+            // state (the VMCS guest RSP), not in `GuestRegs`. 64-bit mode only, like the
+            // other stack forms.
+            Op::Alu { op, dst, src }
+                if mode == CodeMode::Bits64
+                    && dst == RegRef::new(4, Width::W64)
+                    && operand_ok(mode, src) =>
+            {
+                let b = read_operand(&self.state.regs, src);
+                let (r, f) = alu(op, Width::W64, self.state.rsp, b, self.state.rflags);
+                if writes_dst(op) {
+                    self.state.rsp = r;
+                }
+                self.state.rflags = f;
+                self.retire(insn)
+            }
             Op::Alu { op, dst, src } => {
                 if !reg_ok(mode, dst) || !operand_ok(mode, src) {
                     return Flow::Stop(StopReason::Unsupported);
