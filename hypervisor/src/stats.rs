@@ -118,7 +118,7 @@ pub struct IoStats {
     /// IO exits handled by the coalescer, by instructions per exit ([`BLOCK_BUCKETS`]).
     pub blocks: [u64; 8],
     /// Why coalesced runs stopped, indexed by `coalesce::insn::StopReason::index`.
-    pub stops: [u64; 11],
+    pub stops: [u64; crate::coalesce::insn::StopReason::ALL.len()],
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// TSC cycles spent handling IO exits (from the exit to the next entry).
@@ -254,7 +254,7 @@ impl IoStats {
             string_elements: 0,
             emulated: 0,
             blocks: [0; 8],
-            stops: [0; 11],
+            stops: [0; crate::coalesce::insn::StopReason::ALL.len()],
             cache_hits: 0,
             cache_misses: 0,
             cycles: 0,

@@ -2100,6 +2100,16 @@ pub(super) fn run_coalesced(
     cache: &mut BlockCache,
     exit: Option<(u64, u64, u64)>,
 ) -> CoRun {
+    let mut c = Coalescer::new(case.settings, cache);
+    run_coalesced_by(case, &mut c, exit)
+}
+
+/// [`run_coalesced`] with a coalescer that lives across exits (its site memory).
+pub(super) fn run_coalesced_by(
+    case: &Case,
+    c: &mut Coalescer<'_>,
+    exit: Option<(u64, u64, u64)>,
+) -> CoRun {
     let (mut v, mut regs, mut ram) = case.build();
     let (q, len, info) = exit
         .or_else(|| first_exit_fields(case))
@@ -2115,7 +2125,6 @@ pub(super) fn run_coalesced(
     let (outcome, unknown) = board.with_bus(|bus| {
         let mut env = Env { bus, board: &board };
         let mut mem = SliceMemory::new(&mut ram);
-        let mut c = Coalescer::new(case.settings, cache);
         c.handle(&mut v, &mut regs, &mut mem, &mut env, &mut stats)
     });
     let stop = StopReason::ALL
@@ -3719,6 +3728,49 @@ mod tests {
                 describe(&c)
             );
             assert!(co.executed as usize >= 2, "{code:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_site_without_a_second_io_instruction_learns_to_run_only_it() {
+        use crate::coalesce::engine::REPROBE_EVERY;
+        // out; 12 x nop; hlt: nothing after the exiting instruction is worth emulating.
+        let barren = after_out(&[0x90; 12]);
+        // out; nop; out; hlt: a burst.
+        let burst = after_out(&[0x90, 0xE6, 0xE0]);
+        for (case, barren_site) in [(barren, true), (burst, false)] {
+            let mut cache = Box::new(BlockCache::new());
+            let mut c = Coalescer::new(case.settings, &mut cache);
+            let exit = Some(first_exit_fields(&case).unwrap());
+            let mut seen = Vec::new();
+            for _ in 0..=usize::from(REPROBE_EVERY) + 1 {
+                let co = run_coalesced_by(&case, &mut c, exit);
+                // Whatever the site memory chose, the guest sees a correct prefix.
+                let re = run_reference(&case, &co, false).unwrap();
+                assert!(
+                    diff_finals(&co.final_, &re).is_empty(),
+                    "{}",
+                    describe(&case)
+                );
+                seen.push((co.executed, co.stop));
+            }
+            let full = (13, Some(StopReason::Unsupported));
+            let one = (1, Some(StopReason::Learned));
+            if barren_site {
+                // Full once, then the exiting instruction alone, a full re-probe at
+                // the REPROBE_EVERY-th exit, and alone again.
+                let r = usize::from(REPROBE_EVERY);
+                assert_eq!(seen[0], full);
+                assert!(seen[1..r].iter().all(|s| *s == one), "{seen:?}");
+                assert_eq!(seen[r], full, "{seen:?}");
+                assert_eq!(seen[r + 1], one, "{seen:?}");
+            } else {
+                assert!(
+                    seen.iter()
+                        .all(|s| *s == (3, Some(StopReason::Unsupported))),
+                    "{seen:?}"
+                );
+            }
         }
     }
 

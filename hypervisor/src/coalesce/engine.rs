@@ -24,6 +24,23 @@ use crate::vmcs::{IoQualification, Vmcs, VmcsField};
 /// its target (docs/COALESCING.md, "Leaving the extent").
 pub const MAX_HOPS: u32 = 8;
 
+/// Exit sites the engine remembers (direct-mapped by linear RIP).
+pub const SITE_MEMORY: usize = 256;
+/// A barren site (its last run found no IO instruction after the exiting one) runs
+/// only its exiting instruction, except every this many exits, when it runs in full
+/// again to notice a burst that appeared (a driver changing phase).
+pub const REPROBE_EVERY: u8 = 16;
+
+/// What the engine remembers of one exit site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Site {
+    /// Linear RIP of the exiting instruction; 0 = empty slot.
+    rip: u64,
+    /// Consecutive exits here whose run held a single IO instruction (0 = the last
+    /// full run found a burst).
+    barren: u8,
+}
+
 /// RFLAGS.TF (single-step), RFLAGS.VM; DR7 L0-L3/G0-G3 (enabled breakpoints).
 const RFLAGS_TF: u64 = 1 << 8;
 const DR7_ENABLED: u64 = 0xFF;
@@ -54,6 +71,11 @@ pub struct Coalescer<'c> {
     /// Why the last coalesced run stopped and the RIP it stopped at (for the
     /// stop-site statistics).
     last_stop: (StopReason, u64),
+    /// Per-site memory of whether coalescing paid off there. A run past the exiting
+    /// instruction costs emulation of every instruction up to the quiet limit; at a
+    /// site where no further IO instruction follows (most IO exits of a Linux boot:
+    /// one `inb` or `outb` in a function, then ordinary code) that is pure cost.
+    sites: [Site; SITE_MEMORY],
 }
 
 impl<'c> Coalescer<'c> {
@@ -62,7 +84,13 @@ impl<'c> Coalescer<'c> {
             settings,
             cache,
             last_stop: (StopReason::Off, 0),
+            sites: [Site::default(); SITE_MEMORY],
         }
+    }
+
+    fn site_slot(rip_linear: u64) -> usize {
+        // Fibonacci hashing: kernel code addresses differ mostly in the low bits.
+        (rip_linear.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % SITE_MEMORY
     }
 
     /// The guest's code mode from CR0.PE, EFER.LMA/CS.L and CS.D (SDM Vol. 3A 3.4.5).
@@ -173,7 +201,15 @@ impl<'c> Coalescer<'c> {
             None => return Outcome::Fallback(block.end_reason()),
             Some(_) => return Outcome::Fallback(StopReason::Off),
         }
-        let limits = self.settings.limits;
+        let mut limits = self.settings.limits;
+        let slot = Self::site_slot(rip_linear);
+        let site = self.sites[slot];
+        let learned = site.rip == rip_linear && !site.barren.is_multiple_of(REPROBE_EVERY);
+        if learned {
+            // The exiting instruction alone: a quiet limit of 0 stops the run after
+            // it (the first instruction always runs).
+            limits.max_quiet = 0;
+        }
         let mut follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
         let mut hops = 0u32;
         let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
@@ -241,6 +277,23 @@ impl<'c> Coalescer<'c> {
         if executed == 0 {
             return Outcome::Fallback(stop);
         }
+        let site = &mut self.sites[slot];
+        if site.rip != rip_linear {
+            *site = Site {
+                rip: rip_linear,
+                barren: 0,
+            };
+        }
+        site.barren = if io_insns > 1 {
+            0
+        } else {
+            site.barren.wrapping_add(1).max(1)
+        };
+        let stop = if learned && stop == StopReason::Limit {
+            StopReason::Learned
+        } else {
+            stop
+        };
         // Write everything back in one go.
         *regs = state.regs;
         vmcs.write(VmcsField::GuestRip, state.rip);

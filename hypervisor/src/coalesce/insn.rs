@@ -368,10 +368,14 @@ pub enum StopReason {
     Limit,
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,
+    /// The exit site's recent runs found no IO instruction after the exiting one, so
+    /// only that one ran (the engine's site memory; emulating code that leads to no
+    /// further IO costs more than it saves).
+    Learned,
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 11] = [
+    pub const ALL: [StopReason; 12] = [
         StopReason::Unsupported,
         StopReason::Undecodable,
         StopReason::ExtentEnd,
@@ -383,6 +387,7 @@ impl StopReason {
         StopReason::Memory,
         StopReason::Limit,
         StopReason::Off,
+        StopReason::Learned,
     ];
 
     /// Name used as a key in `sluice-stats`.
@@ -399,6 +404,7 @@ impl StopReason {
             StopReason::Memory => "memory",
             StopReason::Limit => "limit",
             StopReason::Off => "off",
+            StopReason::Learned => "learned",
         }
     }
 
