@@ -3738,7 +3738,14 @@ mod tests {
         let barren = after_out(&[0x90; 12]);
         // out; nop; out; hlt: a burst.
         let burst = after_out(&[0x90, 0xE6, 0xE0]);
-        for (case, barren_site) in [(barren, true), (burst, false)] {
+        // out; 40 x nop; out; hlt: one exit saved for 42 emulated instructions does
+        // not pay (EXIT_COST_IN_INSNS).
+        let mut thin_code = vec![0x90; 40];
+        thin_code.extend([0xE6, 0xE0]);
+        let thin = after_out(&thin_code);
+        for (case, barren_site, full_len) in
+            [(barren, true, 13), (burst, false, 3), (thin, true, 42)]
+        {
             let mut cache = Box::new(BlockCache::new());
             let mut c = Coalescer::new(case.settings, &mut cache);
             let exit = Some(first_exit_fields(&case).unwrap());
@@ -3754,7 +3761,7 @@ mod tests {
                 );
                 seen.push((co.executed, co.stop));
             }
-            let full = (13, Some(StopReason::Unsupported));
+            let full = (full_len, Some(StopReason::Unsupported));
             let one = (1, Some(StopReason::Learned));
             if barren_site {
                 // Full once, then the exiting instruction alone, a full re-probe at

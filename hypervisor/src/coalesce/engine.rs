@@ -26,18 +26,26 @@ pub const MAX_HOPS: u32 = 8;
 
 /// Exit sites the engine remembers (direct-mapped by linear RIP).
 pub const SITE_MEMORY: usize = 256;
-/// A barren site (its last run found no IO instruction after the exiting one) runs
+/// A barren site (its last full run did not pay: see [`EXIT_COST_IN_INSNS`]) runs
 /// only its exiting instruction, except every this many exits, when it runs in full
 /// again to notice a burst that appeared (a driver changing phase).
 pub const REPROBE_EVERY: u8 = 16;
+
+/// What an exit round trip costs in emulated instructions: about 2,000 cycles per
+/// in-kernel IO exit on current Intel hardware (kvm-unit-tests' `outl_to_kernel`)
+/// against 40-60 cycles per instruction emulated from a cached block (the coalescer
+/// micro-benchmark, docs/BENCHMARKS.md). A run that emulated `n` instructions to
+/// take `k` IO instructions in one exit saved `k - 1` exits: it paid if
+/// `(k - 1) * EXIT_COST_IN_INSNS >= n`.
+pub const EXIT_COST_IN_INSNS: u32 = 32;
 
 /// What the engine remembers of one exit site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Site {
     /// Linear RIP of the exiting instruction; 0 = empty slot.
     rip: u64,
-    /// Consecutive exits here whose run held a single IO instruction (0 = the last
-    /// full run found a burst).
+    /// Consecutive exits here whose run did not pay for itself (0 = the last full
+    /// run did).
     barren: u8,
 }
 
@@ -284,7 +292,11 @@ impl<'c> Coalescer<'c> {
                 barren: 0,
             };
         }
-        site.barren = if io_insns > 1 {
+        let paid = io_insns
+            .saturating_sub(1)
+            .saturating_mul(EXIT_COST_IN_INSNS)
+            >= executed;
+        site.barren = if paid && io_insns > 1 {
             0
         } else {
             site.barren.wrapping_add(1).max(1)

@@ -368,9 +368,9 @@ pub enum StopReason {
     Limit,
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,
-    /// The exit site's recent runs found no IO instruction after the exiting one, so
-    /// only that one ran (the engine's site memory; emulating code that leads to no
-    /// further IO costs more than it saves).
+    /// The exit site's last full run emulated more instructions than the exits it
+    /// saved were worth (typically: no IO instruction after the exiting one), so only
+    /// that one ran (the engine's site memory, `engine::EXIT_COST_IN_INSNS`).
     Learned,
 }
 
