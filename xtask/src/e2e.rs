@@ -592,7 +592,9 @@ pub const PAIRS: &[PairCase] = &[
             "workload pci-scan: iterations 1, io instructions 64, io exits 2,",
             "workload vga-crtc: iterations 1, io instructions 32, io exits 1,",
             "workload driver-init: iterations 1, io instructions 58, io exits 1,",
-            "workload rust-uart-init: iterations 1, io instructions 7, io exits 7,",
+            // CALL/RET and stack memory are in the subset: the compiled driver's whole
+            // init sequence is one exit.
+            "workload rust-uart-init: iterations 1, io instructions 7, io exits 1,",
         ],
     },
     PairCase {
