@@ -859,24 +859,8 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)));
     for case in screens {
         let started = Instant::now();
-        match crate::screen::run_case(case, &kernel) {
-            Ok(summary) => {
-                passed += 1;
-                println!(
-                    "test e2e::{} ... ok ({:.1} s; {summary})",
-                    case.name,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "test e2e::{} ... FAILED ({:.1} s)\n{e}",
-                    case.name,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }
+        let result = crate::screen::run_case(case, &kernel);
+        report(case.name, started, result, &mut passed, &mut failed);
     }
     let pairs: Vec<&PairCase> = PAIRS
         .iter()
@@ -884,24 +868,8 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
         .collect();
     for pair in pairs {
         let started = Instant::now();
-        match run_pair(pair, &kernel, args) {
-            Ok(summary) => {
-                passed += 1;
-                println!(
-                    "test e2e::{} ... ok ({:.1} s; {summary})",
-                    pair.name,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "test e2e::{} ... FAILED ({:.1} s)\n{e}",
-                    pair.name,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }
+        let result = run_pair(pair, &kernel, args);
+        report(pair.name, started, result, &mut passed, &mut failed);
     }
     // Host-side end-to-end checks: real commands against real devices, no emulator.
     let host_checks: [(&str, HostCheck); 1] = [("usb-writer-loop-device", crate::usb::end_to_end)];
@@ -910,20 +878,31 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
         .filter(|(n, _)| args.filter.as_deref().is_none_or(|f| n.contains(f)))
     {
         let started = Instant::now();
-        let secs = || started.elapsed().as_secs_f64();
-        match check(args.release) {
-            Ok(summary) => {
-                passed += 1;
-                println!("test e2e::{name} ... ok ({:.1} s; {summary})", secs());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test e2e::{name} ... FAILED ({:.1} s)\n{e}", secs());
-            }
-        }
+        report(name, started, check(args.release), &mut passed, &mut failed);
     }
     println!("e2e: {passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Prints one case's verdict (its one-line summary or its failure) and counts it.
+fn report(
+    name: &str,
+    started: Instant,
+    result: Result<String, String>,
+    passed: &mut u32,
+    failed: &mut u32,
+) {
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(summary) => {
+            *passed += 1;
+            println!("test e2e::{name} ... ok ({secs:.1} s; {summary})");
+        }
+        Err(e) => {
+            *failed += 1;
+            println!("test e2e::{name} ... FAILED ({secs:.1} s)\n{e}");
+        }
+    }
 }
 
 /// A host-side end-to-end check: takes `--release`, returns a one-line summary.

@@ -365,21 +365,26 @@ fn tail(dir: &Path, name: &str) -> String {
     }
 }
 
-fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
-    let vars = match spec.machine.firmware {
+/// Checks QEMU (and OVMF for UEFI) are installed; for UEFI, the run's private copy of
+/// the variable store (OVMF writes it).
+pub fn qemu_firmware_vars(spec: &RunSpec) -> Result<Option<PathBuf>, String> {
+    Ok(match spec.machine.firmware {
         Firmware::Bios => {
             host::ensure(host::QEMU_BIOS)?;
             None
         }
         Firmware::Uefi => {
             host::ensure(host::QEMU_UEFI)?;
-            // OVMF writes its variable store; each run gets a private copy.
             let vars = spec.workdir.join("OVMF_VARS.fd");
             std::fs::copy(host::OVMF_VARS, &vars)
                 .map_err(|e| format!("copying {}: {e}", host::OVMF_VARS))?;
             Some(vars)
         }
-    };
+    })
+}
+
+fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
+    let vars = qemu_firmware_vars(spec)?;
     let start = Instant::now();
     let mut child = spawn_group(
         Command::new("qemu-system-x86_64")

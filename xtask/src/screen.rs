@@ -17,7 +17,6 @@ use hypervisor::fbcon::{self, CELL_H, CELL_W};
 
 use crate::cli::Firmware;
 use crate::emulator::{self, Emulator, Machine, RunSpec};
-use crate::host;
 
 /// An RGB image, 8 bits per component, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,19 +295,7 @@ pub fn run_case(case: &ScreenCase, kernel: &Path) -> Result<String, String> {
 /// Runs QEMU with a monitor socket, waits for the exit status on serial, then takes
 /// screenshots until the final screen is up (drawn right after the status line).
 fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
-    let vars = match spec.machine.firmware {
-        Firmware::Bios => {
-            host::ensure(host::QEMU_BIOS)?;
-            None
-        }
-        Firmware::Uefi => {
-            host::ensure(host::QEMU_UEFI)?;
-            let vars = spec.workdir.join("OVMF_VARS.fd");
-            std::fs::copy(host::OVMF_VARS, &vars)
-                .map_err(|e| format!("copying {}: {e}", host::OVMF_VARS))?;
-            Some(vars)
-        }
-    };
+    let vars = emulator::qemu_firmware_vars(spec)?;
     let socket = spec.workdir.join("monitor.sock");
     let mut args = emulator::qemu_args(spec, vars.as_deref());
     let at = args

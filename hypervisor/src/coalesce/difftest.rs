@@ -1118,15 +1118,7 @@ pub(super) fn ref_op(i: &Instruction) -> Option<RefOp> {
             }
         }
         M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
-            let op = match m {
-                M::Add => HostOp::Add,
-                M::Or => HostOp::Or,
-                M::And => HostOp::And,
-                M::Sub => HostOp::Sub,
-                M::Xor => HostOp::Xor,
-                M::Cmp => HostOp::Cmp,
-                _ => HostOp::Test,
-            };
+            let op = host_op(m).expect("every two-operand ALU mnemonic has a host op");
             let dst = reg0()?;
             if i.has_lock_prefix() {
                 return None;
