@@ -547,7 +547,7 @@ struct FlatVmcs {
 }
 
 /// Slots of `FlatVmcs::slot`.
-const FLAT_SLOTS: usize = 20;
+const FLAT_SLOTS: usize = 21;
 
 impl FlatVmcs {
     fn slot(field: VmcsField) -> Option<usize> {
@@ -572,6 +572,8 @@ impl FlatVmcs {
             VmcsField::GuestInterruptibilityState => 17,
             VmcsField::ExitQualification => 18,
             VmcsField::ExitInstructionLength => 19,
+            // The engine writes RSP back (PUSH/POP/CALL/RET run in the coalescer).
+            VmcsField::GuestRsp => 20,
             _ => return None,
         })
     }
