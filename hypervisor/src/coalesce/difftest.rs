@@ -1270,100 +1270,11 @@ fn sdm_defined(op: HostOp, size: u8, src: u64) -> u64 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod host {
-    use super::HostOp;
-    use core::arch::asm;
-
-    macro_rules! two {
-        ($ins:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
-            let mut a: u64 = $a;
-            let b: u64 = $b;
-            let mut f: u64 = $f;
-            // SAFETY: only registers and the stack (push/pop) are touched; the
-            // flags popped in are status flags and bit 1.
-            unsafe {
-                asm!(
-                    "push {f}",
-                    "popfq",
-                    concat!($ins, " {a:", $m, "}, {b:", $m, "}"),
-                    "pushfq",
-                    "pop {f}",
-                    a = inout(reg) a,
-                    b = in(reg) b,
-                    f = inout(reg) f,
-                );
-            }
-            (a, f)
-        }};
-    }
-    macro_rules! one {
-        ($ins:literal, $m:literal, $a:expr, $f:expr) => {{
-            let mut a: u64 = $a;
-            let mut f: u64 = $f;
-            // SAFETY: as above.
-            unsafe {
-                asm!(
-                    "push {f}",
-                    "popfq",
-                    concat!($ins, " {a:", $m, "}"),
-                    "pushfq",
-                    "pop {f}",
-                    a = inout(reg) a,
-                    f = inout(reg) f,
-                );
-            }
-            (a, f)
-        }};
-    }
-    macro_rules! shift {
-        ($ins:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
-            let mut a: u64 = $a;
-            let mut f: u64 = $f;
-            // SAFETY: as above.
-            unsafe {
-                asm!(
-                    "push {f}",
-                    "popfq",
-                    concat!($ins, " {a:", $m, "}, cl"),
-                    "pushfq",
-                    "pop {f}",
-                    a = inout(reg) a,
-                    f = inout(reg) f,
-                    in("rcx") $b,
-                );
-            }
-            (a, f)
-        }};
-    }
-    macro_rules! sized {
-        ($mac:ident, $ins:literal, $size:expr, $($arg:expr),*) => {
-            match $size {
-                1 => $mac!($ins, "l", $($arg),*),
-                2 => $mac!($ins, "x", $($arg),*),
-                4 => $mac!($ins, "e", $($arg),*),
-                _ => $mac!($ins, "r", $($arg),*),
-            }
-        };
-    }
-
-    /// Executes `op` at `size` bytes on the host: (destination afterwards, RFLAGS).
-    pub(super) fn exec(op: HostOp, size: u8, a: u64, b: u64, flags: u64) -> (u64, u64) {
-        let f = (flags & super::STATUS) | 2;
-        match op {
-            HostOp::Add => sized!(two, "add", size, a, b, f),
-            HostOp::Or => sized!(two, "or", size, a, b, f),
-            HostOp::And => sized!(two, "and", size, a, b, f),
-            HostOp::Sub => sized!(two, "sub", size, a, b, f),
-            HostOp::Xor => sized!(two, "xor", size, a, b, f),
-            HostOp::Cmp => sized!(two, "cmp", size, a, b, f),
-            HostOp::Test => sized!(two, "test", size, a, b, f),
-            HostOp::Inc => sized!(one, "inc", size, a, f),
-            HostOp::Dec => sized!(one, "dec", size, a, f),
-            HostOp::Shl => sized!(shift, "shl", size, a, b, f),
-            HostOp::Shr => sized!(shift, "shr", size, a, b, f),
-        }
-    }
+/// The host CPU's answer for `op` at `size` bytes (the shared oracle, `host_alu`), with
+/// only the status flags of `flags` (and the always-one bit 1) loaded.
+fn host_exec(op: HostOp, size: u8, a: u64, b: u64, flags: u64) -> (u64, u64) {
+    let f = (flags & STATUS) | 2;
+    crate::coalesce::host_alu::exec(op.alu_op(), width_of(size), a, b, f)
 }
 
 fn width_of(size: u8) -> Width {
@@ -1372,7 +1283,7 @@ fn width_of(size: u8) -> Width {
 
 /// The reference's ALU: result and new RFLAGS.
 fn ref_alu(op: HostOp, size: u8, a: u64, b: u64, rflags: u64) -> (u64, u64) {
-    let (r, hf) = host::exec(op, size, a, b, rflags);
+    let (r, hf) = host_exec(op, size, a, b, rflags);
     let defined = sdm_defined(op, size, b);
     // Undefined flags: what the coalescer documents it produces.
     let (_, cf) = exec::alu(op.alu_op(), width_of(size), a, b, rflags);
@@ -3344,13 +3255,13 @@ mod tests {
     #[test]
     fn the_host_alu_oracle_works() {
         // add al, 1 with al = 0x7F: OF, AF, SF set.
-        let (r, f) = host::exec(HostOp::Add, 1, 0x7F, 1, 0);
+        let (r, f) = host_exec(HostOp::Add, 1, 0x7F, 1, 0);
         assert_eq!((r & 0xFF, f & STATUS), (0x80, 0x800 | 0x10 | 0x80));
         // sub eax, 1 with eax = 0: CF, AF, SF, PF.
-        let (r, f) = host::exec(HostOp::Sub, 4, 0, 1, 0);
+        let (r, f) = host_exec(HostOp::Sub, 4, 0, 1, 0);
         assert_eq!((r, f & STATUS), (0xFFFF_FFFF, 1 | 0x10 | 0x80 | 4));
         // shr rax, cl with cl = 1.
-        let (r, f) = host::exec(HostOp::Shr, 8, 3, 1, 0);
+        let (r, f) = host_exec(HostOp::Shr, 8, 3, 1, 0);
         assert_eq!((r, f & 1), (1, 1));
     }
 

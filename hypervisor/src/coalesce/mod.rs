@@ -12,5 +12,7 @@ pub mod engine;
 pub mod exec;
 #[cfg(test)]
 mod fuzz;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod host_alu;
 pub mod insn;
 pub mod memory;

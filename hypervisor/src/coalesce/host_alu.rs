@@ -1,0 +1,96 @@
+//! Test-only: the host CPU as the flag oracle. Runs one ALU instruction natively with
+//! chosen operands and flags and returns the destination and RFLAGS afterwards; the
+//! executor's unit tests and the differential checker compare against it.
+
+use super::insn::{AluOp, Width};
+use core::arch::asm;
+
+macro_rules! bin {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut a: u64 = $a;
+        let mut f: u64 = $f;
+        let b: u64 = $b;
+        // SAFETY: only touches the named registers, the flags and the stack.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($insn, " {a:", $m, "}, {b:", $m, "}"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) a,
+                b = in(reg) b,
+                f = inout(reg) f,
+            );
+        }
+        (a, f)
+    }};
+}
+macro_rules! una {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut a: u64 = $a;
+        let mut f: u64 = $f;
+        let _ = $b;
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($insn, " {a:", $m, "}"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) a,
+                f = inout(reg) f,
+            );
+        }
+        (a, f)
+    }};
+}
+macro_rules! sh {
+    ($insn:literal, $m:literal, $a:expr, $b:expr, $f:expr) => {{
+        let mut a: u64 = $a;
+        let mut f: u64 = $f;
+        let c: u8 = $b as u8;
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($insn, " {a:", $m, "}, cl"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) a,
+                f = inout(reg) f,
+                in("cl") c,
+            );
+        }
+        (a, f)
+    }};
+}
+macro_rules! by_width {
+    ($mac:ident, $insn:literal, $w:expr, $a:expr, $b:expr, $f:expr) => {
+        match $w {
+            Width::W8 => $mac!($insn, "l", $a, $b, $f),
+            Width::W16 => $mac!($insn, "x", $a, $b, $f),
+            Width::W32 => $mac!($insn, "e", $a, $b, $f),
+            Width::W64 => $mac!($insn, "r", $a, $b, $f),
+        }
+    };
+}
+
+/// Runs `op` on the host CPU: (destination register afterwards, RFLAGS).
+pub fn exec(op: AluOp, w: Width, a: u64, b: u64, f: u64) -> (u64, u64) {
+    match op {
+        AluOp::Add => by_width!(bin, "add", w, a, b, f),
+        AluOp::Sub => by_width!(bin, "sub", w, a, b, f),
+        AluOp::And => by_width!(bin, "and", w, a, b, f),
+        AluOp::Or => by_width!(bin, "or", w, a, b, f),
+        AluOp::Xor => by_width!(bin, "xor", w, a, b, f),
+        AluOp::Cmp => by_width!(bin, "cmp", w, a, b, f),
+        AluOp::Test => by_width!(bin, "test", w, a, b, f),
+        AluOp::Inc => by_width!(una, "inc", w, a, b, f),
+        AluOp::Dec => by_width!(una, "dec", w, a, b, f),
+        AluOp::Shl => by_width!(sh, "shl", w, a, b, f),
+        AluOp::Shr => by_width!(sh, "shr", w, a, b, f),
+    }
+}
