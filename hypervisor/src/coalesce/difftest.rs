@@ -629,44 +629,6 @@ pub(super) enum Src {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum HostOp {
-    Add,
-    Or,
-    And,
-    Sub,
-    Xor,
-    Cmp,
-    Test,
-    Inc,
-    Dec,
-    Shl,
-    Shr,
-}
-
-impl HostOp {
-    /// The coalescer's name for the operation (to ask it for undefined flags).
-    fn alu_op(self) -> AluOp {
-        match self {
-            HostOp::Add => AluOp::Add,
-            HostOp::Or => AluOp::Or,
-            HostOp::And => AluOp::And,
-            HostOp::Sub => AluOp::Sub,
-            HostOp::Xor => AluOp::Xor,
-            HostOp::Cmp => AluOp::Cmp,
-            HostOp::Test => AluOp::Test,
-            HostOp::Inc => AluOp::Inc,
-            HostOp::Dec => AluOp::Dec,
-            HostOp::Shl => AluOp::Shl,
-            HostOp::Shr => AluOp::Shr,
-        }
-    }
-
-    fn writes(self) -> bool {
-        !matches!(self, HostOp::Cmp | HostOp::Test)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum BranchKind {
     Always,
     /// Jcc: the condition's index in encoding order (0 = O ... 15 = G).
@@ -697,7 +659,7 @@ pub(super) enum RefOp {
         src: Src,
     },
     Alu {
-        op: HostOp,
+        op: AluOp,
         dst: GReg,
         src: Src,
     },
@@ -718,13 +680,13 @@ pub(super) enum RefOp {
         size: u8,
     },
     AluMem {
-        op: HostOp,
+        op: AluOp,
         mem: RefMem,
         src: Src,
         size: u8,
     },
     AluLoad {
-        op: HostOp,
+        op: AluOp,
         dst: GReg,
         mem: RefMem,
     },
@@ -820,20 +782,20 @@ fn mem_bytes(m: iced_x86::MemorySize) -> u8 {
     }
 }
 
-fn host_op(m: Mnemonic) -> Option<HostOp> {
+fn host_op(m: Mnemonic) -> Option<AluOp> {
     use Mnemonic as M;
     Some(match m {
-        M::Add => HostOp::Add,
-        M::Or => HostOp::Or,
-        M::And => HostOp::And,
-        M::Sub => HostOp::Sub,
-        M::Xor => HostOp::Xor,
-        M::Cmp => HostOp::Cmp,
-        M::Test => HostOp::Test,
-        M::Inc => HostOp::Inc,
-        M::Dec => HostOp::Dec,
-        M::Shl | M::Sal => HostOp::Shl,
-        M::Shr => HostOp::Shr,
+        M::Add => AluOp::Add,
+        M::Or => AluOp::Or,
+        M::And => AluOp::And,
+        M::Sub => AluOp::Sub,
+        M::Xor => AluOp::Xor,
+        M::Cmp => AluOp::Cmp,
+        M::Test => AluOp::Test,
+        M::Inc => AluOp::Inc,
+        M::Dec => AluOp::Dec,
+        M::Shl | M::Sal => AluOp::Shl,
+        M::Shr => AluOp::Shr,
         _ => return None,
     })
 }
@@ -905,8 +867,8 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
             let op = host_op(m)?;
             let size = size_of(0);
             let src = match op {
-                HostOp::Inc | HostOp::Dec => Src::Imm(1),
-                HostOp::Shl | HostOp::Shr => {
+                AluOp::Inc | AluOp::Dec => Src::Imm(1),
+                AluOp::Shl | AluOp::Shr => {
                     if i.op_count() < 2 {
                         Src::Imm(1)
                     } else if is_imm(i.op_kind(1)) {
@@ -1130,11 +1092,7 @@ pub(super) fn ref_op(i: &Instruction) -> Option<RefOp> {
             }
         }
         M::Inc | M::Dec => RefOp::Alu {
-            op: if m == M::Inc {
-                HostOp::Inc
-            } else {
-                HostOp::Dec
-            },
+            op: if m == M::Inc { AluOp::Inc } else { AluOp::Dec },
             dst: reg0()?,
             src: Src::Imm(1),
         },
@@ -1148,11 +1106,7 @@ pub(super) fn ref_op(i: &Instruction) -> Option<RefOp> {
                 _ => return None,
             };
             RefOp::Alu {
-                op: if m == M::Shr {
-                    HostOp::Shr
-                } else {
-                    HostOp::Shl
-                },
+                op: if m == M::Shr { AluOp::Shr } else { AluOp::Shl },
                 dst,
                 src,
             }
@@ -1249,10 +1203,10 @@ pub(super) fn disasm(mode: CodeMode, ip: u64, bytes: &[u8]) -> String {
 
 /// Status flags whose value after the operation is architecturally defined (SDM
 /// Vol. 2, "Flags Affected" of each instruction); unchanged flags count as defined.
-fn sdm_defined(op: HostOp, size: u8, src: u64) -> u64 {
+fn sdm_defined(op: AluOp, size: u8, src: u64) -> u64 {
     match op {
-        HostOp::And | HostOp::Or | HostOp::Xor | HostOp::Test => STATUS & !0x10,
-        HostOp::Shl | HostOp::Shr => {
+        AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => STATUS & !0x10,
+        AluOp::Shl | AluOp::Shr => {
             let count = src & if size == 8 { 63 } else { 31 };
             if count == 0 {
                 return STATUS;
@@ -1272,9 +1226,9 @@ fn sdm_defined(op: HostOp, size: u8, src: u64) -> u64 {
 
 /// The host CPU's answer for `op` at `size` bytes (the shared oracle, `host_alu`), with
 /// only the status flags of `flags` (and the always-one bit 1) loaded.
-fn host_exec(op: HostOp, size: u8, a: u64, b: u64, flags: u64) -> (u64, u64) {
+fn host_exec(op: AluOp, size: u8, a: u64, b: u64, flags: u64) -> (u64, u64) {
     let f = (flags & STATUS) | 2;
-    crate::coalesce::host_alu::exec(op.alu_op(), width_of(size), a, b, f)
+    crate::coalesce::host_alu::exec(op, width_of(size), a, b, f)
 }
 
 fn width_of(size: u8) -> Width {
@@ -1282,11 +1236,11 @@ fn width_of(size: u8) -> Width {
 }
 
 /// The reference's ALU: result and new RFLAGS.
-fn ref_alu(op: HostOp, size: u8, a: u64, b: u64, rflags: u64) -> (u64, u64) {
+fn ref_alu(op: AluOp, size: u8, a: u64, b: u64, rflags: u64) -> (u64, u64) {
     let (r, hf) = host_exec(op, size, a, b, rflags);
     let defined = sdm_defined(op, size, b);
     // Undefined flags: what the coalescer documents it produces.
-    let (_, cf) = exec::alu(op.alu_op(), width_of(size), a, b, rflags);
+    let (_, cf) = exec::alu(op, width_of(size), a, b, rflags);
     let flags = (rflags & !STATUS) | (hf & defined & STATUS) | (cf & !defined & STATUS);
     (r & size_mask(size), flags)
 }
@@ -1822,7 +1776,7 @@ impl Reference<'_, '_> {
             }
             RefOp::Alu { op, dst, src } => {
                 let (r, f) = ref_alu(op, dst.size, self.get(dst), self.src(src), rflags);
-                if op.writes() {
+                if exec::writes_dst(op) {
                     self.set(dst, r);
                 }
                 self.vmcs.write(VmcsField::GuestRflags, f);
@@ -1861,13 +1815,13 @@ impl Reference<'_, '_> {
             }
             RefOp::AluMem { op, mem, src, size } => {
                 let lin = self.ref_linear(mem, &i);
-                if op.writes() {
+                if exec::writes_dst(op) {
                     // The CPU checks the write access before doing anything.
                     self.ref_gpas(lin, size, true)?;
                 }
                 let a = self.ref_read(lin, size)?;
                 let (r, f) = ref_alu(op, size, a, self.src(src), rflags);
-                if op.writes() {
+                if exec::writes_dst(op) {
                     self.ref_write(lin, size, r)?;
                 }
                 self.vmcs.write(VmcsField::GuestRflags, f);
@@ -1878,7 +1832,7 @@ impl Reference<'_, '_> {
                 let lin = self.ref_linear(mem, &i);
                 let b = self.ref_read(lin, dst.size)?;
                 let (r, f) = ref_alu(op, dst.size, self.get(dst), b, rflags);
-                if op.writes() {
+                if exec::writes_dst(op) {
                     self.set(dst, r);
                 }
                 self.vmcs.write(VmcsField::GuestRflags, f);
@@ -3227,24 +3181,24 @@ mod tests {
     #[test]
     fn our_defined_flags_agree_with_exec() {
         let ops = [
-            HostOp::Add,
-            HostOp::Or,
-            HostOp::And,
-            HostOp::Sub,
-            HostOp::Xor,
-            HostOp::Cmp,
-            HostOp::Test,
-            HostOp::Inc,
-            HostOp::Dec,
-            HostOp::Shl,
-            HostOp::Shr,
+            AluOp::Add,
+            AluOp::Or,
+            AluOp::And,
+            AluOp::Sub,
+            AluOp::Xor,
+            AluOp::Cmp,
+            AluOp::Test,
+            AluOp::Inc,
+            AluOp::Dec,
+            AluOp::Shl,
+            AluOp::Shr,
         ];
         for op in ops {
             for size in [1u8, 2, 4, 8] {
                 for src in 0..=0x50u64 {
                     assert_eq!(
                         sdm_defined(op, size, src),
-                        exec::defined_flags(op.alu_op(), width_of(size), src),
+                        exec::defined_flags(op, width_of(size), src),
                         "{op:?} size {size} src {src:#x}"
                     );
                 }
@@ -3255,13 +3209,13 @@ mod tests {
     #[test]
     fn the_host_alu_oracle_works() {
         // add al, 1 with al = 0x7F: OF, AF, SF set.
-        let (r, f) = host_exec(HostOp::Add, 1, 0x7F, 1, 0);
+        let (r, f) = host_exec(AluOp::Add, 1, 0x7F, 1, 0);
         assert_eq!((r & 0xFF, f & STATUS), (0x80, 0x800 | 0x10 | 0x80));
         // sub eax, 1 with eax = 0: CF, AF, SF, PF.
-        let (r, f) = host_exec(HostOp::Sub, 4, 0, 1, 0);
+        let (r, f) = host_exec(AluOp::Sub, 4, 0, 1, 0);
         assert_eq!((r, f & STATUS), (0xFFFF_FFFF, 1 | 0x10 | 0x80 | 4));
         // shr rax, cl with cl = 1.
-        let (r, f) = host_exec(HostOp::Shr, 8, 3, 1, 0);
+        let (r, f) = host_exec(AluOp::Shr, 8, 3, 1, 0);
         assert_eq!((r, f & 1), (1, 1));
     }
 

@@ -21,8 +21,8 @@ use super::block::{fnv1a, scan, Extent, MAX_BLOCK_INSNS};
 use super::cache::BlockCache;
 use super::decode::{decode, DecodeError, MAX_INSN_LEN};
 use super::difftest::{
-    bitness, first_exit_fields, gen_program, linear_ip, ref_op, BranchKind, Case, GReg, HostOp,
-    RefMem, RefOp, RefRm, Rng, Src, COM1, PIC_INIT_IRQ4,
+    bitness, first_exit_fields, gen_program, linear_ip, ref_op, BranchKind, Case, GReg, RefMem,
+    RefOp, RefRm, Rng, Src, COM1, PIC_INIT_IRQ4,
 };
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
@@ -99,23 +99,6 @@ fn mutated_program(mode: CodeMode, rng: &mut Rng) -> Vec<u8> {
 
 fn reg_eq(r: RegRef, g: GReg) -> bool {
     r.index == g.index && r.width.bytes() == g.size && r.high8 == g.high
-}
-
-fn alu_eq(op: AluOp, h: HostOp) -> bool {
-    matches!(
-        (op, h),
-        (AluOp::Add, HostOp::Add)
-            | (AluOp::Sub, HostOp::Sub)
-            | (AluOp::And, HostOp::And)
-            | (AluOp::Or, HostOp::Or)
-            | (AluOp::Xor, HostOp::Xor)
-            | (AluOp::Cmp, HostOp::Cmp)
-            | (AluOp::Test, HostOp::Test)
-            | (AluOp::Inc, HostOp::Inc)
-            | (AluOp::Dec, HostOp::Dec)
-            | (AluOp::Shl, HostOp::Shl)
-            | (AluOp::Shr, HostOp::Shr)
-    )
 }
 
 /// The target of a relative branch as the executor computes it.
@@ -197,7 +180,7 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
                 AluOp::Inc | AluOp::Dec => true,
                 _ => src_eq(src, s2, shift),
             };
-            alu_eq(op, o2) && reg_eq(dst, d2) && src_ok
+            op == o2 && reg_eq(dst, d2) && src_ok
         }
         (Op::Jmp { rel, width }, RefOp::Branch { kind, target: t }) => {
             kind == BranchKind::Always && target(mode, ip, insn.len, rel, width) == t
@@ -271,7 +254,7 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
         ) => {
             let shift = matches!(op, AluOp::Shl | AluOp::Shr).then_some(width);
             let src_ok = matches!(op, AluOp::Inc | AluOp::Dec) || src_eq(src, s2, shift);
-            alu_eq(op, o2) && mem_eq(mem, m2, ip, insn.len) && src_ok && width.bytes() == size
+            op == o2 && mem_eq(mem, m2, ip, insn.len) && src_ok && width.bytes() == size
         }
         (
             Op::AluLoad { op, dst, mem },
@@ -280,7 +263,7 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
                 dst: d2,
                 mem: m2,
             },
-        ) => alu_eq(op, o2) && reg_eq(dst, d2) && mem_eq(mem, m2, ip, insn.len),
+        ) => op == o2 && reg_eq(dst, d2) && mem_eq(mem, m2, ip, insn.len),
         (Op::Lea { dst, mem }, RefOp::Lea { dst: d2, mem: m2 }) => {
             reg_eq(dst, d2) && mem_eq(mem, m2, ip, insn.len)
         }
