@@ -205,20 +205,29 @@ pub fn prepare(
 
     let ept_caps = ept::EptCaps::from_vmx_caps(&caps.ept);
     let mtrrs = host_mtrrs();
+    // The types the leaves got, one bit per type: the report below comes from what
+    // the builder mapped, without walking the MTRRs over guest RAM a second time.
+    let used = core::cell::Cell::new(0u8);
     let types = |host: u64, len: u64| {
-        mtrrs
+        let t = mtrrs
             .uniform_type(host, len)
-            .and_then(MemoryType::from_bits)
+            .and_then(MemoryType::from_bits);
+        if let Some(t) = t {
+            used.set(used.get() | 1 << (t as u8));
+        }
+        t
     };
     let eptp = ept::build_guest_ram_typed(mem, ram_bytes, ram.host_base, ept_caps, &types)
         .map_err(StartError::Ept)?;
+    let used = used.get();
     println!(
         "sluice: host MTRRs: {}; guest RAM at host {:#x} is {}",
         mtrrs.describe(),
         ram.host_base,
-        match mtrrs.uniform_type(ram.host_base, ram_bytes) {
-            Some(t) => mtrr::type_name(t),
-            None => "of mixed types (mapped page by page)",
+        if used.is_power_of_two() {
+            mtrr::type_name(used.trailing_zeros() as u8)
+        } else {
+            "of mixed types (mapped page by page)"
         }
     );
     if let Some(alias) = loaded.firmware_alias {

@@ -323,22 +323,28 @@ pub fn build_guest_ram_typed(
     while addr < ram_bytes {
         let left = ram_bytes - addr;
         let host = host_base + addr;
-        let fits = |size: u64| {
-            addr.is_multiple_of(size)
-                && host.is_multiple_of(size)
-                && left >= size
-                && type_of(host, size).is_some()
+        // The largest page that is aligned on both sides, fits, and has one type; the
+        // type is asked for once per candidate.
+        let fits = |size: PageSize| {
+            let n = size.bytes();
+            (addr.is_multiple_of(n) && host.is_multiple_of(n) && left >= n)
+                .then(|| type_of(host, n))
+                .flatten()
+                .map(|t| (size, t))
         };
-        let size = if caps.large_1g && fits(PAGE_1G) {
-            PageSize::Size1G
-        } else if caps.large_2m && fits(PAGE_2M) {
-            PageSize::Size2M
-        } else {
-            PageSize::Size4K
-        };
+        let (size, mem_type) = [
+            (caps.large_1g, PageSize::Size1G),
+            (caps.large_2m, PageSize::Size2M),
+        ]
+        .into_iter()
+        .filter(|&(offered, _)| offered)
+        .find_map(|(_, size)| fits(size))
         // A 4 KiB range always has one type; `None` there would be a caller bug, and
         // UC is the type that can never be wrong.
-        let mem_type = type_of(host, size.bytes()).unwrap_or(MemoryType::Uncacheable);
+        .unwrap_or_else(|| {
+            let t = type_of(host, PAGE_4K).unwrap_or(MemoryType::Uncacheable);
+            (PageSize::Size4K, t)
+        });
         map_leaf(src, pml4, addr, host, size, EptAccess::RWX, mem_type)?;
         addr += size.bytes();
     }
