@@ -28,6 +28,8 @@ pub struct Case {
     pub stats: Option<StatsExpect>,
     /// Coalescing for this case regardless of the command line (`None`: as given).
     pub coalesce: Option<bool>,
+    /// A check of the whole console beyond lines in order.
+    pub check: Option<fn(&str) -> Result<(), String>>,
     /// Time limit for the boot.
     pub timeout_s: u64,
 }
@@ -88,6 +90,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -109,6 +112,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -130,6 +134,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -143,6 +148,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -162,6 +168,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -181,6 +188,7 @@ pub const CASES: &[Case] = &[
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -213,6 +221,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -235,6 +244,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -260,6 +270,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -283,6 +294,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -301,6 +313,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -319,6 +332,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -340,6 +354,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -361,6 +376,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -383,6 +399,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -410,6 +427,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[("irq4", 52)],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -433,6 +451,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[("irq0", 45)],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     Case {
@@ -456,6 +475,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[("irq0", 2), ("irq4", 2)],
         }),
         coalesce: None,
+        check: None,
         timeout_s: 120,
     },
     // Debian's stock kernel and a busybox initramfs (fetched with apt): the kernel's own
@@ -474,13 +494,15 @@ const fn linux_case(name: &'static str, coalesce: bool, timeout_s: u64) -> Case 
         cpu: None,
         expect_status: 0,
         expect_lines: LINUX_LINES,
-        // TSC calibration against the PIT failing, or an MSR the kernel trusted CPUID
-        // about raising #GP, would mean CPUID describes something sluice lacks.
+        // Any PIT calibration (it prints "Fast TSC calibration using PIT" or "... failed")
+        // means the kernel did not take the rate from CPUID 15H/16H; an MSR the kernel
+        // trusted CPUID about raising #GP would mean CPUID describes something sluice
+        // lacks.
         forbid: &[
             "Kernel panic",
             "EXCEPTION",
             "PANIC",
-            "Fast TSC calibration failed",
+            "Fast TSC calibration",
             "unchecked MSR access",
         ],
         guest: guest("linux"),
@@ -491,16 +513,43 @@ const fn linux_case(name: &'static str, coalesce: bool, timeout_s: u64) -> Case 
             irqs_at_least: &[("irq0", 100), ("irq1", 1), ("irq4", 1)],
         }),
         coalesce: Some(coalesce),
+        check: Some(linux_tsc_matches),
         timeout_s,
     }
+}
+
+/// The TSC rate the kernel reports is the one sluice measured (it can only have come
+/// from CPUID 15H/16H). Linux prints "Detected N MHz processor" (16H, whole MHz, or the
+/// TSC rate when that is within 10%) and, only when the two differ, "Detected N MHz
+/// TSC" (15H: crystal x 2, the crystal in whole kHz, so within 1 kHz of sluice's).
+pub fn linux_tsc_matches(console: &str) -> Result<(), String> {
+    let khz = |line: &str, prefix: &str, suffix: &str| -> Option<u64> {
+        let rest = &line[line.find(prefix)? + prefix.len()..];
+        let (mhz, frac) = rest[..rest.find(suffix)?].split_once('.')?;
+        Some(mhz.parse::<u64>().ok()? * 1000 + frac.parse::<u64>().ok()?)
+    };
+    let find = |prefix: &str, suffix: &str| console.lines().find_map(|l| khz(l, prefix, suffix));
+    let measured = find("sluice: TSC ", " MHz (measured")
+        .ok_or("no \"sluice: TSC ... MHz (measured\" line")?;
+    let kernel = find("tsc: Detected ", " MHz TSC")
+        .or_else(|| find("tsc: Detected ", " MHz processor"))
+        .ok_or("the kernel printed no \"tsc: Detected ... MHz\" line")?;
+    if kernel.abs_diff(measured) > 1 {
+        return Err(format!(
+            "the kernel's TSC is {kernel} kHz, sluice measured {measured} kHz"
+        ));
+    }
+    Ok(())
 }
 
 /// What a Linux boot must print, in order.
 const LINUX_LINES: &[&str] = &[
     "sluice: guest linux (linux,",
     "Command line: console=ttyS0 acpi=off pci=off nolapic noapic",
-    // The rate sluice measured, from CPUID 15H.
-    "MHz TSC",
+    // The rate from CPUID 15H/16H. Linux prints a second "Detected ... MHz TSC" line
+    // only when the TSC rate (15H) differs from the processor's (16H, whole MHz), i.e.
+    // when sluice's measurement is not a whole number of MHz: not required.
+    "tsc: Detected ",
     "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
     "serio: i8042 KBD port at 0x60,0x64 irq 1",
     "serio: i8042 AUX port at 0x60,0x64 irq 12",
@@ -747,7 +796,7 @@ pub fn judge(case: &Case, ending: &Ending, console: &str) -> Result<(), String> 
     if let (Some(want), Some(spec)) = (&case.stats, &case.guest) {
         check_stats(console, spec, want)?;
     }
-    Ok(())
+    case.check.map_or(Ok(()), |check| check(console))
 }
 
 /// Parses the one `sluice-stats: {json}` line and checks it against `want`.
@@ -1011,8 +1060,27 @@ mod tests {
         guest: None,
         stats: None,
         coalesce: None,
+        check: None,
         timeout_s: 1,
     };
+
+    #[test]
+    fn linux_tsc_rate_must_be_sluices() {
+        let sluice = "sluice: TSC 200.009 MHz (measured against the 8254)\n";
+        let both = "[    0.0] tsc: Detected 200.000 MHz processor\n\
+                    [    0.0] tsc: Detected 200.008 MHz TSC\n";
+        assert_eq!(linux_tsc_matches(&format!("{sluice}{both}")), Ok(()));
+        // A whole number of MHz: the processor line alone.
+        let whole = "sluice: TSC 200.000 MHz (measured against the 8254)\n\
+                     [    0.0] tsc: Detected 200.000 MHz processor\n";
+        assert_eq!(linux_tsc_matches(whole), Ok(()));
+        // The kernel calibrated on its own (or CPUID said something else).
+        let other = "sluice: TSC 200.009 MHz (measured against the 8254)\n\
+                     [    0.0] tsc: Detected 199.412 MHz processor\n";
+        assert!(linux_tsc_matches(other).unwrap_err().contains("199412 kHz"));
+        assert!(linux_tsc_matches(sluice).is_err());
+        assert!(linux_tsc_matches(both).is_err());
+    }
 
     #[test]
     fn judge_accepts_status_and_ordered_lines() {
