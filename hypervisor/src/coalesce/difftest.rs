@@ -3619,10 +3619,11 @@ mod tests {
                 seen.push((co.executed, co.stop));
             }
             let full = (full_len, Some(StopReason::Unsupported));
-            let one = (1, Some(StopReason::Learned));
+            // Learned: nothing emulated, the exit goes to the one-instruction handler.
+            let one = (0, Some(StopReason::Learned));
             if barren_site {
-                // Full once, then the exiting instruction alone, a full re-probe at
-                // the REPROBE_EVERY-th exit, and alone again.
+                // Full once, then the one-instruction handler, a full re-probe at the
+                // REPROBE_EVERY-th exit, and the handler again.
                 let r = usize::from(REPROBE_EVERY);
                 assert_eq!(seen[0], full);
                 assert!(seen[1..r].iter().all(|s| *s == one), "{seen:?}");

@@ -155,7 +155,12 @@ impl<'c> Coalescer<'c> {
         let cs_base = vmcs.read(VmcsField::GuestCsBase);
         let exit_rip = vmcs.read(VmcsField::GuestRip);
         self.last_stop = (StopReason::Off, exit_rip);
-        let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io);
+        let exit_linear = if mode == CodeMode::Bits64 {
+            exit_rip
+        } else {
+            cs_base.wrapping_add(exit_rip) & 0xFFFF_FFFF
+        };
+        let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io, exit_linear);
         let (mut reason, rip) = self.last_stop;
         if let Outcome::Fallback(r) = outcome {
             let slot = &mut stats.io.stops[r.index()];
@@ -182,9 +187,19 @@ impl<'c> Coalescer<'c> {
         mem: &mut M,
         env: &mut E,
         io: &mut IoStats,
+        exit_linear: u64,
     ) -> Outcome {
         if !self.settings.enabled {
             return Outcome::Fallback(StopReason::Off);
+        }
+        // A barren site goes straight to the one-instruction handler, before any page
+        // walk, cache lookup or register copy: there the coalescer must cost no more
+        // than coalescing off (docs/COALESCING.md, "Site memory").
+        let slot = Self::site_slot(exit_linear);
+        let site = &mut self.sites[slot];
+        if site.rip == exit_linear && !site.barren.is_multiple_of(REPROBE_EVERY) {
+            site.barren = site.barren.wrapping_add(1).max(1);
+            return Outcome::Fallback(StopReason::Learned);
         }
         // Instructions observable one at a time: leave them to the CPU.
         if vmcs.read(VmcsField::GuestRflags) & RFLAGS_TF != 0
@@ -209,15 +224,7 @@ impl<'c> Coalescer<'c> {
             None => return Outcome::Fallback(block.end_reason()),
             Some(_) => return Outcome::Fallback(StopReason::Off),
         }
-        let mut limits = self.settings.limits;
-        let slot = Self::site_slot(rip_linear);
-        let site = self.sites[slot];
-        let learned = site.rip == rip_linear && !site.barren.is_multiple_of(REPROBE_EVERY);
-        if learned {
-            // The exiting instruction alone: a quiet limit of 0 stops the run after
-            // it (the first instruction always runs).
-            limits.max_quiet = 0;
-        }
+        let limits = self.settings.limits;
         let mut follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
         let mut hops = 0u32;
         let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
@@ -300,11 +307,6 @@ impl<'c> Coalescer<'c> {
             0
         } else {
             site.barren.wrapping_add(1).max(1)
-        };
-        let stop = if learned && stop == StopReason::Limit {
-            StopReason::Learned
-        } else {
-            stop
         };
         // Write everything back in one go.
         *regs = state.regs;

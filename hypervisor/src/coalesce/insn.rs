@@ -369,8 +369,9 @@ pub enum StopReason {
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,
     /// The exit site's last full run emulated more instructions than the exits it
-    /// saved were worth (typically: no IO instruction after the exiting one), so only
-    /// that one ran (the engine's site memory, `engine::EXIT_COST_IN_INSNS`).
+    /// saved were worth (typically: no IO instruction after the exiting one), so the
+    /// exit went to the one-instruction handler (the engine's site memory,
+    /// `engine::EXIT_COST_IN_INSNS`).
     Learned,
 }
 
