@@ -431,9 +431,7 @@ impl IoEnv for KernelIo<'_, '_> {
     }
 
     fn interrupt_pending(&mut self) -> bool {
-        let t = self.machine.poll(self.now());
-        self.ticks.raised += t.raised;
-        self.ticks.lost += t.lost;
+        self.ticks.add(self.machine.poll(self.now()));
         self.machine.interrupt_pending()
     }
 }
@@ -483,6 +481,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         PcConfig {
             wall_clock: wall_clock(timebase),
             ram_bytes: config.ram_bytes(),
+            lost_ticks: config.lost_ticks,
         },
     );
     let mut handles = machine.handles();
@@ -572,8 +571,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
                 ticks: Ticks::default(),
             };
             let outcome = coalescer.handle(&mut vmcs, &mut regs, &mut mem, &mut io, &mut stats);
-            stats.timer_ticks += io.ticks.raised;
-            stats.timer_ticks_lost += io.ticks.lost;
+            io.ticks.count_in(&mut stats);
             if outcome == Outcome::Done {
                 stats.count_exit(exit_reason::IO_INSTRUCTION.into());
                 stats.io.cycles += crate::tsc::rdtsc().wrapping_sub(exit_tsc);

@@ -8,10 +8,12 @@
 //!
 //! Keys: `platform`, `guest.*`, `ram_mib`, and the coalescing options
 //! `coalesce`, `coalesce.extent`, `coalesce.max_insns`, `coalesce.max_string`,
-//! `coalesce.max_quiet`.
+//! `coalesce.max_quiet`, and `timer.lost_ticks`.
 //! Any unknown key is an error, so a typo can never be silently ignored.
 
 use core::fmt;
+
+use crate::machine::LostTicks;
 
 /// Real-mode code can only address the first MiB (plus the HMA, which sluice
 /// does not use for loading), so `real:` entries and load addresses must be
@@ -26,7 +28,7 @@ pub const RAM_MIB_MAX: u32 = 4096;
 pub const RAM_MIB_DEFAULT: u32 = 64;
 
 /// Keys this version understands, in the order `write_to` emits them.
-pub const KNOWN_KEYS: [&str; 11] = [
+pub const KNOWN_KEYS: [&str; 12] = [
     "platform",
     "guest.name",
     "guest.entry",
@@ -38,6 +40,7 @@ pub const KNOWN_KEYS: [&str; 11] = [
     "coalesce.max_insns",
     "coalesce.max_string",
     "coalesce.max_quiet",
+    "timer.lost_ticks",
 ];
 
 /// Coalescing defaults: on, the extent policy the benchmarks chose (docs/BENCHMARKS.md),
@@ -149,6 +152,8 @@ pub struct Config<'a> {
     pub coalesce_max_string: u32,
     /// `coalesce.max_quiet`: instructions emulated past the last IO instruction.
     pub coalesce_max_quiet: u32,
+    /// `timer.lost_ticks`: `delay` (default) or `discard`.
+    pub lost_ticks: LostTicks,
 }
 
 impl Default for Config<'_> {
@@ -165,6 +170,7 @@ impl Default for Config<'_> {
             coalesce_max_insns: COALESCE_MAX_INSNS_DEFAULT,
             coalesce_max_string: COALESCE_MAX_STRING_DEFAULT,
             coalesce_max_quiet: COALESCE_MAX_QUIET_DEFAULT,
+            lost_ticks: LostTicks::Delay,
         }
     }
 }
@@ -223,7 +229,8 @@ impl<'a> Config<'a> {
         writeln!(w, "coalesce.extent = {}", self.coalesce_extent)?;
         writeln!(w, "coalesce.max_insns = {}", self.coalesce_max_insns)?;
         writeln!(w, "coalesce.max_string = {}", self.coalesce_max_string)?;
-        writeln!(w, "coalesce.max_quiet = {}", self.coalesce_max_quiet)
+        writeln!(w, "coalesce.max_quiet = {}", self.coalesce_max_quiet)?;
+        writeln!(w, "timer.lost_ticks = {}", self.lost_ticks.as_str())
     }
 }
 
@@ -299,6 +306,9 @@ pub enum ConfigErrorKind<'a> {
     RamOutOfRange {
         value: u64,
     },
+    BadLostTicks {
+        value: &'a str,
+    },
 }
 
 impl fmt::Display for ConfigError<'_> {
@@ -324,6 +334,10 @@ impl fmt::Display for ConfigErrorKind<'_> {
                 f.write_str(")")
             }
             BadCoalesce { value } => write!(f, "coalesce: expected on or off, got '{value}'"),
+            BadLostTicks { value } => write!(
+                f,
+                "timer.lost_ticks: expected delay or discard, got '{value}'"
+            ),
             BadArg { value } => write!(
                 f,
                 "guest.arg: expected a number (decimal or 0x hex), got '{value}'"
@@ -530,6 +544,10 @@ pub fn parse(text: &str) -> Result<Config<'_>, ConfigError<'_>> {
                     _ => config.coalesce_max_quiet = n,
                 }
             }
+            "timer.lost_ticks" => {
+                config.lost_ticks =
+                    LostTicks::parse(value).ok_or(err(ConfigErrorKind::BadLostTicks { value }))?;
+            }
             _ => unreachable!("key was found in KNOWN_KEYS"),
         }
     }
@@ -634,7 +652,7 @@ mod tests {
     fn unknown_key_message() {
         assert_eq!(
             err_text("platform = qemu\n\nram_mb = 64"),
-            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, guest.arg, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string, coalesce.max_quiet)"
+            "line 3: unknown key 'ram_mb' (expected one of: platform, guest.name, guest.entry, guest.load, guest.arg, ram_mib, coalesce, coalesce.extent, coalesce.max_insns, coalesce.max_string, coalesce.max_quiet, timer.lost_ticks)"
         );
         assert!(err_text("timeout_s = 5").contains("unknown key 'timeout_s'"));
     }
@@ -726,6 +744,17 @@ mod tests {
     }
 
     #[test]
+    fn lost_ticks_policy_parses_and_defaults_to_delay() {
+        assert_eq!(parse("").unwrap().lost_ticks, LostTicks::Delay);
+        let c = parse("timer.lost_ticks = discard").unwrap();
+        assert_eq!(c.lost_ticks, LostTicks::Discard);
+        assert_eq!(
+            err_text("\ntimer.lost_ticks = catch-up"),
+            "line 2: timer.lost_ticks: expected delay or discard, got 'catch-up'"
+        );
+    }
+
+    #[test]
     fn round_trips() {
         round_trip(Config::default());
         round_trip(Config {
@@ -743,6 +772,7 @@ mod tests {
             coalesce_max_insns: 1,
             coalesce_max_string: 65536,
             coalesce_max_quiet: 0,
+            lost_ticks: LostTicks::Discard,
         });
         round_trip(Config {
             platform: Platform::Bochs,

@@ -33,6 +33,45 @@ pub const COM1_IRQ: u8 = 4;
 /// The PIT's channel 0 drives IRQ0.
 pub const TIMER_IRQ: u8 = 0;
 
+/// Timer ticks owed to the guest under [`LostTicks::Delay`] at most: a guest that kept
+/// interrupts off longer than this many periods loses the rest (1,000 ticks are 4 s
+/// at Linux's HZ=250).
+pub const MAX_OWED_TICKS: u64 = 1000;
+
+/// What happens to a timer tick whose edge finds IRQ0 still requested (the guest kept
+/// interrupts off, or was slow to take the last one): the 8259A latches one request
+/// per line, so on hardware the tick is gone. A guest that counts time in ticks (Linux
+/// counts jiffies, and with no HPET or ACPI PM timer it checks the TSC against them)
+/// then sees its clock run slow, and a hypervisor takes guest time away far more
+/// often than hardware does (every exit handled in the host).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LostTicks {
+    /// The tick is owed and raised on IRQ0 as soon as the previous one has been
+    /// handled (acknowledged and, without AEOI, ended by EOI), as KVM's PIT does by
+    /// default (reinject): the guest sees every tick, some later than due.
+    #[default]
+    Delay,
+    /// The tick is dropped, as on hardware.
+    Discard,
+}
+
+impl LostTicks {
+    pub fn parse(s: &str) -> Option<LostTicks> {
+        match s {
+            "delay" => Some(LostTicks::Delay),
+            "discard" => Some(LostTicks::Discard),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LostTicks::Delay => "delay",
+            LostTicks::Discard => "discard",
+        }
+    }
+}
+
 pub struct Machine<S: ConsoleSink> {
     pub uart: RefCell<Uart16550<S>>,
     pub pit: RefCell<Pit>,
@@ -53,6 +92,11 @@ pub struct Machine<S: ConsoleSink> {
     touched: Cell<bool>,
     rtc_due: Cell<u64>,
     reset: Cell<Option<ResetSource>>,
+    lost_ticks: LostTicks,
+    /// Ticks owed to the guest ([`LostTicks::Delay`]).
+    owed: Cell<u64>,
+    /// `Pit::counter0_programmings` when `owed` was last looked at.
+    timer_setup: Cell<u32>,
 }
 
 /// A device on the bus that marks the machine's `touched` flag and, for the RTC,
@@ -115,6 +159,8 @@ pub struct PcConfig {
     pub wall_clock: u64,
     /// Guest RAM, for the CMOS memory-size bytes.
     pub ram_bytes: u64,
+    /// Timer ticks that find IRQ0 still requested.
+    pub lost_ticks: LostTicks,
 }
 
 impl Default for PcConfig {
@@ -122,6 +168,7 @@ impl Default for PcConfig {
         PcConfig {
             wall_clock: DEFAULT_EPOCH,
             ram_bytes: 64 << 20,
+            lost_ticks: LostTicks::default(),
         }
     }
 }
@@ -138,8 +185,27 @@ pub enum ResetSource {
 /// Timer edges seen by one [`Machine::poll`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ticks {
+    /// PIT OUT0 rising edges.
     pub raised: u64,
+    /// Ticks the guest will never see.
     pub lost: u64,
+    /// Owed ticks raised on IRQ0 late ([`LostTicks::Delay`]).
+    pub reinjected: u64,
+}
+
+impl Ticks {
+    pub fn add(&mut self, t: Ticks) {
+        self.raised = self.raised.saturating_add(t.raised);
+        self.lost = self.lost.saturating_add(t.lost);
+        self.reinjected = self.reinjected.saturating_add(t.reinjected);
+    }
+
+    /// Adds these ticks to the run's statistics.
+    pub fn count_in(self, stats: &mut Stats) {
+        stats.timer_ticks = stats.timer_ticks.saturating_add(self.raised);
+        stats.timer_ticks_lost = stats.timer_ticks_lost.saturating_add(self.lost);
+        stats.timer_ticks_reinjected = stats.timer_ticks_reinjected.saturating_add(self.reinjected);
+    }
 }
 
 /// The `&RefCell`s the IO bus holds `&mut` to; they must outlive the bus, so the run
@@ -179,6 +245,9 @@ impl<S: ConsoleSink> Machine<S> {
             touched: Cell::new(true),
             rtc_due: Cell::new(0),
             reset: Cell::new(None),
+            lost_ticks: config.lost_ticks,
+            owed: Cell::new(0),
+            timer_setup: Cell::new(0),
         }
     }
 
@@ -251,9 +320,12 @@ impl<S: ConsoleSink> Machine<S> {
     /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
     /// the PIC's inputs, counting timer ticks in `stats`.
     pub fn sync(&self, now: u64, stats: &mut Stats) {
-        let t = self.poll(now);
-        stats.timer_ticks = stats.timer_ticks.saturating_add(t.raised);
-        stats.timer_ticks_lost = stats.timer_ticks_lost.saturating_add(t.lost);
+        self.poll(now).count_in(stats);
+    }
+
+    /// Ticks owed to the guest right now ([`LostTicks::Delay`]).
+    pub fn owed_ticks(&self) -> u64 {
+        self.owed.get()
     }
 
     /// [`Machine::sync`] without the statistics, for callers that hold them elsewhere
@@ -266,17 +338,31 @@ impl<S: ConsoleSink> Machine<S> {
     pub fn poll(&self, now: u64) -> Ticks {
         let mut pit = self.pit.borrow_mut();
         let mut pic = self.pic.borrow_mut();
-        let edges = pit.irq0_edges(now);
         let mut ticks = Ticks::default();
+        let setup = pit.counter0_programmings();
+        if setup != self.timer_setup.replace(setup) {
+            // The guest set its timer up anew (a new mode, a one-shot): ticks owed by
+            // the old setup are not wanted any more. (Masking IRQ0 says nothing: Linux
+            // masks it around every timer interrupt it handles.)
+            ticks.lost = self.owed.replace(0);
+        }
+        let edges = pit.irq0_edges(now);
         if edges > 0 {
             // The 8259A latches one request per line: a tick that finds IRQ0 still
-            // requested, and all but one of several ticks between two looks, are lost
+            // requested, and all but one of several ticks between two looks, miss it
             // (as on hardware whose CPU kept interrupts off that long).
             let already = pic.master().irr() & (1 << TIMER_IRQ) != 0;
-            ticks = Ticks {
-                raised: edges,
-                lost: edges - 1 + u64::from(already),
-            };
+            let missed = edges - 1 + u64::from(already);
+            ticks.raised = edges;
+            match self.lost_ticks {
+                LostTicks::Discard => ticks.lost += missed,
+                LostTicks::Delay => {
+                    let owed = self.owed.get().saturating_add(missed);
+                    let kept = owed.min(MAX_OWED_TICKS);
+                    ticks.lost += owed - kept;
+                    self.owed.set(kept);
+                }
+            }
             pic.set_irq(TIMER_IRQ, false);
             pic.set_irq(TIMER_IRQ, true);
             self.lines.set(self.lines.get() | 1 << LINE_IRQ0);
@@ -292,6 +378,19 @@ impl<S: ConsoleSink> Machine<S> {
             }
         }
         self.lines.set(lines);
+        if self.owed.get() > 0 {
+            let m = pic.master();
+            let bit = 1u8 << TIMER_IRQ;
+            if (m.irr() | m.isr() | m.imr()) & bit == 0 && lines & 1 << LINE_IRQ0 != 0 {
+                // The last tick is handled, IRQ0 is unmasked and OUT0 is high (a
+                // request raised while it is low would be withdrawn at once: 8259A edge
+                // mode is edge AND level).
+                pic.set_irq(TIMER_IRQ, false);
+                pic.set_irq(TIMER_IRQ, true);
+                self.owed.set(self.owed.get() - 1);
+                ticks.reinjected += 1;
+            }
+        }
         self.now.set(self.now.get().max(now));
         if !self.touched.get() && now < self.rtc_due.get() {
             return ticks;
@@ -480,23 +579,113 @@ mod tests {
         assert_eq!(stats.timer_ticks_lost, 0);
     }
 
-    #[test]
-    fn ticks_that_find_irq0_still_requested_are_counted_lost() {
-        let m = Machine::new(Sink::default());
+    /// A machine with the PIT in mode 2 at 100 PIT clocks per tick, only IRQ0 unmasked.
+    fn ticking(lost_ticks: LostTicks) -> Machine<Sink> {
+        let m = Machine::with_config(
+            Sink::default(),
+            PcConfig {
+                lost_ticks,
+                ..PcConfig::default()
+            },
+        );
         bus_io(&m, |bus| {
             init_pic(bus, 0x01);
             bus.write(0x43, 1, 0x34);
             bus.write(0x40, 1, 100);
             bus.write(0x40, 1, 0);
         });
+        m
+    }
+
+    /// The guest's timer handler: takes the interrupt if one is pending and sends a
+    /// non-specific EOI. Whether it took one.
+    fn take_tick(m: &Machine<Sink>, now: u64, stats: &mut Stats) -> bool {
+        m.sync(now, stats);
+        let mut v = guest_with_if();
+        let took = m.deliver(&mut v, stats) == Delivery::Injected(0x20);
+        bus_io(m, |bus| bus.write(0x20, 1, 0x20));
+        took
+    }
+
+    #[test]
+    fn ticks_that_find_irq0_still_requested_are_counted_lost_when_discarded() {
+        let m = ticking(LostTicks::Discard);
         let mut stats = Stats::new();
         // Ten periods pass without the guest taking an interrupt.
         m.sync(1000 + 5, &mut stats);
         assert!(stats.timer_ticks >= 9);
         assert_eq!(stats.timer_ticks_lost, stats.timer_ticks - 1);
+        assert!(take_tick(&m, 1006, &mut stats));
+        assert_eq!(stats.irq_injected[0], 1);
+        // Nothing is owed: the next interrupt comes with the next edge.
+        assert!(!take_tick(&m, 1007, &mut stats));
+        assert_eq!(m.owed_ticks(), 0);
+        assert_eq!(stats.timer_ticks_reinjected, 0);
+    }
+
+    #[test]
+    fn delayed_ticks_are_raised_one_by_one_after_each_eoi() {
+        let m = ticking(LostTicks::Delay);
+        let mut stats = Stats::new();
+        m.sync(1000 + 5, &mut stats);
+        let raised = stats.timer_ticks;
+        assert!(raised >= 9, "{raised}");
+        assert_eq!(stats.timer_ticks_lost, 0);
+        assert_eq!(m.owed_ticks(), raised - 1);
+        // Before the guest ends the interrupt in service, no second request.
+        m.sync(1006, &mut stats);
         let mut v = guest_with_if();
         assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x20));
-        assert_eq!(stats.irq_injected[0], 1);
+        m.sync(1007, &mut stats);
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(stats.timer_ticks_reinjected, 0);
+        bus_io(&m, |bus| bus.write(0x20, 1, 0x20));
+        // Then one owed tick per EOI, all within the same period: every tick arrives.
+        let mut taken = 1;
+        while take_tick(&m, 1008, &mut stats) {
+            taken += 1;
+        }
+        assert_eq!(taken, raised);
+        assert_eq!(stats.timer_ticks_reinjected, raised - 1);
+        assert_eq!(stats.irq_injected[0], raised);
+        assert_eq!(m.owed_ticks(), 0);
+    }
+
+    #[test]
+    fn owed_ticks_wait_while_masked_and_are_dropped_when_the_timer_is_set_up_anew() {
+        let m = ticking(LostTicks::Delay);
+        let mut stats = Stats::new();
+        m.sync(1000 + 5, &mut stats);
+        let owed = m.owed_ticks();
+        assert!(owed >= 8);
+        // Linux masks IRQ0 while it handles a tick: nothing owed is dropped.
+        bus_io(&m, |bus| bus.write(0x21, 1, 0xff));
+        assert!(!take_tick(&m, 1006, &mut stats));
+        assert_eq!(m.owed_ticks(), owed);
+        bus_io(&m, |bus| bus.write(0x21, 1, 0xfe));
+        assert!(take_tick(&m, 1007, &mut stats));
+        assert!(take_tick(&m, 1008, &mut stats));
+        assert_eq!(m.owed_ticks(), owed - 1);
+        assert_eq!(stats.timer_ticks_lost, 0);
+        // A new control word for counter 0 (here: the same mode again).
+        bus_io(&m, |bus| {
+            bus.write(0x43, 1, 0x34);
+            bus.write(0x40, 1, 100);
+            bus.write(0x40, 1, 0);
+        });
+        m.sync(1009, &mut stats);
+        assert_eq!(m.owed_ticks(), 0);
+        assert_eq!(stats.timer_ticks_lost, owed - 1);
+        // Far more periods than can be owed pass at once.
+        let mut stats = Stats::new();
+        m.sync(1009 + 100 * (MAX_OWED_TICKS + 50), &mut stats);
+        assert_eq!(m.owed_ticks(), MAX_OWED_TICKS);
+        // The first edge is latched, the rest missed it; the excess is lost.
+        assert_eq!(
+            stats.timer_ticks_lost + MAX_OWED_TICKS + 1,
+            stats.timer_ticks
+        );
+        assert!(stats.timer_ticks_lost >= 49, "{stats:?}");
     }
 
     #[test]
@@ -640,8 +829,8 @@ mod tests {
         let m = Machine::with_config(
             Sink::default(),
             PcConfig {
-                wall_clock: DEFAULT_EPOCH,
                 ram_bytes: 48 << 20,
+                ..PcConfig::default()
             },
         );
         bus_io(&m, |bus| {

@@ -792,6 +792,8 @@ pub struct Pit {
     port_b: u8,
     /// The clock [`PortDevice`] accesses use; never decreases.
     now: u64,
+    /// Control words written for counter 0 (mode changes), wrapping.
+    programmed0: u32,
 }
 
 impl Default for Pit {
@@ -809,6 +811,7 @@ impl Pit {
             counters: [Counter::new(true), Counter::new(true), Counter::new(false)],
             port_b: 0,
             now: 0,
+            programmed0: 0,
         }
     }
 
@@ -881,6 +884,9 @@ impl Pit {
             c.latch_count(t);
         } else {
             c.control_word(t, cw);
+            if sc == 0 {
+                self.programmed0 = self.programmed0.wrapping_add(1);
+            }
         }
     }
 
@@ -898,6 +904,12 @@ impl Pit {
     /// Port B bit 1 (speaker data enable) and OUT2: the speaker sounds.
     pub fn speaker_on(&self, now: u64) -> bool {
         self.port_b & PB_SPEAKER != 0 && self.out(2, now)
+    }
+
+    /// How many control words counter 0 has been given (wrapping): a change tells
+    /// that the guest set up its timer anew.
+    pub fn counter0_programmings(&self) -> u32 {
+        self.programmed0
     }
 
     /// OUT of `channel` (0-2; others read low) at `now`, or at the latest

@@ -39,9 +39,12 @@ pub struct Stats {
     pub irq_spurious: u64,
     /// Rising edges of PIT OUT0 raised on IRQ0.
     pub timer_ticks: u64,
-    /// Timer ticks that could not be delivered: edges that fell while IRQ0 was still
-    /// requested, or several edges between two looks. Never counted as delivered.
+    /// Timer ticks the guest never saw: with `timer.lost_ticks = discard`, edges that
+    /// came while IRQ0 was still requested, or several edges between two looks; with
+    /// `delay`, owed ticks dropped because the guest masked IRQ0 or owed too many.
     pub timer_ticks_lost: u64,
+    /// Owed ticks raised late, after the guest handled the previous one (`delay`).
+    pub timer_ticks_reinjected: u64,
     /// Port IO and coalescing.
     pub io: IoStats,
 }
@@ -302,6 +305,7 @@ impl Stats {
             irq_spurious: 0,
             timer_ticks: 0,
             timer_ticks_lost: 0,
+            timer_ticks_reinjected: 0,
             io: IoStats::new(),
         }
     }
@@ -482,8 +486,8 @@ pub fn write_stats_line(
     }
     write!(
         w,
-        "}},\"spurious\":{},\"timer_ticks\":{},\"timer_ticks_lost\":{}}},",
-        stats.irq_spurious, stats.timer_ticks, stats.timer_ticks_lost
+        "}},\"spurious\":{},\"timer_ticks\":{},\"timer_ticks_lost\":{},\"timer_ticks_reinjected\":{}}},",
+        stats.irq_spurious, stats.timer_ticks, stats.timer_ticks_lost, stats.timer_ticks_reinjected
     )?;
     write_io(w, stats)?;
     w.write_str("}\n")
@@ -661,7 +665,7 @@ mod tests {
             line("g", EndKind::Halt, 0, &Stats::new(), &bus),
             "sluice-stats: {\"guest\":\"g\",\"end\":\"halt\",\"exit_code\":0,\"exits\":{},\
              \"unknown_ports\":{\"reads\":0,\"writes\":0,\"top\":[]},\
-             \"injected_exceptions\":0,\"unknown_msrs\":0,\"msr_gp\":{\"rdmsr\":[],\"wrmsr\":[]},\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0},\"io\":{\"exits\":0,\"instructions\":0,\"string_elements\":0,\"emulated\":0,\"blocks\":{\"1\":0,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":0,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{},\"cache\":{\"hits\":0,\"misses\":0},\"cycles\":0}}\n"
+             \"injected_exceptions\":0,\"unknown_msrs\":0,\"msr_gp\":{\"rdmsr\":[],\"wrmsr\":[]},\"interrupts\":{\"injected\":{},\"spurious\":0,\"timer_ticks\":0,\"timer_ticks_lost\":0,\"timer_ticks_reinjected\":0},\"io\":{\"exits\":0,\"instructions\":0,\"string_elements\":0,\"emulated\":0,\"blocks\":{\"1\":0,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":0,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{},\"cache\":{\"hits\":0,\"misses\":0},\"cycles\":0}}\n"
         );
     }
 
@@ -687,6 +691,7 @@ mod tests {
         s.irq_spurious = 1;
         s.timer_ticks = 12;
         s.timer_ticks_lost = 3;
+        s.timer_ticks_reinjected = 2;
         s.io.instructions = 9;
         s.io.string_elements = 4;
         s.io.emulated = 14;
@@ -709,7 +714,7 @@ mod tests {
              \"unknown_ports\":{\"reads\":1,\"writes\":2,\"top\":[\
              {\"port\":\"0x0070\",\"reads\":0,\"writes\":2},\
              {\"port\":\"0x1234\",\"reads\":1,\"writes\":0}]},\
-             \"injected_exceptions\":3,\"unknown_msrs\":1,\"msr_gp\":{\"rdmsr\":[{\"msr\":\"0xe8\",\"count\":2},{\"msr\":\"0xda0\",\"count\":1}],\"wrmsr\":[{\"msr\":\"0x1b\",\"count\":1}]},\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3},\"io\":{\"exits\":5,\"instructions\":9,\"string_elements\":4,\"emulated\":14,\"blocks\":{\"1\":1,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":1,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{\"unsupported\":1,\"limit\":1},\"cache\":{\"hits\":3,\"misses\":2},\"cycles\":777}}\n"
+             \"injected_exceptions\":3,\"unknown_msrs\":1,\"msr_gp\":{\"rdmsr\":[{\"msr\":\"0xe8\",\"count\":2},{\"msr\":\"0xda0\",\"count\":1}],\"wrmsr\":[{\"msr\":\"0x1b\",\"count\":1}]},\"interrupts\":{\"injected\":{\"irq0\":9,\"irq4\":2},\"spurious\":1,\"timer_ticks\":12,\"timer_ticks_lost\":3,\"timer_ticks_reinjected\":2},\"io\":{\"exits\":5,\"instructions\":9,\"string_elements\":4,\"emulated\":14,\"blocks\":{\"1\":1,\"2\":0,\"3-4\":0,\"5-8\":0,\"9-16\":1,\"17-32\":0,\"33-64\":0,\"65+\":0},\"stops\":{\"unsupported\":1,\"limit\":1},\"cache\":{\"hits\":3,\"misses\":2},\"cycles\":777}}\n"
         );
         assert_eq!(l.matches('\n').count(), 1);
         assert!(balanced(&l));

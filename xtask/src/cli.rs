@@ -65,7 +65,7 @@ Linux options (run, with --guest linux only):
                                 console, no ACPI/PCI/APIC, so the kernel needs only the UART,
                                 the PIT and the 8259 PIC sluice emulates)
 
-usb options (plus the guest, Linux and coalescing options of run):
+usb options (plus the guest, Linux, coalescing and timer options of run):
   --device PATH                 the whole disk to write (/dev/sdX) or an image file
   --firmware uefi|bios          which image to write (default uefi: every PC since ~2012)
   --yes                         do not ask before erasing the device
@@ -74,7 +74,7 @@ usb options (plus the guest, Linux and coalescing options of run):
                                 of the running system are always refused)
   --max-size GIB                largest disk written without --force (default 64)
 
-coalescing options (run and test):
+coalescing and timer options (run and test):
   --coalesce on|off             emulate each IO burst in one exit (default on) or take
                                 one exit per IO instruction, as other hypervisors do
   --extent POLICY               where the scan for a burst may look (policies below)
@@ -82,6 +82,9 @@ coalescing options (run and test):
   --max-string N                string-IO elements per exit at most (1..=65536, default 4096)
   --max-quiet N                 instructions emulated after the last IO instruction of an
                                 exit at most (0..=4096, default 48)
+  --lost-ticks delay|discard    a PIT tick that finds the last one not yet taken: raised
+                                again once the guest has handled that one (default delay,
+                                so a guest's tick count keeps time) or dropped as on hardware
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +100,7 @@ pub enum Firmware {
     Uefi,
 }
 
-/// Coalescing flags; `None` keeps the run configuration's default.
+/// Coalescing (and timer) flags; `None` keeps the run configuration's default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoalesceArgs {
     pub coalesce: Option<bool>,
@@ -105,6 +108,7 @@ pub struct CoalesceArgs {
     pub max_insns: Option<u32>,
     pub max_string: Option<u32>,
     pub max_quiet: Option<u32>,
+    pub lost_ticks: Option<hypervisor::machine::LostTicks>,
 }
 
 impl CoalesceArgs {
@@ -150,6 +154,15 @@ impl CoalesceArgs {
                         ))
                     }
                 }
+            }
+            "--lost-ticks" => {
+                let v = value(flag, inline, rest)?;
+                let Some(policy) = hypervisor::machine::LostTicks::parse(v) else {
+                    return err(format!(
+                        "--lost-ticks: expected delay or discard, got '{v}'"
+                    ));
+                };
+                self.lost_ticks = Some(policy);
             }
             _ => return Ok(false),
         }
@@ -586,7 +599,7 @@ mod tests {
     #[test]
     fn coalescing_flags_for_run_and_test() {
         let Ok(Command::Run(r)) = p(
-            "run --coalesce off --extent bytes:32 --max-insns 16 --max-string 100 --max-quiet 0",
+            "run --coalesce off --extent bytes:32 --max-insns 16 --max-string 100 --max-quiet 0 --lost-ticks discard",
         ) else {
             panic!("expected run");
         };
@@ -598,8 +611,13 @@ mod tests {
                 max_insns: Some(16),
                 max_string: Some(100),
                 max_quiet: Some(0),
+                lost_ticks: Some(hypervisor::machine::LostTicks::Discard),
             }
         );
+        assert!(p("run --lost-ticks catch-up")
+            .unwrap_err()
+            .0
+            .contains("expected delay or discard"));
         let Ok(Command::Test(t)) = p("test --coalesce=on --extent=page") else {
             panic!("expected test");
         };

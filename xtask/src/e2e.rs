@@ -504,6 +504,9 @@ const fn linux_case(name: &'static str, coalesce: bool, timeout_s: u64) -> Case 
             "PANIC",
             "Fast TSC calibration",
             "unchecked MSR access",
+            // Its clocksource watchdog checks the TSC against jiffies: timer ticks the
+            // guest never saw would make the TSC look fast (`timer.lost_ticks`).
+            "Marking TSC unstable",
         ],
         guest: guest("linux"),
         stats: Some(StatsExpect {
@@ -513,9 +516,23 @@ const fn linux_case(name: &'static str, coalesce: bool, timeout_s: u64) -> Case 
             irqs_at_least: &[("irq0", 100), ("irq1", 1), ("irq4", 1)],
         }),
         coalesce: Some(coalesce),
-        check: Some(linux_tsc_matches),
+        check: Some(linux_clock),
         timeout_s,
     }
+}
+
+/// The kernel keeps time with the TSC (`tsc-early` is replaced by `tsc` once its
+/// watchdog has trusted it), at the rate sluice measured.
+pub fn linux_clock(console: &str) -> Result<(), String> {
+    linux_tsc_matches(console)?;
+    let switched = console.lines().any(|l| {
+        l.trim_end()
+            .ends_with("clocksource: Switched to clocksource tsc")
+    });
+    if !switched {
+        return Err("the kernel never switched to the tsc clocksource".into());
+    }
+    Ok(())
 }
 
 /// The TSC rate the kernel reports is the one sluice measured (it can only have come
@@ -1080,6 +1097,11 @@ mod tests {
         assert!(linux_tsc_matches(other).unwrap_err().contains("199412 kHz"));
         assert!(linux_tsc_matches(sluice).is_err());
         assert!(linux_tsc_matches(both).is_err());
+        // tsc-early alone is not enough.
+        let early = format!("{whole}[    3.0] clocksource: Switched to clocksource tsc-early\r\n");
+        assert!(linux_clock(&early).unwrap_err().contains("never switched"));
+        let tsc = format!("{early}[    3.5] clocksource: Switched to clocksource tsc\r\n");
+        assert_eq!(linux_clock(&tsc), Ok(()));
     }
 
     #[test]

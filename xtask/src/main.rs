@@ -129,6 +129,7 @@ pub fn run_config<'a>(
         coalesce_max_insns: coalesce.max_insns.unwrap_or(d.coalesce_max_insns),
         coalesce_max_string: coalesce.max_string.unwrap_or(d.coalesce_max_string),
         coalesce_max_quiet: coalesce.max_quiet.unwrap_or(d.coalesce_max_quiet),
+        lost_ticks: coalesce.lost_ticks.unwrap_or(d.lost_ticks),
     }
 }
 
