@@ -12,6 +12,9 @@ use crate::emulator::{self, Emulator, Ending, Machine};
 use crate::{guest_input, guests, image};
 
 /// One end-to-end case: boot, then require a status and console lines.
+/// A check of a whole console; the error says what is wrong.
+pub type ConsoleCheck = fn(&str) -> Result<(), String>;
+
 pub struct Case {
     pub name: &'static str,
     pub emulator: Emulator,
@@ -29,7 +32,7 @@ pub struct Case {
     /// Coalescing for this case regardless of the command line (`None`: as given).
     pub coalesce: Option<bool>,
     /// A check of the whole console beyond lines in order.
-    pub check: Option<fn(&str) -> Result<(), String>>,
+    pub check: Option<ConsoleCheck>,
     /// Time limit for the boot.
     pub timeout_s: u64,
 }
