@@ -3600,6 +3600,9 @@ mod tests {
         let mut thin_code = vec![0x90; 40];
         thin_code.extend([0xE6, 0xE0]);
         let thin = after_out(&thin_code);
+        // Full runs of a barren site: the first exit, then after 16, 32, 64, 128 exits.
+        let r = usize::from(REPROBE_EVERY);
+        let probes = [0, r, 3 * r, 7 * r, 15 * r];
         for (case, barren_site, full_len) in
             [(barren, true, 13), (burst, false, 3), (thin, true, 42)]
         {
@@ -3607,7 +3610,7 @@ mod tests {
             let mut c = Coalescer::new(case.settings, &mut cache);
             let exit = Some(first_exit_fields(&case).unwrap());
             let mut seen = Vec::new();
-            for _ in 0..=usize::from(REPROBE_EVERY) + 1 {
+            for _ in 0..=probes[4] + 1 {
                 let co = run_coalesced_by(&case, &mut c, exit);
                 // Whatever the site memory chose, the guest sees a correct prefix.
                 let re = run_reference(&case, &co, false).unwrap();
@@ -3622,13 +3625,12 @@ mod tests {
             // Learned: nothing emulated, the exit goes to the one-instruction handler.
             let one = (0, Some(StopReason::Learned));
             if barren_site {
-                // Full once, then the one-instruction handler, a full re-probe at the
-                // REPROBE_EVERY-th exit, and the handler again.
-                let r = usize::from(REPROBE_EVERY);
-                assert_eq!(seen[0], full);
-                assert!(seen[1..r].iter().all(|s| *s == one), "{seen:?}");
-                assert_eq!(seen[r], full, "{seen:?}");
-                assert_eq!(seen[r + 1], one, "{seen:?}");
+                // Full once, then the one-instruction handler, with full re-probes
+                // twice as far apart each time.
+                for (i, s) in seen.iter().enumerate() {
+                    let want = if probes.contains(&i) { full } else { one };
+                    assert_eq!(*s, want, "exit {i}: {seen:?}");
+                }
             } else {
                 assert!(
                     seen.iter()

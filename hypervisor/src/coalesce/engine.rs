@@ -26,10 +26,13 @@ pub const MAX_HOPS: u32 = 8;
 
 /// Exit sites the engine remembers (direct-mapped by linear RIP).
 pub const SITE_MEMORY: usize = 256;
-/// A barren site (its last full run did not pay: see [`EXIT_COST_IN_INSNS`]) runs
-/// only its exiting instruction, except every this many exits, when it runs in full
-/// again to notice a burst that appeared (a driver changing phase).
-pub const REPROBE_EVERY: u8 = 16;
+/// A barren site (its last full run did not pay: see [`EXIT_COST_IN_INSNS`]) sends its
+/// exits to the one-instruction handler, except every this many exits, when it runs in
+/// full again to notice a burst that appeared (a driver changing phase). Each re-probe
+/// that does not pay either doubles the interval, up to [`REPROBE_MAX`]: a kernel's
+/// `inb`/`outb` helpers exit tens of thousands of times and never pay.
+pub const REPROBE_EVERY: u16 = 16;
+pub const REPROBE_MAX: u16 = 1024;
 
 /// What an exit round trip costs in emulated instructions: about 2,000 cycles per
 /// in-kernel IO exit on current Intel hardware (kvm-unit-tests' `outl_to_kernel`)
@@ -44,9 +47,32 @@ pub const EXIT_COST_IN_INSNS: u32 = 32;
 struct Site {
     /// Linear RIP of the exiting instruction; 0 = empty slot.
     rip: u64,
-    /// Consecutive exits here whose run did not pay for itself (0 = the last full
-    /// run did).
-    barren: u8,
+    /// Exits between two full runs here: 0 while the last full run paid (every exit
+    /// runs), else [`REPROBE_EVERY`] doubling up to [`REPROBE_MAX`].
+    interval: u16,
+    /// Exits sent to the one-instruction handler since the last full run.
+    since: u16,
+}
+
+impl Site {
+    /// Whether this exit goes to the handler (counting it) instead of running.
+    fn skip(&mut self) -> bool {
+        if self.interval == 0 || self.since + 1 >= self.interval {
+            return false;
+        }
+        self.since += 1;
+        true
+    }
+
+    /// Records a full run that paid or not.
+    fn ran(&mut self, paid: bool) {
+        self.since = 0;
+        self.interval = match (paid, self.interval) {
+            (true, _) => 0,
+            (false, 0) => REPROBE_EVERY,
+            (false, n) => n.saturating_mul(2).min(REPROBE_MAX),
+        };
+    }
 }
 
 /// RFLAGS.TF (single-step), RFLAGS.VM; DR7 L0-L3/G0-G3 (enabled breakpoints).
@@ -197,8 +223,7 @@ impl<'c> Coalescer<'c> {
         // than coalescing off (docs/COALESCING.md, "Site memory").
         let slot = Self::site_slot(exit_linear);
         let site = &mut self.sites[slot];
-        if site.rip == exit_linear && !site.barren.is_multiple_of(REPROBE_EVERY) {
-            site.barren = site.barren.wrapping_add(1).max(1);
+        if site.rip == exit_linear && site.skip() {
             return Outcome::Fallback(StopReason::Learned);
         }
         // Instructions observable one at a time: leave them to the CPU.
@@ -296,18 +321,14 @@ impl<'c> Coalescer<'c> {
         if site.rip != rip_linear {
             *site = Site {
                 rip: rip_linear,
-                barren: 0,
+                ..Site::default()
             };
         }
         let paid = io_insns
             .saturating_sub(1)
             .saturating_mul(EXIT_COST_IN_INSNS)
             >= executed;
-        site.barren = if paid && io_insns > 1 {
-            0
-        } else {
-            site.barren.wrapping_add(1).max(1)
-        };
+        site.ran(paid && io_insns > 1);
         // Write everything back in one go.
         *regs = state.regs;
         vmcs.write(VmcsField::GuestRip, state.rip);
@@ -435,5 +456,35 @@ fn port_matches(port: PortSrc, q: &IoQualification) -> bool {
     match port {
         PortSrc::Imm(p) => q.immediate && u16::from(p) == q.port,
         PortSrc::Dx => !q.immediate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exits until the site's next full run (counting that run).
+    fn exits_to_next_run(site: &mut Site) -> u32 {
+        let mut n = 1;
+        while site.skip() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn reprobe_interval_doubles_to_its_cap_and_resets_when_a_run_pays() {
+        let mut site = Site::default();
+        assert!(!site.skip(), "a new site runs");
+        let mut gaps = Vec::new();
+        for _ in 0..9 {
+            site.ran(false);
+            gaps.push(exits_to_next_run(&mut site));
+        }
+        assert_eq!(gaps, [16, 32, 64, 128, 256, 512, 1024, 1024, 1024]);
+        site.ran(true);
+        assert!(!site.skip() && !site.skip(), "a site that pays always runs");
+        site.ran(false);
+        assert_eq!(exits_to_next_run(&mut site), 16);
     }
 }
