@@ -280,23 +280,36 @@ const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const XD: u64 = 1 << 63;
+/// Accessed and dirty flags (SDM Vol. 3A 4.8).
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 /// Physical-address bits 51:12 of a 64-bit entry.
 const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
 /// Rights accumulated along a walk (SDM 4.6: the effective right is the AND of
-/// R/W and U/S, and the OR of XD, over every level).
-#[derive(Clone, Copy)]
-struct Rights {
-    writable: bool,
-    user: bool,
-    xd: bool,
+/// R/W and U/S, and the OR of XD, over every level), and the accessed and dirty
+/// flags the walk found (SDM 4.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rights {
+    pub writable: bool,
+    /// User-mode accesses allowed (U/S set at every level).
+    pub user: bool,
+    pub xd: bool,
+    /// A set in every entry used (PAE PDPTEs have none): the processor would set no
+    /// accessed flag for this translation.
+    pub accessed: bool,
+    /// D set in the entry that maps the page: a write would set no dirty flag.
+    pub dirty: bool,
 }
 
 impl Rights {
+    /// No paging, or nothing restricted yet.
     const ALL: Rights = Rights {
         writable: true,
         user: true,
         xd: false,
+        accessed: true,
+        dirty: true,
     };
     fn add(&mut self, entry: u64, has_rw_us: bool) {
         if has_rw_us {
@@ -304,6 +317,11 @@ impl Rights {
             self.user &= entry & US != 0;
         }
         self.xd |= entry & XD != 0;
+        self.accessed &= entry & ACCESSED != 0;
+    }
+    /// The entry that maps the page.
+    fn leaf(&mut self, entry: u64) {
+        self.dirty = entry & DIRTY != 0;
     }
 }
 
@@ -318,8 +336,19 @@ pub fn translate(
     linear: u64,
     access: Access,
 ) -> Result<u64, TranslateError> {
+    translate_with_rights(mem, ctx, linear, access).map(|(gpa, _)| gpa)
+}
+
+/// [`translate`], also returning what the walk found: the effective rights and
+/// whether the processor would have to set an accessed or dirty flag.
+pub fn translate_with_rights(
+    mem: &impl GuestMemory,
+    ctx: &PagingContext,
+    linear: u64,
+    access: Access,
+) -> Result<(u64, Rights), TranslateError> {
     match ctx.mode() {
-        PagingMode::None => Ok(linear & 0xFFFF_FFFF),
+        PagingMode::None => Ok((linear & 0xFFFF_FFFF, Rights::ALL)),
         PagingMode::Bits32 => walk_32bit(mem, ctx, linear & 0xFFFF_FFFF, access),
         PagingMode::Pae => walk_pae(mem, ctx, linear & 0xFFFF_FFFF, access),
         PagingMode::Level4 => walk_ia32e(mem, ctx, linear, access, 4),
@@ -383,7 +412,7 @@ fn walk_32bit(
     ctx: &PagingContext,
     linear: u64,
     access: Access,
-) -> Result<u64, TranslateError> {
+) -> Result<(u64, Rights), TranslateError> {
     let not_present = || fault(ctx, linear, access, 0);
     let mut rights = Rights::ALL;
     let pde_addr = (ctx.cr3 & 0xFFFF_F000) | ((linear >> 22) << 2);
@@ -398,8 +427,9 @@ fn walk_32bit(
             return Err(fault(ctx, linear, access, pf::PRESENT | pf::RESERVED));
         }
         check_rights(ctx, linear, access, rights)?;
+        rights.leaf(pde);
         let high = ((pde >> 13) & 0xFF) << 32;
-        return Ok(high | (pde & 0xFFC0_0000) | (linear & 0x3F_FFFF));
+        return Ok((high | (pde & 0xFFC0_0000) | (linear & 0x3F_FFFF), rights));
     }
     let pte_addr = (pde & 0xFFFF_F000) | (((linear >> 12) & 0x3FF) << 2);
     let pte = u64::from(mem.read_u32(pte_addr)?);
@@ -408,7 +438,8 @@ fn walk_32bit(
     }
     rights.add(pte, true);
     check_rights(ctx, linear, access, rights)?;
-    Ok((pte & 0xFFFF_F000) | (linear & 0xFFF))
+    rights.leaf(pte);
+    Ok(((pte & 0xFFFF_F000) | (linear & 0xFFF), rights))
 }
 
 /// Reserved bits of a present 64-bit entry at `level` (1 = PTE .. 5 = PML5E)
@@ -441,7 +472,7 @@ fn walk_from(
     mut table: u64,
     mut level: u8,
     mut rights: Rights,
-) -> Result<u64, TranslateError> {
+) -> Result<(u64, Rights), TranslateError> {
     loop {
         let shift = 12 + 9 * u32::from(level - 1);
         let index = (linear >> shift) & 0x1FF;
@@ -456,8 +487,12 @@ fn walk_from(
         // A PS=1 PDPTE (1 GiB) or PDE (2 MiB) maps a page; so does every PTE.
         if level == 1 || (entry & PS != 0 && level <= 3) {
             check_rights(ctx, linear, access, rights)?;
+            rights.leaf(entry);
             let page_mask = (1u64 << shift) - 1;
-            return Ok((entry & ADDR_MASK & !page_mask) | (linear & page_mask));
+            return Ok((
+                (entry & ADDR_MASK & !page_mask) | (linear & page_mask),
+                rights,
+            ));
         }
         table = entry;
         level -= 1;
@@ -470,7 +505,7 @@ fn walk_pae(
     ctx: &PagingContext,
     linear: u64,
     access: Access,
-) -> Result<u64, TranslateError> {
+) -> Result<(u64, Rights), TranslateError> {
     let pdpte_addr = (ctx.cr3 & 0xFFFF_FFE0) | ((linear >> 30) << 3);
     let pdpte = mem.read_u64(pdpte_addr)?;
     if pdpte & P == 0 {
@@ -497,7 +532,7 @@ fn walk_ia32e(
     linear: u64,
     access: Access,
     levels: u8,
-) -> Result<u64, TranslateError> {
+) -> Result<(u64, Rights), TranslateError> {
     let bits = if levels == 5 { 57 } else { 48 };
     if !is_canonical(linear, bits) {
         return Err(TranslateError::NonCanonical { linear });
@@ -859,6 +894,58 @@ mod tests {
             cr4: CR4_PAE,
             efer: EFER_LME | EFER_LMA | EFER_NXE,
         }
+    }
+
+    #[test]
+    fn walks_report_accessed_dirty_and_user() {
+        let rights = |r: &mut Vec<u8>, ctx: &PagingContext, lin: u64| {
+            let m = SliceMemory::new(r);
+            translate_with_rights(&m, ctx, lin, Access::read(0))
+                .unwrap()
+                .1
+        };
+        let (a, d) = (ACCESSED, DIRTY);
+        // 4-level, 4 KiB page at linear 0x10_0000: A and D off everywhere.
+        let mut r = ram();
+        let ctx = setup_4level(&mut r);
+        let got = rights(&mut r, &ctx, 0x10_0000);
+        assert!(got.user && !got.accessed && !got.dirty, "{got:?}");
+        // A on every level but the PTE, then on the PTE too, then D on the PTE.
+        for at in [0x1000, 0x2000, 0x3000] {
+            let e = u64::from_le_bytes(r[at..at + 8].try_into().unwrap());
+            put64(&mut r, at as u64, e | a);
+        }
+        assert!(!rights(&mut r, &ctx, 0x10_0000).accessed);
+        put64(&mut r, 0x4000 + 0x100 * 8, 0x10_0000 | 0x7 | a);
+        let got = rights(&mut r, &ctx, 0x10_0000);
+        assert!(got.accessed && !got.dirty, "{got:?}");
+        put64(&mut r, 0x4000 + 0x100 * 8, 0x10_0000 | 0x7 | a | d);
+        assert!(rights(&mut r, &ctx, 0x10_0000).dirty);
+        // D of a non-leaf entry is not the page's: the 2 MiB PDE at 0x20_0000 is.
+        put64(&mut r, 0x3008, 0x20_0000 | 0x85 | a);
+        let got = rights(&mut r, &ctx, 0x20_0000);
+        assert!(
+            got.accessed && !got.dirty && got.user && !got.writable,
+            "{got:?}"
+        );
+        // 32-bit paging: the 4 KiB supervisor page and the 4 MiB page.
+        let mut r = ram();
+        let ctx = setup_32bit(&mut r);
+        put32(&mut r, 0x1000, 0x2000 | 0x7 | a as u32);
+        put32(&mut r, 0x2000 + 5 * 4, 0x30_0000 | 0x1 | (a | d) as u32);
+        let got = rights(&mut r, &ctx, 0x5000);
+        assert!(got.accessed && got.dirty && !got.user, "{got:?}");
+        put32(&mut r, 0x1004, 0x0040_0000 | (1 << 13) | 0x87 | d as u32);
+        let got = rights(&mut r, &ctx, 0x40_0000);
+        assert!(!got.accessed && got.dirty && got.user, "{got:?}");
+        // No paging: nothing for the processor to set.
+        let none = PagingContext {
+            cr0: CR0_PE,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+        };
+        assert_eq!(rights(&mut r, &none, 0x5000), Rights::ALL);
     }
 
     #[test]

@@ -23,15 +23,11 @@
 //! TLBs are not modelled: the walk reads the paging structures as they are now, which
 //! is what a processor does after INVLPG or a CR3 write (SDM Vol. 3A 4.10.4.3).
 
-use crate::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
+use crate::guest_mem::{
+    translate_with_rights, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE,
+};
 
-const P: u64 = 1;
-const A: u64 = 1 << 5;
-const D: u64 = 1 << 6;
-const PS: u64 = 1 << 7;
-const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 const CR0_AM: u64 = 1 << 18;
-const CR4_PSE: u64 = 1 << 4;
 const CR4_SMAP: u64 = 1 << 21;
 const CR4_PKE: u64 = 1 << 22;
 const CR4_PKS: u64 = 1 << 24;
@@ -47,69 +43,6 @@ pub struct Pieces {
 impl Pieces {
     pub fn iter(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.parts[..self.n.min(2)].iter().copied()
-    }
-}
-
-/// Whether the processor would set no A or D flag translating `linear` (whose
-/// translation already succeeded) for a read or, with `write`, a write.
-pub fn ad_already_set(
-    mem: &impl GuestMemory,
-    ctx: &PagingContext,
-    linear: u64,
-    write: bool,
-) -> bool {
-    let leaf_ok = |e: u64| e & A != 0 && (!write || e & D != 0);
-    // 9-bit-indexed levels from `level` down to the leaf.
-    let walk = |mut table: u64, mut level: u32| -> bool {
-        loop {
-            let shift = 12 + 9 * (level - 1);
-            let Ok(e) = mem.read_u64((table & ADDR) | (((linear >> shift) & 0x1FF) << 3)) else {
-                return false;
-            };
-            if e & P == 0 {
-                return false;
-            }
-            if level == 1 || (e & PS != 0 && level <= 3) {
-                return leaf_ok(e);
-            }
-            if e & A == 0 {
-                return false;
-            }
-            table = e;
-            level -= 1;
-        }
-    };
-    match ctx.mode() {
-        PagingMode::None => true,
-        PagingMode::Bits32 => {
-            let lin = linear & 0xFFFF_FFFF;
-            let Ok(pde) = mem.read_u32((ctx.cr3 & 0xFFFF_F000) | ((lin >> 22) << 2)) else {
-                return false;
-            };
-            let pde = u64::from(pde);
-            if pde & P == 0 {
-                return false;
-            }
-            if pde & PS != 0 && ctx.cr4 & CR4_PSE != 0 {
-                return leaf_ok(pde);
-            }
-            if pde & A == 0 {
-                return false;
-            }
-            let Ok(pte) = mem.read_u32((pde & 0xFFFF_F000) | (((lin >> 12) & 0x3FF) << 2)) else {
-                return false;
-            };
-            u64::from(pte) & P != 0 && leaf_ok(u64::from(pte))
-        }
-        PagingMode::Pae => {
-            let lin = linear & 0xFFFF_FFFF;
-            match mem.read_u64((ctx.cr3 & 0xFFFF_FFE0) | ((lin >> 30) << 3)) {
-                Ok(pdpte) if pdpte & P != 0 => walk(pdpte, 2),
-                _ => false,
-            }
-        }
-        PagingMode::Level4 => walk(ctx.cr3, 4),
-        PagingMode::Level5 => walk(ctx.cr3, 5),
     }
 }
 
@@ -156,18 +89,20 @@ pub fn data_access(
         if len == 0 {
             continue;
         }
-        let gpa = translate(mem, ctx, lin, access).ok()?;
+        // One walk answers everything: the translation, whether the processor
+        // would set an A or D flag, and whether the page is a user-mode page.
+        let (gpa, rights) = translate_with_rights(mem, ctx, lin, access).ok()?;
         mem.check(gpa, len as u64).ok()?;
-        if !ad_already_set(mem, ctx, lin, write) {
+        if !rights.accessed || (write && !rights.dirty) {
             return None;
         }
-        if ctx.mode() != PagingMode::None && ctx.cr4 & (CR4_SMAP | CR4_PKE) != 0 {
-            // A user-mode page: protection keys apply to it, SMAP to supervisor
-            // accesses of it.
-            let user = translate(mem, ctx, lin, Access::read(3)).is_ok();
-            if user && (ctx.cr4 & CR4_PKE != 0 || (cpl < 3 && ctx.cr4 & CR4_SMAP != 0)) {
-                return None;
-            }
+        // A user-mode page: protection keys apply to it, SMAP to supervisor accesses
+        // of it.
+        if ctx.mode() != PagingMode::None
+            && rights.user
+            && (ctx.cr4 & CR4_PKE != 0 || (cpl < 3 && ctx.cr4 & CR4_SMAP != 0))
+        {
+            return None;
         }
         pieces.parts[pieces.n] = (gpa, len);
         pieces.n += 1;
@@ -204,6 +139,9 @@ mod tests {
     use super::*;
     use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
 
+    const P: u64 = 1;
+    const A: u64 = 1 << 5;
+    const D: u64 = 1 << 6;
     const PML4: u64 = 0x1000;
     const PDPT: u64 = 0x2000;
     const PD: u64 = 0x3000;
@@ -244,7 +182,6 @@ mod tests {
         let ctx = tables(&mut ram, P | 2, P | 2 | A | D);
         let m = SliceMemory::new(&mut ram);
         assert!(data_access(&m, &ctx, 0, 2, 0x8000, 4, false).is_none());
-        assert!(!ad_already_set(&m, &ctx, 0x8000, false));
     }
 
     #[test]
