@@ -121,6 +121,9 @@ pub struct GuestCode<'a, M: GuestMemory> {
     cpl: u8,
     /// CS base and limit (the byte-granular limit as the VMCS holds it), when known.
     cs: Option<(u64, u32)>,
+    /// A 4 KiB page the caller has just translated for this fetch: (linear, gpa),
+    /// both page-aligned.
+    known: Option<(u64, u64)>,
 }
 
 impl<'a, M: GuestMemory> GuestCode<'a, M> {
@@ -133,7 +136,16 @@ impl<'a, M: GuestMemory> GuestCode<'a, M> {
             ctx,
             cpl,
             cs: None,
+            known: None,
         }
+    }
+
+    /// Tells that `linear` translated to `gpa` for an instruction fetch at this CPL
+    /// and paging state a moment ago, so fetches in its 4 KiB page need no walk.
+    pub fn with_known(mut self, linear: u64, gpa: u64) -> Self {
+        let page = !(PAGE_SIZE - 1);
+        self.known = Some((linear & page, gpa & page));
+        self
     }
 
     /// Adds CS's base and limit (VMCS guest CS base / limit fields), which bound code
@@ -146,7 +158,12 @@ impl<'a, M: GuestMemory> GuestCode<'a, M> {
 
     /// The guest-physical address of code at `linear`, if it is in guest RAM.
     pub fn gpa(&self, linear: u64) -> Option<u64> {
-        let gpa = translate(self.mem, &self.ctx, linear, Access::fetch(self.cpl)).ok()?;
+        let gpa = match self.known {
+            Some((lin, gpa)) if linear & !(PAGE_SIZE - 1) == lin => {
+                gpa | (linear & (PAGE_SIZE - 1))
+            }
+            _ => translate(self.mem, &self.ctx, linear, Access::fetch(self.cpl)).ok()?,
+        };
         (gpa < self.mem.size()).then_some(gpa)
     }
 }
@@ -906,6 +923,22 @@ pub(crate) mod tests {
         let mut g2 = GuestCode::new(&m, PagingContext::default(), 0).with_cs(0x0, 0xFFFF);
         assert_eq!(g2.code_room(0xFFFE, CodeMode::Bits16), 2);
         assert_eq!(g.code_room(0x1000, CodeMode::Bits64), u64::MAX);
+    }
+
+    #[test]
+    fn a_known_page_is_fetched_without_a_walk() {
+        let mut r = vec![0x90u8; 0x3000];
+        r[0x2010] = OUT_DX_AL;
+        let m = SliceMemory::new(&mut r);
+        // Without paging linear 0x1000 is physical 0x1000 (nops); told that its page
+        // is at 0x2000, the fetch reads there, and only in that page.
+        let mut g = GuestCode::new(&m, PagingContext::default(), 0).with_known(0x1234, 0x2567);
+        assert_eq!(g.gpa(0x1010), Some(0x2010));
+        let mut buf = [0u8; 1];
+        assert_eq!(g.fetch(0x1010, &mut buf), 1);
+        assert_eq!(buf[0], OUT_DX_AL);
+        assert_eq!(g.gpa(0x2010), Some(0x2010));
+        assert_eq!(g.gpa(0x0FFF), Some(0x0FFF));
     }
 
     #[test]

@@ -51,6 +51,14 @@ impl Entry {
     }
 }
 
+/// What [`BlockCache::insert`] would return for an empty slot, which it never leaves.
+static NO_ENTRY: Entry = Entry {
+    gpa: 0,
+    mode: CodeMode::Bits64,
+    extent: Extent::Page,
+    block: Block::empty(crate::coalesce::insn::StopReason::Limit),
+};
+
 pub struct BlockCache {
     entries: [Option<Entry>; CACHE_ENTRIES],
     /// Bit s: the least recently used way of set s.
@@ -105,6 +113,20 @@ impl BlockCache {
         fetch: &mut impl CodeFetch,
         rip_linear: u64,
     ) -> Option<&Block> {
+        let slot = self.lookup_slot(gpa, mode, extent, fetch, rip_linear)?;
+        self.block(slot)
+    }
+
+    /// [`BlockCache::lookup`], giving the entry's slot for [`BlockCache::block`]: a
+    /// caller that inserts on a miss cannot hold the borrow `lookup` returns.
+    pub fn lookup_slot(
+        &mut self,
+        gpa: u64,
+        mode: CodeMode,
+        extent: &Extent,
+        fetch: &mut impl CodeFetch,
+        rip_linear: u64,
+    ) -> Option<usize> {
         let set = Self::set_of(gpa);
         let found = (0..CACHE_WAYS).find(
             |&w| matches!(&self.entries[set * CACHE_WAYS + w], Some(e) if e.is(gpa, mode, extent)),
@@ -125,12 +147,29 @@ impl BlockCache {
         }
         self.stats.hits += 1;
         self.touch(set, way);
-        self.entries[i].as_ref().map(|e| &e.block)
+        Some(i)
+    }
+
+    /// The block in `slot` (from [`BlockCache::lookup_slot`]), if any.
+    pub fn block(&self, slot: usize) -> Option<&Block> {
+        self.entries.get(slot)?.as_ref().map(|e| &e.block)
     }
 
     /// Stores `block` for the key, replacing an entry of the same key, else filling an
     /// empty way, else evicting the set's least recently used entry.
     pub fn insert(&mut self, gpa: u64, mode: CodeMode, extent: &Extent, block: Block) -> &Block {
+        let slot = self.insert_slot(gpa, mode, extent, block);
+        &self.entries[slot].as_ref().unwrap_or(&NO_ENTRY).block
+    }
+
+    /// [`BlockCache::insert`], giving the entry's slot for [`BlockCache::block`].
+    pub fn insert_slot(
+        &mut self,
+        gpa: u64,
+        mode: CodeMode,
+        extent: &Extent,
+        block: Block,
+    ) -> usize {
         let set = Self::set_of(gpa);
         let ways = &self.entries[set * CACHE_WAYS..(set + 1) * CACHE_WAYS];
         let way = ways
@@ -142,15 +181,14 @@ impl BlockCache {
                 (self.lru >> set) as usize & 1
             });
         self.touch(set, way);
-        let slot = &mut self.entries[set * CACHE_WAYS + way];
-        &slot
-            .insert(Entry {
-                gpa,
-                mode,
-                extent: *extent,
-                block,
-            })
-            .block
+        let slot = set * CACHE_WAYS + way;
+        self.entries[slot] = Some(Entry {
+            gpa,
+            mode,
+            extent: *extent,
+            block,
+        });
+        slot
     }
 
     /// Drops every entry (guest reset, a new guest); the counters stay.

@@ -42,6 +42,9 @@ pub const REPROBE_MAX: u16 = 1024;
 /// `(k - 1) * EXIT_COST_IN_INSNS >= n`.
 pub const EXIT_COST_IN_INSNS: u32 = 32;
 
+/// Never returned: the cache always holds the block it was just given.
+static NO_BLOCK: block::Block = block::Block::empty(StopReason::CodeUnmapped);
+
 /// What the engine remembers of one exit site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Site {
@@ -239,6 +242,7 @@ impl<'c> Coalescer<'c> {
         };
         let extent = self.settings.extent;
         let cs_limit = vmcs.read(VmcsField::GuestCsLimit) as u32;
+        let limits = self.settings.limits;
         let mut block = self.block_at(&*mem, &state, cs_limit, gpa, rip_linear, io);
         // The first instruction must be exactly the one the CPU exited on.
         let q = IoQualification::from_qualification(vmcs.read(VmcsField::ExitQualification));
@@ -249,7 +253,6 @@ impl<'c> Coalescer<'c> {
             None => return Outcome::Fallback(block.end_reason()),
             Some(_) => return Outcome::Fallback(StopReason::Off),
         }
-        let limits = self.settings.limits;
         let mut follow = follow_range(&*mem, &state, &extent, rip_linear, cs_limit);
         let mut hops = 0u32;
         let (mut executed, mut io_insns, mut elements) = (0u32, 0u32, 0u32);
@@ -357,22 +360,32 @@ impl<'c> Coalescer<'c> {
         gpa: u64,
         rip_linear: u64,
         io: &mut IoStats,
-    ) -> block::Block {
+    ) -> &block::Block {
         let mode = state.mode;
         let extent = self.settings.extent;
-        let mut code = GuestCode::new(mem, state.paging, state.cpl);
+        let mut code = GuestCode::new(mem, state.paging, state.cpl).with_known(rip_linear, gpa);
         if mode != CodeMode::Bits64 {
             // IP wraps at 64 KiB (16-bit) or 4 GiB and must stay inside CS: the scan
             // never runs past what the CPU could fetch.
             code = code.with_cs(state.seg_base[Seg::Cs as usize], cs_limit);
         }
-        if let Some(b) = self.cache.lookup(gpa, mode, &extent, &mut code, rip_linear) {
-            io.cache_hits = io.cache_hits.saturating_add(1);
-            return *b;
-        }
-        io.cache_misses = io.cache_misses.saturating_add(1);
-        let b = block::scan(&mut code, rip_linear, mode, &extent);
-        *self.cache.insert(gpa, mode, &extent, b)
+        // By reference: a block is over a kilobyte, and a chained run looks up
+        // several.
+        let slot = match self
+            .cache
+            .lookup_slot(gpa, mode, &extent, &mut code, rip_linear)
+        {
+            Some(slot) => {
+                io.cache_hits = io.cache_hits.saturating_add(1);
+                slot
+            }
+            None => {
+                io.cache_misses = io.cache_misses.saturating_add(1);
+                let b = block::scan(&mut code, rip_linear, mode, &extent);
+                self.cache.insert_slot(gpa, mode, &extent, b)
+            }
+        };
+        self.cache.block(slot).unwrap_or(&NO_BLOCK)
     }
 }
 
