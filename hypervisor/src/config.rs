@@ -152,7 +152,7 @@ pub struct Config<'a> {
     pub coalesce_max_string: u32,
     /// `coalesce.max_quiet`: instructions emulated past the last IO instruction.
     pub coalesce_max_quiet: u32,
-    /// `timer.lost_ticks`: `delay` (default) or `discard`.
+    /// `timer.lost_ticks`: `discard` (default: as on hardware) or `delay`.
     pub lost_ticks: LostTicks,
 }
 
@@ -170,7 +170,7 @@ impl Default for Config<'_> {
             coalesce_max_insns: COALESCE_MAX_INSNS_DEFAULT,
             coalesce_max_string: COALESCE_MAX_STRING_DEFAULT,
             coalesce_max_quiet: COALESCE_MAX_QUIET_DEFAULT,
-            lost_ticks: LostTicks::Delay,
+            lost_ticks: LostTicks::Discard,
         }
     }
 }
@@ -744,10 +744,10 @@ mod tests {
     }
 
     #[test]
-    fn lost_ticks_policy_parses_and_defaults_to_delay() {
-        assert_eq!(parse("").unwrap().lost_ticks, LostTicks::Delay);
-        let c = parse("timer.lost_ticks = discard").unwrap();
-        assert_eq!(c.lost_ticks, LostTicks::Discard);
+    fn lost_ticks_policy_parses_and_defaults_to_discard() {
+        assert_eq!(parse("").unwrap().lost_ticks, LostTicks::Discard);
+        let c = parse("timer.lost_ticks = delay").unwrap();
+        assert_eq!(c.lost_ticks, LostTicks::Delay);
         assert_eq!(
             err_text("\ntimer.lost_ticks = catch-up"),
             "line 2: timer.lost_ticks: expected delay or discard, got 'catch-up'"
@@ -772,7 +772,7 @@ mod tests {
             coalesce_max_insns: 1,
             coalesce_max_string: 65536,
             coalesce_max_quiet: 0,
-            lost_ticks: LostTicks::Discard,
+            lost_ticks: LostTicks::Delay,
         });
         round_trip(Config {
             platform: Platform::Bochs,

@@ -48,10 +48,12 @@ pub const MAX_OWED_TICKS: u64 = 1000;
 pub enum LostTicks {
     /// The tick is owed and raised on IRQ0 as soon as the previous one has been
     /// handled (acknowledged and, without AEOI, ended by EOI), as KVM's PIT does by
-    /// default (reinject): the guest sees every tick, some later than due.
-    #[default]
+    /// default (reinject): the guest sees every tick, some later than due, and a
+    /// backlog arrives back to back. Only ticks the CPU did not take are owed; ones
+    /// the guest held back (IRQ0 masked or in service) are lost as on hardware.
     Delay,
     /// The tick is dropped, as on hardware.
+    #[default]
     Discard,
 }
 
@@ -351,11 +353,18 @@ impl<S: ConsoleSink> Machine<S> {
             // The 8259A latches one request per line: a tick that finds IRQ0 still
             // requested, and all but one of several ticks between two looks, miss it
             // (as on hardware whose CPU kept interrupts off that long).
-            let already = pic.master().irr() & (1 << TIMER_IRQ) != 0;
-            let missed = edges - 1 + u64::from(already);
+            let m = pic.master();
+            let bit = 1u8 << TIMER_IRQ;
+            let missed = edges - 1 + u64::from(m.irr() & bit != 0);
+            // Only ticks missed because the CPU did not take the pending one (the
+            // guest had interrupts off, or sluice was handling an exit) are owed.
+            // With IRQ0 masked or in service the guest's own PIC state holds ticks
+            // back, and they are lost as on hardware.
+            let held_back = (m.imr() | m.isr()) & bit != 0;
             ticks.raised = edges;
             match self.lost_ticks {
                 LostTicks::Discard => ticks.lost += missed,
+                LostTicks::Delay if held_back => ticks.lost += missed,
                 LostTicks::Delay => {
                     let owed = self.owed.get().saturating_add(missed);
                     let kept = owed.min(MAX_OWED_TICKS);
@@ -649,6 +658,30 @@ mod tests {
         assert_eq!(stats.timer_ticks_reinjected, raised - 1);
         assert_eq!(stats.irq_injected[0], raised);
         assert_eq!(m.owed_ticks(), 0);
+    }
+
+    #[test]
+    fn ticks_the_guest_holds_back_by_mask_or_in_service_are_not_owed() {
+        let m = ticking(LostTicks::Delay);
+        let mut stats = Stats::new();
+        // In service (acknowledged, no EOI yet) for ten periods: lost, as on hardware.
+        m.sync(101, &mut stats);
+        let mut v = guest_with_if();
+        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x20));
+        m.sync(1105, &mut stats);
+        assert_eq!(m.owed_ticks(), 0);
+        assert!(stats.timer_ticks_lost >= 9, "{stats:?}");
+        bus_io(&m, |bus| bus.write(0x20, 1, 0x20));
+        // Masked: the same.
+        bus_io(&m, |bus| bus.write(0x21, 1, 0xff));
+        let lost = stats.timer_ticks_lost;
+        m.sync(2105, &mut stats);
+        assert_eq!(m.owed_ticks(), 0);
+        assert!(stats.timer_ticks_lost >= lost + 9, "{stats:?}");
+        // Unmasked, the CPU not taking the request: owed.
+        bus_io(&m, |bus| bus.write(0x21, 1, 0xfe));
+        m.sync(3105, &mut stats);
+        assert!(m.owed_ticks() >= 9);
     }
 
     #[test]

@@ -83,8 +83,9 @@ coalescing and timer options (run and test):
   --max-quiet N                 instructions emulated after the last IO instruction of an
                                 exit at most (0..=4096, default 48)
   --lost-ticks delay|discard    a PIT tick that finds the last one not yet taken: raised
-                                again once the guest has handled that one (default delay,
-                                so a guest's tick count keeps time) or dropped as on hardware
+                                again once the guest has handled that one (delay: the
+                                default for --guest linux, whose clock counts ticks) or
+                                dropped as on hardware (discard: the default otherwise)
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

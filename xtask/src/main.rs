@@ -20,6 +20,7 @@ use std::time::Duration;
 use cli::{Command, Emulator as EmulatorChoice, Firmware, RunArgs};
 use emulator::{Emulator, Ending, Machine};
 use hypervisor::config::{Config, Platform};
+use hypervisor::machine::LostTicks;
 
 fn main() -> ExitCode {
     emulator::catch_interrupts();
@@ -110,6 +111,17 @@ fn platform_of(emulator: &Emulator) -> Platform {
     }
 }
 
+/// Timer ticks the guest could not take: owed to a Linux kernel, whose clock counts
+/// them (jiffies) and whose clocksource watchdog checks the TSC against that count;
+/// dropped as on hardware for every other guest, so guests that test the chips see
+/// hardware behaviour.
+pub fn default_lost_ticks(entry: hypervisor::config::EntryMode) -> LostTicks {
+    match entry {
+        hypervisor::config::EntryMode::Linux => LostTicks::Delay,
+        _ => LostTicks::Discard,
+    }
+}
+
 /// The run configuration for a prepared guest on an emulator.
 pub fn run_config<'a>(
     guest: &'a guest_input::PreparedGuest,
@@ -129,7 +141,9 @@ pub fn run_config<'a>(
         coalesce_max_insns: coalesce.max_insns.unwrap_or(d.coalesce_max_insns),
         coalesce_max_string: coalesce.max_string.unwrap_or(d.coalesce_max_string),
         coalesce_max_quiet: coalesce.max_quiet.unwrap_or(d.coalesce_max_quiet),
-        lost_ticks: coalesce.lost_ticks.unwrap_or(d.lost_ticks),
+        lost_ticks: coalesce
+            .lost_ticks
+            .unwrap_or(default_lost_ticks(guest.entry)),
     }
 }
 
@@ -172,6 +186,24 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         Ending::Interrupted => {
             eprintln!("xtask: interrupted; the emulator was stopped");
             Ok(130)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypervisor::config::EntryMode;
+
+    #[test]
+    fn only_linux_is_owed_the_ticks_it_missed_by_default() {
+        assert_eq!(default_lost_ticks(EntryMode::Linux), LostTicks::Delay);
+        for entry in [
+            EntryMode::Elf64,
+            EntryMode::Firmware,
+            EntryMode::RealAddr(0x7c00),
+        ] {
+            assert_eq!(default_lost_ticks(entry), LostTicks::Discard, "{entry:?}");
         }
     }
 }
