@@ -16,7 +16,75 @@ use uart_16550::{Config, Uart16550};
 /// Base port of COM1 (PC/AT I/O map).
 const COM1: u16 = 0x3f8;
 
-static CONSOLE: Mutex<Option<Uart16550<PioBackend>>> = Mutex::new(None);
+static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);
+
+/// Bytes queued for COM1. At 115200 baud a byte takes 87 us on the line; writing each
+/// one through to an empty transmitter, as a plain driver does, stops the guest for
+/// that long on every byte it prints (the whole exit waits for the host's UART). The
+/// queue lets the line drain while the guest runs: the run loop tops up the UART's
+/// 16-byte FIFO on every exit (`pump`), and only a full queue or the end of the run
+/// waits for the line.
+const TX_QUEUE: usize = 64 * 1024;
+
+/// Spins without the UART taking a byte after which it is taken for dead and what is
+/// queued is dropped (a missing or wedged UART must not hang the machine). At 115200
+/// baud a full 16-byte FIFO drains in 1.4 ms, a few thousand spins.
+const DEAD_UART_SPINS: u32 = 10_000_000;
+
+static mut QUEUE: [u8; TX_QUEUE] = [0; TX_QUEUE];
+
+struct Serial {
+    uart: Uart16550<PioBackend>,
+    /// `QUEUE`, taken once by `init`.
+    queue: &'static mut [u8; TX_QUEUE],
+    /// Index of the oldest queued byte, and how many are queued.
+    head: usize,
+    len: usize,
+}
+
+impl Serial {
+    /// Queues `b`, waiting for the line while the queue is full.
+    fn put(&mut self, b: u8) {
+        if self.len == TX_QUEUE {
+            self.drain_to(TX_QUEUE / 2);
+        }
+        if self.len < TX_QUEUE {
+            self.queue[(self.head + self.len) % TX_QUEUE] = b;
+            self.len += 1;
+        }
+    }
+
+    /// Hands the UART what its FIFO takes now (nothing unless it is empty, up to 16
+    /// bytes when it is: `send_bytes`). Never waits.
+    fn pump(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let end = (self.head + self.len).min(TX_QUEUE);
+        let n = self.uart.send_bytes(&self.queue[self.head..end]);
+        self.head = (self.head + n) % TX_QUEUE;
+        self.len -= n;
+    }
+
+    /// Waits until at most `left` bytes are queued.
+    fn drain_to(&mut self, left: usize) {
+        let mut idle = 0u32;
+        while self.len > left {
+            let before = self.len;
+            self.pump();
+            if self.len == before {
+                idle += 1;
+                if idle == DEAD_UART_SPINS {
+                    self.len = 0;
+                    return;
+                }
+                core::hint::spin_loop();
+            } else {
+                idle = 0;
+            }
+        }
+    }
+}
 
 static SCREEN: Mutex<Option<Console<'static>>> = Mutex::new(None);
 
@@ -43,7 +111,19 @@ pub fn init() -> bool {
     if uart.init(config).is_err() {
         return false;
     }
-    *CONSOLE.lock() = Some(uart);
+    let mut console = CONSOLE.lock();
+    if console.is_some() {
+        return true;
+    }
+    // SAFETY: the only reference to QUEUE is taken here, once (CONSOLE is empty until
+    // this store, under its lock).
+    let queue = unsafe { &mut *core::ptr::addr_of_mut!(QUEUE) };
+    *console = Some(Serial {
+        uart,
+        queue,
+        head: 0,
+        len: 0,
+    });
     true
 }
 
@@ -70,25 +150,30 @@ pub fn init_screen(fb: Option<bootloader_api::info::FrameBuffer>) -> Result<FbIn
     Ok(info)
 }
 
-struct Writer<'a>(&'a mut Uart16550<PioBackend>);
-
-impl Write for Writer<'_> {
+impl Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &b in s.as_bytes() {
+        self.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Serial {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
             // A terminal expects CR LF; the serial log is read by people and by xtask.
             if b == b'\n' {
-                self.0.send_bytes_exact(b"\r");
+                self.put(b'\r');
             }
-            self.0.send_bytes_exact(&[b]);
+            self.put(b);
         }
-        Ok(())
+        self.pump();
     }
 }
 
 pub fn print(args: fmt::Arguments) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        if let Some(uart) = CONSOLE.lock().as_mut() {
-            let _ = Writer(uart).write_fmt(args);
+        if let Some(serial) = CONSOLE.lock().as_mut() {
+            let _ = serial.write_fmt(args);
         }
         if let Some(screen) = SCREEN.lock().as_mut() {
             let _ = screen.write_fmt(args);
@@ -168,13 +253,25 @@ impl Write for ConsoleWriter {
     }
 }
 
-/// Waits (bounded) until the UART has shifted out every byte (LSR.TEMT, bit 6 of the
-/// 16550A line status register), so the last line reaches the other end before the
-/// machine stops.
+/// Hands the UART what it can take of the queued output, without waiting (the run
+/// loop calls this on every exit).
+pub fn pump() {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(serial) = CONSOLE.lock().as_mut() {
+            serial.pump();
+        }
+    });
+}
+
+/// Sends everything queued and waits (bounded) until the UART has shifted out every
+/// byte (LSR.TEMT, bit 6 of the 16550A line status register), so the last line
+/// reaches the other end before the machine stops.
 pub fn flush() {
     // SAFETY: called on the way to stopping the machine; no other printer resumes.
     unsafe { CONSOLE.force_unlock() };
-    if let Some(uart) = CONSOLE.lock().as_mut() {
+    if let Some(serial) = CONSOLE.lock().as_mut() {
+        serial.drain_to(0);
+        let uart = &mut serial.uart;
         for _ in 0..1_000_000 {
             if uart
                 .lsr()
@@ -191,13 +288,8 @@ pub fn flush() {
 /// are apart from the LF -> CR LF a terminal needs.
 pub fn write_bytes(bytes: &[u8]) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        if let Some(uart) = CONSOLE.lock().as_mut() {
-            for &b in bytes {
-                if b == b'\n' {
-                    uart.send_bytes_exact(b"\r");
-                }
-                uart.send_bytes_exact(&[b]);
-            }
+        if let Some(serial) = CONSOLE.lock().as_mut() {
+            serial.write_bytes(bytes);
         }
         if let Some(screen) = SCREEN.lock().as_mut() {
             screen.write_bytes(bytes);
@@ -211,6 +303,6 @@ pub fn try_read() -> Option<u8> {
         CONSOLE
             .lock()
             .as_mut()
-            .and_then(|uart| uart.try_receive_byte().ok())
+            .and_then(|serial| serial.uart.try_receive_byte().ok())
     })
 }

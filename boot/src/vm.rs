@@ -524,6 +524,9 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         if let Some(source) = machine.reset_request() {
             break (EndKind::Reset(source), 0);
         }
+        // The host's UART gets what it can take of the console output queued so far,
+        // while the guest runs on.
+        crate::console::pump();
         let now_tsc = crate::tsc::rdtsc();
         let now = timebase.pit_ticks(now_tsc);
         while let Some(byte) = crate::console::try_read() {
@@ -548,6 +551,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
             if let Some(t) = next {
                 let deadline = timebase.tsc_at(t);
                 while crate::tsc::rdtsc() < deadline {
+                    crate::console::pump();
                     core::hint::spin_loop();
                 }
             }
