@@ -22,8 +22,8 @@ static CONSOLE: Mutex<Option<Serial>> = Mutex::new(None);
 /// one through to an empty transmitter, as a plain driver does, stops the guest for
 /// that long on every byte it prints (the whole exit waits for the host's UART). The
 /// queue lets the line drain while the guest runs: the run loop tops up the UART's
-/// 16-byte FIFO on every exit (`pump`), and only a full queue or the end of the run
-/// waits for the line.
+/// 16-byte FIFO on every exit (`pump`), and only a full queue, a line of sluice's own
+/// (`print` drains the queue) or the end of the run waits for the line.
 const TX_QUEUE: usize = 64 * 1024;
 
 /// Spins without the UART taking a byte after which it is taken for dead and what is
@@ -174,6 +174,9 @@ pub fn print(args: fmt::Arguments) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(serial) = CONSOLE.lock().as_mut() {
             let _ = serial.write_fmt(args);
+            // sluice's own lines are few and are what a hang would need to show: they
+            // (and the guest output queued before them) go out before printing returns.
+            serial.drain_to(0);
         }
         if let Some(screen) = SCREEN.lock().as_mut() {
             let _ = screen.write_fmt(args);
