@@ -3180,20 +3180,7 @@ mod tests {
 
     #[test]
     fn our_defined_flags_agree_with_exec() {
-        let ops = [
-            AluOp::Add,
-            AluOp::Or,
-            AluOp::And,
-            AluOp::Sub,
-            AluOp::Xor,
-            AluOp::Cmp,
-            AluOp::Test,
-            AluOp::Inc,
-            AluOp::Dec,
-            AluOp::Shl,
-            AluOp::Shr,
-        ];
-        for op in ops {
+        for op in AluOp::ALL {
             for size in [1u8, 2, 4, 8] {
                 for src in 0..=0x50u64 {
                     assert_eq!(

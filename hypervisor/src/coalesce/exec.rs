@@ -1901,19 +1901,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn alu_matches_the_host_cpu_on_defined_flags() {
-        const OPS: [AluOp; 11] = [
-            AluOp::Add,
-            AluOp::Sub,
-            AluOp::And,
-            AluOp::Or,
-            AluOp::Xor,
-            AluOp::Cmp,
-            AluOp::Test,
-            AluOp::Inc,
-            AluOp::Dec,
-            AluOp::Shl,
-            AluOp::Shr,
-        ];
         let edges: [u64; 18] = [
             0,
             1,
@@ -1942,7 +1929,7 @@ mod tests {
             seed
         };
         let mut checked = 0u32;
-        for op in OPS {
+        for op in AluOp::ALL {
             for w in WIDTHS {
                 let shift = matches!(op, AluOp::Shl | AluOp::Shr);
                 let mut pairs: Vec<(u64, u64)> = Vec::new();

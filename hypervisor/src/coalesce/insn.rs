@@ -139,6 +139,23 @@ pub enum AluOp {
     Shr,
 }
 
+impl AluOp {
+    /// Every operation, for tests that sweep them all.
+    pub const ALL: [AluOp; 11] = [
+        AluOp::Add,
+        AluOp::Sub,
+        AluOp::And,
+        AluOp::Or,
+        AluOp::Xor,
+        AluOp::Cmp,
+        AluOp::Test,
+        AluOp::Inc,
+        AluOp::Dec,
+        AluOp::Shl,
+        AluOp::Shr,
+    ];
+}
+
 /// Condition codes of Jcc (SDM Vol. 1 Table B-1), in encoding order (the low nibble
 /// of 0x70-0x7F / 0x0F 0x80-0x8F).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
