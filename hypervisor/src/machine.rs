@@ -362,18 +362,15 @@ impl<S: ConsoleSink> Machine<S> {
             // back, and they are lost as on hardware.
             let held_back = (m.imr() | m.isr()) & bit != 0;
             ticks.raised = edges;
-            match self.lost_ticks {
-                LostTicks::Discard => ticks.lost += missed,
-                LostTicks::Delay if held_back => ticks.lost += missed,
-                LostTicks::Delay => {
-                    let owed = self.owed.get().saturating_add(missed);
-                    let kept = owed.min(MAX_OWED_TICKS);
-                    ticks.lost += owed - kept;
-                    self.owed.set(kept);
-                }
+            if self.lost_ticks == LostTicks::Delay && !held_back {
+                let owed = self.owed.get().saturating_add(missed);
+                let kept = owed.min(MAX_OWED_TICKS);
+                ticks.lost += owed - kept;
+                self.owed.set(kept);
+            } else {
+                ticks.lost += missed;
             }
-            pic.set_irq(TIMER_IRQ, false);
-            pic.set_irq(TIMER_IRQ, true);
+            timer_edge(&mut pic);
             self.lines.set(self.lines.get() | 1 << LINE_IRQ0);
         }
         let mut lines = self.lines.get();
@@ -394,8 +391,7 @@ impl<S: ConsoleSink> Machine<S> {
                 // The last tick is handled, IRQ0 is unmasked and OUT0 is high (a
                 // request raised while it is low would be withdrawn at once: 8259A edge
                 // mode is edge AND level).
-                pic.set_irq(TIMER_IRQ, false);
-                pic.set_irq(TIMER_IRQ, true);
+                timer_edge(&mut pic);
                 self.owed.set(self.owed.get() - 1);
                 ticks.reinjected += 1;
             }
@@ -482,6 +478,12 @@ impl<S: ConsoleSink> Machine<S> {
     pub fn can_wake(&self, now: u64) -> bool {
         self.pic.borrow().pending_vector().is_some() || self.next_timer_event(now).is_some()
     }
+}
+
+/// A rising edge on IRQ0 (the 8259A's edge-triggered inputs latch a request on it).
+fn timer_edge(pic: &mut PicPair) {
+    pic.set_irq(TIMER_IRQ, false);
+    pic.set_irq(TIMER_IRQ, true);
 }
 
 /// Wraps the PIC for one delivery so the acknowledged IRQ line is known: the vector
