@@ -184,11 +184,7 @@ impl<'c> Coalescer<'c> {
         let cs_base = vmcs.read(VmcsField::GuestCsBase);
         let exit_rip = vmcs.read(VmcsField::GuestRip);
         self.last_stop = (StopReason::Off, exit_rip);
-        let exit_linear = if mode == CodeMode::Bits64 {
-            exit_rip
-        } else {
-            cs_base.wrapping_add(exit_rip) & 0xFFFF_FFFF
-        };
+        let exit_linear = code_linear(mode, cs_base, exit_rip);
         let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io, exit_linear);
         let (mut reason, rip) = self.last_stop;
         if let Outcome::Fallback(r) = outcome {
@@ -196,11 +192,7 @@ impl<'c> Coalescer<'c> {
             *slot = slot.saturating_add(1);
             reason = r;
         }
-        let stop_rip = if mode == CodeMode::Bits64 {
-            rip
-        } else {
-            cs_base.wrapping_add(rip) & 0xFFFF_FFFF
-        };
+        let stop_rip = code_linear(mode, cs_base, rip);
         let paging = guest_paging(vmcs);
         let cpl = guest_cpl(vmcs);
         stats.io.sites.record(stop_rip, reason.index() as u8, || {
@@ -236,7 +228,7 @@ impl<'c> Coalescer<'c> {
             return Outcome::Fallback(StopReason::SingleStep);
         }
         let mut state = Self::cpu_state(vmcs, regs);
-        let rip_linear = linear_rip(&state);
+        let rip_linear = exit_linear;
         let Ok(gpa) = translate(&*mem, &state.paging, rip_linear, Access::fetch(state.cpl)) else {
             return Outcome::Fallback(StopReason::CodeUnmapped);
         };
@@ -445,10 +437,16 @@ fn follow_range<M: GuestMemory>(
 
 /// The linear address of the instruction at `state.rip`.
 fn linear_rip(state: &CpuState) -> u64 {
-    if state.mode == CodeMode::Bits64 {
-        state.rip
+    code_linear(state.mode, state.seg_base[Seg::Cs as usize], state.rip)
+}
+
+/// The linear address of code at `rip` in `mode` with CS base `cs_base` (64-bit mode
+/// ignores the base; elsewhere the sum wraps at 4 GiB).
+fn code_linear(mode: CodeMode, cs_base: u64, rip: u64) -> u64 {
+    if mode == CodeMode::Bits64 {
+        rip
     } else {
-        state.seg_base[Seg::Cs as usize].wrapping_add(state.rip) & 0xFFFF_FFFF
+        cs_base.wrapping_add(rip) & 0xFFFF_FFFF
     }
 }
 
