@@ -51,13 +51,9 @@ impl Entry {
     }
 }
 
-/// What [`BlockCache::insert`] would return for an empty slot, which it never leaves.
-static NO_ENTRY: Entry = Entry {
-    gpa: 0,
-    mode: CodeMode::Bits64,
-    extent: Extent::Page,
-    block: Block::empty(crate::coalesce::insn::StopReason::Limit),
-};
+/// What [`BlockCache::block`] gives for a slot that holds nothing, which the slots
+/// `lookup_slot` and `insert_slot` return never do: a block that runs nothing.
+static NO_BLOCK: Block = Block::empty(crate::coalesce::insn::StopReason::CodeUnmapped);
 
 pub struct BlockCache {
     entries: [Option<Entry>; CACHE_ENTRIES],
@@ -114,7 +110,7 @@ impl BlockCache {
         rip_linear: u64,
     ) -> Option<&Block> {
         let slot = self.lookup_slot(gpa, mode, extent, fetch, rip_linear)?;
-        self.block(slot)
+        Some(self.block(slot))
     }
 
     /// [`BlockCache::lookup`], giving the entry's slot for [`BlockCache::block`]: a
@@ -150,16 +146,20 @@ impl BlockCache {
         Some(i)
     }
 
-    /// The block in `slot` (from [`BlockCache::lookup_slot`]), if any.
-    pub fn block(&self, slot: usize) -> Option<&Block> {
-        self.entries.get(slot)?.as_ref().map(|e| &e.block)
+    /// The block in `slot` (from [`BlockCache::lookup_slot`] or
+    /// [`BlockCache::insert_slot`]).
+    pub fn block(&self, slot: usize) -> &Block {
+        match self.entries.get(slot) {
+            Some(Some(e)) => &e.block,
+            _ => &NO_BLOCK,
+        }
     }
 
     /// Stores `block` for the key, replacing an entry of the same key, else filling an
     /// empty way, else evicting the set's least recently used entry.
     pub fn insert(&mut self, gpa: u64, mode: CodeMode, extent: &Extent, block: Block) -> &Block {
         let slot = self.insert_slot(gpa, mode, extent, block);
-        &self.entries[slot].as_ref().unwrap_or(&NO_ENTRY).block
+        self.block(slot)
     }
 
     /// [`BlockCache::insert`], giving the entry's slot for [`BlockCache::block`].

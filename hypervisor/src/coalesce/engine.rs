@@ -42,9 +42,6 @@ pub const REPROBE_MAX: u16 = 1024;
 /// `(k - 1) * EXIT_COST_IN_INSNS >= n`.
 pub const EXIT_COST_IN_INSNS: u32 = 32;
 
-/// Never returned: the cache always holds the block it was just given.
-static NO_BLOCK: block::Block = block::Block::empty(StopReason::CodeUnmapped);
-
 /// What the engine remembers of one exit site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Site {
@@ -377,7 +374,7 @@ impl<'c> Coalescer<'c> {
                 self.cache.insert_slot(gpa, mode, &extent, b)
             }
         };
-        self.cache.block(slot).unwrap_or(&NO_BLOCK)
+        self.cache.block(slot)
     }
 }
 
