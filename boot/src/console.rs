@@ -43,6 +43,18 @@ struct Serial {
 }
 
 impl Serial {
+    /// Queues `bytes` and hands the UART what it takes now.
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            // A terminal expects CR LF; the serial log is read by people and by xtask.
+            if b == b'\n' {
+                self.put(b'\r');
+            }
+            self.put(b);
+        }
+        self.pump();
+    }
+
     /// Queues `b`, waiting for the line while the queue is full.
     fn put(&mut self, b: u8) {
         if self.len == TX_QUEUE {
@@ -154,19 +166,6 @@ impl Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.write_bytes(s.as_bytes());
         Ok(())
-    }
-}
-
-impl Serial {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            // A terminal expects CR LF; the serial log is read by people and by xtask.
-            if b == b'\n' {
-                self.put(b'\r');
-            }
-            self.put(b);
-        }
-        self.pump();
     }
 }
 
