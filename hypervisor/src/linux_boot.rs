@@ -48,6 +48,8 @@ use crate::vmcs_setup::{LongModeLayout, LONG_MODE_RESERVED};
 pub const SETUP_HEADER_START: usize = 0x1F1;
 const OFF_SETUP_SECTS: usize = 0x1F1;
 const OFF_SYSSIZE: usize = 0x1F4;
+/// syssize counts 16-byte paragraphs.
+const PARAGRAPH: u64 = 16;
 const OFF_BOOT_FLAG: usize = 0x1FE;
 const OFF_JUMP: usize = 0x200;
 const OFF_HEADER_MAGIC: usize = 0x202;
@@ -182,7 +184,8 @@ pub enum BootError {
     },
     /// `xloadflags` lacks XLF_KERNEL_64.
     No64BitEntry,
-    /// The file ends before the protected-mode kernel its header describes.
+    /// The file ends before the protected-mode kernel its header describes: `needed`
+    /// is the shortest file the header allows (syssize rounds up to a paragraph).
     Truncated {
         needed: u64,
         len: usize,
@@ -237,7 +240,7 @@ impl fmt::Display for BootError {
             ),
             BootError::Truncated { needed, len } => write!(
                 f,
-                "the bzImage is {len} bytes but its header describes {needed} bytes"
+                "the bzImage is {len} bytes but its header describes at least {needed} bytes"
             ),
             BootError::CmdlineTooLong { len, max } => write!(
                 f,
@@ -366,11 +369,25 @@ pub fn parse_bzimage(bytes: &[u8]) -> Result<BzImage<'_>, BootError> {
     // 4 bytes). Bytes after it (e.g. a PE signature) are not part of the kernel.
     let kernel_start = (usize::from(setup_sects) + 1) * 512;
     let syssize = field(OFF_SYSSIZE, 4);
-    let kernel_len = if syssize == 0 {
-        bytes.len().saturating_sub(kernel_start) as u64
+    let available = bytes.len().saturating_sub(kernel_start) as u64;
+    // syssize is the protected-mode kernel's size rounded up to whole paragraphs, so
+    // the file may end up to 15 bytes before syssize * 16; loaders (GRUB, QEMU's
+    // -kernel) take the file's own length then. Shorter than that, it is truncated.
+    let (kernel_len, needed) = if syssize == 0 {
+        (available, kernel_start as u64 + available)
     } else {
-        syssize * 16
+        let described = syssize * 16;
+        (
+            described.min(available),
+            kernel_start as u64 + described - (PARAGRAPH - 1),
+        )
     };
+    if (kernel_start as u64).saturating_add(kernel_len) < needed {
+        return Err(BootError::Truncated {
+            needed,
+            len: bytes.len(),
+        });
+    }
     let needed = kernel_start as u64 + kernel_len;
     let kernel = usize::try_from(needed)
         .ok()
@@ -1001,6 +1018,28 @@ mod tests {
     }
 
     #[test]
+    fn a_file_may_end_inside_the_last_paragraph_syssize_counts() {
+        // What the kernel's build writes: syssize rounded up, the file not padded.
+        let mut h = Hdr::new();
+        h.body_len = 0x1000 - 15;
+        h.syssize = Some(0x100);
+        let bytes = h.build();
+        let bz = parse_bzimage(&bytes).unwrap();
+        assert_eq!(bz.kernel(), &bytes[2048..]);
+        assert_eq!(bz.kernel().len(), 0x1000 - 15);
+        // One byte less is a whole paragraph short: truncated.
+        h.body_len = 0x1000 - 16;
+        let bytes = h.build();
+        assert_eq!(
+            parse_bzimage(&bytes).unwrap_err(),
+            BootError::Truncated {
+                needed: 2048 + 0x1000 - 15,
+                len: bytes.len()
+            }
+        );
+    }
+
+    #[test]
     fn truncated_kernel() {
         let mut h = Hdr::new();
         h.syssize = Some(0x200); // 8 KiB claimed, 4 KiB present
@@ -1009,11 +1048,11 @@ mod tests {
         assert_eq!(
             e,
             BootError::Truncated {
-                needed: 2048 + 0x2000,
+                needed: 2048 + 0x2000 - 15,
                 len: bytes.len()
             }
         );
-        assert!(e.to_string().contains("describes 10240 bytes"));
+        assert!(e.to_string().contains("describes at least 10225 bytes"));
         // Nothing after the setup sectors at all.
         let mut h = Hdr::new();
         h.syssize = Some(0);
