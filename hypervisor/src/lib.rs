@@ -4,9 +4,12 @@
 //! reads MSRs, executes VMX instructions and hands raw values to this crate.
 #![cfg_attr(not(test), no_std)]
 
+// The unit tests cover the coalescer's decoder and exit path as well.
+#[cfg(all(test, not(feature = "decoder")))]
+compile_error!("the hypervisor's tests need the `decoder` feature (on by default)");
+
 pub mod coalesce;
 pub mod config;
-pub mod cpio;
 pub mod elf64;
 pub mod ept;
 pub mod exits;

@@ -483,6 +483,7 @@ fn json(
 
 /// Runs the host micro-benchmark of the coalescer (hypervisor/benches/coalescer.rs).
 fn microbench(out: &Path, quick: bool) -> Result<serde_json::Value, String> {
+    crate::host::ensure(crate::host::NATIVE_BUILD)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(image::workspace_root())

@@ -874,6 +874,7 @@ pub fn check_stats(console: &str, spec: &GuestSpec, want: &StatsExpect) -> Resul
 pub fn test(args: &TestArgs) -> Result<u8, String> {
     let root = image::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::host::ensure(crate::host::NATIVE_BUILD)?;
     println!("xtask: host unit tests");
     let status = Command::new(&cargo)
         .current_dir(&root)
@@ -957,7 +958,10 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
         report(pair.name, started, result, &mut passed, &mut failed);
     }
     // Host-side end-to-end checks: real commands against real devices, no emulator.
-    let host_checks: [(&str, HostCheck); 1] = [("usb-writer-loop-device", crate::usb::end_to_end)];
+    let host_checks: [(&str, HostCheck); 2] = [
+        ("usb-writer-loop-device", crate::usb::end_to_end),
+        ("xtask-needs-only-rust", crate::host::xtask_needs_only_rust),
+    ];
     for (name, check) in host_checks
         .into_iter()
         .filter(|(n, _)| args.filter.as_deref().is_none_or(|f| n.contains(f)))

@@ -1,5 +1,6 @@
-//! What the host machine offers: emulator binaries and firmware files (with the Debian
-//! package that provides each), and whether QEMU can use KVM with nested VMX.
+//! What the host machine offers: the tools the kernel's build needs, emulator binaries
+//! and firmware files (with the Debian package that provides each), and whether QEMU
+//! can use KVM with nested VMX.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,79 @@ pub struct Requirement {
     /// A program on PATH, or an absolute file path.
     pub probe: &'static str,
     pub packages: &'static [&'static str],
+}
+
+/// The coalescer's decoder (zydis) is C built with CMake and make: needed by every
+/// build of the kernel and of the hypervisor's tests and benchmarks, never by xtask
+/// itself (which builds with the Rust toolchain alone).
+pub const CMAKE: Requirement = Requirement {
+    what: "CMake (cmake)",
+    probe: "cmake",
+    packages: &["cmake"],
+};
+pub const MAKE: Requirement = Requirement {
+    what: "make",
+    probe: "make",
+    packages: &["make"],
+};
+pub const CC: Requirement = Requirement {
+    what: "a C compiler (cc)",
+    probe: "cc",
+    packages: &["gcc"],
+};
+/// What `cargo build` of the kernel, `cargo test` and `cargo bench` of the hypervisor
+/// need besides the Rust toolchain.
+pub const NATIVE_BUILD: &[Requirement] = &[CMAKE, MAKE, CC];
+
+/// Crates that compile C (or drive a C build) from their build scripts: none may be in
+/// xtask's own dependency graph, so README's first command needs the Rust toolchain
+/// alone and xtask can install the rest before the first build that needs it.
+pub const NATIVE_BUILD_CRATES: &[&str] = &["zydis", "cmake", "cc"];
+
+/// The crates of `cargo tree --prefix none --format {p}` output that build C.
+pub fn native_build_crates(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| NATIVE_BUILD_CRATES.contains(name))
+        .map(String::from)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The end-to-end check that xtask builds with nothing but the Rust toolchain: its
+/// normal and build dependencies, as cargo resolves them, include no crate that
+/// compiles C.
+pub fn xtask_needs_only_rust(_release: bool) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(crate::image::workspace_root())
+        .args(["tree", "--package", "xtask", "--edges", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .output()
+        .map_err(|e| format!("could not run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let crates = tree.lines().count();
+    match native_build_crates(&tree)[..] {
+        [] if crates > 1 => Ok(format!(
+            "{crates} crates in xtask's graph, none builds C (no {})",
+            NATIVE_BUILD_CRATES.join(", ")
+        )),
+        [] => Err(format!("cargo tree listed no dependencies of xtask: {tree:?}")),
+        ref found => Err(format!(
+            "xtask depends on {}, which build C: `cargo xtask` would need cmake or a C \
+             toolchain before it could install them (keep the hypervisor's `decoder` feature off in xtask)",
+            found.join(", ")
+        )),
+    }
 }
 
 pub const QEMU: Requirement = Requirement {
@@ -67,6 +141,13 @@ fn present(req: &Requirement) -> bool {
 /// Makes sure every requirement is there. Missing ones are installed with apt-get when
 /// running as root on a Debian-like system; otherwise the error names the packages.
 pub fn ensure(reqs: &[Requirement]) -> Result<(), String> {
+    // The bench boots two emulators at once: one apt-get at a time (dpkg takes a lock
+    // and a second install would fail on it), and the second caller sees the first's
+    // packages installed.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let missing: Vec<&Requirement> = reqs.iter().filter(|r| !present(r)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -90,12 +171,21 @@ pub fn ensure(reqs: &[Requirement]) -> Result<(), String> {
         packages.join(" "),
         names.join(", ")
     );
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .map_err(|e| format!("could not run apt-get: {e}"))?;
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("could not run apt-get: {e}"))
+    };
+    let mut status = install()?;
+    if !status.success() {
+        // A fresh machine may have no package lists yet.
+        eprintln!("xtask: apt-get install failed; refreshing the package lists and retrying");
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        status = install()?;
+    }
     let still: Vec<&str> = missing
         .iter()
         .filter(|r| !present(r))
@@ -201,6 +291,13 @@ mod tests {
         assert!(why(nested_kvm(INTEL, true, Some("N"))).contains("nested"));
         assert!(why(nested_kvm(INTEL, true, None)).contains("not loaded"));
         assert!(why(nested_kvm("", true, None)).contains("unknown"));
+    }
+
+    #[test]
+    fn crates_that_build_c_are_found_in_a_dependency_tree() {
+        let tree = "xtask v0.1.0 (/x)\nserde v1.0.0\nzydis v4.1.1\ncmake v0.1.54\nzydis v4.1.1\ncc-like v1.0.0\n";
+        assert_eq!(native_build_crates(tree), ["cmake", "zydis"]);
+        assert!(native_build_crates("xtask v0.1.0\nserde v1.0.0\n").is_empty());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn output_dir(release: bool) -> PathBuf {
 
 /// Builds the kernel ELF and returns its path.
 pub fn build_kernel(release: bool) -> Result<PathBuf, String> {
+    crate::host::ensure(crate::host::NATIVE_BUILD)?;
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -22,7 +22,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hypervisor::cpio::CpioWriter;
 use hypervisor::linux_boot::{self, BootError};
 
 use crate::image::workspace_root;
@@ -127,30 +126,91 @@ pub fn default_initramfs() -> Result<Vec<u8>, String> {
     Ok(archive)
 }
 
-/// A newc cpio archive (the initramfs format) around `busybox`: `/init`, busybox with its
-/// applet links, mount points and the console devices. Every entry has uid, gid and
-/// mtime 0, so the same busybox always gives the same bytes.
+/// A newc cpio archive (the initramfs format, Linux's
+/// `Documentation/driver-api/early-userspace/buffer-format.rst`) around `busybox`:
+/// `/init`, busybox with its applet links, mount points and the console devices. Every
+/// entry has uid, gid and mtime 0 and inode numbers count up from 1, so the same busybox
+/// always gives the same bytes.
 pub fn initramfs_archive(busybox: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut w = CpioWriter::new(|b: &[u8]| out.extend_from_slice(b));
-    let mut build = || -> Result<(), hypervisor::cpio::CpioError> {
-        for dir in ["bin", "sbin", "proc", "sys", "dev", "etc"] {
-            w.add_dir(dir, 0o755)?;
+    let mut archive = Initramfs::default();
+    for dir in ["bin", "sbin", "proc", "sys", "dev", "etc"] {
+        archive.add(dir, S_IFDIR | 0o755, (0, 0), &[]);
+    }
+    // Without /dev/console the kernel starts init with no stdin/stdout ("unable to open
+    // an initial console"): devtmpfs is not mounted on an initramfs.
+    archive.add("dev/console", S_IFCHR | 0o600, (5, 1), &[]);
+    archive.add("dev/ttyS0", S_IFCHR | 0o660, (4, 64), &[]);
+    archive.add("bin/busybox", S_IFREG | 0o755, (0, 0), busybox);
+    for applet in BIN_APPLETS {
+        archive.add(
+            &format!("bin/{applet}"),
+            S_IFLNK | 0o777,
+            (0, 0),
+            b"busybox",
+        );
+    }
+    archive.add("sbin/poweroff", S_IFLNK | 0o777, (0, 0), b"../bin/busybox");
+    archive.add("init", S_IFREG | 0o755, (0, 0), INIT_SCRIPT.as_bytes());
+    archive
+        .finish()
+        .map_err(|e| format!("building the initramfs: {e}"))
+}
+
+/// File type bits of a newc entry's mode, as in `st_mode` (inode(7)).
+const S_IFDIR: u32 = 0o040_000;
+const S_IFCHR: u32 = 0o020_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFLNK: u32 = 0o120_000;
+
+/// An initramfs being written with the `cpio` crate's newc writer. The first error is
+/// kept and reported by [`Initramfs::finish`].
+#[derive(Default)]
+struct Initramfs {
+    out: Vec<u8>,
+    entries: u32,
+    error: Option<std::io::Error>,
+}
+
+impl Initramfs {
+    /// One entry: a directory (nlink 2), a file, a symlink (its data is the target,
+    /// without a NUL) or a device node (`rdev` is its major and minor number).
+    fn add(&mut self, path: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        if self.error.is_some() {
+            return;
         }
-        // Without /dev/console the kernel starts init with no stdin/stdout ("unable
-        // to open an initial console"): devtmpfs is not mounted on an initramfs.
-        w.add_char_device("dev/console", 0o600, 5, 1)?;
-        w.add_char_device("dev/ttyS0", 0o660, 4, 64)?;
-        w.add_file("bin/busybox", 0o755, busybox)?;
-        for applet in BIN_APPLETS {
-            w.add_symlink(&format!("bin/{applet}"), "busybox")?;
+        self.entries += 1;
+        let Ok(size) = u32::try_from(data.len()) else {
+            self.error = Some(std::io::Error::other(format!(
+                "{path}: {} bytes is more than a newc entry holds",
+                data.len()
+            )));
+            return;
+        };
+        let nlink = if mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
+        let mut writer = cpio::NewcBuilder::new(path)
+            .ino(self.entries)
+            .mode(mode)
+            .uid(0)
+            .gid(0)
+            .nlink(nlink)
+            .mtime(0)
+            .rdev_major(rdev.0)
+            .rdev_minor(rdev.1)
+            .write(&mut self.out, size);
+        let written = std::io::Write::write_all(&mut writer, data).and_then(|()| writer.finish());
+        if let Err(e) = written {
+            self.error = Some(e);
         }
-        w.add_symlink("sbin/poweroff", "../bin/busybox")?;
-        w.add_file("init", 0o755, INIT_SCRIPT.as_bytes())
-    };
-    build().map_err(|e| format!("building the initramfs: {e}"))?;
-    w.finish();
-    Ok(out)
+    }
+
+    /// The archive with its `TRAILER!!!` entry.
+    fn finish(mut self) -> std::io::Result<Vec<u8>> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        cpio::newc::trailer(&mut self.out)?;
+        Ok(self.out)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -381,7 +441,13 @@ fn extract(deb: &Path, into: &Path, member: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypervisor::cpio::{HEADER_LEN, MAGIC, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, TRAILER};
+
+    /// The newc format as the kernel reads it (buffer-format.rst), checked here
+    /// independently of the writer: magic, a 110-byte header of 13 eight-digit hex
+    /// fields, the NUL-terminated name and the data each padded to 4 bytes.
+    const MAGIC: &[u8; 6] = b"070701";
+    const HEADER_LEN: usize = 110;
+    const TRAILER: &str = "TRAILER!!!";
 
     /// A bzImage header as Linux 6.x writes it (protocol 2.15, header ends at 0x26C,
     /// 64-bit entry, relocatable), with a 4 KiB protected-mode body.

@@ -10,6 +10,7 @@
 
 use core::fmt;
 
+#[cfg(feature = "decoder")]
 use super::decode::{decode, DecodeError, MAX_INSN_LEN};
 use super::insn::{CodeMode, Insn, Op, StopReason};
 use crate::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
@@ -395,6 +396,7 @@ pub const fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// How many bytes from `rip_linear` the extent allows, and how many instructions.
 /// `None`: the code at `rip_linear` does not translate.
+#[cfg(feature = "decoder")]
 fn extent_bounds(
     fetch: &mut impl CodeFetch,
     rip_linear: u64,
@@ -423,6 +425,7 @@ fn extent_bounds(
 /// [`MAX_BLOCK_INSNS`] (and at most n for `Insns(n)`). Stops before the first
 /// instruction that is unsupported, undecodable, crosses the extent end, or whose
 /// bytes are not all mapped.
+#[cfg(feature = "decoder")]
 pub fn scan(fetch: &mut impl CodeFetch, rip_linear: u64, mode: CodeMode, extent: &Extent) -> Block {
     let Some((extent_room, max_insns)) = extent_bounds(fetch, rip_linear, extent) else {
         return Block::empty(StopReason::CodeUnmapped);

@@ -5,9 +5,11 @@
 
 pub mod block;
 pub mod cache;
+#[cfg(feature = "decoder")]
 pub mod decode;
 #[cfg(test)]
 mod difftest;
+#[cfg(feature = "decoder")]
 pub mod engine;
 pub mod exec;
 #[cfg(test)]
