@@ -349,19 +349,14 @@ fn first_line(s: &str) -> Option<&str> {
 /// kernel package is ~70 MB for a ~8 MB vmlinuz). `dest` appears only when complete.
 fn fetch(package: &str, dest: &Path, member: &str) -> Result<(), String> {
     let cache = cache_dir();
-    let scratch = cache.join(format!(".fetch-{package}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    let unpacked = scratch.join("root");
-    std::fs::create_dir_all(&unpacked)
-        .map_err(|e| format!("creating {}: {e}", unpacked.display()))?;
-    let result = (|| {
+    fetch_with(&cache, package, dest, |scratch, unpacked| {
         eprintln!(
             "xtask: downloading {package} from Debian's archive into {}",
             cache.display()
         );
         let out = Command::new("apt-get")
             .args(["download", "-q", package])
-            .current_dir(&scratch)
+            .current_dir(scratch)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("could not run apt-get: {e}"))?;
@@ -381,17 +376,55 @@ fn fetch(package: &str, dest: &Path, member: &str) -> Result<(), String> {
                 }
             ));
         }
-        let deb = std::fs::read_dir(&scratch)
+        let deb = std::fs::read_dir(scratch)
             .map_err(|e| format!("reading {}: {e}", scratch.display()))?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .ok_or_else(|| format!("`apt-get download {package}` produced no .deb"))?;
-        extract(&deb, &unpacked, member)?;
-        let _ = std::fs::remove_dir_all(dest);
-        std::fs::rename(&unpacked, dest)
-            .map_err(|e| format!("moving {} to {}: {e}", unpacked.display(), dest.display()))
-    })();
+        extract(&deb, unpacked, member)
+    })
+}
+
+/// Runs `produce(scratch, unpacked)` and moves `unpacked` to `dest` in one rename, so
+/// `dest` is either absent or complete. Several runs (or the bench's threads) may fetch
+/// the same package at once: a lock file per package in `cache` lets one fetch at a
+/// time, the others find `dest` complete once they get the lock and use it, and every
+/// call has a scratch folder of its own (process id and a counter), removed afterwards.
+fn fetch_with(
+    cache: &Path,
+    package: &str,
+    dest: &Path,
+    produce: impl FnOnce(&Path, &Path) -> Result<(), String>,
+) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let lock_path = cache.join(format!(".fetch-{package}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let scratch = cache.join(format!(".fetch-{package}-{}-{call}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let unpacked = scratch.join("root");
+    let result = std::fs::create_dir_all(&unpacked)
+        .map_err(|e| format!("creating {}: {e}", unpacked.display()))
+        .and_then(|()| produce(&scratch, &unpacked))
+        .and_then(|()| match std::fs::rename(&unpacked, dest) {
+            Ok(()) => Ok(()),
+            // Another fetch that did not take the lock (an older xtask) finished first.
+            Err(_) if dest.is_dir() => Ok(()),
+            Err(e) => Err(format!(
+                "moving {} to {}: {e}",
+                unpacked.display(),
+                dest.display()
+            )),
+        });
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
@@ -623,6 +656,67 @@ mod tests {
         assert_eq!(kernel_dependency("linux-image-amd64\n"), None);
         assert_eq!(kernel_dependency("  Depends: linux-image-amd64\n"), None);
         assert_eq!(kernel_dependency(""), None);
+    }
+
+    #[test]
+    fn concurrent_fetches_of_one_package_produce_it_once_and_all_succeed() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::{Arc, Barrier};
+        let cache = std::env::temp_dir().join(format!("sluice-fetch-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let dest = cache.join("busybox-static");
+        let produced = Arc::new(AtomicU32::new(0));
+        let start = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, dest) = (cache.clone(), dest.clone());
+                let (produced, start) = (Arc::clone(&produced), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    fetch_with(&cache, "busybox-static", &dest, |scratch, unpacked| {
+                        produced.fetch_add(1, Ordering::SeqCst);
+                        // Long enough for every other thread to reach the fetch.
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        std::fs::write(scratch.join("package.deb"), b"deb").unwrap();
+                        std::fs::create_dir_all(unpacked.join("bin")).unwrap();
+                        std::fs::write(unpacked.join("bin/busybox"), b"busybox").unwrap();
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(()));
+        }
+        assert_eq!(
+            produced.load(Ordering::SeqCst),
+            1,
+            "downloaded more than once"
+        );
+        assert_eq!(std::fs::read(dest.join("bin/busybox")).unwrap(), b"busybox");
+        let left: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(left, ["busybox-static"], "scratch folders left behind");
+        std::fs::remove_dir_all(&cache).unwrap();
+    }
+
+    #[test]
+    fn a_failed_fetch_leaves_no_package_behind() {
+        let cache = std::env::temp_dir().join(format!("sluice-fetch-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let dest = cache.join("pkg");
+        let e = fetch_with(&cache, "pkg", &dest, |_, unpacked| {
+            std::fs::write(unpacked.join("half"), b"x").unwrap();
+            Err("network down".into())
+        })
+        .unwrap_err();
+        assert_eq!(e, "network down");
+        assert!(!dest.exists());
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 
     #[test]
