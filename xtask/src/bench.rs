@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::cli::{BenchArgs, CoalesceArgs, Firmware};
 use crate::emulator::{self, Emulator, Ending, Machine};
@@ -227,7 +226,8 @@ fn measure(
         firmware: Firmware::Bios,
         cpu: None,
         ram_mib: guest.ram_mib,
-        timeout: Duration::from_secs(if name == LINUX { 1500 } else { 300 }),
+        silence: emulator::SILENCE_DEFAULT,
+        max_time: emulator::MAX_TIME_DEFAULT,
         echo: false,
     };
     let run_name = format!("bench-{name}-{}", policy.replace(':', "-"));

@@ -1,7 +1,8 @@
 //! Running an image in an emulator: QEMU (TCG, or KVM with nested VMX on an Intel host)
 //! or Bochs (which emulates VMX with EPT, driven headless under Xvfb). The console
-//! streams live; the run ends with the status the kernel reported, a hang (time limit)
-//! or an emulator failure. Every run works in its own folder, removed afterwards.
+//! streams live; the run ends with the status the kernel reported, a hang (the console
+//! silent for too long, or the run over its overall cap) or an emulator failure. Every
+//! run works in its own folder, removed afterwards.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,13 @@ use crate::cli::Firmware;
 use crate::host;
 
 pub const DEFAULT_BOCHS_CPU: &str = "corei7_skylake_x";
+
+/// How long a run's console may stay silent before the run counts as hung
+/// (`--timeout`): longer than any quiet stretch of a Linux boot in Bochs.
+pub const SILENCE_DEFAULT: Duration = Duration::from_secs(120);
+/// The overall cap of a run (`--max-time`), printing or not: a guest that prints
+/// forever still ends, well inside CI's time.
+pub const MAX_TIME_DEFAULT: Duration = Duration::from_secs(1800);
 
 /// Memory the emulated machine has beyond guest RAM (firmware, bootloader, sluice's
 /// kernel, VMX structures, EPT).
@@ -38,7 +46,11 @@ pub struct Machine {
     /// Guest RAM; the machine gets this plus room for the firmware, bootloader and
     /// sluice itself.
     pub ram_mib: u32,
-    pub timeout: Duration,
+    /// The run is hung when the console has been silent this long (a guest that is
+    /// still printing is not hung, however slow the machine).
+    pub silence: Duration,
+    /// The overall cap, printing or not.
+    pub max_time: Duration,
     /// Copy the console to our stdout as it arrives.
     pub echo: bool,
 }
@@ -56,12 +68,102 @@ pub struct RunSpec {
 pub enum Ending {
     /// The kernel reported `sluice: exit status N`.
     Status(u32),
-    /// Nothing ended the run within the time limit.
-    Hang,
+    /// Nothing ended the run: the console fell silent, or the run hit its cap.
+    Hang(Hang),
     /// The emulator stopped without a status from the kernel.
     EmulatorExited(String),
     /// The user interrupted the run (Ctrl-C) or xtask was asked to terminate.
     Interrupted,
+}
+
+/// How a run was found hung, and the last thing it printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hang {
+    pub why: HangKind,
+    /// The console's last non-empty line (at most 200 characters), if it printed any.
+    pub last_line: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HangKind {
+    /// Nothing new on the console for this long.
+    Silent(Duration),
+    /// Still printing, but running longer than the overall cap.
+    OverTime(Duration),
+}
+
+impl std::fmt::Display for Hang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.why {
+            HangKind::Silent(d) => write!(
+                f,
+                "hang: the console has been silent for {} s (raise with --timeout)",
+                d.as_secs()
+            )?,
+            HangKind::OverTime(d) => write!(
+                f,
+                "hang: the run was still going after {} s, its overall cap (raise with --max-time)",
+                d.as_secs()
+            )?,
+        }
+        match &self.last_line {
+            Some(line) => write!(f, "; the last line it printed: {line:?}"),
+            None => write!(f, "; it printed nothing"),
+        }
+    }
+}
+
+/// Decides when a run is hung: when the console has been silent for `silence`, or the
+/// run has gone on for `max_time` in all.
+#[derive(Clone, Copy, Debug)]
+pub struct Watchdog {
+    start: Instant,
+    last_output: Instant,
+    silence: Duration,
+    max_time: Duration,
+}
+
+impl Watchdog {
+    pub fn new(start: Instant, machine: &Machine) -> Self {
+        Watchdog {
+            start,
+            last_output: start,
+            silence: machine.silence,
+            max_time: machine.max_time,
+        }
+    }
+
+    /// The console printed something at `now`.
+    pub fn output(&mut self, now: Instant) {
+        self.last_output = now;
+    }
+
+    /// `Some` once the run counts as hung at `now`; `console` gives the last line.
+    pub fn check(&self, now: Instant, console: &str) -> Option<Hang> {
+        let why = if now.duration_since(self.start) >= self.max_time {
+            HangKind::OverTime(self.max_time)
+        } else if now.duration_since(self.last_output) >= self.silence {
+            HangKind::Silent(now.duration_since(self.last_output))
+        } else {
+            return None;
+        };
+        Some(Hang {
+            why,
+            last_line: last_line(console),
+        })
+    }
+}
+
+/// The last non-empty console line, shortened to 200 characters.
+pub fn last_line(console: &str) -> Option<String> {
+    let line = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r').trim_end())
+        .rfind(|l| !l.is_empty())?;
+    Some(match line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_string(),
+    })
 }
 
 /// Set by SIGINT/SIGTERM. The emulator runs in a process group of its own (so a hang
@@ -304,9 +406,11 @@ fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
     let mut log = std::fs::File::open(&serial).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut status_seen: Option<Instant> = None;
+    let mut watchdog = Watchdog::new(start, &spec.machine);
     let ending = loop {
         let n = log.read(&mut buf).unwrap_or(0);
         if n > 0 {
+            watchdog.output(Instant::now());
             console.push(&buf[..n]);
             if status_seen.is_none() && reported_status(&console.string()).is_some() {
                 status_seen = Some(Instant::now());
@@ -340,9 +444,9 @@ fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
             stop_group(&mut child);
             break Ending::Interrupted;
         }
-        if start.elapsed() > spec.machine.timeout {
+        if let Some(hang) = watchdog.check(Instant::now(), &console.string()) {
             stop_group(&mut child);
-            break Ending::Hang;
+            break Ending::Hang(hang);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -414,9 +518,11 @@ fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
         text: Vec::new(),
         echo: spec.machine.echo,
     };
+    let mut watchdog = Watchdog::new(start, &spec.machine);
     let ending = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(bytes) => {
+                watchdog.output(Instant::now());
                 console.push(&bytes);
                 continue;
             }
@@ -441,9 +547,9 @@ fn run_qemu(spec: &RunSpec) -> Result<Outcome, String> {
             stop_group(&mut child);
             break Ending::Interrupted;
         }
-        if start.elapsed() > spec.machine.timeout {
+        if let Some(hang) = watchdog.check(Instant::now(), &console.string()) {
             stop_group(&mut child);
-            break Ending::Hang;
+            break Ending::Hang(hang);
         }
     };
     Ok(Outcome {
@@ -464,12 +570,66 @@ mod tests {
                 firmware,
                 cpu: cpu.map(String::from),
                 ram_mib: 64,
-                timeout: Duration::from_secs(1),
+                silence: Duration::from_secs(1),
+                max_time: Duration::from_secs(10),
                 echo: false,
             },
             image: PathBuf::from("/img/sluice-bios.img"),
             workdir: PathBuf::from("/run"),
         }
+    }
+
+    #[test]
+    fn a_run_that_keeps_printing_is_not_hung_until_its_cap() {
+        let m = spec(Emulator::Bochs, Firmware::Bios, None).machine;
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_millis(n);
+        let mut w = Watchdog::new(t0, &m);
+        assert_eq!(w.check(s(999), ""), None);
+        // Output every 900 ms keeps it alive past the 1 s silence limit...
+        for n in 1..=10 {
+            w.output(s(900 * n));
+            assert_eq!(w.check(s(900 * n + 899), "line\n"), None, "at {n}");
+        }
+        // ...until the 10 s cap.
+        let hang = w
+            .check(s(10_000), "boot\r\nstill printing\r\n\r\n")
+            .unwrap();
+        assert_eq!(hang.why, HangKind::OverTime(Duration::from_secs(10)));
+        assert_eq!(hang.last_line.as_deref(), Some("still printing"));
+        assert!(hang.to_string().contains("--max-time"), "{hang}");
+    }
+
+    #[test]
+    fn a_silent_run_is_hung_and_the_message_says_for_how_long_and_what_came_last() {
+        let m = spec(Emulator::Bochs, Firmware::Bios, None).machine;
+        let t0 = Instant::now();
+        let mut w = Watchdog::new(t0, &m);
+        assert!(matches!(
+            w.check(t0 + Duration::from_secs(1), ""),
+            Some(Hang {
+                why: HangKind::Silent(_),
+                last_line: None
+            })
+        ));
+        w.output(t0 + Duration::from_secs(3));
+        let hang = w
+            .check(t0 + Duration::from_millis(5500), "sluice: guest running\n")
+            .unwrap();
+        assert_eq!(hang.why, HangKind::Silent(Duration::from_millis(2500)));
+        let msg = hang.to_string();
+        assert!(
+            msg.contains("silent for 2 s") && msg.contains("\"sluice: guest running\""),
+            "{msg}"
+        );
+        assert!(Hang {
+            why: HangKind::Silent(Duration::ZERO),
+            last_line: None
+        }
+        .to_string()
+        .contains("printed nothing"));
+        let long = "x".repeat(300);
+        assert_eq!(last_line(&long).unwrap().len(), 203);
     }
 
     #[test]

@@ -165,7 +165,8 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         firmware: args.firmware,
         cpu: args.cpu.clone(),
         ram_mib: guest.ram_mib,
-        timeout: Duration::from_secs(args.timeout_s),
+        silence: Duration::from_secs(args.timeout_s),
+        max_time: emulator::MAX_TIME_DEFAULT,
         echo: true,
     };
     let payload = image::payload_bytes(&config, &guest.bytes);
@@ -178,10 +179,7 @@ fn run(args: &RunArgs) -> Result<u8, String> {
             );
             Ok(u8::try_from(s).unwrap_or(u8::MAX))
         }
-        Ending::Hang => Err(format!(
-            "hang: no exit status from sluice within {} s (raise with --timeout)",
-            args.timeout_s
-        )),
+        Ending::Hang(hang) => Err(hang.to_string()),
         Ending::EmulatorExited(why) => Err(why),
         Ending::Interrupted => {
             eprintln!("xtask: interrupted; the emulator was stopped");

@@ -279,7 +279,8 @@ pub fn run_case(case: &ScreenCase, kernel: &Path) -> Result<String, String> {
                 firmware: case.firmware,
                 cpu: None,
                 ram_mib: 64,
-                timeout: Duration::from_secs(120),
+                silence: emulator::SILENCE_DEFAULT,
+                max_time: Duration::from_secs(120),
                 echo: false,
             },
             image,
@@ -338,7 +339,7 @@ fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
             if let Ok(Some(exit)) = child.try_wait() {
                 return Err(format!("qemu exited ({exit}) before the exit status"));
             }
-            if start.elapsed() > spec.machine.timeout {
+            if start.elapsed() > spec.machine.max_time {
                 return Err("no exit status before the time limit".into());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -356,7 +357,7 @@ fn screenshot_run(spec: &RunSpec, case: &ScreenCase) -> Result<String, String> {
             + if case.serial {
                 Duration::from_secs(10)
             } else {
-                spec.machine.timeout
+                spec.machine.max_time
             };
         loop {
             let _ = std::fs::remove_file(&shot);
