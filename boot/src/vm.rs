@@ -610,6 +610,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         &stats,
         &bus,
     );
+    let _ = stats::write_summary(&mut ConsoleWriter, &stats, config.coalesce);
     crate::console::set_run_end(kind, exit_code, &stats);
     match kind {
         EndKind::Hypercall => exit_code,
