@@ -12,6 +12,7 @@ use std::process::Command;
 
 use crate::cli::{BenchArgs, CoalesceArgs, Firmware};
 use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::stats_line::{self, Lines, StopInsn, StopSite};
 use crate::{guest_input, image};
 
 /// The `bench64` workloads: number (bits 7:0 of `guest.arg`), name, and how many
@@ -55,9 +56,9 @@ pub struct Measurement {
     /// Stop reasons, most frequent first.
     pub stops: Vec<(String, u64)>,
     /// The `io.stop_sites` and `io.stop_insns` arrays as the kernel wrote them
-    /// (busiest first), or null.
-    pub stop_sites: serde_json::Value,
-    pub stop_insns: serde_json::Value,
+    /// (busiest first), or `None` when the line has none.
+    pub stop_sites: Option<Vec<StopSite>>,
+    pub stop_insns: Option<Vec<StopInsn>>,
 }
 
 impl Measurement {
@@ -68,42 +69,33 @@ impl Measurement {
         iterations: u32,
         console: &str,
     ) -> Result<Self, String> {
-        let json = console
-            .lines()
-            .find_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
-            .ok_or("the run printed no sluice-stats line")?;
-        let v: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| format!("sluice-stats is not valid JSON: {e}"))?;
+        let stats = stats_line::from_console(console, Lines::First)
+            .map_err(|e| format!("{workload} ({policy}): {e}"))?;
         // bench64 ends through the exit hypercall, Linux by halting (poweroff -f).
-        let clean = (v["end"] == "hypercall" || v["end"] == "halt") && v["exit_code"] == 0;
+        let clean = (stats.end == "hypercall" || stats.end == "halt") && stats.exit_code == 0;
         if !clean {
-            return Err(format!("the guest did not end cleanly: {json}"));
+            return Err(format!(
+                "{workload} ({policy}): the guest did not end cleanly: {}, exit code {}",
+                stats.end, stats.exit_code
+            ));
         }
-        let io = &v["io"];
-        let n = |k: &str| io[k].as_u64().unwrap_or(0);
-        let mut stops: Vec<(String, u64)> = io["stops"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let io = stats.io;
+        let mut stops: Vec<(String, u64)> = io.stops.into_iter().collect();
         stops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         Ok(Measurement {
             workload: workload.into(),
             policy: policy.into(),
             iterations,
-            io_instructions: n("instructions"),
-            io_exits: n("exits"),
-            emulated: n("emulated"),
-            string_elements: n("string_elements"),
-            cache_hits: io["cache"]["hits"].as_u64().unwrap_or(0),
-            cache_misses: io["cache"]["misses"].as_u64().unwrap_or(0),
-            cycles: n("cycles"),
+            io_instructions: io.instructions,
+            io_exits: io.exits,
+            emulated: io.emulated,
+            string_elements: io.string_elements,
+            cache_hits: io.cache.hits,
+            cache_misses: io.cache.misses,
+            cycles: io.cycles,
             stops,
-            stop_sites: io["stop_sites"].clone(),
-            stop_insns: io["stop_insns"].clone(),
+            stop_sites: io.stop_sites,
+            stop_insns: io.stop_insns,
         })
     }
 
@@ -141,26 +133,14 @@ impl Measurement {
     /// Where runs stopped: the busiest stop instructions and sites, `n` of each.
     pub fn stop_report(&self, n: usize) -> String {
         let mut out = String::new();
-        let rows = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
-        let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("?").to_string();
-        for g in rows(&self.stop_insns).iter().take(n) {
-            let _ = writeln!(
-                out,
-                "  {:>9}  {:<18} {}",
-                g["count"].as_u64().unwrap_or(0),
-                text(g, "reason"),
-                text(g, "insn")
-            );
+        for g in self.stop_insns.iter().flatten().take(n) {
+            let _ = writeln!(out, "  {:>9}  {:<18} {}", g.count, g.reason, g.insn);
         }
-        for s in rows(&self.stop_sites).iter().take(n) {
+        for s in self.stop_sites.iter().flatten().take(n) {
             let _ = writeln!(
                 out,
                 "  {:>9}  {:<18} {:<20} {:<8} {}",
-                s["count"].as_u64().unwrap_or(0),
-                text(s, "reason"),
-                text(s, "rip"),
-                text(s, "insn"),
-                text(s, "bytes")
+                s.count, s.reason, s.rip, s.insn, s.bytes
             );
         }
         out
@@ -618,7 +598,7 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     );
     for m in results
         .iter()
-        .filter(|m| m.policy == main_policy && m.stop_sites.is_array())
+        .filter(|m| m.policy == main_policy && m.stop_sites.is_some())
     {
         println!(
             "\nwhere {} runs stop ({main_policy}): by instruction, then by site",
@@ -679,10 +659,24 @@ fn write(path: &PathBuf, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats_line::kernel_line;
+    use hypervisor::coalesce::insn::StopReason;
+    use hypervisor::stats::{EndKind, Stats};
+    use hypervisor::vmcs::exit_reason;
 
     fn console(exits: u64, insns: u64, emulated: u64) -> String {
+        let mut stats = Stats::new();
+        stats.exits[usize::from(exit_reason::IO_INSTRUCTION)] = exits;
+        stats.io.instructions = insns;
+        stats.io.emulated = emulated;
+        stats.io.stops[StopReason::Limit.index()] = 2;
+        stats.io.stops[StopReason::Unsupported.index()] = 5;
+        stats.io.cache_hits = 3;
+        stats.io.cache_misses = 1;
+        stats.io.cycles = 4000;
         format!(
-            "x\nsluice-stats: {{\"guest\":\"bench64\",\"end\":\"hypercall\",\"exit_code\":0,\"io\":{{\"exits\":{exits},\"instructions\":{insns},\"string_elements\":0,\"emulated\":{emulated},\"stops\":{{\"limit\":2,\"unsupported\":5}},\"cache\":{{\"hits\":3,\"misses\":1}},\"cycles\":4000}}}}\n"
+            "x\n{}",
+            kernel_line("bench64", EndKind::Hypercall, 0, &stats)
         )
     }
 
@@ -696,27 +690,67 @@ mod tests {
         assert!((m.cycles_per_io() - 4000.0 / 240.0).abs() < 1e-9);
     }
 
+    /// `console` with stop sites recorded the kernel's way.
+    fn console_with_sites() -> String {
+        let mut stats = Stats::new();
+        stats.exits[usize::from(exit_reason::IO_INSTRUCTION)] = 10;
+        stats.io.instructions = 240;
+        let unsupported = StopReason::Unsupported.index() as u8;
+        for _ in 0..7 {
+            stats
+                .io
+                .sites
+                .record(0xffff_ffff_8100_0010, unsupported, || ("ret", [0xC3; 8], 1));
+        }
+        kernel_line("linux", EndKind::Halt, 0, &stats)
+    }
+
     #[test]
     fn stop_sites_are_read_and_reported() {
-        let c = console(10, 240, 340).replace(
-            "\"cycles\":4000}",
-            "\"cycles\":4000,\"stop_sites\":[{\"rip\":\"0xffffffff81000010\",\"reason\":\"unsupported\",\"insn\":\"ret\",\"bytes\":\"c3\",\"count\":7}],\"stop_insns\":[{\"insn\":\"ret\",\"reason\":\"unsupported\",\"count\":7}]}",
-        );
-        let m = Measurement::from_console("linux-boot", "page", 1, &c).unwrap();
+        let m = Measurement::from_console("linux-boot", "page", 1, &console_with_sites()).unwrap();
         let r = m.stop_report(8);
         assert!(r.contains("0xffffffff81000010"), "{r}");
         assert!(r.contains("unsupported") && r.contains(" c3"), "{r}");
+        assert!(r.lines().all(|l| l.trim_start().starts_with("7 ")), "{r}");
         assert_eq!(r.lines().count(), 2, "{r}");
-        // Older lines without sites still parse, with nothing to report.
-        let old = Measurement::from_console("w", "page", 1, &console(1, 1, 1)).unwrap();
-        assert!(old.stop_report(8).is_empty());
+        // The kernel leaves the arrays out when it recorded no site: nothing to report.
+        let none = Measurement::from_console("w", "page", 1, &console(1, 1, 1)).unwrap();
+        assert!(none.stop_sites.is_none() && none.stop_report(8).is_empty());
+    }
+
+    #[test]
+    fn bench_json_keeps_the_kernels_stop_arrays() {
+        let c = console_with_sites();
+        let m = Measurement::from_console("linux-boot", "page", 1, &c).unwrap();
+        let none = Measurement::from_console("w", "page", 1, &console(1, 1, 1)).unwrap();
+        let data = json(&[m, none], &BenchArgs::default(), "abc", None);
+        let kernel: serde_json::Value =
+            serde_json::from_str(c.strip_prefix(stats_line::PREFIX).unwrap()).unwrap();
+        for key in ["stop_sites", "stop_insns"] {
+            assert!(kernel["io"][key].is_array(), "{key}");
+            assert_eq!(data["results"][0][key], kernel["io"][key], "{key}");
+            assert!(data["results"][1][key].is_null(), "{key}");
+        }
+        assert_eq!(
+            data["results"][0]["stop_sites"][0]["rip"],
+            "0xffffffff81000010"
+        );
     }
 
     #[test]
     fn a_failed_guest_or_missing_line_is_an_error() {
-        assert!(Measurement::from_console("w", "off", 1, "nothing").is_err());
+        let e = Measurement::from_console("w", "off", 1, "nothing").unwrap_err();
+        assert!(e.contains("no sluice-stats line"), "{e}");
         let failed = console(1, 1, 0).replace("\"exit_code\":0", "\"exit_code\":1");
-        assert!(Measurement::from_console("w", "off", 1, &failed).is_err());
+        let e = Measurement::from_console("w", "off", 1, &failed).unwrap_err();
+        assert!(
+            e.contains("did not end cleanly") && e.contains("exit code 1"),
+            "{e}"
+        );
+        // A line missing what the kernel always writes is a changed format, not zeros.
+        let partial = console(1, 1, 0).replace("\"cycles\":4000", "\"later\":1");
+        let e = Measurement::from_console("w", "off", 1, &partial).unwrap_err();
+        assert!(e.contains("missing field `cycles`"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use hypervisor::config::Config;
 
 use crate::cli::{Firmware, TestArgs};
 use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::stats_line::{self, Lines};
 use crate::{guest_input, guests, image};
 
 /// One end-to-end case: boot, then require a status and console lines.
@@ -709,18 +710,8 @@ pub fn guest_lines<'a>(console: &'a str, compare: &[&str]) -> Vec<&'a str> {
 
 /// The `io` numbers of a run's stats line: (exits, instructions).
 fn io_counts(console: &str) -> Result<(u64, u64), String> {
-    let json = console
-        .lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
-        .ok_or("no sluice-stats line")?;
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("sluice-stats is not valid JSON: {e}"))?;
-    let n = |k: &str| {
-        v["io"][k]
-            .as_u64()
-            .ok_or(format!("sluice-stats has no io.{k}"))
-    };
-    Ok((n("exits")?, n("instructions")?))
+    let io = stats_line::from_console(console, Lines::First)?.io;
+    Ok((io.exits, io.instructions))
 }
 
 /// The default run shows what sluice is for: its IO takes at most half as many exits
@@ -839,50 +830,40 @@ pub fn judge(case: &Case, ending: &Ending, console: &str) -> Result<(), String> 
 
 /// Parses the one `sluice-stats: {json}` line and checks it against `want`.
 pub fn check_stats(console: &str, spec: &GuestSpec, want: &StatsExpect) -> Result<(), String> {
-    let lines: Vec<&str> = console
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("sluice-stats: "))
-        .collect();
-    let [json] = lines[..] else {
+    let stats = stats_line::from_console(console, Lines::One)?;
+    if !stats.guest.starts_with(spec.name) {
         return Err(format!(
-            "expected one sluice-stats line, found {}",
-            lines.len()
-        ));
-    };
-    let v: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| format!("sluice-stats is not valid JSON ({e}): {json}"))?;
-    let guest = v["guest"].as_str().unwrap_or_default();
-    if !guest.starts_with(spec.name) {
-        return Err(format!(
-            "sluice-stats guest is {guest:?}, expected {:?}",
-            spec.name
+            "sluice-stats guest is {:?}, expected {:?}",
+            stats.guest, spec.name
         ));
     }
-    if v["end"] != want.end {
+    if stats.end != want.end {
         return Err(format!(
-            "sluice-stats end is {}, expected {:?}",
-            v["end"], want.end
+            "sluice-stats end is {:?}, expected {:?}",
+            stats.end, want.end
         ));
     }
-    if v["exit_code"] != want.exit_code {
+    if stats.exit_code != want.exit_code {
         return Err(format!(
             "sluice-stats exit_code is {}, expected {}",
-            v["exit_code"], want.exit_code
+            stats.exit_code, want.exit_code
         ));
     }
     for (irq, min) in want.irqs_at_least {
-        let n = v["interrupts"]["injected"][irq].as_u64().unwrap_or(0);
+        let n = stats.irq_count(irq);
         if n < *min {
             return Err(format!(
-                "sluice-stats interrupts.injected.{irq} is {n}, expected at least {min}: {json}"
+                "sluice-stats interrupts.injected.{irq} is {n}, expected at least {min}: {:?}",
+                stats.interrupts.injected
             ));
         }
     }
     for (reason, min) in want.exits_at_least {
-        let n = v["exits"][reason].as_u64().unwrap_or(0);
+        let n = stats.exit_count(reason);
         if n < *min {
             return Err(format!(
-                "sluice-stats exits.{reason} is {n}, expected at least {min}: {json}"
+                "sluice-stats exits.{reason} is {n}, expected at least {min}: {:?}",
+                stats.exits
             ));
         }
     }
@@ -1092,6 +1073,9 @@ fn run_pair(pair: &PairCase, kernel: &std::path::Path, args: &TestArgs) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats_line::kernel_line;
+    use hypervisor::stats::{EndKind, Stats};
+    use hypervisor::vmcs::exit_reason;
 
     const CASE: Case = Case {
         name: "t",
@@ -1178,8 +1162,12 @@ mod tests {
 
     #[test]
     fn stats_line_is_parsed_and_checked() {
-        let ok = "x\nsluice-stats: {\"guest\":\"hello64\",\"end\":\"hypercall\",\"exit_code\":0,\"exits\":{\"cpuid\":3}}\r\n";
-        assert_eq!(check_stats(ok, &SPEC, &WANT), Ok(()));
+        let mut stats = Stats::new();
+        stats.exits[usize::from(exit_reason::CPUID)] = 3;
+        let line = kernel_line("hello64", EndKind::Hypercall, 0, &stats);
+        let ok = format!("x\n{}", line.replace('\n', "\r\n"));
+        assert!(ok.contains("\"cpuid\":3"), "{ok}");
+        assert_eq!(check_stats(&ok, &SPEC, &WANT), Ok(()));
         let few = ok.replace("\"cpuid\":3", "\"cpuid\":1");
         assert!(check_stats(&few, &SPEC, &WANT)
             .unwrap_err()
@@ -1193,6 +1181,11 @@ mod tests {
         assert!(check_stats("sluice-stats: {oops", &SPEC, &WANT)
             .unwrap_err()
             .contains("not valid JSON"));
+        // A line missing what the kernel always writes is a changed format, not zeros.
+        let partial = "sluice-stats: {\"guest\":\"hello64\",\"end\":\"hypercall\",\"exit_code\":0,\"exits\":{\"cpuid\":3}}";
+        assert!(check_stats(partial, &SPEC, &WANT)
+            .unwrap_err()
+            .contains("missing field `unknown_ports`"));
         assert!(check_stats("nothing", &SPEC, &WANT)
             .unwrap_err()
             .contains("found 0"));
@@ -1208,9 +1201,11 @@ mod tests {
             s.push_str(l);
             s.push_str("\r\n");
         }
-        s.push_str(&format!(
-            "sluice-stats: {{\"io\":{{\"exits\":{exits},\"instructions\":{insns}}}}}\nsluice: exit status 0\n"
-        ));
+        let mut stats = Stats::new();
+        stats.exits[usize::from(exit_reason::IO_INSTRUCTION)] = exits;
+        stats.io.instructions = insns;
+        s.push_str(&kernel_line("g", EndKind::Hypercall, 0, &stats));
+        s.push_str("sluice: exit status 0\n");
         s
     }
 

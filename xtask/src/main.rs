@@ -10,6 +10,7 @@ mod host;
 mod image;
 mod linux;
 mod screen;
+mod stats_line;
 mod usb;
 
 use std::path::PathBuf;
