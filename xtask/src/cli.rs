@@ -1,174 +1,76 @@
-//! Command-line parsing for `cargo xtask`. Hand-written (no extra crates) and strict:
-//! an unknown command, an unknown flag or a bad value is a usage error naming it.
+//! Command-line parsing for `cargo xtask`, declared with clap's derive: the help text is
+//! the doc comments below, so it cannot drift from the flags. Strict: an unknown
+//! command, an unknown flag or a bad value is a usage error naming it (exit status 2).
+//!
+//! The parser's own structs (`Cli`, `Sub`, `RunCli`, `UsbCli`, `GuestArgs`) follow the
+//! command line; `parse` turns them into the types the rest of xtask uses.
 
-use std::fmt;
+use std::ffi::OsString;
+use std::ops::RangeInclusive;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// `--guest linux`: the Linux guest (`--kernel`, `--initrd`, `--cmdline`).
 pub const LINUX_GUEST: &str = "linux";
 
-pub const USAGE: &str = "\
-usage: cargo xtask <command> [options]
+/// `--timeout`: seconds of console silence after which a run is reported hung.
+pub const TIMEOUT_S_DEFAULT: u64 = crate::emulator::SILENCE_DEFAULT.as_secs();
+/// `--max-time`: the overall cap of a run, in seconds.
+pub const MAX_TIME_S_DEFAULT: u64 = crate::emulator::MAX_TIME_DEFAULT.as_secs();
+/// `--exit-cost`: cycles of one exit round trip on bare-metal Intel (about 2,000 for a
+/// port-IO exit handled in the kernel, kvm-unit-tests `outl_to_kernel`).
+pub const EXIT_COST_DEFAULT: u64 = 2000;
+/// `--emulate-cost`: the cache-hit cost per instruction the micro-benchmark measures.
+pub const EMULATE_COST_DEFAULT: u64 = 60;
 
-commands:
-  build [--release]             build the kernel and the BIOS and UEFI disk images
-                                (target/sluice/<profile>/sluice-{bios,uefi}.img)
-  run   [options]               boot sluice with its default guest and stream its console;
-                                the exit status is the run's status
-  test  [--release] [--host-only] [--filter TEXT]
-                                host unit tests, then end-to-end boots in Bochs and QEMU
-  usb   --device PATH [options] write a bootable image for a real Intel PC to a USB stick
-                                (or to a file); see docs/HARDWARE.md
-  bench [options]               the exit-reduction report: every workload of the bench64
-                                guest in Bochs, coalescing off and on per extent policy,
-                                plus the host micro-benchmark of the coalescer; writes
-                                results/bench.json and results/bench.svg
-  help                          this text
+/// The commands `cargo xtask help COMMAND` describes (every command but help itself).
+const COMMANDS: [&str; 5] = ["build", "run", "test", "usb", "bench"];
 
-bench options:
-  --workload NAME               one workload only (see guest/README.md)
-  --policy POLICY               coalescing off against this extent policy only
-  --exit-cost CYCLES            modeled cost of one exit round trip (default 2000)
-  --emulate-cost CYCLES         modeled cost of one emulated instruction (default 60,
-                                the cache-hit cost the micro-benchmark measures)
-  --quick                       one iteration per workload, short micro-benchmark
-  --no-micro                    skip the host micro-benchmark
-  --release                     optimized kernel and guests
-
-run options:
-  --release                     build with optimizations
-  --emulator auto|qemu|bochs    auto (default): QEMU with KVM on an Intel host with nested
-                                VMX, otherwise Bochs (which emulates VMX with EPT)
-  --firmware bios|uefi          boot firmware (default bios; Bochs boots BIOS only)
-  --cpu MODEL                   Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
-  --timeout SECONDS             stop a hung run after this long (default 120)
-  --guest NAME|PATH             the guest to run: a built-in test guest (see guest/README.md),
-                                `linux` (an unmodified Linux kernel, options below) or a file
-                                (ELF64, boot sector, flat binary, firmware image);
-                                default: the demo guest hello64
-  --entry MODE                  how to start a guest file: elf64 | real:SEG:OFF | real:ADDR |
-                                firmware (reset vector F000:FFF0, image ending at 1 MiB and
-                                at 4 GiB) | linux (a kernel bundle); ELF files default to elf64
-  --ram MIB                     guest RAM in MiB (16..=4096, default 64; Linux: default 256,
-                                at least 128)
-  --arg N                       a number handed to the guest in RDI (decimal or 0x hex)
-
-Linux options (run, with --guest linux only):
-  --kernel PATH                 a bzImage (boot protocol 2.12+ with the 64-bit entry);
-                                default: Debian's stock kernel (the package behind
-                                linux-image-amd64), downloaded once into target/linux/
-  --initrd PATH                 an initramfs (cpio, optionally compressed); default: a
-                                generated busybox initramfs whose /init prints the kernel
-                                version, /proc/interrupts and the serial ports, then
-                                powers off
-  --cmdline TEXT                the kernel command line (default
-                                \"console=ttyS0 acpi=off pci=off nolapic noapic\": serial
-                                console, no ACPI/PCI/APIC, so the kernel needs only the UART,
-                                the PIT and the 8259 PIC sluice emulates)
-
-usb options (plus the guest, Linux, coalescing and timer options of run):
-  --device PATH                 the whole disk to write (/dev/sdX) or an image file
-  --firmware uefi|bios          which image to write (default uefi: every PC since ~2012)
-  --yes                         do not ask before erasing the device
-  --force                       write a disk that does not look removable or is larger
-                                than --max-size (mounted disks, partitions and the disk
-                                of the running system are always refused)
-  --max-size GIB                largest disk written without --force (default 64)
-
-coalescing and timer options (run and test):
-  --coalesce on|off             emulate each IO burst in one exit (default on) or take
-                                one exit per IO instruction, as other hypervisors do
-  --extent POLICY               where the scan for a burst may look (policies below)
-  --max-insns N                 instructions emulated per exit at most (1..=4096, default 256)
-  --max-string N                string-IO elements per exit at most (1..=65536, default 4096)
-  --max-quiet N                 instructions emulated after the last IO instruction of an
-                                exit at most (0..=4096, default 48)
-  --lost-ticks delay|discard    a PIT tick that finds the last one not yet taken: raised
-                                again once the guest has handled that one (delay: the
-                                default for --guest linux, whose clock counts ticks) or
-                                dropped as on hardware (discard: the default otherwise)
-";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Emulator {
+    /// QEMU with KVM on an Intel host with nested VMX, otherwise Bochs
     Auto,
+    /// QEMU: with KVM when the host has nested VMX, else TCG (which has no VMX)
     Qemu,
+    /// Bochs, which emulates VMX with EPT
     Bochs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Firmware {
     Bios,
     Uefi,
 }
 
-/// Coalescing (and timer) flags; `None` keeps the run configuration's default.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Coalescing (and timer) flags of run, test and usb; `None` keeps the run
+/// configuration's default.
+#[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Coalescing and timer options")]
 pub struct CoalesceArgs {
+    /// Emulate each IO burst in one exit (on, the default) or take one exit per IO
+    /// instruction, as other hypervisors do (off)
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub coalesce: Option<bool>,
+    /// Where the scan for a burst may look (the policies are listed below)
+    #[arg(long, value_name = "POLICY", value_parser = extent_policy)]
     pub extent: Option<String>,
+    /// Instructions emulated per exit at most (1..=4096, default 256)
+    #[arg(long, value_name = "N", value_parser = in_range(hypervisor::config::COALESCE_MAX_INSNS_RANGE))]
     pub max_insns: Option<u32>,
+    /// String-IO elements per exit at most (1..=65536, default 4096)
+    #[arg(long, value_name = "N", value_parser = in_range(hypervisor::config::COALESCE_MAX_STRING_RANGE))]
     pub max_string: Option<u32>,
+    /// Instructions emulated after the last IO instruction of an exit at most (0..=4096,
+    /// default 48)
+    #[arg(long, value_name = "N", value_parser = in_range(hypervisor::config::COALESCE_MAX_QUIET_RANGE))]
     pub max_quiet: Option<u32>,
+    /// A PIT tick that finds the last one not yet taken: raised again once the guest has
+    /// handled that one (delay: the default for --guest linux, whose clock counts ticks)
+    /// or dropped as on hardware (discard: the default otherwise)
+    #[arg(long, value_name = "delay|discard", value_parser = lost_ticks)]
     pub lost_ticks: Option<hypervisor::machine::LostTicks>,
-}
-
-impl CoalesceArgs {
-    /// Takes one coalescing flag; `Ok(false)` if `flag` is not one.
-    fn take<'a>(
-        &mut self,
-        flag: &str,
-        inline: Option<&'a str>,
-        rest: &mut impl Iterator<Item = &'a str>,
-    ) -> Result<bool, UsageError> {
-        match flag {
-            "--coalesce" => {
-                self.coalesce = Some(match value(flag, inline, rest)? {
-                    "on" => true,
-                    "off" => false,
-                    v => return err(format!("--coalesce: expected on or off, got '{v}'")),
-                })
-            }
-            "--extent" => {
-                let v = value(flag, inline, rest)?;
-                if hypervisor::coalesce::block::Extent::parse(v).is_none() {
-                    return err(format!(
-                        "--extent: unknown policy '{v}' (see `cargo xtask help` for the policies)"
-                    ));
-                }
-                self.extent = Some(v.to_string());
-            }
-            "--max-insns" | "--max-string" | "--max-quiet" => {
-                use hypervisor::config as c;
-                let v = value(flag, inline, rest)?;
-                let (range, slot) = match flag {
-                    "--max-insns" => (c::COALESCE_MAX_INSNS_RANGE, &mut self.max_insns),
-                    "--max-string" => (c::COALESCE_MAX_STRING_RANGE, &mut self.max_string),
-                    _ => (c::COALESCE_MAX_QUIET_RANGE, &mut self.max_quiet),
-                };
-                match v.parse::<u32>() {
-                    Ok(n) if range.contains(&n) => *slot = Some(n),
-                    _ => {
-                        return err(format!(
-                            "{flag}: expected a number in {}..={}, got '{v}'",
-                            range.start(),
-                            range.end()
-                        ))
-                    }
-                }
-            }
-            "--lost-ticks" => {
-                let v = value(flag, inline, rest)?;
-                let Some(policy) = hypervisor::machine::LostTicks::parse(v) else {
-                    return err(format!(
-                        "--lost-ticks: expected delay or discard, got '{v}'"
-                    ));
-                };
-                self.lost_ticks = Some(policy);
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,7 +79,10 @@ pub struct RunArgs {
     pub emulator: Emulator,
     pub firmware: Firmware,
     pub cpu: Option<String>,
+    /// Seconds of console silence after which the run is reported hung.
     pub timeout_s: u64,
+    /// The overall cap of the run, in seconds, however busy its console.
+    pub max_time_s: u64,
     pub guest: Option<String>,
     pub entry: Option<String>,
     pub ram_mib: Option<u32>,
@@ -188,10 +93,24 @@ pub struct RunArgs {
 
 /// `--kernel`, `--initrd`, `--cmdline`: the parts of a Linux guest (`--guest linux`);
 /// `None` takes the default (see `linux.rs`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Linux options (with --guest linux only)")]
 pub struct LinuxArgs {
+    /// A bzImage (boot protocol 2.12+ with the 64-bit entry); default: Debian's stock
+    /// kernel (the package behind linux-image-amd64), downloaded once into target/linux/
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     pub kernel: Option<String>,
+    /// An initramfs (cpio, optionally compressed); default: a generated busybox initramfs
+    /// whose /init prints the kernel version, /proc/interrupts and the serial ports, then
+    /// powers off
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     pub initrd: Option<String>,
+    /// The kernel command line, one shell word, passed on as given (may be empty); default
+    /// "console=ttyS0 acpi=off pci=off nolapic noapic": serial console, no ACPI/PCI/APIC,
+    /// so the kernel needs only the UART, the PIT and the 8259 PIC sluice emulates
+    // A command line is the kernel's business, so it is taken whole even when it starts
+    // with a dash.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 }
 
@@ -216,7 +135,8 @@ impl Default for RunArgs {
             emulator: Emulator::Auto,
             firmware: Firmware::Bios,
             cpu: None,
-            timeout_s: 120,
+            timeout_s: TIMEOUT_S_DEFAULT,
+            max_time_s: MAX_TIME_S_DEFAULT,
             guest: None,
             entry: None,
             ram_mib: None,
@@ -227,23 +147,45 @@ impl Default for RunArgs {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TestArgs {
+    /// Build the kernel and the guests with optimizations
+    #[arg(long)]
     pub release: bool,
+    /// The host unit tests only, no end-to-end boots
+    #[arg(long)]
     pub host_only: bool,
+    /// Only the end-to-end cases whose name contains TEXT
+    #[arg(long, value_name = "TEXT", value_parser = NonEmptyStringValueParser::new())]
     pub filter: Option<String>,
-    /// Applies to every end-to-end case that does not set coalescing itself.
+    // Applies to every end-to-end case that does not set coalescing itself.
+    #[command(flatten)]
     pub coalesce: CoalesceArgs,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct BenchArgs {
+    /// Optimized kernel and guests
+    #[arg(long)]
     pub release: bool,
+    /// One workload only (see guest/README.md)
+    #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
     pub workload: Option<String>,
+    /// Coalescing off against this extent policy only (the policies are listed below)
+    #[arg(long, value_name = "POLICY", value_parser = extent_policy)]
     pub policy: Option<String>,
+    /// Modeled cost of one exit round trip
+    #[arg(long, value_name = "CYCLES", default_value_t = EXIT_COST_DEFAULT, value_parser = positive)]
     pub exit_cost: u64,
+    /// Modeled cost of one emulated instruction (the default is the cache-hit cost the
+    /// micro-benchmark measures)
+    #[arg(long, value_name = "CYCLES", default_value_t = EMULATE_COST_DEFAULT)]
     pub emulate_cost: u64,
+    /// One iteration per workload, short micro-benchmark
+    #[arg(long)]
     pub quick: bool,
+    /// Skip the host micro-benchmark
+    #[arg(long)]
     pub no_micro: bool,
 }
 
@@ -253,8 +195,8 @@ impl Default for BenchArgs {
             release: false,
             workload: None,
             policy: None,
-            exit_cost: 2000,
-            emulate_cost: 60,
+            exit_cost: EXIT_COST_DEFAULT,
+            emulate_cost: EMULATE_COST_DEFAULT,
             quick: false,
             no_micro: false,
         }
@@ -269,7 +211,8 @@ pub struct UsbArgs {
     pub yes: bool,
     pub force: bool,
     pub max_size_gib: u64,
-    /// Guest, RAM, Linux and coalescing choices (the emulator fields are unused).
+    /// Guest, RAM, Linux and coalescing choices (the emulator fields keep run's defaults
+    /// and are unused).
     pub run: RunArgs,
 }
 
@@ -283,242 +226,435 @@ pub enum Command {
     Help,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
+/// Build, run, test and benchmark sluice, a type-1 hypervisor for Intel VMX, or write it
+/// to a USB stick
+#[derive(Parser, Debug)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    // A flag given twice takes its last value, as `cargo xtask` always did.
+    args_override_self = true,
+    after_help = top_after_help(),
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
 
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Build the kernel and the BIOS and UEFI disk images
+    /// (target/sluice/<profile>/sluice-{bios,uefi}.img)
+    Build(BuildArgs),
+    /// Boot sluice with its default guest (or --guest) and stream its console; the exit
+    /// status is the run's status
+    #[command(after_help = extent_policies("--extent"))]
+    Run(RunCli),
+    /// Host unit tests, then end-to-end boots in Bochs and QEMU
+    #[command(after_help = extent_policies("--extent"))]
+    Test(TestArgs),
+    /// Write a bootable image for a real Intel PC to a USB stick (or to a file); see
+    /// docs/HARDWARE.md
+    #[command(after_help = extent_policies("--extent"))]
+    Usb(UsbCli),
+    /// The exit-reduction report: every workload of the bench64 guest in Bochs, coalescing
+    /// off and on per extent policy, plus the host micro-benchmark of the coalescer;
+    /// writes results/bench.json and results/bench.svg
+    #[command(after_help = extent_policies("--policy"))]
+    Bench(BenchArgs),
+    /// This text, or the options of one command
+    Help(HelpArgs),
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// Build with optimizations
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunCli {
+    /// Build with optimizations
+    #[arg(long)]
+    release: bool,
+    /// The emulator to boot in
+    #[arg(long, value_enum, default_value_t = Emulator::Auto)]
+    emulator: Emulator,
+    /// Boot firmware (UEFI: OVMF)
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    firmware: Firmware,
+    /// Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
+    #[arg(long, value_name = "MODEL", value_parser = NonEmptyStringValueParser::new())]
+    cpu: Option<String>,
+    /// Report a hang when the console has been silent this long
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = TIMEOUT_S_DEFAULT, value_parser = positive)]
+    timeout_s: u64,
+    /// Stop the run after this long however busy its console (the overall cap of a run)
+    #[arg(long = "max-time", value_name = "SECONDS", default_value_t = MAX_TIME_S_DEFAULT, value_parser = positive)]
+    max_time_s: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    coalesce: CoalesceArgs,
+}
+
+#[derive(Args, Debug)]
+struct UsbCli {
+    /// The whole disk to write (/dev/sdX) or an image file
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
+    device: String,
+    /// Which image to write (uefi: every PC since ~2012)
+    #[arg(long, value_enum, default_value_t = Firmware::Uefi)]
+    firmware: Firmware,
+    /// Do not ask before erasing the device
+    #[arg(long)]
+    yes: bool,
+    /// Write a disk that does not look removable or is larger than --max-size (mounted
+    /// disks, partitions and the disk of the running system are always refused)
+    #[arg(long)]
+    force: bool,
+    /// Largest disk written without --force
+    #[arg(long = "max-size", value_name = "GIB", default_value_t = crate::usb::MAX_SIZE_GIB_DEFAULT, value_parser = positive)]
+    max_size_gib: u64,
+    /// Build with optimizations
+    #[arg(long)]
+    release: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    coalesce: CoalesceArgs,
+}
+
+/// The guest flags of run and usb.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Guest options")]
+struct GuestArgs {
+    /// The guest to run: a built-in test guest (see guest/README.md), `linux` (an
+    /// unmodified Linux kernel, options below) or a file (ELF64, boot sector, flat binary,
+    /// firmware image); default: the demo guest hello64
+    #[arg(long, value_name = "NAME|PATH", value_parser = NonEmptyStringValueParser::new())]
+    guest: Option<String>,
+    /// How to start a guest file: elf64 | real:SEG:OFF | real:ADDR | firmware (reset
+    /// vector F000:FFF0, image ending at 1 MiB and at 4 GiB) | linux (a kernel bundle);
+    /// ELF files default to elf64
+    #[arg(long, value_name = "MODE", value_parser = NonEmptyStringValueParser::new())]
+    entry: Option<String>,
+    /// Guest RAM in MiB (16..=4096, default 64; Linux: default 256, at least 128)
+    #[arg(long = "ram", value_name = "MIB")]
+    ram_mib: Option<u32>,
+    /// A number handed to the guest in RDI (decimal or 0x hex)
+    #[arg(long, value_name = "N", value_parser = number)]
+    arg: Option<u64>,
+    #[command(flatten)]
+    linux: LinuxArgs,
+}
+
+impl GuestArgs {
+    /// `--kernel`/`--initrd`/`--cmdline` make sense only with `--guest linux`.
+    fn check(&self, command: &str) -> Result<(), clap::Error> {
+        let linux_flags = self.linux.given();
+        if !linux_flags.is_empty() && self.guest.as_deref() != Some(LINUX_GUEST) {
+            return Err(usage_error(
+                command,
+                format!(
+                    "{}: only for a Linux guest (add --guest {LINUX_GUEST})",
+                    linux_flags.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The run arguments these guest flags describe, the others at run's defaults.
+    fn into_run(self, release: bool, coalesce: CoalesceArgs) -> RunArgs {
+        RunArgs {
+            release,
+            guest: self.guest,
+            entry: self.entry,
+            ram_mib: self.ram_mib,
+            arg: self.arg,
+            coalesce,
+            linux: self.linux,
+            ..RunArgs::default()
+        }
     }
 }
 
-fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
-    Err(UsageError(msg.into()))
+#[derive(Args, Debug)]
+struct HelpArgs {
+    /// The command whose options to print
+    #[arg(value_name = "COMMAND", value_parser = COMMANDS)]
+    command: Option<String>,
 }
 
-/// Takes the value of `flag` from the argument list, which may be `--flag VALUE` or
-/// `--flag=VALUE`.
-fn value<'a>(
-    flag: &str,
-    inline: Option<&'a str>,
-    rest: &mut impl Iterator<Item = &'a str>,
-) -> Result<&'a str, UsageError> {
-    match inline.or_else(|| rest.next()) {
-        Some(v) if !v.is_empty() && !(inline.is_none() && v.starts_with("--")) => Ok(v),
-        _ => err(format!("{flag} needs a value")),
+/// The extent policies, after the options of every command that takes one (`flags`:
+/// the flags that take a policy).
+fn extent_policies(flags: &str) -> String {
+    // Indented here, line by line: `Extent::HELP`'s first line has lost its indentation
+    // to the string continuation it starts with.
+    let lines: Vec<String> = hypervisor::coalesce::block::Extent::HELP
+        .lines()
+        .map(|line| format!("  {}", line.trim_start()))
+        .collect();
+    format!("Extent policies ({flags}):\n{}", lines.join("\n"))
+}
+
+fn top_after_help() -> String {
+    format!(
+        "The options of a command: cargo xtask help COMMAND (or cargo xtask COMMAND --help).\n\n{}",
+        extent_policies("--extent of run, test and usb; --policy of bench")
+    )
+}
+
+/// Prints the help of `cargo xtask` and `cargo xtask help` to stdout, the text and
+/// colours of `cargo xtask --help`.
+pub fn print_help() -> Result<(), String> {
+    Cli::command()
+        .print_help()
+        .map_err(|e| format!("writing the help: {e}"))
+}
+
+/// A usage error of `command` found after clap's parse, formatted like clap's own
+/// (message, that command's usage line, status 2).
+fn usage_error(command: &str, message: String) -> clap::Error {
+    let mut cli = Cli::command();
+    // Building gives the subcommand its full name (`cargo xtask run`) for the usage line.
+    cli.build();
+    cli.find_subcommand_mut(command)
+        .expect("a command of Cli")
+        .error(ErrorKind::ArgumentConflict, message)
+}
+
+/// Parses the arguments after the program name. The error is either a usage error
+/// (printed to stderr, exit status 2) or the help `--help` or `help COMMAND` asked for
+/// (stdout, status 0): `clap::Error::use_stderr` tells them apart, `print` prints either.
+pub fn parse<I, T>(args: I) -> Result<Command, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match cli.command {
+        None | Some(Sub::Help(HelpArgs { command: None })) => Command::Help,
+        Some(Sub::Help(HelpArgs { command: Some(c) })) => {
+            // clap renders a command's help, colours and terminal width included, as the
+            // outcome of its --help.
+            return Err(
+                Cli::try_parse_from([c.as_str(), "--help"]).expect_err("--help ends every parse")
+            );
+        }
+        Some(Sub::Build(b)) => Command::Build { release: b.release },
+        Some(Sub::Run(r)) => {
+            r.guest.check("run")?;
+            Command::Run(RunArgs {
+                emulator: r.emulator,
+                firmware: r.firmware,
+                cpu: r.cpu,
+                timeout_s: r.timeout_s,
+                max_time_s: r.max_time_s,
+                ..r.guest.into_run(r.release, r.coalesce)
+            })
+        }
+        Some(Sub::Usb(u)) => {
+            u.guest.check("usb")?;
+            Command::Usb(UsbArgs {
+                device: u.device,
+                firmware: u.firmware,
+                yes: u.yes,
+                force: u.force,
+                max_size_gib: u.max_size_gib,
+                run: u.guest.into_run(u.release, u.coalesce),
+            })
+        }
+        Some(Sub::Test(t)) => Command::Test(t),
+        Some(Sub::Bench(b)) => Command::Bench(b),
+    })
+}
+
+// Value parsers: clap reports their error as "invalid value 'V' for '--flag <NAME>': ...".
+
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
     }
 }
 
-/// `--kernel`/`--initrd`/`--cmdline` make sense only with `--guest linux`.
-fn linux_flags_need_linux(run: &RunArgs) -> Result<(), UsageError> {
-    let linux_flags = run.linux.given();
-    if !linux_flags.is_empty() && run.guest.as_deref() != Some(LINUX_GUEST) {
-        return err(format!(
-            "{}: only for a Linux guest (add --guest {LINUX_GUEST})",
-            linux_flags.join(", ")
-        ));
+fn extent_policy(v: &str) -> Result<String, String> {
+    match hypervisor::coalesce::block::Extent::parse(v) {
+        Some(_) => Ok(v.to_string()),
+        None => Err("not an extent policy (see `cargo xtask help` for the policies)".into()),
     }
-    Ok(())
 }
 
-pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, UsageError> {
-    let mut args = args.into_iter();
-    let command = match args.next() {
-        None | Some("help" | "--help" | "-h") => return Ok(Command::Help),
-        Some(c) => c,
-    };
-    let mut run = RunArgs::default();
-    let mut test = TestArgs::default();
-    let mut bench = BenchArgs::default();
-    let mut release = false;
-    let mut usb_device = None;
-    let (mut usb_yes, mut usb_force, mut usb_max_gib) = (false, false, None);
-    let mut usb_firmware = None;
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (arg, None),
-        };
-        match (command, flag) {
-            (_, "--help" | "-h") => return Ok(Command::Help),
-            ("build" | "run" | "test" | "bench" | "usb", "--release") if inline.is_none() => {
-                release = true
-            }
-            ("bench", "--workload") => {
-                bench.workload = Some(value(flag, inline, &mut args)?.to_string())
-            }
-            ("bench", "--policy") => {
-                let v = value(flag, inline, &mut args)?;
-                if hypervisor::coalesce::block::Extent::parse(v).is_none() {
-                    return err(format!("--policy: unknown extent policy '{v}'"));
-                }
-                bench.policy = Some(v.to_string());
-            }
-            ("bench", "--exit-cost") => {
-                let v = value(flag, inline, &mut args)?;
-                bench.exit_cost = match v.parse::<u64>() {
-                    Ok(n) if n > 0 => n,
-                    _ => return err(format!("--exit-cost: expected cycles, got '{v}'")),
-                }
-            }
-            ("bench", "--emulate-cost") => {
-                let v = value(flag, inline, &mut args)?;
-                bench.emulate_cost = match v.parse::<u64>() {
-                    Ok(n) => n,
-                    _ => return err(format!("--emulate-cost: expected cycles, got '{v}'")),
-                }
-            }
-            ("bench", "--quick") if inline.is_none() => bench.quick = true,
-            ("bench", "--no-micro") if inline.is_none() => bench.no_micro = true,
-            ("run", "--emulator") => {
-                run.emulator = match value(flag, inline, &mut args)? {
-                    "auto" => Emulator::Auto,
-                    "qemu" => Emulator::Qemu,
-                    "bochs" => Emulator::Bochs,
-                    v => {
-                        return err(format!(
-                            "--emulator: expected auto, qemu or bochs, got '{v}'"
-                        ))
-                    }
-                }
-            }
-            ("usb", "--device") => usb_device = Some(value(flag, inline, &mut args)?.to_string()),
-            ("usb", "--yes") if inline.is_none() => usb_yes = true,
-            ("usb", "--force") if inline.is_none() => usb_force = true,
-            ("usb", "--max-size") => {
-                let v = value(flag, inline, &mut args)?;
-                usb_max_gib = match v.parse::<u64>() {
-                    Ok(n) if n > 0 => Some(n),
-                    _ => return err(format!("--max-size: expected a size in GiB, got '{v}'")),
-                }
-            }
-            ("run" | "usb", "--firmware") => {
-                run.firmware = match value(flag, inline, &mut args)? {
-                    "bios" => Firmware::Bios,
-                    "uefi" => Firmware::Uefi,
-                    v => return err(format!("--firmware: expected bios or uefi, got '{v}'")),
-                };
-                usb_firmware = Some(run.firmware);
-            }
-            ("run", "--cpu") => run.cpu = Some(value(flag, inline, &mut args)?.to_string()),
-            ("run", "--timeout") => {
-                let v = value(flag, inline, &mut args)?;
-                run.timeout_s = match v.parse::<u64>() {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        return err(format!(
-                            "--timeout: expected a number of seconds, got '{v}'"
-                        ))
-                    }
-                }
-            }
-            ("run" | "usb", "--guest") => {
-                run.guest = Some(value(flag, inline, &mut args)?.to_string())
-            }
-            ("run" | "usb", "--entry") => {
-                run.entry = Some(value(flag, inline, &mut args)?.to_string())
-            }
-            ("run" | "usb", "--arg") => {
-                let v = value(flag, inline, &mut args)?;
-                let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                    None => v.parse::<u64>().ok(),
-                };
-                run.arg = match n {
-                    Some(n) => Some(n),
-                    None => return err(format!("--arg: expected a number, got '{v}'")),
-                }
-            }
-            ("run" | "usb", "--ram") => {
-                let v = value(flag, inline, &mut args)?;
-                run.ram_mib = match v.parse::<u32>() {
-                    Ok(n) => Some(n),
-                    _ => return err(format!("--ram: expected a size in MiB, got '{v}'")),
-                }
-            }
-            ("run" | "usb", "--kernel") => {
-                run.linux.kernel = Some(value(flag, inline, &mut args)?.to_string())
-            }
-            ("run" | "usb", "--initrd") => {
-                run.linux.initrd = Some(value(flag, inline, &mut args)?.to_string())
-            }
-            ("run" | "usb", "--cmdline") => {
-                // May be empty (`--cmdline=` or `--cmdline ""`) and may contain spaces
-                // (one shell word).
-                run.linux.cmdline = match inline.or_else(|| args.next()) {
-                    Some(v) => Some(v.to_string()),
-                    None => return err("--cmdline needs a value"),
-                }
-            }
-            ("test", "--host-only") if inline.is_none() => test.host_only = true,
-            ("test", "--filter") => test.filter = Some(value(flag, inline, &mut args)?.to_string()),
-            ("run" | "usb", f) if run.coalesce.take(f, inline, &mut args)? => {}
-            ("test", f) if test.coalesce.take(f, inline, &mut args)? => {}
-            ("build" | "run" | "test" | "bench" | "usb", _) => {
-                return err(format!("unknown option '{arg}' for '{command}'"))
-            }
-            _ => return err(format!("unknown command '{command}'")),
-        }
+fn lost_ticks(v: &str) -> Result<hypervisor::machine::LostTicks, String> {
+    hypervisor::machine::LostTicks::parse(v).ok_or_else(|| "expected delay or discard".into())
+}
+
+/// A decimal number within `range` (one of `hypervisor::config::COALESCE_*_RANGE`).
+fn in_range(
+    range: RangeInclusive<u32>,
+) -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    move |v| match v.parse::<u32>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number in {}..={}",
+            range.start(),
+            range.end()
+        )),
     }
-    match command {
-        "build" => Ok(Command::Build { release }),
-        "run" => {
-            if run.firmware == Firmware::Uefi && run.emulator == Emulator::Bochs {
-                return err(
-                    "Bochs has no UEFI firmware here; use --emulator qemu with --firmware uefi",
-                );
-            }
-            linux_flags_need_linux(&run)?;
-            run.release = release;
-            Ok(Command::Run(run))
-        }
-        "usb" => {
-            let Some(device) = usb_device else {
-                return err(
-                    "usb: --device PATH is required (the whole disk, e.g. /dev/sdb, or a file)",
-                );
-            };
-            linux_flags_need_linux(&run)?;
-            run.release = release;
-            Ok(Command::Usb(UsbArgs {
-                device,
-                firmware: usb_firmware.unwrap_or(Firmware::Uefi),
-                yes: usb_yes,
-                force: usb_force,
-                max_size_gib: usb_max_gib.unwrap_or(crate::usb::MAX_SIZE_GIB_DEFAULT),
-                run,
-            }))
-        }
-        "test" => {
-            test.release = release;
-            Ok(Command::Test(test))
-        }
-        "bench" => {
-            bench.release = release;
-            Ok(Command::Bench(bench))
-        }
-        _ => err(format!("unknown command '{command}'")),
+}
+
+/// A whole number greater than 0 (seconds, cycles, GiB).
+fn positive(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number greater than 0".into()),
     }
+}
+
+/// A number in decimal or with a 0x prefix in hex.
+fn number(v: &str) -> Result<u64, String> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse::<u64>(),
+    }
+    .map_err(|e| format!("expected a number in decimal or 0x hex ({e})"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Command, UsageError> {
+    fn p(s: &str) -> Result<Command, clap::Error> {
         parse(s.split_whitespace())
+    }
+
+    /// The text `print_help` prints.
+    fn help() -> String {
+        Cli::command().render_help().to_string()
+    }
+
+    /// The command `args` parse to.
+    fn ok(args: &str) -> Command {
+        p(args).unwrap_or_else(|e| panic!("{args}: {e}"))
+    }
+
+    /// The message of a usage error, which must end xtask with status 2 on stderr.
+    fn usage(args: &str) -> String {
+        let e = p(args).expect_err(args);
+        assert_eq!(e.exit_code(), 2, "{args}: {e}");
+        assert!(e.use_stderr(), "{args}: {e}");
+        e.to_string()
+    }
+
+    /// Asserts `args` is a usage error whose message contains every one of `parts`.
+    fn refused(args: &str, parts: &[&str]) {
+        let msg = usage(args);
+        for part in parts {
+            assert!(msg.contains(part), "{args}: '{part}' not in: {msg}");
+        }
+    }
+
+    /// The help text `args` asks for, which must end xtask with status 0 on stdout.
+    fn help_of(args: &[&str]) -> String {
+        let e = parse(args.iter().copied()).expect_err("help");
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}: {e}");
+        assert_eq!(e.exit_code(), 0, "{args:?}");
+        assert!(!e.use_stderr(), "{args:?}");
+        e.to_string()
+    }
+
+    /// Asserts `help` lists every extent policy with its description, indented.
+    fn lists_the_extent_policies(help: &str) {
+        let policies = hypervisor::coalesce::block::Extent::HELP.lines();
+        for line in policies {
+            let want = format!("\n  {}\n", line.trim_start());
+            assert!(
+                help.contains(&want) || help.ends_with(want.trim_end()),
+                "{want:?} not in:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn clap_accepts_the_command_definition() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn no_command_or_help_prints_usage() {
-        assert_eq!(p(""), Ok(Command::Help));
-        assert_eq!(p("help"), Ok(Command::Help));
-        assert_eq!(p("run --help"), Ok(Command::Help));
+        assert_eq!(ok(""), Command::Help);
+        assert_eq!(ok("help"), Command::Help);
+        let top = help();
+        for command in COMMANDS {
+            assert!(top.contains(command), "{command} missing from:\n{top}");
+        }
+        lists_the_extent_policies(&top);
+        assert_eq!(help_of(&["--help"]), top);
+        let run = help_of(&["run", "--help"]);
+        assert!(
+            run.contains("--max-time") && run.contains("--kernel"),
+            "{run}"
+        );
+        lists_the_extent_policies(&run);
+        lists_the_extent_policies(&help_of(&["bench", "--help"]));
+        assert_eq!(help_of(&["help", "run"]), run);
+        assert!(help_of(&["run", "-h"]).contains("--timeout"));
+        assert!(help_of(&["usb", "--help"]).contains("--device"));
+        refused("help frobnicate", &["frobnicate"]);
+    }
+
+    #[test]
+    fn help_names_every_command() {
+        let cli = Cli::command();
+        let mut names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        names.sort_unstable();
+        let mut want = COMMANDS.to_vec();
+        want.push("help");
+        want.sort_unstable();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn help_states_the_ranges_and_defaults_of_the_coalescing_limits() {
+        use hypervisor::config as c;
+        let d = c::Config::default();
+        let mut cli = Cli::command();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        for (flag, range, default) in [
+            (
+                "max_insns",
+                c::COALESCE_MAX_INSNS_RANGE,
+                d.coalesce_max_insns,
+            ),
+            (
+                "max_string",
+                c::COALESCE_MAX_STRING_RANGE,
+                d.coalesce_max_string,
+            ),
+            (
+                "max_quiet",
+                c::COALESCE_MAX_QUIET_RANGE,
+                d.coalesce_max_quiet,
+            ),
+        ] {
+            let arg = run.get_arguments().find(|a| a.get_id() == flag).unwrap();
+            let text = arg.get_help().unwrap().to_string();
+            let want = format!("({}..={}, default {default})", range.start(), range.end());
+            assert!(text.contains(&want), "{flag}: '{want}' not in '{text}'");
+        }
     }
 
     #[test]
     fn run_defaults_to_auto_bios() {
-        assert_eq!(p("run"), Ok(Command::Run(RunArgs::default())));
+        assert_eq!(ok("run"), Command::Run(RunArgs::default()));
+        let r = RunArgs::default();
+        assert_eq!((r.timeout_s, r.max_time_s), (120, 1800));
     }
 
     #[test]
@@ -529,6 +665,7 @@ mod tests {
             firmware: Firmware::Uefi,
             cpu: Some("host".into()),
             timeout_s: 30,
+            max_time_s: 600,
             guest: None,
             entry: None,
             ram_mib: None,
@@ -536,48 +673,43 @@ mod tests {
             coalesce: CoalesceArgs::default(),
             linux: LinuxArgs::default(),
         };
-        assert_eq!(
-            p("run --release --emulator qemu --firmware uefi --cpu host --timeout 30"),
-            Ok(Command::Run(want.clone()))
-        );
-        assert_eq!(
-            p("run --emulator=qemu --firmware=uefi --cpu=host --timeout=30 --release"),
-            Ok(Command::Run(want))
-        );
+        assert_eq!(ok("run --release --emulator qemu --firmware uefi --cpu host --timeout 30 --max-time 600"), Command::Run(want.clone()));
+        assert_eq!(ok("run --emulator=qemu --firmware=uefi --cpu=host --timeout=30 --max-time=600 --release"), Command::Run(want));
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let Ok(Command::Run(r)) = p("run --timeout 5 --release --timeout=7 --release") else {
+            panic!("expected run");
+        };
+        assert_eq!((r.timeout_s, r.release), (7, true));
     }
 
     #[test]
     fn bad_values_are_usage_errors_naming_the_flag() {
-        let e = p("run --emulator vmware").unwrap_err();
-        assert!(e.0.contains("--emulator") && e.0.contains("vmware"), "{e}");
-        assert!(p("run --firmware coreboot")
-            .unwrap_err()
-            .0
-            .contains("--firmware"));
-        assert!(p("run --timeout soon").unwrap_err().0.contains("--timeout"));
-        assert!(p("run --timeout 0").is_err());
-        assert!(p("run --cpu").unwrap_err().0.contains("needs a value"));
-        assert!(p("run --cpu --release")
-            .unwrap_err()
-            .0
-            .contains("needs a value"));
+        refused("run --emulator vmware", &["--emulator", "vmware"]);
+        refused("run --firmware coreboot", &["--firmware", "coreboot"]);
+        refused("run --timeout soon", &["--timeout", "soon"]);
+        refused("run --timeout 0", &["--timeout", "'0'"]);
+        refused("run --max-time 0", &["--max-time", "'0'"]);
+        refused("run --max-time=-5", &["--max-time", "'-5'"]);
+        refused("run --max-time -5", &["'-5'"]);
+        refused("run --cpu", &["--cpu", "a value is required"]);
+        refused("run --cpu --release", &["--cpu", "a value is required"]);
+        refused("run --cpu=", &["--cpu", "a value is required"]);
     }
 
     #[test]
     fn unknown_commands_and_options_are_rejected() {
-        assert!(p("frobnicate")
-            .unwrap_err()
-            .0
-            .contains("unknown command 'frobnicate'"));
-        assert!(p("build --emulator qemu")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
-        assert!(p("test --cpu x").unwrap_err().0.contains("unknown option"));
-        assert!(p("run --release=yes")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
+        refused("frobnicate", &["unrecognized subcommand 'frobnicate'"]);
+        refused(
+            "build --emulator qemu",
+            &["unexpected argument '--emulator'"],
+        );
+        refused("test --cpu x", &["unexpected argument '--cpu'"]);
+        refused("run --release=yes", &["--release", "yes"]);
+        refused("run --bogus", &["unexpected argument '--bogus'"]);
+        refused("run stray", &["unexpected argument 'stray'"]);
     }
 
     #[test]
@@ -588,13 +720,19 @@ mod tests {
         assert_eq!(r.guest.as_deref(), Some("boot.bin"));
         assert_eq!(r.entry.as_deref(), Some("real:0x7c00"));
         assert_eq!(r.ram_mib, Some(32));
-        assert!(p("run --ram lots").unwrap_err().0.contains("--ram"));
+        refused("run --ram lots", &["--ram", "lots"]);
         let Ok(Command::Run(r)) = p("run --arg 0x105") else {
             panic!("expected run");
         };
         assert_eq!(r.arg, Some(0x105));
-        assert!(p("run --arg five").unwrap_err().0.contains("--arg"));
-        assert!(p("run --guest").unwrap_err().0.contains("needs a value"));
+        let Ok(Command::Run(r)) = p("run --arg=261") else {
+            panic!("expected run");
+        };
+        assert_eq!(r.arg, Some(261));
+        refused("run --arg five", &["--arg", "five"]);
+        refused("run --arg 0xfg", &["--arg", "0xfg"]);
+        refused("run --guest", &["--guest", "a value is required"]);
+        refused("run --guest=", &["--guest", "a value is required"]);
     }
 
     #[test]
@@ -615,40 +753,37 @@ mod tests {
                 lost_ticks: Some(hypervisor::machine::LostTicks::Discard),
             }
         );
-        assert!(p("run --lost-ticks catch-up")
-            .unwrap_err()
-            .0
-            .contains("expected delay or discard"));
+        let Ok(Command::Run(r)) = p("run --lost-ticks=delay") else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            r.coalesce.lost_ticks,
+            Some(hypervisor::machine::LostTicks::Delay)
+        );
+        refused(
+            "run --lost-ticks catch-up",
+            &["--lost-ticks", "catch-up", "expected delay or discard"],
+        );
         let Ok(Command::Test(t)) = p("test --coalesce=on --extent=page") else {
             panic!("expected test");
         };
         assert_eq!(t.coalesce.coalesce, Some(true));
-        assert!(p("run --coalesce maybe")
-            .unwrap_err()
-            .0
-            .contains("--coalesce"));
-        assert!(p("run --extent galaxy")
-            .unwrap_err()
-            .0
-            .contains("unknown policy 'galaxy'"));
-        assert!(p("run --max-insns 0").unwrap_err().0.contains("1..=4096"));
-        assert!(p("run --max-quiet 5000")
-            .unwrap_err()
-            .0
-            .contains("0..=4096"));
-        assert!(p("test --max-string x")
-            .unwrap_err()
-            .0
-            .contains("--max-string"));
-        assert!(p("build --coalesce on")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
+        assert_eq!(t.coalesce.extent.as_deref(), Some("page"));
+        refused("run --coalesce maybe", &["--coalesce", "maybe"]);
+        refused(
+            "run --extent galaxy",
+            &["--extent", "galaxy", "not an extent policy"],
+        );
+        refused("run --max-insns 0", &["--max-insns", "1..=4096"]);
+        refused("run --max-insns 4097", &["--max-insns", "1..=4096"]);
+        refused("run --max-quiet 5000", &["--max-quiet", "0..=4096"]);
+        refused("test --max-string x", &["--max-string", "1..=65536"]);
+        refused("build --coalesce on", &["unexpected argument '--coalesce'"]);
     }
 
     #[test]
     fn bench_options() {
-        assert_eq!(p("bench"), Ok(Command::Bench(BenchArgs::default())));
+        assert_eq!(ok("bench"), Command::Bench(BenchArgs::default()));
         let Ok(Command::Bench(b)) = p(
             "bench --workload pic-init --policy line --exit-cost 5000 --quick --no-micro --release",
         ) else {
@@ -666,26 +801,19 @@ mod tests {
                 no_micro: true
             }
         );
-        assert!(p("bench --policy nowhere")
-            .unwrap_err()
-            .0
-            .contains("--policy"));
-        assert!(p("bench --exit-cost 0")
-            .unwrap_err()
-            .0
-            .contains("--exit-cost"));
-        assert!(p("bench --coalesce on")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
+        let Ok(Command::Bench(b)) = p("bench --emulate-cost=0 --policy=insns:8") else {
+            panic!("expected bench");
+        };
+        assert_eq!((b.emulate_cost, b.policy.as_deref()), (0, Some("insns:8")));
+        refused("bench --policy nowhere", &["--policy", "nowhere"]);
+        refused("bench --exit-cost 0", &["--exit-cost", "'0'"]);
+        refused("bench --emulate-cost lots", &["--emulate-cost", "lots"]);
+        refused("bench --coalesce on", &["unexpected argument '--coalesce'"]);
     }
 
     #[test]
     fn usb_needs_a_device_and_defaults_to_uefi() {
-        assert!(p("usb")
-            .unwrap_err()
-            .0
-            .contains("--device PATH is required"));
+        refused("usb", &["required", "--device <PATH>"]);
         let Ok(Command::Usb(u)) = p("usb --device /dev/sdb") else {
             panic!("expected usb");
         };
@@ -700,7 +828,7 @@ mod tests {
     fn usb_takes_guest_and_safety_flags() {
         let Ok(Command::Usb(u)) = p(
             "usb --device=stick.img --firmware bios --yes --force --max-size 256 --release \
-             --guest bench64 --arg 3 --ram 128 --coalesce off",
+             --guest bench64 --entry elf64 --arg 3 --ram 128 --coalesce off",
         ) else {
             panic!("expected usb");
         };
@@ -708,24 +836,27 @@ mod tests {
         assert!(u.yes && u.force && u.run.release);
         assert_eq!(u.max_size_gib, 256);
         assert_eq!(u.run.guest.as_deref(), Some("bench64"));
+        assert_eq!(u.run.entry.as_deref(), Some("elf64"));
         assert_eq!((u.run.arg, u.run.ram_mib), (Some(3), Some(128)));
         assert_eq!(u.run.coalesce.coalesce, Some(false));
-        assert!(p("usb --device x --max-size 0")
-            .unwrap_err()
-            .0
-            .contains("--max-size"));
-        assert!(p("usb --device x --emulator qemu")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
-        assert!(p("usb --device x --kernel bz")
-            .unwrap_err()
-            .0
-            .contains("only for a Linux guest"));
-        assert!(p("run --device x")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
+        let Ok(Command::Usb(u)) = p("usb --device x --guest linux --kernel bz") else {
+            panic!("expected usb");
+        };
+        assert_eq!(u.run.linux.kernel.as_deref(), Some("bz"));
+        refused("usb --device x --max-size 0", &["--max-size", "'0'"]);
+        refused(
+            "usb --device x --emulator qemu",
+            &["unexpected argument '--emulator'"],
+        );
+        refused(
+            "usb --device x --timeout 5",
+            &["unexpected argument '--timeout'"],
+        );
+        refused(
+            "usb --device x --kernel bz",
+            &["--kernel: only for a Linux guest", "cargo xtask usb"],
+        );
+        refused("run --device x", &["unexpected argument '--device'"]);
     }
 
     #[test]
@@ -754,53 +885,62 @@ mod tests {
             panic!("expected run");
         };
         assert_eq!(r.linux.cmdline.as_deref(), Some(""));
+        let Ok(Command::Run(r)) = parse(["run", "--guest", "linux", "--cmdline", ""]) else {
+            panic!("expected run");
+        };
+        assert_eq!(r.linux.cmdline.as_deref(), Some(""));
+        let Ok(Command::Run(r)) = parse(["run", "--guest=linux", "--cmdline", "-v quiet"]) else {
+            panic!("expected run");
+        };
+        assert_eq!(r.linux.cmdline.as_deref(), Some("-v quiet"));
         assert_eq!(
-            p("run --guest linux"),
-            Ok(Command::Run(RunArgs {
+            ok("run --guest linux"),
+            Command::Run(RunArgs {
                 guest: Some("linux".into()),
                 ..RunArgs::default()
-            }))
+            })
         );
-        let e = p("run --kernel bzImage --initrd rd").unwrap_err();
-        assert!(
-            e.0.contains("--kernel, --initrd: only for a Linux guest")
-                && e.0.contains("--guest linux"),
-            "{e}"
+        refused(
+            "run --kernel bzImage --initrd rd",
+            &[
+                "--kernel, --initrd: only for a Linux guest",
+                "--guest linux",
+                "cargo xtask run",
+            ],
         );
-        assert!(p("run --guest hello64 --cmdline=x")
-            .unwrap_err()
-            .0
-            .contains("--cmdline"));
-        assert!(p("run --guest linux --kernel")
-            .unwrap_err()
-            .0
-            .contains("needs a value"));
-        assert!(p("run --guest linux --cmdline")
-            .unwrap_err()
-            .0
-            .contains("needs a value"));
-        assert!(p("test --kernel x")
-            .unwrap_err()
-            .0
-            .contains("unknown option"));
+        refused("run --guest hello64 --cmdline=x", &["--cmdline"]);
+        refused(
+            "run --guest linux --kernel",
+            &["--kernel", "a value is required"],
+        );
+        refused(
+            "run --guest linux --cmdline",
+            &["--cmdline", "a value is required"],
+        );
+        refused("test --kernel x", &["unexpected argument '--kernel'"]);
     }
 
     #[test]
-    fn bochs_with_uefi_is_refused() {
-        assert!(p("run --emulator bochs --firmware uefi").is_err());
+    fn bochs_with_uefi_is_accepted() {
+        let Ok(Command::Run(r)) = p("run --emulator bochs --firmware uefi") else {
+            panic!("expected run");
+        };
+        assert_eq!((r.emulator, r.firmware), (Emulator::Bochs, Firmware::Uefi));
     }
 
     #[test]
     fn test_options() {
         assert_eq!(
-            p("test --release --host-only --filter qemu"),
-            Ok(Command::Test(TestArgs {
+            ok("test --release --host-only --filter qemu"),
+            Command::Test(TestArgs {
                 release: true,
                 host_only: true,
                 filter: Some("qemu".into()),
                 coalesce: CoalesceArgs::default(),
-            }))
+            })
         );
-        assert_eq!(p("build --release"), Ok(Command::Build { release: true }));
+        assert_eq!(ok("test"), Command::Test(TestArgs::default()));
+        assert_eq!(ok("build --release"), Command::Build { release: true });
+        assert_eq!(ok("build"), Command::Build { release: false });
     }
 }

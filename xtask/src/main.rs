@@ -25,23 +25,17 @@ use hypervisor::machine::LostTicks;
 
 fn main() -> ExitCode {
     emulator::catch_interrupts();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(args.iter().map(String::as_str)) {
+    let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("xtask: {e}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
+            // Either a usage error (stderr, status 2) or the help --help asked for
+            // (stdout, status 0).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let result = match command {
-        Command::Help => {
-            print!(
-                "{}\nextent policies (--extent):\n{}\n",
-                cli::USAGE,
-                hypervisor::coalesce::block::Extent::HELP
-            );
-            Ok(0)
-        }
+        Command::Help => cli::print_help().map(|()| 0),
         Command::Build { release } => build(release).map(|_| 0),
         Command::Run(args) => run(&args),
         Command::Test(args) => e2e::test(&args),
@@ -167,7 +161,7 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         cpu: args.cpu.clone(),
         ram_mib: guest.ram_mib,
         silence: Duration::from_secs(args.timeout_s),
-        max_time: emulator::MAX_TIME_DEFAULT,
+        max_time: Duration::from_secs(args.max_time_s),
         echo: true,
     };
     let payload = image::payload_bytes(&config, &guest.bytes);
