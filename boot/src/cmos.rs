@@ -1,10 +1,10 @@
 //! The machine's own real-time clock, read once at start so the guest's virtual RTC
-//! (`hypervisor::rtc`) begins at a plausible date. PC/AT CMOS ports 0x70 (index) and
+//! (`hypervisor::devices::rtc`) begins at a plausible date. PC/AT CMOS ports 0x70 (index) and
 //! 0x71 (data); the MC146818A datasheet's rule for a consistent read: wait until
 //! register A's UIP bit is clear, after which the time bytes hold still for at least
 //! 244 µs, and read twice to be sure no update slipped in between.
 
-use hypervisor::rtc::{self, REG_A, REG_B};
+use hypervisor::devices::rtc::{self, REG_A, REG_B};
 use x86_64::instructions::port::Port;
 
 const INDEX: u16 = 0x70;

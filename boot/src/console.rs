@@ -1,5 +1,5 @@
 //! The hypervisor's own console: COM1 (I/O port 0x3f8) driven by `uart_16550`, and the
-//! boot framebuffer through `hypervisor::fbcon`.
+//! boot framebuffer through `hypervisor::console::fbcon`.
 //!
 //! Everything sluice prints, and everything the guest writes to its virtual UART, goes
 //! to both. A PC without a serial port is normal (most laptops), so a UART that fails
@@ -7,7 +7,7 @@
 //! in a format the console cannot draw) just leaves the serial port.
 
 use core::fmt::{self, Write};
-use hypervisor::fbcon::{Cell, Console, FbInfo, GlyphCache, Report, RunNumbers};
+use hypervisor::console::fbcon::{Cell, Console, FbInfo, GlyphCache, Report, RunNumbers};
 use hypervisor::stats::{EndKind, Stats};
 use spin::Mutex;
 use uart_16550::backend::PioBackend;

@@ -1,19 +1,19 @@
 //! Running the guest: guest RAM, EPT, the VMCS (controls, host and guest state, all
-//! computed by `hypervisor::vmcs_setup`), then the VMLAUNCH/VMRESUME loop that hands
-//! every VM exit to `hypervisor::exits`. Intel SDM Vol. 3C chapters 25-29.
+//! computed by `hypervisor::vmx::setup`), then the VMLAUNCH/VMRESUME loop that hands
+//! every VM exit to `hypervisor::vcpu::exits`. Intel SDM Vol. 3C chapters 25-29.
 
 use core::arch::asm;
 use core::fmt::Write;
 
 use hypervisor::config::Config;
-use hypervisor::ept::{self, EptAccess, FrameSource, MemoryType};
-use hypervisor::linux_boot;
-use hypervisor::loader::{self, Start};
-use hypervisor::mtrr::{self, Mtrrs};
-use hypervisor::regs::GuestRegs;
-use hypervisor::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
-use hypervisor::vmcs_setup::{self, ControlAddrs, HostState};
-use hypervisor::vmx_caps::VmxCaps;
+use hypervisor::guest::linux_boot;
+use hypervisor::guest::loader::{self, Start};
+use hypervisor::vmx::caps::VmxCaps;
+use hypervisor::vmx::ept::{self, EptAccess, FrameSource, MemoryType};
+use hypervisor::vmx::mtrr::{self, Mtrrs};
+use hypervisor::vmx::setup::{self, ControlAddrs, HostState};
+use hypervisor::vmx::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
+use hypervisor::x86::regs::GuestRegs;
 use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
@@ -23,15 +23,15 @@ use hypervisor::coalesce::cache::BlockCache;
 use hypervisor::coalesce::engine::{Coalescer, Outcome, Settings};
 use hypervisor::coalesce::exec::{IoEnv, Limits};
 use hypervisor::coalesce::insn::Width;
-use hypervisor::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
-use hypervisor::guest_mem::SliceMemory;
-use hypervisor::iobus::{ConsoleSink, IoBus};
-use hypervisor::irq;
-use hypervisor::machine::{Machine, PcConfig, Ticks};
-use hypervisor::rtc::{self, DateTime};
+use hypervisor::devices::board::{Machine, PcConfig, Ticks};
+use hypervisor::devices::bus::{ConsoleSink, IoBus};
+use hypervisor::devices::rtc::{self, DateTime};
 use hypervisor::stats::{self, EndKind, Stats};
 use hypervisor::timebase::Timebase;
-use hypervisor::vmcs::exit_reason;
+use hypervisor::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
+use hypervisor::vcpu::irq;
+use hypervisor::vmx::vmcs::exit_reason;
+use hypervisor::x86::guest_mem::SliceMemory;
 
 use crate::console::ConsoleWriter;
 use crate::memory::Memory;
@@ -64,8 +64,8 @@ pub enum StartError {
     OutOfMemory(&'static str),
     Load(loader::LoadError),
     Ept(ept::EptError),
-    Controls(vmcs_setup::SetupError),
-    GuestState(vmcs_setup::GuestStateError),
+    Controls(setup::SetupError),
+    GuestState(setup::GuestStateError),
 }
 
 impl core::fmt::Display for StartError {
@@ -244,17 +244,16 @@ pub fn prepare(
     }
 
     let long_mode = matches!(loaded.start, Start::Long { .. } | Start::Linux { .. });
-    let options = vmcs_setup::ControlOptions {
+    let options = setup::ControlOptions {
         long_mode_guest: long_mode,
         // Timer interrupts on time and HLT wake-ups use the VMX-preemption timer.
         want_preemption_timer: true,
     };
-    let controls =
-        vmcs_setup::compute_controls_with(caps, &options).map_err(StartError::Controls)?;
-    let io_a = bitmap_frame(mem, "IO bitmap A", vmcs_setup::fill_io_bitmap)?;
-    let io_b = bitmap_frame(mem, "IO bitmap B", vmcs_setup::fill_io_bitmap)?;
+    let controls = setup::compute_controls_with(caps, &options).map_err(StartError::Controls)?;
+    let io_a = bitmap_frame(mem, "IO bitmap A", setup::fill_io_bitmap)?;
+    let io_b = bitmap_frame(mem, "IO bitmap B", setup::fill_io_bitmap)?;
     let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| {
-        vmcs_setup::fill_msr_bitmap(b, vmcs_setup::PASSTHROUGH_MSRS)
+        setup::fill_msr_bitmap(b, setup::PASSTHROUGH_MSRS)
     })?;
 
     // XSETBV runs in the host on the guest's behalf (exits::HostOps::xsetbv), which
@@ -272,7 +271,7 @@ pub fn prepare(
     vmx::vmptrld(vmcs_region)?;
     let mut vmcs = HwVmcs;
     let vpid = (caps.vpid.present).then_some(GUEST_VPID);
-    vmcs_setup::write_controls(
+    setup::write_controls(
         &mut vmcs,
         &controls,
         &ControlAddrs {
@@ -283,14 +282,14 @@ pub fn prepare(
             vpid,
         },
     );
-    vmcs_setup::write_host_state(&mut vmcs, &host_state());
+    setup::write_host_state(&mut vmcs, &host_state());
     let mut regs = GuestRegs::default();
     match loaded.start {
         Start::Real { cs, ip, ss, sp } => {
-            vmcs_setup::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
+            setup::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
         }
         Start::ResetVector => {
-            let gprs = vmcs_setup::write_guest_reset_vector(&mut vmcs, caps);
+            let gprs = setup::write_guest_reset_vector(&mut vmcs, caps);
             let cpuid1_eax = CpuId::new().get_feature_info().map_or(0, |f| {
                 u32::from(f.stepping_id())
                     | u32::from(f.model_id()) << 4
@@ -305,7 +304,7 @@ pub fn prepare(
             rsp,
             cr3,
             gdt_base,
-        } => vmcs_setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
+        } => setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
         Start::Linux {
             entry,
             rsp,
@@ -313,7 +312,7 @@ pub fn prepare(
             gdt_base,
             rsi,
         } => {
-            vmcs_setup::write_guest_long_mode_with(
+            setup::write_guest_long_mode_with(
                 &mut vmcs,
                 caps,
                 entry,
@@ -334,7 +333,7 @@ pub fn prepare(
         // System V ABI, so a 64-bit entry function can take it as a parameter).
         regs.rdi = config.guest_arg;
     }
-    vmcs_setup::check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
+    setup::check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
     if caps.ept.invept_single_context {
         invept(1, eptp.raw());
     } else if caps.ept.invept_all_context {

@@ -4,13 +4,13 @@
 //!
 //! A VM exit loads RSP and RIP from the host-state area (SDM Vol. 3C 28.5.1) and saves
 //! nothing of the guest's general registers: the stub stores them into `GuestRegs`
-//! (layout in `hypervisor::regs`) and returns to the Rust caller of `vm_run` as if the
+//! (layout in `hypervisor::x86::regs`) and returns to the Rust caller of `vm_run` as if the
 //! call had simply finished.
 
 use core::arch::{asm, global_asm};
 
-use hypervisor::regs::GuestRegs;
-use hypervisor::vmcs::{Vmcs, VmcsField};
+use hypervisor::vmx::vmcs::{Vmcs, VmcsField};
+use hypervisor::x86::regs::GuestRegs;
 
 /// The VMCS that VMPTRLD made current on this CPU.
 pub struct HwVmcs;

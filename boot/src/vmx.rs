@@ -1,12 +1,12 @@
 //! VMX on the boot CPU: capability probe (CPUID + the VMX capability MSRs, decoded by
-//! `hypervisor::vmx_caps`), IA32_FEATURE_CONTROL, and the VMX instructions themselves.
+//! `hypervisor::vmx::caps`), IA32_FEATURE_CONTROL, and the VMX instructions themselves.
 //! Intel SDM Vol. 3C chapter 24 (VMX operation), 25.11.5 (VMXON region), 31 (VMX
 //! instruction reference), Vol. 3D appendix A (capability MSRs).
 
 use core::arch::asm;
 use core::fmt;
 
-use hypervisor::vmx_caps::{
+use hypervisor::vmx::caps::{
     check_platform, CpuVendor, FeatureControlAction, MissingFeature, RawVmxMsrs, VmxCaps,
     IA32_FEATURE_CONTROL,
 };

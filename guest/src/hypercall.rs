@@ -1,8 +1,8 @@
-//! VMCALL wrappers for sluice's hypercalls (ABI in `hypervisor::hypercall`).
+//! VMCALL wrappers for sluice's hypercalls (ABI in `hypervisor::vcpu::hypercall`).
 
 use core::arch::asm;
 
-pub use hypervisor::hypercall::{COUNTERS, ERROR, EXIT, PRINT, PRINT_MAX};
+pub use hypervisor::vcpu::hypercall::{COUNTERS, ERROR, EXIT, PRINT, PRINT_MAX};
 
 /// Executes VMCALL with RAX = `function`, RBX = `rbx`, RCX = `rcx`; returns RAX.
 ///

@@ -7,7 +7,7 @@
 //! - [`entry!`]: the `_start` symbol the linker script names as entry point, which
 //!   hands `main` the run's `guest.arg` (RDI at entry) if it takes one;
 //! - [`hypercall`]: VMCALL wrappers for sluice's print and exit functions
-//!   (`hypervisor::hypercall` defines the ABI);
+//!   (`hypervisor::vcpu::hypercall` defines the ABI);
 //! - [`uart`]: polled output through the (virtual) COM1 16550;
 //! - [`println!`]: formatted lines through the print hypercall;
 //! - [`idt`]: an IDT that routes the 32 exception vectors to one Rust handler, so a

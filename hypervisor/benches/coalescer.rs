@@ -55,11 +55,11 @@ use hypervisor::coalesce::engine::{Coalescer, Outcome, Settings};
 use hypervisor::coalesce::exec::{IoEnv, Limits};
 use hypervisor::coalesce::insn::{StopReason, Width};
 use hypervisor::config::{COALESCE_MAX_INSNS_DEFAULT, COALESCE_MAX_STRING_DEFAULT};
-use hypervisor::guest_mem::SliceMemory;
-use hypervisor::regs::GuestRegs;
 use hypervisor::stats::Stats;
-use hypervisor::vmcs::{SoftVmcs, Vmcs, VmcsField};
-use hypervisor::vmx_caps::EntryControls;
+use hypervisor::vmx::caps::EntryControls;
+use hypervisor::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
+use hypervisor::x86::guest_mem::SliceMemory;
+use hypervisor::x86::regs::GuestRegs;
 
 /// The cost of one VM exit the per-instruction numbers are compared with
 /// (docs/COALESCING.md: "about 2,000 cycles on bare-metal Intel").

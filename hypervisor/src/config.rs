@@ -13,7 +13,7 @@
 
 use core::fmt;
 
-use crate::machine::LostTicks;
+use crate::devices::board::LostTicks;
 
 /// Real-mode code can only address the first MiB (plus the HMA, which sluice
 /// does not use for loading), so `real:` entries and load addresses must be

@@ -3,7 +3,7 @@
 //! so guest-visible time advances at the real rate and costs nothing while nobody looks
 //! (the device models are time-based, not stepped).
 
-pub use crate::pit8254::PIT_HZ;
+pub use crate::devices::pit8254::PIT_HZ;
 
 /// Converts between TSC values and PIT input-clock ticks since `tsc0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

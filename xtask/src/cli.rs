@@ -70,7 +70,7 @@ pub struct CoalesceArgs {
     /// handled that one (delay: the default for --guest linux, whose clock counts ticks)
     /// or dropped as on hardware (discard: the default otherwise)
     #[arg(long, value_name = "delay|discard", value_parser = lost_ticks)]
-    pub lost_ticks: Option<hypervisor::machine::LostTicks>,
+    pub lost_ticks: Option<hypervisor::devices::board::LostTicks>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -491,8 +491,9 @@ fn extent_policy(v: &str) -> Result<String, String> {
     }
 }
 
-fn lost_ticks(v: &str) -> Result<hypervisor::machine::LostTicks, String> {
-    hypervisor::machine::LostTicks::parse(v).ok_or_else(|| "expected delay or discard".into())
+fn lost_ticks(v: &str) -> Result<hypervisor::devices::board::LostTicks, String> {
+    hypervisor::devices::board::LostTicks::parse(v)
+        .ok_or_else(|| "expected delay or discard".into())
 }
 
 /// A decimal number within `range` (one of `hypervisor::config::COALESCE_*_RANGE`).
@@ -750,7 +751,7 @@ mod tests {
                 max_insns: Some(16),
                 max_string: Some(100),
                 max_quiet: Some(0),
-                lost_ticks: Some(hypervisor::machine::LostTicks::Discard),
+                lost_ticks: Some(hypervisor::devices::board::LostTicks::Discard),
             }
         );
         let Ok(Command::Run(r)) = p("run --lost-ticks=delay") else {
@@ -758,7 +759,7 @@ mod tests {
         };
         assert_eq!(
             r.coalesce.lost_ticks,
-            Some(hypervisor::machine::LostTicks::Delay)
+            Some(hypervisor::devices::board::LostTicks::Delay)
         );
         refused(
             "run --lost-ticks catch-up",

@@ -7,8 +7,8 @@ use std::path::Path;
 use hypervisor::config::{
     self, EntryMode, RAM_MIB_DEFAULT, RAM_MIB_MAX, RAM_MIB_MIN, REAL_MODE_LIMIT,
 };
-use hypervisor::elf64;
-use hypervisor::loader::{self, LongModeLayout};
+use hypervisor::guest::elf64;
+use hypervisor::guest::loader::{self, LongModeLayout};
 
 use crate::cli::{LinuxArgs, LINUX_GUEST};
 use crate::{guests, linux};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use hypervisor::config::RAM_MIB_MIN;
-use hypervisor::elf64;
+use hypervisor::guest::elf64;
 
 use crate::host::{self, Requirement};
 use crate::image::{profile, workspace_root};

@@ -1,6 +1,6 @@
 //! The Linux guest (`cargo xtask run --guest linux`): an unmodified bzImage, an initrd
 //! and a command line packed into one guest payload (the bundle of
-//! `hypervisor::linux_boot`, started with `guest.entry = linux`).
+//! `hypervisor::guest::linux_boot`, started with `guest.entry = linux`).
 //!
 //! Defaults, fetched from Debian's archive once and cached below `<target>/linux/`:
 //!
@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hypervisor::linux_boot::{self, BootError};
+use hypervisor::guest::linux_boot::{self, BootError};
 
 use crate::image::workspace_root;
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use cli::{Command, Emulator as EmulatorChoice, Firmware, RunArgs};
 use emulator::{Emulator, Ending, Machine};
 use hypervisor::config::{Config, Platform};
-use hypervisor::machine::LostTicks;
+use hypervisor::devices::board::LostTicks;
 
 fn main() -> ExitCode {
     emulator::catch_interrupts();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hypervisor::config::{Config, Platform};
-use hypervisor::fbcon::{self, CELL_H, CELL_W};
+use hypervisor::console::fbcon::{self, CELL_H, CELL_W};
 
 use crate::cli::Firmware;
 use crate::emulator::{self, Emulator, Machine, RunSpec};
@@ -450,7 +450,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypervisor::fbcon::{Cell, Console, FbInfo, GlyphCache, PixelFormat, Report};
+    use hypervisor::console::fbcon::{Cell, Console, FbInfo, GlyphCache, PixelFormat, Report};
 
     /// Renders text with the kernel's console into an RGB image, as a screendump of it
     /// would look.

@@ -221,7 +221,7 @@ pub fn kernel_line(
         end,
         exit_code,
         stats,
-        &hypervisor::iobus::IoBus::new(),
+        &hypervisor::devices::bus::IoBus::new(),
     )
     .expect("writing to a String cannot fail");
     line
@@ -231,9 +231,9 @@ pub fn kernel_line(
 mod tests {
     use super::*;
     use hypervisor::coalesce::insn::StopReason;
-    use hypervisor::iobus::IoBus;
+    use hypervisor::devices::bus::IoBus;
     use hypervisor::stats::{write_stats_line, EndKind, IoStats, Stats};
-    use hypervisor::vmcs::exit_reason;
+    use hypervisor::vmx::vmcs::exit_reason;
 
     /// A run with every section of the line populated.
     fn full_line() -> String {

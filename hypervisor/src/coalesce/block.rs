@@ -13,7 +13,7 @@ use core::fmt;
 #[cfg(feature = "decoder")]
 use super::decode::{decode, DecodeError, MAX_INSN_LEN};
 use super::insn::{CodeMode, Insn, Op, StopReason};
-use crate::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
+use crate::x86::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
 
 /// Where the scan may look for instructions after the exiting one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -250,7 +250,7 @@ pub fn leaf_page_size(mem: &impl GuestMemory, ctx: &PagingContext, linear: u64) 
             let pde = mem
                 .read_u32((ctx.cr3 & 0xFFFF_F000) | ((lin >> 22) << 2))
                 .unwrap_or(0);
-            let pse = ctx.cr4 & crate::guest_mem::CR4_PSE != 0;
+            let pse = ctx.cr4 & crate::x86::guest_mem::CR4_PSE != 0;
             if pde & 1 != 0 && u64::from(pde) & PS != 0 && pse {
                 4 << 20
             } else {
@@ -501,7 +501,7 @@ pub fn hash_code(fetch: &mut impl CodeFetch, linear: u64, len: u16) -> Option<u6
 pub(crate) mod tests {
     use super::*;
     use crate::coalesce::insn::{AluOp, Operand, PortSrc, RegRef, Width};
-    use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 
     /// Code at linear `base..base + bytes.len()`, with an unmapped hole and a page size.
     pub(crate) struct FakeCode {
@@ -972,7 +972,7 @@ pub(crate) mod tests {
         let p32 = PagingContext {
             cr0: CR0_PE | CR0_PG,
             cr3: 0x1000,
-            cr4: crate::guest_mem::CR4_PSE,
+            cr4: crate::x86::guest_mem::CR4_PSE,
             efer: 0,
         };
         assert_eq!(leaf_page_size(&m2, &p32, 0x40_0000), 4 << 20);

@@ -44,16 +44,16 @@ use super::cache::BlockCache;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::{self, IoEnv, Limits};
 use super::insn::{AluOp, CodeMode, StopReason, Width};
-use crate::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
-use crate::guest_mem::{translate, Access, GuestMemory, SliceMemory};
-use crate::iobus::{ConsoleSink, IoBus, PortDevice, UnknownPort, TOP_UNKNOWN};
-use crate::machine::Machine;
-use crate::pic8259::PicPair;
-use crate::pit8254::{PIT_PORTS, PORT_B};
-use crate::regs::GuestRegs;
+use crate::devices::board::Machine;
+use crate::devices::bus::{ConsoleSink, IoBus, PortDevice, UnknownPort, TOP_UNKNOWN};
+use crate::devices::pic8259::PicPair;
+use crate::devices::pit8254::{PIT_PORTS, PORT_B};
 use crate::stats::Stats;
-use crate::vmcs::{SoftVmcs, Vmcs, VmcsField};
-use crate::vmx_caps::EntryControls;
+use crate::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
+use crate::vmx::caps::EntryControls;
+use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
+use crate::x86::guest_mem::{translate, Access, GuestMemory, SliceMemory};
+use crate::x86::regs::GuestRegs;
 
 // ---------------------------------------------------------------------------
 // Random numbers
@@ -464,10 +464,10 @@ impl Case {
                 VmcsField::EntryControls,
                 u64::from(EntryControls::IA32E_MODE_GUEST.bits()),
             );
-            v.write(VmcsField::GuestCr4, crate::guest_mem::CR4_PAE);
+            v.write(VmcsField::GuestCr4, crate::x86::guest_mem::CR4_PAE);
             v.write(
                 VmcsField::GuestIa32Efer,
-                crate::guest_mem::EFER_LME | crate::guest_mem::EFER_LMA,
+                crate::x86::guest_mem::EFER_LME | crate::x86::guest_mem::EFER_LMA,
             );
             v.write(VmcsField::GuestCr3, PML4);
             // Identity map of RAM with 4 KiB user pages.
@@ -501,7 +501,7 @@ impl Case {
             v.write(VmcsField::GuestCr0, cr0 | 0x8001_0000);
             v.write(VmcsField::GuestCr3, 0x1000);
             if self.large_pages {
-                v.write(VmcsField::GuestCr4, crate::guest_mem::CR4_PSE);
+                v.write(VmcsField::GuestCr4, crate::x86::guest_mem::CR4_PSE);
                 put(&mut ram, 0x1000, 0x80 | 7);
             } else {
                 put(&mut ram, 0x1000, 0x2000 | 7);
@@ -1872,7 +1872,7 @@ impl Reference<'_, '_> {
             RefOp::Ret { pop } => {
                 let rsp = self.vmcs.read(VmcsField::GuestRsp);
                 let target = self.ref_read(rsp, 8)?;
-                if !crate::guest_mem::is_canonical(target, 48) {
+                if !crate::x86::guest_mem::is_canonical(target, 48) {
                     return Err(format!(
                         "the coalescer ran past `{}` to a non-canonical address (#GP)",
                         text()

@@ -11,13 +11,13 @@ use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason, Width};
-use crate::exits::{
+use crate::stats::{IoStats, Stats};
+use crate::vcpu::exits::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
-use crate::guest_mem::{translate, Access, GuestMemory};
-use crate::regs::GuestRegs;
-use crate::stats::{IoStats, Stats};
-use crate::vmcs::{IoQualification, Vmcs, VmcsField};
+use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
+use crate::x86::guest_mem::{translate, Access, GuestMemory};
+use crate::x86::regs::GuestRegs;
 
 /// Taken transfers (JMP, Jcc, CALL, RET) out of the current extent one exit may follow
 /// in 64-bit code with the `page` and `line` policies; each starts a new extent at
@@ -381,7 +381,7 @@ impl<'c> Coalescer<'c> {
 /// Mnemonic and first code bytes of the instruction at `linear` (stop statistics).
 fn describe<M: GuestMemory>(
     mem: &M,
-    paging: crate::guest_mem::PagingContext,
+    paging: crate::x86::guest_mem::PagingContext,
     cpl: u8,
     linear: u64,
     mode: CodeMode,

@@ -82,11 +82,11 @@ use super::insn::{
     StopReason, Width,
 };
 use super::memory::{self, Pieces};
-use crate::guest_mem::{
+use crate::x86::guest_mem::{
     check_linear, read_linear_as, translate, write_linear, Access, GuestMemory, PagingContext,
     PAGE_SIZE,
 };
-use crate::regs::GuestRegs;
+use crate::x86::regs::GuestRegs;
 
 /// RFLAGS bits (SDM Vol. 1 3.4.3).
 pub mod rflags {
@@ -922,14 +922,14 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         if (lo..hi).contains(&target) {
             return true;
         }
-        let bits = if self.state.paging.cr4 & crate::guest_mem::CR4_LA57 != 0 {
+        let bits = if self.state.paging.cr4 & crate::x86::guest_mem::CR4_LA57 != 0 {
             57
         } else {
             48
         };
         self.leave
             && self.mode() == CodeMode::Bits64
-            && crate::guest_mem::is_canonical(target, bits)
+            && crate::x86::guest_mem::is_canonical(target, bits)
     }
 
     /// Retires a taken CALL/RET whose stack work is done.
@@ -1267,7 +1267,7 @@ fn branch_width_ok(mode: CodeMode, w: Width) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
     use Width::{W16, W32, W64, W8};
 
     const WIDTHS: [Width; 4] = [W8, W16, W32, W64];

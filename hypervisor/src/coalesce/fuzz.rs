@@ -29,9 +29,9 @@ use super::exec::Limits;
 use super::insn::{
     AluOp, CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg, Width,
 };
-use crate::guest_mem::SliceMemory;
 use crate::stats::Stats;
-use crate::vmcs::{Vmcs, VmcsField};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
+use crate::x86::guest_mem::SliceMemory;
 
 const MODES: [CodeMode; 3] = [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64];
 

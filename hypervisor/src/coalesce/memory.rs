@@ -23,7 +23,7 @@
 //! TLBs are not modelled: the walk reads the paging structures as they are now, which
 //! is what a processor does after INVLPG or a CR3 write (SDM Vol. 3A 4.10.4.3).
 
-use crate::guest_mem::{
+use crate::x86::guest_mem::{
     translate_with_rights, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE,
 };
 
@@ -137,7 +137,7 @@ pub fn write_pieces(mem: &mut impl GuestMemory, p: &Pieces, value: u64) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
 
     const P: u64 = 1;
     const A: u64 = 1 << 5;

@@ -36,8 +36,8 @@
 
 use core::fmt;
 
-use crate::guest_paging::{self, GuestPagingError, GuestTableMemory, SegmentState};
-use crate::vmcs_setup::{LongModeLayout, LONG_MODE_RESERVED};
+use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory, SegmentState};
+use crate::vmx::setup::{LongModeLayout, LONG_MODE_RESERVED};
 
 // ---------------------------------------------------------------------------------------
 // Setup header (boot.rst, "The Real-Mode Kernel Header"): offsets in the image file,
@@ -145,10 +145,10 @@ pub const LINUX_GDT_LIMIT: u16 = (LINUX_GDT_ENTRIES * 8 - 1) as u16;
 /// `__BOOT_DS` at 0x18. Both are 4 GiB flat (base 0, limit 0xFFFFF, G=1) as boot.rst
 /// requires; the code segment is execute/read with L=1 (D=0), since the CPU has to be
 /// in 64-bit mode at the entry, and the data segment is read/write with D/B=1. These
-/// are exactly the descriptors of `guest_paging::long_mode_gdt` (accessed bit preset
+/// are exactly the descriptors of `long_mode::long_mode_gdt` (accessed bit preset
 /// so VM entry accepts them and the CPU never writes the GDT), at Linux's selectors.
 pub const fn linux_gdt() -> [u64; LINUX_GDT_ENTRIES] {
-    let g = guest_paging::long_mode_gdt();
+    let g = long_mode::long_mode_gdt();
     [0, 0, g[1], g[2]]
 }
 
@@ -157,7 +157,7 @@ pub const LINUX_CODE_SEGMENT: SegmentState = SegmentState {
     selector: BOOT_CS,
     base: 0,
     limit: 0xFFFF_FFFF,
-    access_rights: guest_paging::descriptor_access_rights(linux_gdt()[2]),
+    access_rights: long_mode::descriptor_access_rights(linux_gdt()[2]),
 };
 
 /// DS, ES, SS (and FS, GS) at the entry: `__BOOT_DS` from [`linux_gdt`] (0xC093).
@@ -165,7 +165,7 @@ pub const LINUX_DATA_SEGMENT: SegmentState = SegmentState {
     selector: BOOT_DS,
     base: 0,
     limit: 0xFFFF_FFFF,
-    access_rights: guest_paging::descriptor_access_rights(linux_gdt()[3]),
+    access_rights: long_mode::descriptor_access_rights(linux_gdt()[3]),
 };
 
 // ---------------------------------------------------------------------------------------
@@ -764,7 +764,7 @@ pub fn load_linux(
     }
 
     // GDT and identity page tables in the reserved top area (LongModeLayout).
-    let cr3 = guest_paging::build_guest_identity_4level(
+    let cr3 = long_mode::build_guest_identity_4level(
         &mut RamTables {
             ram: &mut *ram,
             scratch: [0; 512],

@@ -11,17 +11,17 @@
 
 use core::cell::{Cell, RefCell};
 
-use crate::i8042::{
+use crate::devices::bus::{size_mask, BusError, ConsoleSink, IoBus, PortDevice};
+use crate::devices::i8042::{
     Port92, AUX_IRQ, I8042, I8042_CMD_PORTS, I8042_DATA_PORTS, KEYBOARD_IRQ, PORT_92,
 };
-use crate::iobus::{size_mask, BusError, ConsoleSink, IoBus, PortDevice};
-use crate::irq::{self, Delivery, InterruptController};
-use crate::pic8259::PicPair;
-use crate::pit8254::{Pit, PIT_PORTS, PORT_B};
-use crate::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
+use crate::devices::pic8259::PicPair;
+use crate::devices::pit8254::{Pit, PIT_PORTS, PORT_B};
+use crate::devices::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
+use crate::devices::uart16550::Uart16550;
 use crate::stats::Stats;
-use crate::uart16550::Uart16550;
-use crate::vmcs::Vmcs;
+use crate::vcpu::irq::{self, Delivery, InterruptController};
+use crate::vmx::vmcs::Vmcs;
 
 /// Bits of `Machine::lines` for the lines the PIT and UART drive.
 const LINE_IRQ0: u8 = 3;
@@ -529,8 +529,8 @@ impl InterruptController for PicPair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pit8254::PIT_HZ;
-    use crate::vmcs::{SoftVmcs, VmcsField};
+    use crate::devices::pit8254::PIT_HZ;
+    use crate::vmx::vmcs::{SoftVmcs, VmcsField};
 
     #[derive(Default)]
     struct Sink(Vec<u8>);

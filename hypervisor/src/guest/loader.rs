@@ -13,10 +13,10 @@
 //!   (`guest_paging`), and the initial stack just below the tables.
 
 use crate::config::{EntryMode, REAL_MODE_LIMIT};
-use crate::elf64::{self, ElfError};
-use crate::guest_paging::{self, GuestPagingError, GuestTableMemory};
+use crate::guest::elf64::{self, ElfError};
+use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory};
 
-pub use crate::vmcs_setup::{LongModeLayout, LONG_MODE_RESERVED};
+pub use crate::vmx::setup::{LongModeLayout, LONG_MODE_RESERVED};
 
 /// How the guest starts; the kernel turns this into VMCS guest state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub enum LoadError {
     Elf(ElfError),
     RamTooSmall { ram_bytes: u64 },
     Paging(GuestPagingError),
-    Linux(crate::linux_boot::BootError),
+    Linux(crate::guest::linux_boot::BootError),
 }
 
 impl core::fmt::Display for LoadError {
@@ -170,7 +170,7 @@ pub fn load(ram: &mut [u8], entry: EntryMode, image: &[u8]) -> Result<Loaded, Lo
             })
         }
         EntryMode::Linux => {
-            use crate::linux_boot::{decode_bundle, load_linux, parse_bzimage, LinuxLayout};
+            use crate::guest::linux_boot::{decode_bundle, load_linux, parse_bzimage, LinuxLayout};
             let ram_bytes = ram.len() as u64;
             let bundle = decode_bundle(image).map_err(LoadError::Linux)?;
             let kernel = parse_bzimage(bundle.kernel).map_err(LoadError::Linux)?;
@@ -210,13 +210,13 @@ pub fn load(ram: &mut [u8], entry: EntryMode, image: &[u8]) -> Result<Loaded, Lo
                 let bss = seg.paddr + seg.file_bytes.len() as u64..seg.paddr + seg.mem_size;
                 ram[bss.start as usize..bss.end as usize].fill(0);
             }
-            let cr3 = guest_paging::build_guest_identity_4level(
+            let cr3 = long_mode::build_guest_identity_4level(
                 &mut RamTables(ram),
                 layout.tables_gpa,
                 ram_bytes,
             )
             .map_err(LoadError::Paging)?;
-            let gdt = guest_paging::long_mode_gdt();
+            let gdt = long_mode::long_mode_gdt();
             for (i, d) in gdt.iter().enumerate() {
                 let at = layout.gdt_gpa as usize + i * 8;
                 ram[at..at + 8].copy_from_slice(&d.to_le_bytes());
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(&r[0x20_0000..0x20_0002], &[0xf4, 0x90]);
         assert_eq!(r[0x20_0004], 0);
         let gdt1 = u64::from_le_bytes(r[(63 << 20) + 8..(63 << 20) + 16].try_into().unwrap());
-        assert_eq!(gdt1, guest_paging::long_mode_gdt()[1]);
+        assert_eq!(gdt1, long_mode::long_mode_gdt()[1]);
         let pml4e = u64::from_le_bytes(r[layout.tables_gpa as usize..][..8].try_into().unwrap());
         assert_eq!(pml4e & !0xfff, layout.tables_gpa + 0x1000);
     }

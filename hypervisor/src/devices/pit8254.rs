@@ -78,7 +78,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::iobus::PortDevice;
+use crate::devices::bus::PortDevice;
 
 /// Input clock of the PC's 8254: 14.31818 MHz / 12.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -967,7 +967,7 @@ impl Pit {
     }
 }
 
-/// Bytes of an access of `size` (as [`crate::iobus::size_mask`] reads it).
+/// Bytes of an access of `size` (as [`crate::devices::bus::size_mask`] reads it).
 fn access_bytes(size: u8) -> u16 {
     match size {
         1 => 1,
@@ -992,7 +992,7 @@ impl PortDevice for Pit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iobus::IoBus;
+    use crate::devices::bus::IoBus;
     use core::cell::RefCell;
 
     const CH: [u16; 3] = [COUNTER0_PORT, COUNTER1_PORT, COUNTER2_PORT];

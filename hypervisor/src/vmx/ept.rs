@@ -119,7 +119,7 @@ pub struct EptCaps {
 }
 
 impl EptCaps {
-    pub const fn from_vmx_caps(c: &crate::vmx_caps::EptCaps) -> Self {
+    pub const fn from_vmx_caps(c: &crate::vmx::caps::EptCaps) -> Self {
         EptCaps {
             large_2m: c.pages_2m,
             large_1g: c.pages_1g,
@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn caps_from_vmx_caps() {
-        let hw = crate::vmx_caps::EptCaps {
+        let hw = crate::vmx::caps::EptCaps {
             pages_2m: true,
             pages_1g: false,
             accessed_dirty: true,
@@ -735,7 +735,7 @@ mod tests {
 
     #[test]
     fn guest_ram_takes_the_host_mtrr_types() {
-        use crate::mtrr::{Mtrrs, VariableRange, UC, WB};
+        use crate::vmx::mtrr::{Mtrrs, VariableRange, UC, WB};
         // Host RAM WB by default, with one 4 KiB UC page at host 0x120_3000.
         let mut m = Mtrrs::absent();
         m.present = true;

@@ -33,22 +33,22 @@ use core::fmt::{self, Write};
 
 use crate::coalesce::exec::update_addr_reg;
 use crate::coalesce::insn::Width;
-use crate::guest_mem::{
-    check_linear, is_canonical, pdpte_reserved, read_linear, read_linear_as, write_linear, Access,
-    GuestMemory, PagingContext, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE,
-};
-use crate::hypercall;
-use crate::iobus::{size_mask, IoBus};
-use crate::machine::ResetSource;
-use crate::regs::GuestRegs;
+use crate::devices::board::ResetSource;
+use crate::devices::bus::{size_mask, IoBus};
 use crate::stats::{EndKind, Stats};
-use crate::vmcs::{
+use crate::vcpu::hypercall;
+use crate::vmx::caps::{EntryControls, PrimaryControls};
+use crate::vmx::vmcs::{
     exit_reason as er, exit_reason_name, hardware_exception, inject_event, interruption_info,
     CrAccessQualification, CrAccessType, EptViolationQualification, EventType, ExitReason,
     IoQualification, Vmcs, VmcsField, INTERRUPTION_INFO_DELIVER_ERROR_CODE,
     INTERRUPTION_INFO_VALID,
 };
-use crate::vmx_caps::{EntryControls, PrimaryControls};
+use crate::x86::guest_mem::{
+    check_linear, is_canonical, pdpte_reserved, read_linear, read_linear_as, write_linear, Access,
+    GuestMemory, PagingContext, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE,
+};
+use crate::x86::regs::GuestRegs;
 
 /// What the kernel's exit handler needs from the machine.
 pub trait HostOps {
@@ -647,8 +647,10 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             return end(EndKind::Halt);
         }
         self.advance_rip();
-        self.vmcs
-            .write(VmcsField::GuestActivityState, crate::irq::ACTIVITY_HLT);
+        self.vmcs.write(
+            VmcsField::GuestActivityState,
+            crate::vcpu::irq::ACTIVITY_HLT,
+        );
         ExitAction::Resume
     }
 
@@ -669,7 +671,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     // VMCALL (18)
     // ---------------------------------------------------------------------
 
-    /// The hypercall ABI of [`crate::hypercall`]. Per that ABI, VMCALL at
+    /// The hypercall ABI of [`crate::vcpu::hypercall`]. Per that ABI, VMCALL at
     /// CPL > 0 returns `ERROR` in RAX (it is not a #UD).
     fn vmcall(&mut self) -> ExitAction {
         if self.cpl() != 0 {
@@ -1310,10 +1312,10 @@ pub const fn entry_failure_detail(q: u64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_mem::SliceMemory;
-    use crate::iobus::{ConsoleSink, PortDevice};
-    use crate::uart16550::Uart16550;
-    use crate::vmcs::SoftVmcs;
+    use crate::devices::bus::{ConsoleSink, PortDevice};
+    use crate::devices::uart16550::Uart16550;
+    use crate::vmx::vmcs::SoftVmcs;
+    use crate::x86::guest_mem::SliceMemory;
 
     const RAM: usize = 4 << 20;
     const RIP: u64 = 0x7000;
@@ -2015,7 +2017,7 @@ mod tests {
         h.assert_retired(a);
         assert_eq!(
             h.vmcs.read(VmcsField::GuestActivityState),
-            crate::irq::ACTIVITY_HLT
+            crate::vcpu::irq::ACTIVITY_HLT
         );
         assert_eq!(
             h.describe(EndKind::Halt),
@@ -2581,7 +2583,7 @@ mod tests {
         let mut h = Harness::long();
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmcs::nmi()),
+            u64::from(crate::vmx::vmcs::nmi()),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);
@@ -2605,7 +2607,7 @@ mod tests {
         h.vmcs.write(VmcsField::ExitInstructionLength, 1);
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmcs::software_exception(3)),
+            u64::from(crate::vmx::vmcs::software_exception(3)),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);

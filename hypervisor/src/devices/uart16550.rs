@@ -70,7 +70,7 @@
 //!   byte by byte, lowest port in the lowest byte, with each byte's usual side
 //!   effects. Bytes that fall past the UART's last port float (read 0xFF) or
 //!   are dropped on write. Access sizes other than 1 and 2 count as 4, as in
-//!   [`crate::iobus::size_mask`].
+//!   [`crate::devices::bus::size_mask`].
 //! - **Reading an empty RBR** returns the last byte that was read out of it
 //!   (RBR keeps its content; reset does not clear it), 0 before any.
 //! - **Receive errors.** Host input has no parity or framing errors, but
@@ -84,7 +84,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::iobus::{ConsoleSink, PortDevice};
+use crate::devices::bus::{ConsoleSink, PortDevice};
 
 /// Ports a UART decodes (offsets 0..=7).
 pub const PORT_COUNT: u16 = 8;
@@ -376,7 +376,7 @@ pub struct Uart16550<S: ConsoleSink> {
 }
 
 impl<S: ConsoleSink> Uart16550<S> {
-    /// A UART at `base..=base + 7` (COM1 is [`crate::machine::COM1_BASE`]),
+    /// A UART at `base..=base + 7` (COM1 is [`crate::devices::board::COM1_BASE`]),
     /// in its reset state with the modem inputs at [`DEFAULT_MODEM_INPUTS`]
     /// and the divisor at [`DEFAULT_DIVISOR`].
     pub fn new(base: u16, sink: S) -> Self {
@@ -419,7 +419,7 @@ impl<S: ConsoleSink> Uart16550<S> {
         self.rx.clear();
     }
 
-    /// The port range to register on an [`crate::iobus::IoBus`].
+    /// The port range to register on an [`crate::devices::bus::IoBus`].
     pub fn ports(&self) -> RangeInclusive<u16> {
         self.base..=self.base.saturating_add(PORT_COUNT - 1)
     }
@@ -752,8 +752,8 @@ impl<S: ConsoleSink> PortDevice for Uart16550<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iobus::IoBus;
-    use crate::machine::COM1_BASE;
+    use crate::devices::board::COM1_BASE;
+    use crate::devices::bus::IoBus;
 
     #[derive(Default)]
     struct VecSink(Vec<u8>);

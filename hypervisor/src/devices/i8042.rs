@@ -27,7 +27,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::iobus::PortDevice;
+use crate::devices::bus::PortDevice;
 
 pub const DATA_PORT: u16 = 0x60;
 pub const STATUS_PORT: u16 = 0x64;

@@ -20,9 +20,9 @@ use core::fmt;
 
 use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
 
-use crate::machine::ResetSource;
+use crate::devices::board::ResetSource;
 use crate::stats::{EndKind, Stats};
-use crate::vmcs::exit_reason;
+use crate::vmx::vmcs::exit_reason;
 
 const WEIGHT: FontWeight = FontWeight::Regular;
 const SIZE: RasterHeight = RasterHeight::Size16;

@@ -63,7 +63,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::iobus::PortDevice;
+use crate::devices::bus::PortDevice;
 
 /// Master command/status port (A0 = 0).
 pub const MASTER_CMD: u16 = 0x20;
@@ -566,7 +566,7 @@ impl PicPair {
         }
     }
 
-    /// The port ranges to register on an [`crate::iobus::IoBus`]; the device
+    /// The port ranges to register on an [`crate::devices::bus::IoBus`]; the device
     /// answers every one of its ports whatever range an access came through.
     pub const fn ports() -> [RangeInclusive<u16>; 3] {
         [
@@ -728,7 +728,7 @@ impl PortDevice for PicPair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iobus::IoBus;
+    use crate::devices::bus::IoBus;
 
     const MASTER_BASE: u8 = 0x30;
     const SLAVE_BASE: u8 = 0x38;

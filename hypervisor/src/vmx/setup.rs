@@ -31,16 +31,16 @@
 use core::fmt;
 use core::ops::Range;
 
-use crate::ept::Eptp;
-use crate::guest_paging::{
+use crate::guest::long_mode::{
     self, access_rights as ar, SegmentState, CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT,
     TR_SEGMENT,
 };
-use crate::vmcs::{Vmcs, VmcsField};
-use crate::vmx_caps::{
+use crate::vmx::caps::{
     Allowed, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
     VmxCaps,
 };
+use crate::vmx::ept::Eptp;
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 
 // ---------------------------------------------------------------------------------------
 // Architectural bits (SDM Vol. 3A 2.5 control registers, 2.2.1 EFER, 2.3 EFLAGS)
@@ -795,7 +795,7 @@ pub fn write_guest_reset_vector(vmcs: &mut impl Vmcs, caps: &VmxCaps) -> ResetGp
 }
 
 /// Guest state for a 64-bit start at `entry` with RSP = `rsp`, paging on with the
-/// tables at `cr3`, and the [`guest_paging::long_mode_gdt`] image at `gdt_base`:
+/// tables at `cr3`, and the [`long_mode::long_mode_gdt`] image at `gdt_base`:
 ///
 /// - CR0 = PE | MP | ET | NE | WP | PG (with the fixed bits applied), shadow NE (the
 ///   guest state shows it set). CR4 = PAE | VMXE, shadow without VMXE. EFER = LME |
@@ -869,9 +869,9 @@ pub const LONG_MODE_RESERVED: u64 = 1 << 20;
 /// and should report it as reserved in any memory map it builds:
 ///
 /// ```text
-/// ram - 1 MiB            GDT (guest_paging::long_mode_gdt, one 4 KiB page)
+/// ram - 1 MiB            GDT (long_mode::long_mode_gdt, one 4 KiB page)
 /// ram - 1 MiB + 4 KiB    .. stack, growing down from stack_top
-/// tables_gpa = stack_top identity page tables (guest_paging::default_tables_gpa)
+/// tables_gpa = stack_top identity page tables (long_mode::default_tables_gpa)
 /// ram                    end of RAM
 /// ```
 ///
@@ -893,7 +893,7 @@ impl LongModeLayout {
     /// inside it (more than about 250 GiB of RAM).
     pub fn for_ram(ram_bytes: u64) -> Option<Self> {
         let start = ram_bytes.checked_sub(LONG_MODE_RESERVED)?;
-        let tables_gpa = guest_paging::default_tables_gpa(ram_bytes)?;
+        let tables_gpa = long_mode::default_tables_gpa(ram_bytes)?;
         // GDT page below, and at least one more page of stack.
         if tables_gpa <= start + 0x1000 {
             return None;
@@ -1618,13 +1618,13 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_paging::{long_mode_gdt, tables_needed};
-    use crate::vmcs::SoftVmcs;
+    use crate::guest::long_mode::{long_mode_gdt, tables_needed};
+    use crate::vmx::vmcs::SoftVmcs;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
-    use crate::vmx_caps::test_cpus::skylake as skylake_raw;
+    use crate::vmx::caps::test_cpus::skylake as skylake_raw;
 
     fn caps() -> VmxCaps {
         VmxCaps::decode(&skylake_raw(), true, 0x5)
@@ -2098,8 +2098,8 @@ mod tests {
         ];
         for v in [real_vmcs(), long_vmcs()] {
             for &f in VmcsField::ALL {
-                let guest = f.field_type() == crate::vmcs::FieldType::GuestState;
-                let host = f.field_type() == crate::vmcs::FieldType::HostState;
+                let guest = f.field_type() == crate::vmx::vmcs::FieldType::GuestState;
+                let host = f.field_type() == crate::vmx::vmcs::FieldType::HostState;
                 if (guest || host) && !skip.contains(&f) {
                     assert!(v.was_written(f), "{} not written", f.name());
                 }

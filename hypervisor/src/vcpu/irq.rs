@@ -10,8 +10,8 @@
 //! controller is only acknowledged when the interrupt is really injected, so nothing
 //! is lost or delivered twice.
 
-use crate::vmcs::{external_interrupt, Vmcs, VmcsField, INTERRUPTION_INFO_VALID};
-use crate::vmx_caps::PrimaryControls;
+use crate::vmx::caps::PrimaryControls;
+use crate::vmx::vmcs::{external_interrupt, Vmcs, VmcsField, INTERRUPTION_INFO_VALID};
 
 /// What delivers external interrupts to the guest: the 8259A pair on a PC.
 pub trait InterruptController {
@@ -84,7 +84,7 @@ pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Deli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmcs::SoftVmcs;
+    use crate::vmx::vmcs::SoftVmcs;
 
     struct FakePic {
         pending: Option<u8>,

@@ -26,8 +26,8 @@
 
 use core::ops::RangeInclusive;
 
-use crate::iobus::PortDevice;
-use crate::pit8254::PIT_HZ;
+use crate::devices::bus::PortDevice;
+use crate::devices::pit8254::PIT_HZ;
 
 /// PC/AT index and data ports.
 pub const RTC_PORTS: RangeInclusive<u16> = 0x70..=0x71;

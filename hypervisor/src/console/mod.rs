@@ -1,0 +1,3 @@
+//! What sluice shows on a screen: the framebuffer console.
+
+pub mod fbcon;
