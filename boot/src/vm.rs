@@ -29,9 +29,9 @@ use hypervisor::devices::rtc::{self, DateTime};
 use hypervisor::stats::{self, EndKind, Stats};
 use hypervisor::timebase::Timebase;
 use hypervisor::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
-use hypervisor::vcpu::irq;
-use hypervisor::vmx::vmcs::exit_reason;
+use hypervisor::vmx::vmcs::{activity, exit_reason};
 use hypervisor::x86::guest_mem::SliceMemory;
+use hypervisor::x86::msr;
 
 use crate::console::ConsoleWriter;
 use crate::memory::Memory;
@@ -156,16 +156,16 @@ fn host_state() -> HostState {
         fs: 0,
         gs: 0,
         tr: sel.tss.0,
-        fs_base: rdmsr(0xC000_0100),
-        gs_base: rdmsr(0xC000_0101),
+        fs_base: rdmsr(msr::IA32_FS_BASE),
+        gs_base: rdmsr(msr::IA32_GS_BASE),
         tr_base: crate::gdt::tss_base(),
         gdtr_base: gdtr.base.as_u64(),
         idtr_base: idtr.base.as_u64(),
         sysenter_cs: 0,
         sysenter_esp: 0,
         sysenter_eip: 0,
-        efer: rdmsr(0xC000_0080),
-        pat: rdmsr(0x277),
+        efer: rdmsr(msr::IA32_EFER),
+        pat: rdmsr(msr::IA32_PAT),
         // The entry stub writes the real value before every VM entry.
         rsp: 0,
         rip: vmexit::exit_entry_point(),
@@ -535,7 +535,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         }
         machine.sync(now, &mut stats);
         machine.deliver(&mut vmcs, &mut stats);
-        let halted = vmcs.read(VmcsField::GuestActivityState) == irq::ACTIVITY_HLT;
+        let halted = vmcs.read(VmcsField::GuestActivityState) == activity::HLT;
         if halted && !machine.can_wake(now) {
             break (EndKind::Halt, 0);
         }

@@ -8,8 +8,8 @@ use core::fmt;
 
 use hypervisor::vmx::caps::{
     check_platform, CpuVendor, FeatureControlAction, MissingFeature, RawVmxMsrs, VmxCaps,
-    IA32_FEATURE_CONTROL,
 };
+use hypervisor::x86::msr::IA32_FEATURE_CONTROL;
 use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;

@@ -60,6 +60,7 @@ use hypervisor::vmx::caps::EntryControls;
 use hypervisor::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use hypervisor::x86::guest_mem::SliceMemory;
 use hypervisor::x86::regs::GuestRegs;
+use hypervisor::x86::{Cr0, Cr4, Efer, Rflags};
 
 /// The cost of one VM exit the per-instruction numbers are compared with
 /// (docs/COALESCING.md: "about 2,000 cycles on bare-metal Intel").
@@ -79,16 +80,7 @@ const CODE_STRIDE: u64 = 0x1000;
 const STRING_BUF: u64 = 0x30000;
 const STRING_LEN: u64 = 64;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 /// RFLAGS: reserved bit 1 and IF (no interrupt ever becomes pending here).
-const RFLAGS_START: u64 = 0x202;
 /// Access rights: 64-bit code (type 0xB, S, P, L), DPL 0; flat data (type 3, S, P, D/B).
 const AR_CODE64: u64 = 0xA09B;
 const AR_DATA: u64 = 0xC093;
@@ -600,11 +592,14 @@ fn exit_vmcs<V: Vmcs>(mut v: V, w: &Workload) -> V {
     );
     v.write(
         VmcsField::GuestCr0,
-        CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
+        Cr0::PE.bits() | Cr0::ET.bits() | Cr0::NE.bits() | Cr0::WP.bits() | Cr0::PG.bits(),
     );
     v.write(VmcsField::GuestCr3, PML4);
-    v.write(VmcsField::GuestCr4, CR4_PAE);
-    v.write(VmcsField::GuestIa32Efer, EFER_LME | EFER_LMA);
+    v.write(VmcsField::GuestCr4, Cr4::PAE.bits());
+    v.write(
+        VmcsField::GuestIa32Efer,
+        Efer::LME.bits() | Efer::LMA.bits(),
+    );
     v.write(VmcsField::GuestCsAccessRights, AR_CODE64);
     v.write(VmcsField::GuestSsAccessRights, AR_DATA);
     v.write(VmcsField::GuestCsLimit, 0xFFFF_FFFF);
@@ -618,7 +613,7 @@ fn exit_vmcs<V: Vmcs>(mut v: V, w: &Workload) -> V {
 #[inline]
 fn reset_exit<V: Vmcs>(v: &mut V, w: &Workload) {
     v.write(VmcsField::GuestRip, w.rip);
-    v.write(VmcsField::GuestRflags, RFLAGS_START);
+    v.write(VmcsField::GuestRflags, (Rflags::FIXED1 | Rflags::IF).bits());
     v.write(VmcsField::GuestInterruptibilityState, 0);
 }
 

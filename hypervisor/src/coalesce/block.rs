@@ -14,6 +14,7 @@ use core::fmt;
 use super::decode::{decode, DecodeError, MAX_INSN_LEN};
 use super::insn::{CodeMode, Insn, Op, StopReason};
 use crate::x86::guest_mem::{translate, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE};
+use crate::x86::Cr4;
 
 /// Where the scan may look for instructions after the exiting one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -250,7 +251,7 @@ pub fn leaf_page_size(mem: &impl GuestMemory, ctx: &PagingContext, linear: u64) 
             let pde = mem
                 .read_u32((ctx.cr3 & 0xFFFF_F000) | ((lin >> 22) << 2))
                 .unwrap_or(0);
-            let pse = ctx.cr4 & crate::x86::guest_mem::CR4_PSE != 0;
+            let pse = ctx.cr4 & Cr4::PSE.bits() != 0;
             if pde & 1 != 0 && u64::from(pde) & PS != 0 && pse {
                 4 << 20
             } else {
@@ -501,7 +502,8 @@ pub fn hash_code(fetch: &mut impl CodeFetch, linear: u64, len: u16) -> Option<u6
 pub(crate) mod tests {
     use super::*;
     use crate::coalesce::insn::{AluOp, Operand, PortSrc, RegRef, Width};
-    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::SliceMemory;
+    use crate::x86::{Cr0, Efer};
 
     /// Code at linear `base..base + bytes.len()`, with an unmapped hole and a page size.
     pub(crate) struct FakeCode {
@@ -863,10 +865,10 @@ pub(crate) mod tests {
         put64(&mut r, 0x4000 + 5 * 8, 0x10_0000 | 3);
         put64(&mut r, 0x4000 + 6 * 8, 0x7000 | 3);
         let ctx = PagingContext {
-            cr0: CR0_PE | CR0_PG,
+            cr0: Cr0::PE.bits() | Cr0::PG.bits(),
             cr3: 0x1000,
-            cr4: CR4_PAE,
-            efer: EFER_LME | EFER_LMA,
+            cr4: Cr4::PAE.bits(),
+            efer: Efer::LME.bits() | Efer::LMA.bits(),
         };
         (r, ctx)
     }
@@ -970,9 +972,9 @@ pub(crate) mod tests {
         r2[0x1004..0x1008].copy_from_slice(&(0x0040_0000u32 | 0x83).to_le_bytes());
         let m2 = SliceMemory::new(&mut r2);
         let p32 = PagingContext {
-            cr0: CR0_PE | CR0_PG,
+            cr0: Cr0::PE.bits() | Cr0::PG.bits(),
             cr3: 0x1000,
-            cr4: crate::x86::guest_mem::CR4_PSE,
+            cr4: Cr4::PSE.bits(),
             efer: 0,
         };
         assert_eq!(leaf_page_size(&m2, &p32, 0x40_0000), 4 << 20);

@@ -54,6 +54,7 @@ use crate::vmx::caps::EntryControls;
 use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory, SliceMemory};
 use crate::x86::regs::GuestRegs;
+use crate::x86::{Cr4, Efer};
 
 // ---------------------------------------------------------------------------
 // Random numbers
@@ -363,10 +364,10 @@ const PT: u64 = 0x4000;
 pub(super) const CODE: u64 = 0x8000;
 pub(super) const DATA: u64 = 0x10000;
 
-const RF_TF: u64 = 1 << 8;
-const RF_IF: u64 = 1 << 9;
-const RF_DF: u64 = 1 << 10;
-const STATUS: u64 = exec::rflags::STATUS;
+const RF_TF: u64 = crate::x86::Rflags::TF.bits();
+const RF_IF: u64 = crate::x86::Rflags::IF.bits();
+const RF_DF: u64 = crate::x86::Rflags::DF.bits();
+const STATUS: u64 = crate::x86::Rflags::STATUS;
 
 /// One test case: the guest at an IO exit and the coalescer's settings.
 #[derive(Clone, Debug)]
@@ -464,10 +465,10 @@ impl Case {
                 VmcsField::EntryControls,
                 u64::from(EntryControls::IA32E_MODE_GUEST.bits()),
             );
-            v.write(VmcsField::GuestCr4, crate::x86::guest_mem::CR4_PAE);
+            v.write(VmcsField::GuestCr4, Cr4::PAE.bits());
             v.write(
                 VmcsField::GuestIa32Efer,
-                crate::x86::guest_mem::EFER_LME | crate::x86::guest_mem::EFER_LMA,
+                Efer::LME.bits() | Efer::LMA.bits(),
             );
             v.write(VmcsField::GuestCr3, PML4);
             // Identity map of RAM with 4 KiB user pages.
@@ -501,7 +502,7 @@ impl Case {
             v.write(VmcsField::GuestCr0, cr0 | 0x8001_0000);
             v.write(VmcsField::GuestCr3, 0x1000);
             if self.large_pages {
-                v.write(VmcsField::GuestCr4, crate::x86::guest_mem::CR4_PSE);
+                v.write(VmcsField::GuestCr4, Cr4::PSE.bits());
                 put(&mut ram, 0x1000, 0x80 | 7);
             } else {
                 put(&mut ram, 0x1000, 0x2000 | 7);
@@ -1872,7 +1873,7 @@ impl Reference<'_, '_> {
             RefOp::Ret { pop } => {
                 let rsp = self.vmcs.read(VmcsField::GuestRsp);
                 let target = self.ref_read(rsp, 8)?;
-                if !crate::x86::guest_mem::is_canonical(target, 48) {
+                if !crate::x86::is_canonical(target, 48) {
                     return Err(format!(
                         "the coalescer ran past `{}` to a non-canonical address (#GP)",
                         text()

@@ -18,6 +18,7 @@ use crate::vcpu::exits::{
 use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory};
 use crate::x86::regs::GuestRegs;
+use crate::x86::{Cr0, Rflags};
 
 /// Taken transfers (JMP, Jcc, CALL, RET) out of the current extent one exit may follow
 /// in 64-bit code with the `page` and `line` policies; each starts a new extent at
@@ -76,9 +77,7 @@ impl Site {
 }
 
 /// RFLAGS.TF (single-step), RFLAGS.VM; DR7 L0-L3/G0-G3 (enabled breakpoints).
-const RFLAGS_TF: u64 = 1 << 8;
 const DR7_ENABLED: u64 = 0xFF;
-const CR0_PE: u64 = 1;
 
 /// Coalescing settings (from the run configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +130,7 @@ impl<'c> Coalescer<'c> {
     fn code_mode(vmcs: &impl Vmcs) -> CodeMode {
         if guest_long_mode(vmcs) {
             CodeMode::Bits64
-        } else if vmcs.read(VmcsField::GuestCr0) & CR0_PE != 0 && guest_cs_32bit(vmcs) {
+        } else if vmcs.read(VmcsField::GuestCr0) & Cr0::PE.bits() != 0 && guest_cs_32bit(vmcs) {
             CodeMode::Bits32
         } else {
             CodeMode::Bits16
@@ -219,7 +218,7 @@ impl<'c> Coalescer<'c> {
             return Outcome::Fallback(StopReason::Learned);
         }
         // Instructions observable one at a time: leave them to the CPU.
-        if vmcs.read(VmcsField::GuestRflags) & RFLAGS_TF != 0
+        if vmcs.read(VmcsField::GuestRflags) & Rflags::TF.bits() != 0
             || vmcs.read(VmcsField::GuestDr7) & DR7_ENABLED != 0
         {
             return Outcome::Fallback(StopReason::SingleStep);

@@ -88,25 +88,15 @@ use crate::x86::guest_mem::{
 };
 use crate::x86::regs::GuestRegs;
 
-/// RFLAGS bits (SDM Vol. 1 3.4.3).
-pub mod rflags {
-    pub const CF: u64 = 1 << 0;
-    pub const PF: u64 = 1 << 2;
-    pub const AF: u64 = 1 << 4;
-    pub const ZF: u64 = 1 << 6;
-    pub const SF: u64 = 1 << 7;
-    pub const TF: u64 = 1 << 8;
-    pub const IF: u64 = 1 << 9;
-    pub const DF: u64 = 1 << 10;
-    pub const OF: u64 = 1 << 11;
-    pub const IOPL_SHIFT: u32 = 12;
-    pub const IOPL: u64 = 3 << IOPL_SHIFT;
-    pub const VM: u64 = 1 << 17;
-    /// The six status flags the ALU instructions write.
-    pub const STATUS: u64 = CF | PF | AF | ZF | SF | OF;
-}
-
-use rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
+// The status flags by their short names, for the ALU code below.
+const CF: u64 = Rflags::CF.bits();
+const PF: u64 = Rflags::PF.bits();
+const AF: u64 = Rflags::AF.bits();
+const ZF: u64 = Rflags::ZF.bits();
+const SF: u64 = Rflags::SF.bits();
+const OF: u64 = Rflags::OF.bits();
+const STATUS: u64 = Rflags::STATUS;
+use crate::x86::{Cr4, Rflags};
 
 /// The guest state a run reads and changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,8 +160,8 @@ pub struct RunResult {
 /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check (SDM Vol. 1
 /// 19.5), so the emulator may perform it without asking the CPU.
 pub fn io_permitted(state: &CpuState) -> bool {
-    let iopl = ((state.rflags & rflags::IOPL) >> rflags::IOPL_SHIFT) as u8;
-    state.rflags & rflags::VM == 0 && state.cpl <= iopl
+    let iopl = ((state.rflags & Rflags::IOPL.bits()) >> Rflags::IOPL_SHIFT) as u8;
+    state.rflags & Rflags::VM.bits() == 0 && state.cpl <= iopl
 }
 
 pub const fn ip_mask(mode: CodeMode) -> u64 {
@@ -558,7 +548,7 @@ pub fn run_following(
     let mut first = true;
     loop {
         if !first {
-            if ex.state.rflags & rflags::TF != 0 {
+            if ex.state.rflags & Rflags::TF.bits() != 0 {
                 return ex.stop(StopReason::SingleStep);
             }
             if ex.res.executed >= ex.limits.max_insns || ex.state.quiet >= ex.limits.max_quiet {
@@ -922,14 +912,12 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         if (lo..hi).contains(&target) {
             return true;
         }
-        let bits = if self.state.paging.cr4 & crate::x86::guest_mem::CR4_LA57 != 0 {
+        let bits = if self.state.paging.cr4 & Cr4::LA57.bits() != 0 {
             57
         } else {
             48
         };
-        self.leave
-            && self.mode() == CodeMode::Bits64
-            && crate::x86::guest_mem::is_canonical(target, bits)
+        self.leave && self.mode() == CodeMode::Bits64 && crate::x86::is_canonical(target, bits)
     }
 
     /// Retires a taken CALL/RET whose stack work is done.
@@ -1049,7 +1037,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     /// guest could take the interrupt now.
     fn interrupt_now(&mut self) -> bool {
         let pending = self.env.interrupt_pending();
-        self.state.rflags & rflags::IF != 0 && pending
+        self.state.rflags & Rflags::IF.bits() != 0 && pending
     }
 
     /// Linear address of `seg`:`reg` at address size `addr`.
@@ -1085,7 +1073,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
             return Flow::Stop(StopReason::IoPermission);
         }
         let size = u64::from(width.bytes());
-        let step = if self.state.rflags & rflags::DF != 0 {
+        let step = if self.state.rflags & Rflags::DF.bits() != 0 {
             size.wrapping_neg()
         } else {
             size
@@ -1267,7 +1255,8 @@ fn branch_width_ok(mode: CodeMode, w: Width) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::SliceMemory;
+    use crate::x86::{Cr0, Efer};
     use Width::{W16, W32, W64, W8};
 
     const WIDTHS: [Width; 4] = [W8, W16, W32, W64];
@@ -1520,10 +1509,10 @@ mod tests {
             put(ram, 0x4000 + page as usize * 8, (page << 12) | flags);
         }
         PagingContext {
-            cr0: CR0_PG | CR0_PE | CR0_WP,
+            cr0: Cr0::PG.bits() | Cr0::PE.bits() | Cr0::WP.bits(),
             cr3: 0x1000,
-            cr4: CR4_PAE,
-            efer: EFER_LME | EFER_LMA,
+            cr4: Cr4::PAE.bits(),
+            efer: Efer::LME.bits() | Efer::LMA.bits(),
         }
     }
 
@@ -1757,7 +1746,8 @@ mod tests {
 
     #[test]
     fn alu_leaves_non_status_flags_alone_and_masks_operands() {
-        let f = 0x2 | rflags::IF | rflags::DF | rflags::IOPL | rflags::TF;
+        let f =
+            0x2 | Rflags::IF.bits() | Rflags::DF.bits() | Rflags::IOPL.bits() | Rflags::TF.bits();
         let (r_, nf) = alu(AluOp::Add, W8, 0x1FF, 0x101, f);
         assert_eq!(r_, 0);
         assert_eq!(nf & !STATUS, f);
@@ -2211,7 +2201,7 @@ mod tests {
     #[test]
     fn trap_flag_stops_after_the_first_instruction() {
         let mut t = T::new(CodeMode::Bits64);
-        t.st.rflags |= rflags::TF;
+        t.st.rflags |= Rflags::TF.bits();
         assert_eq!(
             t.run(&[out_dx(W8), out_dx(W8)], 0),
             res(1, 1, 0, StopReason::SingleStep)
@@ -2268,7 +2258,7 @@ mod tests {
     fn io_permission_stops_before_later_io_when_cpl_exceeds_iopl() {
         let mut t = T::new(CodeMode::Bits64);
         t.st.cpl = 3;
-        t.st.rflags = 0x2 | (1 << rflags::IOPL_SHIFT);
+        t.st.rflags = 0x2 | (1 << Rflags::IOPL_SHIFT);
         let b = [out_dx(W8), nop(), out_dx(W8)];
         assert_eq!(t.run(&b, 0), res(2, 1, 0, StopReason::IoPermission));
         assert_eq!(t.st.rip, 2);
@@ -2278,11 +2268,11 @@ mod tests {
             StopReason::IoPermission
         );
         // IOPL 3 allows it.
-        t.st.rflags |= rflags::IOPL;
+        t.st.rflags |= Rflags::IOPL.bits();
         assert_eq!(t.run(&b, 0), res(3, 2, 0, StopReason::ExtentEnd));
         // Virtual-8086 mode never.
         let mut t = T::new(CodeMode::Bits16);
-        t.st.rflags = 0x2 | rflags::IOPL | rflags::VM;
+        t.st.rflags = 0x2 | Rflags::IOPL.bits() | Rflags::VM.bits();
         t.st.cpl = 3;
         assert_eq!(t.run(&b, 0), res(2, 1, 0, StopReason::IoPermission));
     }
@@ -2290,7 +2280,7 @@ mod tests {
     #[test]
     fn interrupt_after_in_or_out_stops_after_it() {
         let mut t = T::new(CodeMode::Bits64);
-        t.st.rflags |= rflags::IF;
+        t.st.rflags |= Rflags::IF.bits();
         t.env.irq_after = Some(2);
         let b = [out_dx(W8), nop(), in_dx(W8), nop()];
         assert_eq!(t.run(&b, 0), res(3, 2, 0, StopReason::InterruptPending));
@@ -2301,7 +2291,7 @@ mod tests {
         assert_eq!(t.run(&b, 0), res(1, 1, 0, StopReason::InterruptPending));
         assert_eq!(t.st.rip, 1);
         // With IF = 0 the interrupt is not deliverable.
-        t.st.rflags &= !rflags::IF;
+        t.st.rflags &= !Rflags::IF.bits();
         assert_eq!(t.run(&b, 0), res(4, 2, 0, StopReason::ExtentEnd));
     }
 
@@ -2318,7 +2308,7 @@ mod tests {
             t.st.regs.rcx = 5;
             t.st.regs.rsi = if df { 0x8004 } else { 0x8000 };
             if df {
-                t.st.rflags |= rflags::DF;
+                t.st.rflags |= Rflags::DF.bits();
             }
             let b = [outs(W8, true, W64, Seg::Ds), nop()];
             assert_eq!(t.run(&b, 0x100), res(2, 1, 5, StopReason::ExtentEnd));
@@ -2349,7 +2339,7 @@ mod tests {
             t.st.regs.rcx = 3;
             t.st.regs.rdi = 0x9000;
             if df {
-                t.st.rflags |= rflags::DF;
+                t.st.rflags |= Rflags::DF.bits();
             }
             assert_eq!(
                 t.run(&[ins(W16, true, W32)], 0x100),
@@ -2411,7 +2401,7 @@ mod tests {
         t.st.seg_base[Seg::Fs as usize] = 0x10_0000;
         t.ram[0x10_0000] = 0x11;
         t.st.regs.rsi = 0xFFFF_FFFF_0000_0000;
-        t.st.rflags |= rflags::DF;
+        t.st.rflags |= Rflags::DF.bits();
         t.st.regs.rcx = 2;
         assert_eq!(
             t.run(&[outs(W8, false, W32, Seg::Fs)], 0),
@@ -2517,7 +2507,7 @@ mod tests {
     #[test]
     fn interrupt_pending_mid_rep_stops_between_elements() {
         let mut t = T::new(CodeMode::Bits64);
-        t.st.rflags |= rflags::IF;
+        t.st.rflags |= Rflags::IF.bits();
         t.st.regs.rcx = 8;
         t.st.regs.rdi = 0x9000;
         t.env.irq_after = Some(3);
@@ -2526,14 +2516,14 @@ mod tests {
         assert_eq!((t.st.rip, t.st.regs.rcx, t.st.regs.rdi), (0x40, 5, 0x9003));
         // On the last element the instruction completes first.
         let mut t = T::new(CodeMode::Bits64);
-        t.st.rflags |= rflags::IF;
+        t.st.rflags |= Rflags::IF.bits();
         t.st.regs.rcx = 3;
         t.env.irq_after = Some(3);
         assert_eq!(t.run(&b, 0x40), res(1, 1, 3, StopReason::InterruptPending));
         assert_eq!((t.st.rip, t.st.regs.rcx), (0x42, 0));
         // Non-REP: completes.
         let mut t = T::new(CodeMode::Bits64);
-        t.st.rflags |= rflags::IF;
+        t.st.rflags |= Rflags::IF.bits();
         t.env.irq_after = Some(1);
         assert_eq!(
             t.run(&[outs(W16, false, W64, Seg::Ds), nop()], 0x40),
@@ -2598,7 +2588,7 @@ mod tests {
     fn string_io_honours_page_rights_at_the_cpl() {
         let mut t = T::new(CodeMode::Bits64);
         t.st.paging = paging_4level(&mut t.ram);
-        t.st.rflags |= rflags::IOPL;
+        t.st.rflags |= Rflags::IOPL.bits();
         // INS into the read-only page: CPL 3 and, with CR0.WP, CPL 0 too.
         for cpl in [0, 3] {
             t.st.cpl = cpl;
@@ -2773,7 +2763,8 @@ mod tests {
             t.st.regs.rcx = rnd() % 5;
             t.st.regs.rsi = rnd();
             t.st.regs.rdi = rnd() % (RAM as u64 + 100);
-            t.st.rflags = 0x2 | (rnd() & (STATUS | rflags::DF | rflags::IF | rflags::IOPL));
+            t.st.rflags = 0x2
+                | (rnd() & (STATUS | Rflags::DF.bits() | Rflags::IF.bits() | Rflags::IOPL.bits()));
             t.st.cpl = (rnd() % 4) as u8;
             t.st.seg_base = [rnd(), rnd(), rnd(), rnd(), rnd(), rnd()];
             if rnd() % 2 == 0 {

@@ -26,12 +26,7 @@
 use crate::x86::guest_mem::{
     translate_with_rights, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE,
 };
-
-const CR0_AM: u64 = 1 << 18;
-const CR4_SMAP: u64 = 1 << 21;
-const CR4_PKE: u64 = 1 << 22;
-const CR4_PKS: u64 = 1 << 24;
-const RFLAGS_AC: u64 = 1 << 18;
+use crate::x86::{Cr0, Cr4, Rflags};
 
 /// The guest-physical pieces of an access (one, or two when it crosses a 4 KiB page).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,13 +57,13 @@ pub fn data_access(
     }
     // #AC: alignment checking applies at CPL 3 with CR0.AM and RFLAGS.AC.
     if cpl == 3
-        && ctx.cr0 & CR0_AM != 0
-        && rflags & RFLAGS_AC != 0
+        && ctx.cr0 & Cr0::AM.bits() != 0
+        && rflags & Rflags::AC.bits() != 0
         && !linear.is_multiple_of(n as u64)
     {
         return None;
     }
-    if ctx.cr4 & CR4_PKS != 0 {
+    if ctx.cr4 & Cr4::PKS.bits() != 0 {
         return None;
     }
     let access = if write {
@@ -100,7 +95,7 @@ pub fn data_access(
         // of it.
         if ctx.mode() != PagingMode::None
             && rights.user
-            && (ctx.cr4 & CR4_PKE != 0 || (cpl < 3 && ctx.cr4 & CR4_SMAP != 0))
+            && (ctx.cr4 & Cr4::PKE.bits() != 0 || (cpl < 3 && ctx.cr4 & Cr4::SMAP.bits() != 0))
         {
             return None;
         }
@@ -137,7 +132,8 @@ pub fn write_pieces(mem: &mut impl GuestMemory, p: &Pieces, value: u64) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x86::guest_mem::{SliceMemory, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
+    use crate::x86::guest_mem::SliceMemory;
+    use crate::x86::{Cr0, Efer};
 
     const P: u64 = 1;
     const A: u64 = 1 << 5;
@@ -160,10 +156,10 @@ mod tests {
             put(ram, PT + 8 * k, (k << 12) | leaf);
         }
         PagingContext {
-            cr0: CR0_PE | CR0_PG | CR0_WP,
+            cr0: Cr0::PE.bits() | Cr0::PG.bits() | Cr0::WP.bits(),
             cr3: PML4,
-            cr4: CR4_PAE,
-            efer: EFER_LME | EFER_LMA,
+            cr4: Cr4::PAE.bits(),
+            efer: Efer::LME.bits() | Efer::LMA.bits(),
         }
     }
 
@@ -205,9 +201,9 @@ mod tests {
         assert!(data_access(&m, &ctx, 0, 2, 0x8000_0000_0000_8000, 1, false).is_none());
         assert!(data_access(&m, &ctx, 0, 2, 0x10_0000, 1, false).is_none());
         // Without CR0.WP a supervisor write to a read-only page is fine.
-        ctx.cr0 &= !CR0_WP;
+        ctx.cr0 &= !Cr0::WP.bits();
         assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, true).is_some());
-        ctx.cr4 |= CR4_PKS;
+        ctx.cr4 |= Cr4::PKS.bits();
         assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_none());
     }
 
@@ -217,16 +213,16 @@ mod tests {
         let mut ctx = tables(&mut ram, P | 2 | 4 | A, P | 2 | 4 | A | D);
         let m = SliceMemory::new(&mut ram);
         assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_some());
-        ctx.cr4 |= CR4_SMAP;
+        ctx.cr4 |= Cr4::SMAP.bits();
         assert!(data_access(&m, &ctx, 0, 2, 0x8000, 8, false).is_none());
         assert!(data_access(&m, &ctx, 3, 2, 0x8000, 8, false).is_some());
-        ctx.cr4 = CR4_PAE | CR4_PKE;
+        ctx.cr4 = Cr4::PAE.bits() | Cr4::PKE.bits();
         assert!(data_access(&m, &ctx, 3, 2, 0x8000, 8, false).is_none());
-        ctx.cr4 = CR4_PAE;
-        ctx.cr0 |= CR0_AM;
-        assert!(data_access(&m, &ctx, 3, RFLAGS_AC | 2, 0x8001, 2, false).is_none());
-        assert!(data_access(&m, &ctx, 3, RFLAGS_AC | 2, 0x8002, 2, false).is_some());
-        assert!(data_access(&m, &ctx, 0, RFLAGS_AC | 2, 0x8001, 2, false).is_some());
+        ctx.cr4 = Cr4::PAE.bits();
+        ctx.cr0 |= Cr0::AM.bits();
+        assert!(data_access(&m, &ctx, 3, Rflags::AC.bits() | 2, 0x8001, 2, false).is_none());
+        assert!(data_access(&m, &ctx, 3, Rflags::AC.bits() | 2, 0x8002, 2, false).is_some());
+        assert!(data_access(&m, &ctx, 0, Rflags::AC.bits() | 2, 0x8001, 2, false).is_some());
         assert!(data_access(&m, &ctx, 3, 2, 0x8001, 2, false).is_some());
     }
 

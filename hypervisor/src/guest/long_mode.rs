@@ -168,22 +168,6 @@ const fn descriptor(base: u32, limit: u32, access: u64, flags: u64) -> u64 {
         | (((base >> 24) & 0xFF) << 56)
 }
 
-/// VMCS access-rights bits (SDM 24.4.1, Table 24-2).
-pub mod access_rights {
-    pub const TYPE_MASK: u32 = 0xF;
-    /// S: code/data (1) vs system (0) descriptor.
-    pub const S: u32 = 1 << 4;
-    pub const DPL_SHIFT: u32 = 5;
-    pub const P: u32 = 1 << 7;
-    pub const AVL: u32 = 1 << 12;
-    /// L: 64-bit code segment.
-    pub const L: u32 = 1 << 13;
-    pub const DB: u32 = 1 << 14;
-    pub const G: u32 = 1 << 15;
-    /// Segment unusable (a null selector was loaded).
-    pub const UNUSABLE: u32 = 1 << 16;
-}
-
 /// VMCS access rights of a segment loaded from `desc`: the descriptor's
 /// access byte (bits 47:40) goes to bits 7:0, its flag nibble (bits 55:52) to
 /// bits 15:12. This is how the CPU derives them on a segment load.
@@ -226,7 +210,7 @@ pub const TR_SEGMENT: SegmentState = SegmentState {
     selector: 0,
     base: 0,
     limit: 0x67,
-    access_rights: 0xB | access_rights::P,
+    access_rights: 0xB | crate::vmx::vmcs::access_rights::P,
 };
 
 /// LDTR: marked unusable; the guest has no LDT.
@@ -234,7 +218,7 @@ pub const LDTR_SEGMENT: SegmentState = SegmentState {
     selector: 0,
     base: 0,
     limit: 0,
-    access_rights: access_rights::UNUSABLE,
+    access_rights: crate::vmx::vmcs::access_rights::UNUSABLE,
 };
 
 #[cfg(test)]
@@ -377,7 +361,7 @@ mod tests {
 
     #[test]
     fn vmcs_access_rights() {
-        use access_rights::*;
+        use crate::vmx::vmcs::access_rights::*;
         assert_eq!(CODE64_SEGMENT.access_rights, 0xA09B);
         assert_eq!(DATA_SEGMENT.access_rights, 0xC093);
         assert_eq!(TR_SEGMENT.access_rights, 0x8B);

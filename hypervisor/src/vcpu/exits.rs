@@ -38,6 +38,7 @@ use crate::devices::bus::{size_mask, IoBus};
 use crate::stats::{EndKind, Stats};
 use crate::vcpu::hypercall;
 use crate::vmx::caps::{EntryControls, PrimaryControls};
+use crate::vmx::vmcs::{access_rights, activity, interruptibility};
 use crate::vmx::vmcs::{
     exit_reason as er, exit_reason_name, hardware_exception, inject_event, interruption_info,
     CrAccessQualification, CrAccessType, EptViolationQualification, EventType, ExitReason,
@@ -45,10 +46,12 @@ use crate::vmx::vmcs::{
     INTERRUPTION_INFO_VALID,
 };
 use crate::x86::guest_mem::{
-    check_linear, is_canonical, pdpte_reserved, read_linear, read_linear_as, write_linear, Access,
-    GuestMemory, PagingContext, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE,
+    check_linear, pdpte_reserved, read_linear, read_linear_as, write_linear, Access, GuestMemory,
+    PagingContext,
 };
 use crate::x86::regs::GuestRegs;
+use crate::x86::Efer;
+use crate::x86::{exception, is_canonical, msr, Cr0, Cr4, Rflags};
 
 /// What the kernel's exit handler needs from the machine.
 pub trait HostOps {
@@ -117,12 +120,12 @@ pub fn guest_lma(vmcs: &impl Vmcs) -> bool {
 
 /// 64-bit mode: IA-32e mode with CS.L set (SDM Vol. 3A 3.4.5).
 pub fn guest_long_mode(vmcs: &impl Vmcs) -> bool {
-    guest_lma(vmcs) && vmcs.read(VmcsField::GuestCsAccessRights) & AR_L != 0
+    guest_lma(vmcs) && vmcs.read(VmcsField::GuestCsAccessRights) & u64::from(access_rights::L) != 0
 }
 
 /// Whether the guest's CS is a 32-bit segment (CS.D/B) outside 64-bit mode.
 pub fn guest_cs_32bit(vmcs: &impl Vmcs) -> bool {
-    vmcs.read(VmcsField::GuestCsAccessRights) & AR_DB != 0
+    vmcs.read(VmcsField::GuestCsAccessRights) & u64::from(access_rights::DB) != 0
 }
 
 /// CPL is SS.DPL (SDM 27.3.1.2 / 25.4.1).
@@ -132,9 +135,9 @@ pub fn guest_cpl(vmcs: &impl Vmcs) -> u8 {
 
 /// The guest's EFER with LMA as the entry control says.
 pub fn guest_efer(vmcs: &impl Vmcs) -> u64 {
-    let e = vmcs.read(VmcsField::GuestIa32Efer) & !EFER_LMA;
+    let e = vmcs.read(VmcsField::GuestIa32Efer) & !Efer::LMA.bits();
     if guest_lma(vmcs) {
-        e | EFER_LMA
+        e | Efer::LMA.bits()
     } else {
         e
     }
@@ -166,60 +169,11 @@ const fn end(kind: EndKind) -> ExitAction {
 /// String IO elements emulated in one exit; a longer REP re-executes.
 pub const MAX_STRING_ELEMENTS: u64 = 4096;
 
-// Exception vectors.
-const UD: u8 = 6;
-const GP: u8 = 13;
-
 /// Why an emulated instruction did not retire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     Gp,
     Ud,
-}
-
-// CR0 bits (SDM Vol. 3A 2.5).
-const CR0_TS: u64 = 1 << 3;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-/// PE MP EM TS ET NE WP AM NW CD PG.
-const CR0_DEFINED: u64 = 0x3F | (1 << 16) | (1 << 18) | (7 << 29);
-// CR4 bits (SDM Vol. 3A 2.5).
-const CR4_VMXE: u64 = 1 << 13;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_OSXSAVE: u64 = 1 << 18;
-const CR4_PKE: u64 = 1 << 22;
-/// Bits 0–14, 16–25 and 28 (LAM_SUP) are defined; the rest is reserved.
-const CR4_DEFINED: u64 = 0x7FFF | (0x3FF << 16) | (1 << 28);
-// Access-rights bits of a segment (SDM Table 25-2 / 24-2).
-const AR_L: u64 = 1 << 13;
-const AR_DB: u64 = 1 << 14;
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_DF: u64 = 1 << 10;
-/// Interruptibility state: blocking by STI (0), by MOV SS (1), by NMI (3).
-const BLOCKING_STI_MOVSS: u64 = 0b11;
-const BLOCKING_NMI: u64 = 1 << 3;
-
-// MSR numbers (SDM Vol. 4 chapter 2).
-pub mod msr {
-    pub const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
-    pub const IA32_APIC_BASE: u32 = 0x1B;
-    pub const IA32_BIOS_SIGN_ID: u32 = 0x8B;
-    pub const IA32_MTRRCAP: u32 = 0xFE;
-    pub const IA32_SYSENTER_CS: u32 = 0x174;
-    pub const IA32_SYSENTER_ESP: u32 = 0x175;
-    pub const IA32_SYSENTER_EIP: u32 = 0x176;
-    pub const IA32_MISC_ENABLE: u32 = 0x1A0;
-    pub const IA32_PAT: u32 = 0x277;
-    pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
-    pub const IA32_EFER: u32 = 0xC000_0080;
-    pub const IA32_STAR: u32 = 0xC000_0081;
-    pub const IA32_LSTAR: u32 = 0xC000_0082;
-    pub const IA32_CSTAR: u32 = 0xC000_0083;
-    pub const IA32_FMASK: u32 = 0xC000_0084;
-    pub const IA32_FS_BASE: u32 = 0xC000_0100;
-    pub const IA32_GS_BASE: u32 = 0xC000_0101;
-    pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
 }
 
 /// Handles one VM exit. Call after every VM exit; act on the result.
@@ -335,7 +289,7 @@ pub fn filter_cpuid(
             ecx &= !ECX_MONITOR;
             // OSXSAVE mirrors the *guest's* CR4, not the host's.
             ecx &= !ECX_OSXSAVE;
-            if ecx & ECX_XSAVE != 0 && guest_cr4 & CR4_OSXSAVE != 0 {
+            if ecx & ECX_XSAVE != 0 && guest_cr4 & Cr4::OSXSAVE.bits() != 0 {
                 ecx |= ECX_OSXSAVE;
             }
             [eax, ebx, ecx | ECX_HYPERVISOR, edx]
@@ -344,7 +298,7 @@ pub fn filter_cpuid(
             // IA32_TSC_ADJUST and IA32_TSC_AUX (RDPID) are not offered.
             let ebx = ebx & !LEAF7_EBX_TSC_ADJUST;
             ecx &= !(LEAF7_ECX_OSPKE | LEAF7_ECX_RDPID);
-            if guest_cr4 & CR4_PKE != 0 {
+            if guest_cr4 & Cr4::PKE.bits() != 0 {
                 ecx |= LEAF7_ECX_OSPKE;
             }
             [eax, ebx, ecx, edx]
@@ -451,10 +405,10 @@ pub const fn pat_valid(pat: u64) -> bool {
 /// handlers here, the coalescer's write-back).
 pub fn retire_interrupt_shadow(vmcs: &mut impl Vmcs) {
     let irq = vmcs.read(VmcsField::GuestInterruptibilityState);
-    if irq & BLOCKING_STI_MOVSS != 0 {
+    if irq & interruptibility::STI_MOV_SS != 0 {
         vmcs.write(
             VmcsField::GuestInterruptibilityState,
-            irq & !BLOCKING_STI_MOVSS,
+            irq & !interruptibility::STI_MOV_SS,
         );
     }
 }
@@ -524,7 +478,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         let rip = self.read(VmcsField::GuestRip).wrapping_add(len);
         let rip = if self.long_mode() {
             rip
-        } else if self.read(VmcsField::GuestCsAccessRights) & AR_DB != 0 {
+        } else if self.read(VmcsField::GuestCsAccessRights) & u64::from(access_rights::DB) != 0 {
             rip & 0xFFFF_FFFF
         } else {
             rip & 0xFFFF
@@ -535,7 +489,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     /// Injects a hardware exception; the error code is dropped in real mode.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
-        let protected = self.read(VmcsField::GuestCr0) & CR0_PE != 0;
+        let protected = self.read(VmcsField::GuestCr0) & Cr0::PE.bits() != 0;
         let code = if protected { error_code } else { None };
         inject_event(self.vmcs, hardware_exception(vector, code), code, 0);
         self.stats.injected_exceptions = self.stats.injected_exceptions.saturating_add(1);
@@ -543,8 +497,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     fn inject(&mut self, f: Fault) {
         match f {
-            Fault::Gp => self.inject_exception(GP, Some(0)),
-            Fault::Ud => self.inject_exception(UD, None),
+            Fault::Gp => self.inject_exception(exception::GP, Some(0)),
+            Fault::Ud => self.inject_exception(exception::UD, None),
         }
     }
 
@@ -587,8 +541,10 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         // 28.2.3 "NMI unblocking due to IRET").
         if info & (1 << 12) != 0 && vector != 8 {
             let irq = self.read(VmcsField::GuestInterruptibilityState);
-            self.vmcs
-                .write(VmcsField::GuestInterruptibilityState, irq | BLOCKING_NMI);
+            self.vmcs.write(
+                VmcsField::GuestInterruptibilityState,
+                irq | interruptibility::NMI,
+            );
         }
         if kind == EventType::HardwareException {
             self.inject_exception(vector, error);
@@ -643,14 +599,12 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     /// interrupt, which wakes it, or arms the preemption timer for the next timer
     /// event, or ends the guest if no interrupt source could ever wake it.
     fn hlt(&mut self) -> ExitAction {
-        if self.read(VmcsField::GuestRflags) & RFLAGS_IF == 0 {
+        if self.read(VmcsField::GuestRflags) & Rflags::IF.bits() == 0 {
             return end(EndKind::Halt);
         }
         self.advance_rip();
-        self.vmcs.write(
-            VmcsField::GuestActivityState,
-            crate::vcpu::irq::ACTIVITY_HLT,
-        );
+        self.vmcs
+            .write(VmcsField::GuestActivityState, activity::HLT);
         ExitAction::Resume
     }
 
@@ -785,7 +739,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             self.read(base_field)
         };
         let size = u64::from(q.size);
-        let step = if self.read(VmcsField::GuestRflags) & RFLAGS_DF != 0 {
+        let step = if self.read(VmcsField::GuestRflags) & Rflags::DF.bits() != 0 {
             size.wrapping_neg()
         } else {
             size
@@ -917,7 +871,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     /// Canonical for the guest's linear-address width (57 bits with CR4.LA57).
     fn canonical(&self, v: u64) -> Result<(), Fault> {
-        let bits = if self.visible_cr4() & CR4_LA57 != 0 {
+        let bits = if self.visible_cr4() & Cr4::LA57.bits() != 0 {
             57
         } else {
             48
@@ -983,8 +937,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     fn write_efer(&mut self, v: u64) -> Result<(), Fault> {
         const SCE: u64 = 1;
         let ext = self.host.cpuid(0x8000_0001, 0)[3];
-        let mut allowed = EFER_LMA;
-        for (cpuid_bit, efer_bit) in [(11, SCE), (29, EFER_LME), (20, EFER_NXE)] {
+        let mut allowed = Efer::LMA.bits();
+        for (cpuid_bit, efer_bit) in [(11, SCE), (29, Efer::LME.bits()), (20, Efer::NXE.bits())] {
             if ext & (1 << cpuid_bit) != 0 {
                 allowed |= efer_bit;
             }
@@ -993,11 +947,13 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             return Err(Fault::Gp);
         }
         let old = self.efer();
-        if self.visible_cr0() & CR0_PG != 0 && (old ^ v) & EFER_LME != 0 {
+        if self.visible_cr0() & Cr0::PG.bits() != 0 && (old ^ v) & Efer::LME.bits() != 0 {
             return Err(Fault::Gp);
         }
-        self.vmcs
-            .write(VmcsField::GuestIa32Efer, (v & !EFER_LMA) | (old & EFER_LMA));
+        self.vmcs.write(
+            VmcsField::GuestIa32Efer,
+            (v & !Efer::LMA.bits()) | (old & Efer::LMA.bits()),
+        );
         Ok(())
     }
 
@@ -1052,12 +1008,12 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
                 };
                 v.map(|v| self.set_gpr(q.gpr, v & width))
             }
-            (CrAccessType::Clts, _) => self.set_cr0(self.visible_cr0() & !CR0_TS),
+            (CrAccessType::Clts, _) => self.set_cr0(self.visible_cr0() & !Cr0::TS.bits()),
             (CrAccessType::Lmsw, _) => {
                 // LMSW loads PE, MP, EM, TS; it can set PE but not clear it.
                 let old = self.visible_cr0();
                 let src = u64::from(q.lmsw_source) & 0xF;
-                self.set_cr0((old & !0xF) | src | (old & CR0_PE))
+                self.set_cr0((old & !0xF) | src | (old & Cr0::PE.bits()))
             }
         };
         self.complete(r)
@@ -1088,7 +1044,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         cr4: u64,
         lma: bool,
     ) -> Result<Option<[u64; 4]>, Fault> {
-        if cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !lma {
+        if cr0 & Cr0::PG.bits() != 0 && cr4 & Cr4::PAE.bits() != 0 && !lma {
             self.read_pdptes(cr3).map(Some)
         } else {
             Ok(None)
@@ -1115,26 +1071,28 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             return Err(Fault::Gp);
         }
         // Reserved bits 31:0 are ignored; ET is hardwired to 1.
-        let v = (v & CR0_DEFINED) | CR0_ET;
-        if (v & CR0_PG != 0 && v & CR0_PE == 0) || (v & CR0_NW != 0 && v & CR0_CD == 0) {
+        let v = (v & Cr0::all().bits()) | Cr0::ET.bits();
+        if (v & Cr0::PG.bits() != 0 && v & Cr0::PE.bits() == 0)
+            || (v & Cr0::NW.bits() != 0 && v & Cr0::CD.bits() == 0)
+        {
             return Err(Fault::Gp);
         }
         let efer = self.efer();
         let cr4 = self.visible_cr4();
-        let was_paging = self.visible_cr0() & CR0_PG != 0;
-        let paging = v & CR0_PG != 0;
-        if paging && !was_paging && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0 {
+        let was_paging = self.visible_cr0() & Cr0::PG.bits() != 0;
+        let paging = v & Cr0::PG.bits() != 0;
+        if paging && !was_paging && efer & Efer::LME.bits() != 0 && cr4 & Cr4::PAE.bits() == 0 {
             return Err(Fault::Gp);
         }
         // Leaving IA-32e mode is only allowed from compatibility mode.
         if !paging && self.long_mode() {
             return Err(Fault::Gp);
         }
-        let lma = paging && efer & EFER_LME != 0;
+        let lma = paging && efer & Efer::LME.bits() != 0;
         let pdptes = self.pae_pdptes(v, self.read(VmcsField::GuestCr3), cr4, lma)?;
         let mut fixed0 = self.config.cr0_fixed0;
         if self.config.unrestricted_guest {
-            fixed0 &= !(CR0_PE | CR0_PG);
+            fixed0 &= !(Cr0::PE.bits() | Cr0::PG.bits());
         }
         let real = (v | fixed0) & self.config.cr0_fixed1;
         self.vmcs.write(VmcsField::Cr0ReadShadow, v);
@@ -1145,11 +1103,11 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     }
 
     fn set_lma(&mut self, lma: bool) {
-        let efer = self.read(VmcsField::GuestIa32Efer) & !EFER_LMA;
+        let efer = self.read(VmcsField::GuestIa32Efer) & !Efer::LMA.bits();
         let ia32e = u64::from(EntryControls::IA32E_MODE_GUEST.bits());
         let entry = self.read(VmcsField::EntryControls) & !ia32e;
         let (efer, entry) = if lma {
-            (efer | EFER_LMA, entry | ia32e)
+            (efer | Efer::LMA.bits(), entry | ia32e)
         } else {
             (efer, entry)
         };
@@ -1157,19 +1115,21 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         self.vmcs.write(VmcsField::EntryControls, entry);
     }
 
-    /// MOV to CR4: reserved or unsupported bits (per CR4_FIXED1), VMXE without
+    /// MOV to CR4: reserved or unsupported bits (per Cr4::FIXED1.bits()), VMXE without
     /// nested VMX, clearing PAE or toggling LA57 in IA-32e mode, and setting
     /// PCIDE outside IA-32e mode or with CR3[11:0] ≠ 0 raise #GP.
     fn set_cr4(&mut self, v: u64) -> Result<(), Fault> {
         let old = self.visible_cr4();
         let lma = self.lma();
         let cr3 = self.read(VmcsField::GuestCr3);
-        let bad = v & !CR4_DEFINED != 0
+        let bad = v & !Cr4::all().bits() != 0
             || v & !self.config.cr4_fixed1 != 0
-            || (v & CR4_VMXE != 0 && !self.config.nested_vmx)
-            || (lma && v & CR4_PAE == 0)
-            || (lma && (v ^ old) & CR4_LA57 != 0)
-            || (v & CR4_PCIDE != 0 && old & CR4_PCIDE == 0 && (!lma || cr3 & 0xFFF != 0));
+            || (v & Cr4::VMXE.bits() != 0 && !self.config.nested_vmx)
+            || (lma && v & Cr4::PAE.bits() == 0)
+            || (lma && (v ^ old) & Cr4::LA57.bits() != 0)
+            || (v & Cr4::PCIDE.bits() != 0
+                && old & Cr4::PCIDE.bits() == 0
+                && (!lma || cr3 & 0xFFF != 0));
         if bad {
             return Err(Fault::Gp);
         }
@@ -1185,7 +1145,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     /// no-flush hint and is not stored; bits 62:52 are reserved.
     fn set_cr3(&mut self, v: u64) -> Result<(), Fault> {
         let cr4 = self.visible_cr4();
-        let v = if cr4 & CR4_PCIDE != 0 {
+        let v = if cr4 & Cr4::PCIDE.bits() != 0 {
             v & !(1 << 63)
         } else {
             v
@@ -1214,7 +1174,7 @@ pub fn describe_end(vmcs: &impl Vmcs, kind: EndKind, w: &mut impl Write) -> fmt:
         EndKind::Hypercall => write!(w, "sluice: guest ended by hypercall at rip={rip:#x}"),
         EndKind::TripleFault => write!(w, "sluice: guest stopped: triple fault at rip={rip:#x}"),
         EndKind::Halt => {
-            let irq = if vmcs.read(VmcsField::GuestRflags) & RFLAGS_IF != 0 {
+            let irq = if vmcs.read(VmcsField::GuestRflags) & Rflags::IF.bits() != 0 {
                 "enabled"
             } else {
                 "disabled"
@@ -1320,7 +1280,7 @@ mod tests {
     const RAM: usize = 4 << 20;
     const RIP: u64 = 0x7000;
     const LEN: u64 = 2;
-    const IA32E: u64 = 1 << 9;
+    const IA32E: u64 = EntryControls::IA32E_MODE_GUEST.bits() as u64;
     /// Fixed bits as on a typical processor: PE, NE, PG must be 1 in CR0;
     /// VMXE in CR4; CR4 bits up to 23 may be 1.
     const CONFIG: VcpuConfig = VcpuConfig {
@@ -1419,7 +1379,10 @@ mod tests {
             vmcs.write(VmcsField::GuestCr4, 0x2020);
             vmcs.write(VmcsField::Cr4ReadShadow, 0x0020);
             vmcs.write(VmcsField::Cr4GuestHostMask, 0x2000);
-            vmcs.write(VmcsField::GuestIa32Efer, EFER_LME | EFER_LMA | EFER_NXE | 1);
+            vmcs.write(
+                VmcsField::GuestIa32Efer,
+                Efer::LME.bits() | Efer::LMA.bits() | Efer::NXE.bits() | 1,
+            );
             vmcs.write(VmcsField::EntryControls, IA32E);
             vmcs.write(VmcsField::GuestCsAccessRights, 0xA09B);
             vmcs.write(VmcsField::GuestSsAccessRights, 0xC093);
@@ -1644,7 +1607,8 @@ mod tests {
         let mut h = Harness::long();
         h.ram[0x5010..0x5014].copy_from_slice(&0xCAFE_F00Du32.to_le_bytes());
         h.vmcs.write(VmcsField::GuestFsBase, 0x5000);
-        h.vmcs.write(VmcsField::GuestRflags, 0x202 | RFLAGS_DF);
+        h.vmcs
+            .write(VmcsField::GuestRflags, 0x202 | Rflags::DF.bits());
         h.vmcs.write(VmcsField::ExitInstructionInfo, ioinfo(2, 4));
         h.regs.rsi = 0x10;
         h.regs.rcx = 77; // not touched without REP
@@ -1791,7 +1755,8 @@ mod tests {
         assert_eq!(d & (1 << 9), 0, "APIC hidden");
         assert_eq!(d, u64::from(0xBFEB_FBFFu32 & !(1 << 9 | 1 << 7 | 1 << 14)));
         // Guest sets OSXSAVE; nested VMX keeps the VMX bit.
-        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_OSXSAVE);
+        h.vmcs
+            .write(VmcsField::GuestCr4, 0x2020 | Cr4::OSXSAVE.bits());
         h.config.nested_vmx = true;
         let [_, _, c, _] = cpuid(&mut h, 1, 0);
         assert_ne!(c & (1 << 5), 0);
@@ -1821,7 +1786,7 @@ mod tests {
         );
         // Leaf 7: OSPKE follows the guest's CR4.PKE.
         assert_eq!(cpuid(&mut h, 7, 0)[2] & 0x10, 0);
-        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_PKE);
+        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | Cr4::PKE.bits());
         assert_eq!(cpuid(&mut h, 7, 0)[2] & 0x10, 0x10);
     }
 
@@ -1917,7 +1882,8 @@ mod tests {
     #[test]
     fn cpuid_leaf_d1_reports_the_compacted_size_of_the_guests_xcr0() {
         let mut h = Harness::long();
-        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_OSXSAVE);
+        h.vmcs
+            .write(VmcsField::GuestCr4, 0x2020 | Cr4::OSXSAVE.bits());
         h.regs.rcx = 0;
         h.regs.rax = 0x7;
         h.regs.rdx = 0;
@@ -2015,10 +1981,7 @@ mod tests {
         h.exit_on(er::HLT, 0);
         let a = h.run();
         h.assert_retired(a);
-        assert_eq!(
-            h.vmcs.read(VmcsField::GuestActivityState),
-            crate::vcpu::irq::ACTIVITY_HLT
-        );
+        assert_eq!(h.vmcs.read(VmcsField::GuestActivityState), activity::HLT);
         assert_eq!(
             h.describe(EndKind::Halt),
             "sluice: guest stopped: HLT at rip=0x7002 with interrupts enabled\n"
@@ -2246,7 +2209,7 @@ mod tests {
         write_gp(&mut h, msr::IA32_PAT, 0x0007_0406_0007_0402);
         assert_eq!(h.vmcs.read(VmcsField::GuestFsBase), 0x7FFF_0000_0000);
         // With LA57 57-bit addresses are canonical.
-        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | CR4_LA57);
+        h.vmcs.write(VmcsField::GuestCr4, 0x2020 | Cr4::LA57.bits());
         write_ok(&mut h, msr::IA32_FS_BASE, 0x8000_0000_0000);
     }
 
@@ -2309,23 +2272,30 @@ mod tests {
     #[test]
     fn msr_efer_writes_keep_lma_and_check_bits() {
         let mut h = Harness::long();
-        let efer = EFER_LME | EFER_LMA | EFER_NXE | 1;
+        let efer = Efer::LME.bits() | Efer::LMA.bits() | Efer::NXE.bits() | 1;
         assert_eq!(read_ok(&mut h, msr::IA32_EFER), efer);
         // Clearing SCE and NXE is fine; LMA in the written value is ignored.
-        write_ok(&mut h, msr::IA32_EFER, EFER_LME);
-        assert_eq!(h.vmcs.read(VmcsField::GuestIa32Efer), EFER_LME | EFER_LMA);
+        write_ok(&mut h, msr::IA32_EFER, Efer::LME.bits());
+        assert_eq!(
+            h.vmcs.read(VmcsField::GuestIa32Efer),
+            Efer::LME.bits() | Efer::LMA.bits()
+        );
         // Reserved bit, and LME change with paging on.
-        write_gp(&mut h, msr::IA32_EFER, EFER_LME | (1 << 12));
+        write_gp(&mut h, msr::IA32_EFER, Efer::LME.bits() | (1 << 12));
         write_gp(&mut h, msr::IA32_EFER, 0);
         // With paging off LME may change.
         let mut h = Harness::real();
         h.vmcs.write(VmcsField::GuestIa32Efer, 0);
-        write_ok(&mut h, msr::IA32_EFER, EFER_LME | EFER_NXE | 1);
+        write_ok(
+            &mut h,
+            msr::IA32_EFER,
+            Efer::LME.bits() | Efer::NXE.bits() | 1,
+        );
         assert_eq!(
             h.vmcs.read(VmcsField::GuestIa32Efer),
-            EFER_LME | EFER_NXE | 1
+            Efer::LME.bits() | Efer::NXE.bits() | 1
         );
-        write_ok(&mut h, msr::IA32_EFER, EFER_LMA);
+        write_ok(&mut h, msr::IA32_EFER, Efer::LMA.bits());
         assert_eq!(h.vmcs.read(VmcsField::GuestIa32Efer), 0);
     }
 
@@ -2381,7 +2351,7 @@ mod tests {
         let a = mov_to_cr(&mut h, 0, 0, 0x11);
         h.assert_retired(a);
         assert_eq!(h.vmcs.read(VmcsField::Cr0ReadShadow), 0x11);
-        // NE forced by CR0_FIXED0; PG exempt with unrestricted guest.
+        // NE forced by Cr0::FIXED0.bits(); PG exempt with unrestricted guest.
         assert_eq!(h.vmcs.read(VmcsField::GuestCr0), 0x31);
         assert_eq!(h.vmcs.read(VmcsField::EntryControls), 0);
         // MOV from CR0 sees the shadow for the masked bits (NE clear).
@@ -2409,17 +2379,20 @@ mod tests {
         h.vmcs.write(VmcsField::Cr0ReadShadow, 0x11);
         h.vmcs.write(VmcsField::GuestCr4, 0x2020);
         h.vmcs.write(VmcsField::Cr4ReadShadow, 0x20);
-        h.vmcs.write(VmcsField::GuestIa32Efer, EFER_LME);
+        h.vmcs.write(VmcsField::GuestIa32Efer, Efer::LME.bits());
         h.vmcs.write(VmcsField::GuestCsAccessRights, 0xC09B);
         let a = mov_to_cr(&mut h, 0, 1, 0x8000_0011);
         h.assert_retired(a);
         assert_eq!(h.vmcs.read(VmcsField::GuestCr0), 0x8000_0031);
-        assert_eq!(h.vmcs.read(VmcsField::GuestIa32Efer), EFER_LME | EFER_LMA);
+        assert_eq!(
+            h.vmcs.read(VmcsField::GuestIa32Efer),
+            Efer::LME.bits() | Efer::LMA.bits()
+        );
         assert_eq!(h.vmcs.read(VmcsField::EntryControls), IA32E);
         // Back out from compatibility mode (CS.L = 0): LMA and the control clear.
         let a = mov_to_cr(&mut h, 0, 1, 0x11);
         h.assert_retired(a);
-        assert_eq!(h.vmcs.read(VmcsField::GuestIa32Efer), EFER_LME);
+        assert_eq!(h.vmcs.read(VmcsField::GuestIa32Efer), Efer::LME.bits());
         assert_eq!(h.vmcs.read(VmcsField::EntryControls), 0);
     }
 
@@ -2467,7 +2440,7 @@ mod tests {
         h.assert_faulted(a, GP0);
         // PG with LME but without PAE.
         let mut h = Harness::real();
-        h.vmcs.write(VmcsField::GuestIa32Efer, EFER_LME);
+        h.vmcs.write(VmcsField::GuestIa32Efer, Efer::LME.bits());
         let a = mov_to_cr(&mut h, 0, 0, 0x8000_0011);
         // Real mode: #GP without an error code.
         h.assert_faulted(a, 0x8000_030D);
@@ -2476,15 +2449,21 @@ mod tests {
     #[test]
     fn cr4_writes_go_to_shadow_and_real_register() {
         let mut h = Harness::long();
-        let a = mov_to_cr(&mut h, 4, 4, 0x20 | CR4_OSXSAVE); // from RSP
+        let a = mov_to_cr(&mut h, 4, 4, 0x20 | Cr4::OSXSAVE.bits()); // from RSP
         h.assert_retired(a);
-        assert_eq!(h.vmcs.read(VmcsField::Cr4ReadShadow), 0x20 | CR4_OSXSAVE);
-        assert_eq!(h.vmcs.read(VmcsField::GuestCr4), 0x2020 | CR4_OSXSAVE);
+        assert_eq!(
+            h.vmcs.read(VmcsField::Cr4ReadShadow),
+            0x20 | Cr4::OSXSAVE.bits()
+        );
+        assert_eq!(
+            h.vmcs.read(VmcsField::GuestCr4),
+            0x2020 | Cr4::OSXSAVE.bits()
+        );
         // MOV from CR4 into R9 sees the shadow (VMXE clear).
         h.vmcs.write(VmcsField::GuestRip, RIP);
         let a = h.exit_on(er::CR_ACCESS, 4 | (1 << 4) | (9 << 8)).run();
         h.assert_retired(a);
-        assert_eq!(h.regs.r9, 0x20 | CR4_OSXSAVE);
+        assert_eq!(h.regs.r9, 0x20 | Cr4::OSXSAVE.bits());
     }
 
     #[test]
@@ -2494,9 +2473,9 @@ mod tests {
         for v in [
             0x20 | (1 << 15),
             0x20 | (1 << 24),
-            0x20 | CR4_VMXE,
+            0x20 | Cr4::VMXE.bits(),
             0,
-            0x20 | CR4_LA57,
+            0x20 | Cr4::LA57.bits(),
         ] {
             let mut h = Harness::long();
             let a = mov_to_cr(&mut h, 4, 0, v);
@@ -2506,12 +2485,12 @@ mod tests {
         // Nested VMX allows VMXE.
         let mut h = Harness::long();
         h.config.nested_vmx = true;
-        let a = mov_to_cr(&mut h, 4, 0, 0x20 | CR4_VMXE);
+        let a = mov_to_cr(&mut h, 4, 0, 0x20 | Cr4::VMXE.bits());
         h.assert_retired(a);
         // PCIDE needs CR3[11:0] = 0.
         let mut h = Harness::long();
         h.vmcs.write(VmcsField::GuestCr3, 0x1001);
-        let a = mov_to_cr(&mut h, 4, 0, 0x20 | CR4_PCIDE);
+        let a = mov_to_cr(&mut h, 4, 0, 0x20 | Cr4::PCIDE.bits());
         h.assert_faulted(a, GP0);
     }
 
@@ -2524,7 +2503,7 @@ mod tests {
         let a = h.exit_on(er::CR_ACCESS, 2 << 4).run();
         h.assert_retired(a);
         assert_eq!(h.vmcs.read(VmcsField::Cr0ReadShadow), 0x11);
-        assert_eq!(h.vmcs.read(VmcsField::GuestCr0) & CR0_TS, 0);
+        assert_eq!(h.vmcs.read(VmcsField::GuestCr0) & Cr0::TS.bits(), 0);
         // LMSW 0 cannot clear PE; LMSW 0xE sets MP, EM, TS.
         h.vmcs.write(VmcsField::GuestRip, RIP);
         let a = h.exit_on(er::CR_ACCESS, 3 << 4).run();
@@ -2623,7 +2602,7 @@ mod tests {
         assert_eq!(h.run(), ExitAction::Resume);
         assert_eq!(
             h.vmcs.read(VmcsField::GuestInterruptibilityState),
-            BLOCKING_NMI
+            interruptibility::NMI
         );
         assert_eq!(h.stats.injected_exceptions, 1);
         // Invalid info ends the guest.

@@ -11,7 +11,10 @@
 //! is lost or delivered twice.
 
 use crate::vmx::caps::PrimaryControls;
-use crate::vmx::vmcs::{external_interrupt, Vmcs, VmcsField, INTERRUPTION_INFO_VALID};
+use crate::vmx::vmcs::{
+    activity, external_interrupt, interruptibility, Vmcs, VmcsField, INTERRUPTION_INFO_VALID,
+};
+use crate::x86::Rflags;
 
 /// What delivers external interrupts to the guest: the 8259A pair on a PC.
 pub trait InterruptController {
@@ -20,14 +23,6 @@ pub trait InterruptController {
     /// The INTA cycle: marks the interrupt in service and returns its vector.
     fn acknowledge(&mut self) -> u8;
 }
-
-/// RFLAGS.IF (SDM Vol. 1 3.4.3).
-const RFLAGS_IF: u64 = 1 << 9;
-/// Interruptibility state: blocking by STI (bit 0), by MOV SS (bit 1).
-const BLOCKING_STI_MOVSS: u64 = 0b11;
-/// Guest activity states (SDM 25.4.2).
-pub const ACTIVITY_ACTIVE: u64 = 0;
-pub const ACTIVITY_HLT: u64 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -42,8 +37,8 @@ pub enum Delivery {
 
 /// Whether the guest could take an external interrupt at the next VM entry.
 pub fn guest_interruptible(vmcs: &impl Vmcs) -> bool {
-    vmcs.read(VmcsField::GuestRflags) & RFLAGS_IF != 0
-        && vmcs.read(VmcsField::GuestInterruptibilityState) & BLOCKING_STI_MOVSS == 0
+    vmcs.read(VmcsField::GuestRflags) & Rflags::IF.bits() != 0
+        && vmcs.read(VmcsField::GuestInterruptibilityState) & interruptibility::STI_MOV_SS == 0
         && vmcs.read(VmcsField::EntryInterruptionInfo) & u64::from(INTERRUPTION_INFO_VALID) == 0
 }
 
@@ -74,8 +69,8 @@ pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Deli
     );
     // An external interrupt ends the HLT state (SDM 27.3.1.5 allows injecting it into a
     // halted guest with IF = 1; the guest resumes after the HLT).
-    if vmcs.read(VmcsField::GuestActivityState) == ACTIVITY_HLT {
-        vmcs.write(VmcsField::GuestActivityState, ACTIVITY_ACTIVE);
+    if vmcs.read(VmcsField::GuestActivityState) == activity::HLT {
+        vmcs.write(VmcsField::GuestActivityState, activity::ACTIVE);
     }
     set_window_exiting(vmcs, false);
     Delivery::Injected(vector)
@@ -176,12 +171,12 @@ mod tests {
     #[test]
     fn injecting_into_a_halted_guest_wakes_it() {
         let mut v = vmcs(0x202, 0);
-        v.write(VmcsField::GuestActivityState, ACTIVITY_HLT);
+        v.write(VmcsField::GuestActivityState, activity::HLT);
         let mut pic = FakePic {
             pending: Some(0x20),
             acks: 0,
         };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
-        assert_eq!(v.read(VmcsField::GuestActivityState), ACTIVITY_ACTIVE);
+        assert_eq!(v.read(VmcsField::GuestActivityState), activity::ACTIVE);
     }
 }

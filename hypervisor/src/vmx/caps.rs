@@ -20,44 +20,13 @@ use core::fmt;
 // MSR numbers and architectural bits
 // ---------------------------------------------------------------------------------------
 
-/// `IA32_FEATURE_CONTROL`.
-pub const IA32_FEATURE_CONTROL: u32 = 0x3A;
-/// `IA32_VMX_BASIC` (SDM A.1).
-pub const IA32_VMX_BASIC: u32 = 0x480;
-/// `IA32_VMX_PINBASED_CTLS` (SDM A.3.1).
-pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
-/// `IA32_VMX_PROCBASED_CTLS` (SDM A.3.2).
-pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-/// `IA32_VMX_EXIT_CTLS` (SDM A.4.1).
-pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
-/// `IA32_VMX_ENTRY_CTLS` (SDM A.5).
-pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
-/// `IA32_VMX_MISC` (SDM A.6).
-pub const IA32_VMX_MISC: u32 = 0x485;
-/// `IA32_VMX_CR0_FIXED0` (SDM A.7).
-pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
-/// `IA32_VMX_CR0_FIXED1` (SDM A.7).
-pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
-/// `IA32_VMX_CR4_FIXED0` (SDM A.8).
-pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-/// `IA32_VMX_CR4_FIXED1` (SDM A.8).
-pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
-/// `IA32_VMX_VMCS_ENUM` (SDM A.9).
-pub const IA32_VMX_VMCS_ENUM: u32 = 0x48A;
-/// `IA32_VMX_PROCBASED_CTLS2` (SDM A.3.3).
-pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48B;
-/// `IA32_VMX_EPT_VPID_CAP` (SDM A.10).
-pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48C;
-/// `IA32_VMX_TRUE_PINBASED_CTLS` (SDM A.3.1).
-pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48D;
-/// `IA32_VMX_TRUE_PROCBASED_CTLS` (SDM A.3.2).
-pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48E;
-/// `IA32_VMX_TRUE_EXIT_CTLS` (SDM A.4.1).
-pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48F;
-/// `IA32_VMX_TRUE_ENTRY_CTLS` (SDM A.5).
-pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
-/// `IA32_VMX_VMFUNC` (SDM A.11).
-pub const IA32_VMX_VMFUNC: u32 = 0x491;
+use crate::x86::msr::{
+    IA32_VMX_BASIC, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1, IA32_VMX_CR4_FIXED0,
+    IA32_VMX_CR4_FIXED1, IA32_VMX_ENTRY_CTLS, IA32_VMX_EPT_VPID_CAP, IA32_VMX_EXIT_CTLS,
+    IA32_VMX_MISC, IA32_VMX_PINBASED_CTLS, IA32_VMX_PROCBASED_CTLS, IA32_VMX_PROCBASED_CTLS2,
+    IA32_VMX_TRUE_ENTRY_CTLS, IA32_VMX_TRUE_EXIT_CTLS, IA32_VMX_TRUE_PINBASED_CTLS,
+    IA32_VMX_TRUE_PROCBASED_CTLS, IA32_VMX_VMFUNC,
+};
 
 /// CPUID.1:ECX bit 5: VMX supported.
 pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
@@ -931,6 +900,7 @@ pub(crate) mod test_cpus {
 mod tests {
     use super::test_cpus::{skylake, SKL_EPT_VPID_CAP, SKL_PROCBASED2};
     use super::*;
+    use crate::x86::msr::IA32_FEATURE_CONTROL;
 
     #[test]
     fn hints_tell_the_user_what_to_do() {

@@ -9,19 +9,7 @@
 //! crawl, so each EPT leaf takes the MTRR type of the host range behind it. Ranges
 //! whose type is mixed inside one large page are mapped with smaller pages.
 
-/// IA32_MTRRCAP (SDM Vol. 3A 13.11.2.1): VCNT in bits 7:0, FIX bit 8, WC bit 10.
-pub const IA32_MTRRCAP: u32 = 0xFE;
-/// IA32_MTRR_DEF_TYPE (13.11.2.1): type in bits 7:0, FE (fixed enable) bit 10,
-/// E (MTRRs enable) bit 11.
-pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
-/// IA32_MTRR_PHYSBASE0; PHYSMASKn is PHYSBASEn + 1, pairs follow (Table 13-9).
-pub const IA32_MTRR_PHYSBASE0: u32 = 0x200;
-/// The eleven fixed-range MTRRs in address order (13.11.2.2): one 64 KiB-granular
-/// register for 0-512 KiB, two 16 KiB-granular ones for 512-768 KiB, eight 4 KiB-
-/// granular ones for 768 KiB-1 MiB; each holds eight one-byte types.
-pub const FIXED_MSRS: [u32; 11] = [
-    0x250, 0x258, 0x259, 0x268, 0x269, 0x26A, 0x26B, 0x26C, 0x26D, 0x26E, 0x26F,
-];
+use crate::x86::msr::{IA32_MTRRCAP, IA32_MTRR_DEF_TYPE, IA32_MTRR_FIXED, IA32_MTRR_PHYSBASE0};
 
 /// Memory types as the MTRRs (and the EPT) encode them (Table 13-8).
 pub const UC: u8 = 0;
@@ -86,7 +74,7 @@ impl Mtrrs {
             ..Mtrrs::absent()
         };
         if cap & (1 << 8) != 0 {
-            for (i, &msr) in FIXED_MSRS.iter().enumerate() {
+            for (i, &msr) in IA32_MTRR_FIXED.iter().enumerate() {
                 let v = rdmsr(msr);
                 for b in 0..8 {
                     m.fixed[i * 8 + b] = (v >> (b * 8)) as u8;
@@ -265,7 +253,7 @@ mod tests {
         m.insert(0x206, 0x1234_5000 | WC as u64);
         m.insert(0x207, 0); // not valid
         let wb8 = u64::from_le_bytes([WB; 8]);
-        for msr in FIXED_MSRS {
+        for msr in IA32_MTRR_FIXED {
             m.insert(msr, wb8);
         }
         // 0xA0000-0xBFFFF: the two 16 KiB-granular registers' upper halves → UC.

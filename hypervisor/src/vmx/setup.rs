@@ -32,57 +32,19 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::guest::long_mode::{
-    self, access_rights as ar, SegmentState, CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT,
-    TR_SEGMENT,
+    self, SegmentState, CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT, TR_SEGMENT,
 };
 use crate::vmx::caps::{
     Allowed, EntryControls, ExitControls, PinBasedControls, PrimaryControls, SecondaryControls,
     VmxCaps,
 };
 use crate::vmx::ept::Eptp;
-use crate::vmx::vmcs::{Vmcs, VmcsField};
+use crate::vmx::vmcs::{access_rights as ar, Vmcs, VmcsField};
+use crate::x86::{is_canonical, Cr0, Cr4, Efer, Rflags};
 
 // ---------------------------------------------------------------------------------------
-// Architectural bits (SDM Vol. 3A 2.5 control registers, 2.2.1 EFER, 2.3 EFLAGS)
+// Reset values and assumptions (the architectural bits are in `crate::x86`)
 // ---------------------------------------------------------------------------------------
-
-/// CR0 bits.
-pub mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
-}
-
-/// CR4 bits.
-pub mod cr4 {
-    pub const PAE: u64 = 1 << 5;
-    pub const LA57: u64 = 1 << 12;
-    pub const VMXE: u64 = 1 << 13;
-    pub const PCIDE: u64 = 1 << 17;
-}
-
-/// IA32_EFER bits.
-pub mod efer {
-    pub const SCE: u64 = 1 << 0;
-    pub const LME: u64 = 1 << 8;
-    pub const LMA: u64 = 1 << 10;
-    pub const NXE: u64 = 1 << 11;
-}
-
-/// RFLAGS bits.
-pub mod rflags {
-    /// Bit 1 is reserved and always 1.
-    pub const FIXED1: u64 = 1 << 1;
-    pub const IF: u64 = 1 << 9;
-    pub const VM: u64 = 1 << 17;
-    /// Reserved bits that must be 0 on VM entry: 3, 5, 15 and 63:22 (SDM 27.3.1.4).
-    pub const RESERVED: u64 = (1 << 3) | (1 << 5) | (1 << 15) | !((1 << 22) - 1);
-}
 
 /// Power-up value of IA32_PAT: WB, WT, UC-, UC in each half (SDM Vol. 3A 13.12.4).
 pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
@@ -438,7 +400,7 @@ pub fn write_controls(vmcs: &mut impl Vmcs, controls: &Controls, addrs: &Control
 /// for PE and PG (SDM 27.3.1.1).
 const fn cr0_forced_one(caps: &VmxCaps, unrestricted: bool) -> u64 {
     if unrestricted {
-        caps.cr0_fixed0 & !(cr0::PE | cr0::PG)
+        caps.cr0_fixed0 & !(Cr0::PE.bits() | Cr0::PG.bits())
     } else {
         caps.cr0_fixed0
     }
@@ -676,7 +638,7 @@ fn write_guest_common(vmcs: &mut impl Vmcs, caps: &VmxCaps, g: &CommonGuest) {
     );
     vmcs.write(VmcsField::GuestCr3, g.cr3);
     vmcs.write(VmcsField::GuestDr7, DR7_DEFAULT);
-    vmcs.write(VmcsField::GuestRflags, rflags::FIXED1);
+    vmcs.write(VmcsField::GuestRflags, Rflags::FIXED1.bits());
     vmcs.write(VmcsField::GuestRip, g.rip);
     vmcs.write(VmcsField::GuestRsp, g.rsp);
     vmcs.write(VmcsField::GuestIa32Efer, g.efer);
@@ -716,7 +678,7 @@ pub fn write_guest_real_mode(
         vmcs,
         caps,
         &CommonGuest {
-            cr0_believed: cr0::ET,
+            cr0_believed: Cr0::ET.bits(),
             cr4_believed: 0,
             cr3: 0,
             efer: 0,
@@ -767,7 +729,7 @@ pub fn write_guest_reset_vector(vmcs: &mut impl Vmcs, caps: &VmxCaps) -> ResetGp
         vmcs,
         caps,
         &CommonGuest {
-            cr0_believed: cr0::CD | cr0::NW | cr0::ET,
+            cr0_believed: Cr0::CD.bits() | Cr0::NW.bits() | Cr0::ET.bits(),
             cr4_believed: 0,
             cr3: 0,
             efer: 0,
@@ -842,10 +804,15 @@ pub fn write_guest_long_mode_with(
         vmcs,
         caps,
         &CommonGuest {
-            cr0_believed: cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG,
-            cr4_believed: cr4::PAE,
+            cr0_believed: Cr0::PE.bits()
+                | Cr0::MP.bits()
+                | Cr0::ET.bits()
+                | Cr0::NE.bits()
+                | Cr0::WP.bits()
+                | Cr0::PG.bits(),
+            cr4_believed: Cr4::PAE.bits(),
             cr3,
-            efer: efer::LME | efer::LMA,
+            efer: Efer::LME.bits() | Efer::LMA.bits(),
             rip: entry,
             rsp,
         },
@@ -1155,11 +1122,6 @@ impl fmt::Display for GuestStateError {
     }
 }
 
-const fn is_canonical(v: u64, bits: u32) -> bool {
-    let shift = 64 - bits;
-    (((v << shift) as i64) >> shift) as u64 == v
-}
-
 const AR_TYPE: u32 = ar::TYPE_MASK;
 const AR_DPL: u32 = 3 << ar::DPL_SHIFT;
 const AR_RESERVED: u32 = 0xF00 | !0x1_FFFF;
@@ -1232,7 +1194,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
     };
     let ug = secondary & SecondaryControls::UNRESTRICTED_GUEST.bits() != 0;
     let ia32e = entry & EntryControls::IA32E_MODE_GUEST.bits() != 0;
-    let linear_bits = if caps.cr4_fixed1 & cr4::LA57 != 0 {
+    let linear_bits = if caps.cr4_fixed1 & Cr4::LA57.bits() != 0 {
         57
     } else {
         48
@@ -1248,7 +1210,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         R::Cr0FixedBits,
     )?;
     ensure(
-        cr0v & cr0::PG == 0 || cr0v & cr0::PE != 0,
+        cr0v & Cr0::PG.bits() == 0 || cr0v & Cr0::PE.bits() != 0,
         F::GuestCr0,
         cr0v,
         R::Cr0PagingWithoutProtection,
@@ -1262,15 +1224,20 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
     )?;
     if ia32e {
         ensure(
-            cr0v & cr0::PG != 0,
+            cr0v & Cr0::PG.bits() != 0,
             F::GuestCr0,
             cr0v,
             R::Ia32eWithoutPaging,
         )?;
-        ensure(cr4v & cr4::PAE != 0, F::GuestCr4, cr4v, R::Ia32eWithoutPae)?;
+        ensure(
+            cr4v & Cr4::PAE.bits() != 0,
+            F::GuestCr4,
+            cr4v,
+            R::Ia32eWithoutPae,
+        )?;
     } else {
         ensure(
-            cr4v & cr4::PCIDE == 0,
+            cr4v & Cr4::PCIDE.bits() == 0,
             F::GuestCr4,
             cr4v,
             R::PcideOutsideIa32e,
@@ -1297,16 +1264,17 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
     }
     if entry & EntryControls::LOAD_EFER.bits() != 0 {
         let e = vmcs.read(F::GuestIa32Efer);
-        let known = efer::SCE | efer::LME | efer::LMA | efer::NXE;
+        let known = Efer::SCE.bits() | Efer::LME.bits() | Efer::LMA.bits() | Efer::NXE.bits();
         ensure(e & !known == 0, F::GuestIa32Efer, e, R::EferReservedBits)?;
         ensure(
-            (e & efer::LMA != 0) == ia32e,
+            (e & Efer::LMA.bits() != 0) == ia32e,
             F::GuestIa32Efer,
             e,
             R::EferLmaMismatch,
         )?;
         ensure(
-            cr0v & cr0::PG == 0 || (e & efer::LME != 0) == (e & efer::LMA != 0),
+            cr0v & Cr0::PG.bits() == 0
+                || (e & Efer::LME.bits() != 0) == (e & Efer::LMA.bits() != 0),
             F::GuestIa32Efer,
             e,
             R::EferLmeMismatch,
@@ -1315,11 +1283,11 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
 
     // --- 27.3.1.2: segment registers ----------------------------------------------
     let rflags_v = vmcs.read(F::GuestRflags);
-    let vm86 = rflags_v & rflags::VM != 0;
+    let vm86 = rflags_v & Rflags::VM.bits() != 0;
     // A 27.3.1.4 check, done here because it decides which segment rules apply: a
     // stray VM flag is better reported as itself than as eight VM86 segment faults.
     ensure(
-        !vm86 || (!ia32e && cr0v & cr0::PE != 0),
+        !vm86 || (!ia32e && cr0v & Cr0::PE.bits() != 0),
         F::GuestRflags,
         rflags_v,
         R::RflagsVm,
@@ -1447,7 +1415,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
             ensure(a & ar::S != 0, F::GuestSsAccessRights, av, R::NotCodeOrData)?;
         }
         let ss_dpl_ok = (ug || dpl(a) == u32::from(ss.selector & 3))
-            && ((cs.access_rights & AR_TYPE != 3 && cr0v & cr0::PE != 0) || dpl(a) == 0);
+            && ((cs.access_rights & AR_TYPE != 3 && cr0v & Cr0::PE.bits() != 0) || dpl(a) == 0);
         ensure(ss_dpl_ok, F::GuestSsAccessRights, av, R::SsDpl)?;
         if usable(&ss) {
             check_present_reserved_granularity(&ss, SS)?;
@@ -1539,7 +1507,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         ensure(rip >> 32 == 0, F::GuestRip, rip, R::RipAbove4G)?;
     }
     ensure(
-        rflags_v & rflags::RESERVED == 0 && rflags_v & rflags::FIXED1 != 0,
+        rflags_v & Rflags::RESERVED == 0 && rflags_v & Rflags::FIXED1.bits() != 0,
         F::GuestRflags,
         rflags_v,
         R::RflagsReserved,
@@ -1547,7 +1515,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
     let inject = vmcs.read(F::EntryInterruptionInfo) as u32;
     let injects_interrupt = inject & (1 << 31) != 0 && (inject >> 8) & 7 == 0;
     ensure(
-        !injects_interrupt || rflags_v & rflags::IF != 0,
+        !injects_interrupt || rflags_v & Rflags::IF.bits() != 0,
         F::GuestRflags,
         rflags_v,
         R::RflagsIfForInterrupt,
@@ -1593,7 +1561,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         R::InterruptibilityStiAndMovSs,
     )?;
     ensure(
-        intr & 1 == 0 || rflags_v & rflags::IF != 0,
+        intr & 1 == 0 || rflags_v & Rflags::IF.bits() != 0,
         F::GuestInterruptibilityState,
         intr,
         R::InterruptibilityStiWithoutIf,
@@ -1756,7 +1724,7 @@ mod tests {
         assert!(has(c.entry, entry.bits()));
         // TRUE entry controls let "load debug controls" be cleared.
         assert_eq!(c.entry & EntryControls::LOAD_DEBUG_CONTROLS.bits(), 0);
-        assert_eq!(c.cr0_guest_host_mask, cr0::NE);
+        assert_eq!(c.cr0_guest_host_mask, Cr0::NE.bits());
     }
 
     #[test]
@@ -1885,7 +1853,7 @@ mod tests {
         assert_eq!(v.read(VmcsField::EptPointer), 0x20_001E);
         assert_eq!(v.read(VmcsField::Vpid), 1);
         assert_eq!(v.read(VmcsField::VmcsLinkPointer), u64::MAX);
-        assert_eq!(v.read(VmcsField::Cr0GuestHostMask), cr0::NE);
+        assert_eq!(v.read(VmcsField::Cr0GuestHostMask), Cr0::NE.bits());
         assert_eq!(
             v.read(VmcsField::Cr4GuestHostMask),
             cr4_guest_host_mask(&caps())
@@ -1923,19 +1891,28 @@ mod tests {
     #[test]
     fn cr_masks_cover_the_fixed_bits() {
         let c = caps();
-        assert_eq!(cr0_guest_host_mask(&c, true), cr0::NE);
-        assert_eq!(cr0_guest_host_mask(&c, false), cr0::PE | cr0::NE | cr0::PG);
+        assert_eq!(cr0_guest_host_mask(&c, true), Cr0::NE.bits());
+        assert_eq!(
+            cr0_guest_host_mask(&c, false),
+            Cr0::PE.bits() | Cr0::NE.bits() | Cr0::PG.bits()
+        );
         let m4 = cr4_guest_host_mask(&c);
-        assert_ne!(m4 & cr4::VMXE, 0);
-        // LA57 (bit 12) is not allowed by CR4_FIXED1 here: the guest may not set it.
-        assert_ne!(m4 & cr4::LA57, 0);
-        assert_eq!(m4 & cr4::PAE, 0);
+        assert_ne!(m4 & Cr4::VMXE.bits(), 0);
+        // LA57 (bit 12) is not allowed by Cr4::FIXED1.bits() here: the guest may not set it.
+        assert_ne!(m4 & Cr4::LA57.bits(), 0);
+        assert_eq!(m4 & Cr4::PAE.bits(), 0);
         // Exit-handler helpers: a guest writing CR0 = PE only gets NE forced and
         // sees what it wrote.
-        assert_eq!(cr0_for_guest(&c, true, cr0::PE), cr0::PE | cr0::NE);
-        assert_eq!(cr0_read_shadow(&c, true, cr0::PE), 0);
-        assert_eq!(cr4_for_guest(&c, cr4::PAE), cr4::PAE | cr4::VMXE);
-        assert_eq!(cr4_read_shadow(&c, cr4::PAE), 0);
+        assert_eq!(
+            cr0_for_guest(&c, true, Cr0::PE.bits()),
+            Cr0::PE.bits() | Cr0::NE.bits()
+        );
+        assert_eq!(cr0_read_shadow(&c, true, Cr0::PE.bits()), 0);
+        assert_eq!(
+            cr4_for_guest(&c, Cr4::PAE.bits()),
+            Cr4::PAE.bits() | Cr4::VMXE.bits()
+        );
+        assert_eq!(cr4_read_shadow(&c, Cr4::PAE.bits()), 0);
     }
 
     // --- bitmaps ------------------------------------------------------------------
@@ -2008,9 +1985,9 @@ mod tests {
         assert_eq!(v.read(VmcsField::GuestDsSelector), 0x1000);
         assert_eq!(v.read(VmcsField::GuestRip), 0x100);
         assert_eq!(v.read(VmcsField::GuestRsp), 0xFFFE);
-        assert_eq!(v.read(VmcsField::GuestCr0), cr0::ET | cr0::NE);
+        assert_eq!(v.read(VmcsField::GuestCr0), Cr0::ET.bits() | Cr0::NE.bits());
         assert_eq!(v.read(VmcsField::Cr0ReadShadow), 0);
-        assert_eq!(v.read(VmcsField::GuestCr4), cr4::VMXE);
+        assert_eq!(v.read(VmcsField::GuestCr4), Cr4::VMXE.bits());
         assert_eq!(v.read(VmcsField::Cr4ReadShadow), 0);
         assert_eq!(v.read(VmcsField::GuestIdtrLimit), 0x3FF);
         assert_eq!(v.read(VmcsField::GuestTrAccessRights), 0x8B);
@@ -2035,7 +2012,7 @@ mod tests {
         assert_eq!(v.read(VmcsField::GuestRip), 0xFFF0);
         assert_eq!(
             v.read(VmcsField::GuestCr0),
-            cr0::CD | cr0::NW | cr0::ET | cr0::NE
+            Cr0::CD.bits() | Cr0::NW.bits() | Cr0::ET.bits() | Cr0::NE.bits()
         );
         assert_eq!(v.read(VmcsField::GuestLdtrAccessRights), 0x82);
         assert_eq!(v.read(VmcsField::GuestIdtrLimit), 0xFFFF);
@@ -2047,12 +2024,23 @@ mod tests {
         let v = long_vmcs();
         assert_eq!(check_guest_state(&v, &c), Ok(()));
         let l = LongModeLayout::for_ram(64 * MIB).unwrap();
-        let want_cr0 = cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG;
+        let want_cr0 = Cr0::PE.bits()
+            | Cr0::MP.bits()
+            | Cr0::ET.bits()
+            | Cr0::NE.bits()
+            | Cr0::WP.bits()
+            | Cr0::PG.bits();
         assert_eq!(v.read(VmcsField::GuestCr0), want_cr0);
-        assert_eq!(v.read(VmcsField::Cr0ReadShadow), cr0::NE);
-        assert_eq!(v.read(VmcsField::GuestCr4), cr4::PAE | cr4::VMXE);
+        assert_eq!(v.read(VmcsField::Cr0ReadShadow), Cr0::NE.bits());
+        assert_eq!(
+            v.read(VmcsField::GuestCr4),
+            Cr4::PAE.bits() | Cr4::VMXE.bits()
+        );
         assert_eq!(v.read(VmcsField::Cr4ReadShadow), 0);
-        assert_eq!(v.read(VmcsField::GuestIa32Efer), efer::LME | efer::LMA);
+        assert_eq!(
+            v.read(VmcsField::GuestIa32Efer),
+            Efer::LME.bits() | Efer::LMA.bits()
+        );
         assert_eq!(v.read(VmcsField::GuestCr3), l.tables_gpa);
         assert_eq!(v.read(VmcsField::GuestGdtrBase), l.gdt_gpa);
         assert_eq!(v.read(VmcsField::GuestGdtrLimit), u64::from(GDT_LIMIT));
@@ -2161,7 +2149,7 @@ mod tests {
     #[test]
     fn rejects_cr0_without_ne() {
         let mut v = real_vmcs();
-        v.write(VmcsField::GuestCr0, cr0::ET);
+        v.write(VmcsField::GuestCr0, Cr0::ET.bits());
         rejects(&v, VmcsField::GuestCr0, GuestStateRule::Cr0FixedBits);
     }
 
@@ -2177,7 +2165,10 @@ mod tests {
     #[test]
     fn rejects_paging_without_protection() {
         let mut v = real_vmcs();
-        v.write(VmcsField::GuestCr0, cr0::PG | cr0::NE | cr0::ET);
+        v.write(
+            VmcsField::GuestCr0,
+            Cr0::PG.bits() | Cr0::NE.bits() | Cr0::ET.bits(),
+        );
         rejects(
             &v,
             VmcsField::GuestCr0,
@@ -2188,21 +2179,24 @@ mod tests {
     #[test]
     fn rejects_cr4_without_vmxe() {
         let mut v = long_vmcs();
-        v.write(VmcsField::GuestCr4, cr4::PAE);
+        v.write(VmcsField::GuestCr4, Cr4::PAE.bits());
         rejects(&v, VmcsField::GuestCr4, GuestStateRule::Cr4FixedBits);
     }
 
     #[test]
     fn rejects_ia32e_without_pae() {
         let mut v = long_vmcs();
-        v.write(VmcsField::GuestCr4, cr4::VMXE);
+        v.write(VmcsField::GuestCr4, Cr4::VMXE.bits());
         rejects(&v, VmcsField::GuestCr4, GuestStateRule::Ia32eWithoutPae);
     }
 
     #[test]
     fn rejects_ia32e_without_paging() {
         let mut v = long_vmcs();
-        v.write(VmcsField::GuestCr0, cr0::PE | cr0::NE | cr0::ET);
+        v.write(
+            VmcsField::GuestCr0,
+            Cr0::PE.bits() | Cr0::NE.bits() | Cr0::ET.bits(),
+        );
         rejects(&v, VmcsField::GuestCr0, GuestStateRule::Ia32eWithoutPaging);
     }
 
@@ -2223,13 +2217,16 @@ mod tests {
     #[test]
     fn rejects_efer_problems() {
         let mut v = long_vmcs();
-        v.write(VmcsField::GuestIa32Efer, efer::LMA);
+        v.write(VmcsField::GuestIa32Efer, Efer::LMA.bits());
         rejects(
             &v,
             VmcsField::GuestIa32Efer,
             GuestStateRule::EferLmeMismatch,
         );
-        v.write(VmcsField::GuestIa32Efer, efer::LME | efer::LMA | (1 << 2));
+        v.write(
+            VmcsField::GuestIa32Efer,
+            Efer::LME.bits() | Efer::LMA.bits() | (1 << 2),
+        );
         rejects(
             &v,
             VmcsField::GuestIa32Efer,
@@ -2467,10 +2464,10 @@ mod tests {
         v.write(VmcsField::GuestRflags, 0x2 | (1 << 22));
         rejects(&v, VmcsField::GuestRflags, GuestStateRule::RflagsReserved);
         let mut v = long_vmcs();
-        v.write(VmcsField::GuestRflags, 0x2 | rflags::VM);
+        v.write(VmcsField::GuestRflags, 0x2 | Rflags::VM.bits());
         rejects(&v, VmcsField::GuestRflags, GuestStateRule::RflagsVm);
         let mut v = real_vmcs();
-        v.write(VmcsField::GuestRflags, 0x2 | rflags::VM);
+        v.write(VmcsField::GuestRflags, 0x2 | Rflags::VM.bits());
         rejects(&v, VmcsField::GuestRflags, GuestStateRule::RflagsVm);
         let mut v = real_vmcs();
         v.write(VmcsField::EntryInterruptionInfo, 0x8000_0020);
@@ -2485,8 +2482,11 @@ mod tests {
     fn rejects_vm86_with_wrong_segments() {
         // A protected-mode guest with VM set: segments must look like VM86 ones.
         let mut v = real_vmcs();
-        v.write(VmcsField::GuestCr0, cr0::PE | cr0::NE | cr0::ET);
-        v.write(VmcsField::GuestRflags, 0x2 | rflags::VM);
+        v.write(
+            VmcsField::GuestCr0,
+            Cr0::PE.bits() | Cr0::NE.bits() | Cr0::ET.bits(),
+        );
+        v.write(VmcsField::GuestRflags, 0x2 | Rflags::VM.bits());
         rejects(
             &v,
             VmcsField::GuestCsAccessRights,

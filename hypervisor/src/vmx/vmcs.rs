@@ -348,6 +348,46 @@ impl Vmcs for SoftVmcs {
     }
 }
 
+/// Access-rights fields of the guest segment registers (SDM Vol. 3C 25.4.1 "Guest
+/// Register State", Table 25-2 "Format of Access Rights").
+pub mod access_rights {
+    pub const TYPE_MASK: u32 = 0xF;
+    /// S: code/data (1) vs system (0) descriptor.
+    pub const S: u32 = 1 << 4;
+    pub const DPL_SHIFT: u32 = 5;
+    pub const P: u32 = 1 << 7;
+    pub const AVL: u32 = 1 << 12;
+    /// L: 64-bit code segment.
+    pub const L: u32 = 1 << 13;
+    pub const DB: u32 = 1 << 14;
+    pub const G: u32 = 1 << 15;
+    /// Segment unusable (a null selector was loaded).
+    pub const UNUSABLE: u32 = 1 << 16;
+}
+
+/// The interruptibility-state field (SDM Vol. 3C 25.4.2 "Guest Non-Register State",
+/// Table 25-3 "Format of Interruptibility State").
+pub mod interruptibility {
+    /// Blocking by STI: the instruction after an STI that set IF.
+    pub const STI: u64 = 1 << 0;
+    /// Blocking by MOV SS or POP SS.
+    pub const MOV_SS: u64 = 1 << 1;
+    /// Blocking by SMI.
+    pub const SMI: u64 = 1 << 2;
+    /// Blocking by NMI.
+    pub const NMI: u64 = 1 << 3;
+    /// The two shadows one retired instruction ends.
+    pub const STI_MOV_SS: u64 = STI | MOV_SS;
+}
+
+/// The activity-state field (SDM Vol. 3C 25.4.2 "Guest Non-Register State").
+pub mod activity {
+    pub const ACTIVE: u64 = 0;
+    pub const HLT: u64 = 1;
+    pub const SHUTDOWN: u64 = 2;
+    pub const WAIT_FOR_SIPI: u64 = 3;
+}
+
 /// SDM meaning of a VM-instruction error number (VMCS field 0x4400), as listed
 /// in Vol 3C 31.4. Numbers 14, 21 and 27 are not assigned.
 pub fn vm_instruction_error_text(n: u64) -> &'static str {

@@ -25,6 +25,8 @@
 //! - SMAP (needs RFLAGS.AC), protection keys, CET shadow-stack and HLAT rules
 //!   are not modelled; SMEP is.
 
+use crate::x86::is_canonical;
+use crate::x86::{Cr0, Cr4, Efer};
 use core::fmt;
 
 /// Size of the smallest page and of every paging structure.
@@ -151,17 +153,6 @@ pub struct PagingContext {
     pub efer: u64,
 }
 
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_WP: u64 = 1 << 16;
-pub const CR0_PG: u64 = 1 << 31;
-pub const CR4_PSE: u64 = 1 << 4;
-pub const CR4_PAE: u64 = 1 << 5;
-pub const CR4_LA57: u64 = 1 << 12;
-pub const CR4_SMEP: u64 = 1 << 20;
-pub const EFER_LME: u64 = 1 << 8;
-pub const EFER_LMA: u64 = 1 << 10;
-pub const EFER_NXE: u64 = 1 << 11;
-
 /// Paging mode, SDM Vol. 3A Table 4-1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PagingMode {
@@ -174,13 +165,13 @@ pub enum PagingMode {
 
 impl PagingContext {
     pub const fn mode(&self) -> PagingMode {
-        if self.cr0 & CR0_PG == 0 {
+        if self.cr0 & Cr0::PG.bits() == 0 {
             PagingMode::None
-        } else if self.cr4 & CR4_PAE == 0 {
+        } else if self.cr4 & Cr4::PAE.bits() == 0 {
             PagingMode::Bits32
-        } else if self.efer & EFER_LMA == 0 {
+        } else if self.efer & Efer::LMA.bits() == 0 {
             PagingMode::Pae
-        } else if self.cr4 & CR4_LA57 == 0 {
+        } else if self.cr4 & Cr4::LA57.bits() == 0 {
             PagingMode::Level4
         } else {
             PagingMode::Level5
@@ -189,7 +180,7 @@ impl PagingContext {
 
     /// XD bits are honoured (SDM 4.6: only with PAE/IA-32e paging and EFER.NXE).
     const fn nx_enabled(&self) -> bool {
-        self.cr4 & CR4_PAE != 0 && self.efer & EFER_NXE != 0
+        self.cr4 & Cr4::PAE.bits() != 0 && self.efer & Efer::NXE.bits() != 0
     }
 }
 
@@ -361,7 +352,9 @@ fn fault(ctx: &PagingContext, linear: u64, access: Access, bits: u32) -> Transla
     let mut code = bits;
     match access.kind {
         AccessKind::Write => code |= pf::WRITE,
-        AccessKind::Fetch if ctx.nx_enabled() || ctx.cr4 & CR4_SMEP != 0 => code |= pf::FETCH,
+        AccessKind::Fetch if ctx.nx_enabled() || ctx.cr4 & Cr4::SMEP.bits() != 0 => {
+            code |= pf::FETCH
+        }
         _ => {}
     }
     if access.user() {
@@ -388,7 +381,7 @@ fn check_rights(
         AccessKind::Read => {}
         AccessKind::Write => {
             // User writes always need R/W; supervisor writes only with CR0.WP.
-            if !r.writable && (access.user() || ctx.cr0 & CR0_WP != 0) {
+            if !r.writable && (access.user() || ctx.cr0 & Cr0::WP.bits() != 0) {
                 return Err(denied(()));
             }
         }
@@ -397,7 +390,7 @@ fn check_rights(
                 return Err(denied(()));
             }
             // SMEP: no supervisor fetches from user-mode pages.
-            if !access.user() && r.user && ctx.cr4 & CR4_SMEP != 0 {
+            if !access.user() && r.user && ctx.cr4 & Cr4::SMEP.bits() != 0 {
                 return Err(denied(()));
             }
         }
@@ -421,7 +414,7 @@ fn walk_32bit(
         return Err(not_present());
     }
     rights.add(pde, true);
-    if pde & PS != 0 && ctx.cr4 & CR4_PSE != 0 {
+    if pde & PS != 0 && ctx.cr4 & Cr4::PSE.bits() != 0 {
         // Bit 21 is reserved in a 4 MiB PDE (Table 4-4).
         if pde & (1 << 21) != 0 {
             return Err(fault(ctx, linear, access, pf::PRESENT | pf::RESERVED));
@@ -538,12 +531,6 @@ fn walk_ia32e(
         return Err(TranslateError::NonCanonical { linear });
     }
     walk_from(mem, ctx, linear, access, ctx.cr3, levels, Rights::ALL)
-}
-
-/// Whether bits 63:`bits`-1 of `addr` are all equal (SDM Vol. 1 3.3.7.1).
-pub const fn is_canonical(addr: u64, bits: u32) -> bool {
-    let shift = 64 - bits;
-    (((addr << shift) as i64) >> shift) as u64 == addr
 }
 
 /// Applies `f` to each guest-physical piece of `[linear, linear + len)`, split
@@ -729,9 +716,9 @@ mod tests {
         // PDE 2: 4 MiB page with reserved bit 21.
         put32(r, 0x1008, 0x0080_0000 | (1 << 21) | 0x83);
         PagingContext {
-            cr0: CR0_PG | CR0_PE,
+            cr0: Cr0::PG.bits() | Cr0::PE.bits(),
             cr3: 0x1000,
-            cr4: CR4_PSE,
+            cr4: Cr4::PSE.bits(),
             efer: 0,
         }
     }
@@ -747,7 +734,7 @@ mod tests {
         assert_eq!(translate(&m, &ctx, 0x5000, Access::write(0)), Ok(0x30_0000));
         // ...faults with WP.
         let wp = PagingContext {
-            cr0: ctx.cr0 | CR0_WP,
+            cr0: ctx.cr0 | Cr0::WP.bits(),
             ..ctx
         };
         assert_eq!(
@@ -809,10 +796,10 @@ mod tests {
         put64(r, 0x2010, 0x40_0000 | 0x83 | (1 << 13)); // reserved bit 13
         put64(r, 0x3000 + 8, 0x1_5000 | 0x3);
         PagingContext {
-            cr0: CR0_PG | CR0_PE | CR0_WP,
+            cr0: Cr0::PG.bits() | Cr0::PE.bits() | Cr0::WP.bits(),
             cr3: 0x1020,
-            cr4: CR4_PAE,
-            efer: EFER_NXE,
+            cr4: Cr4::PAE.bits(),
+            efer: Efer::NXE.bits(),
         }
     }
 
@@ -889,10 +876,10 @@ mod tests {
         put64(r, 0x4000 + 0x102 * 8, 0x1000 | 0x3 | XD);
         put64(r, 0x1000 + 8, 0x2000 | 0x87); // PML4E with PS: reserved
         PagingContext {
-            cr0: CR0_PG | CR0_PE | CR0_WP,
+            cr0: Cr0::PG.bits() | Cr0::PE.bits() | Cr0::WP.bits(),
             cr3: 0x1000,
-            cr4: CR4_PAE,
-            efer: EFER_LME | EFER_LMA | EFER_NXE,
+            cr4: Cr4::PAE.bits(),
+            efer: Efer::LME.bits() | Efer::LMA.bits() | Efer::NXE.bits(),
         }
     }
 
@@ -940,7 +927,7 @@ mod tests {
         assert!(!got.accessed && got.dirty && got.user, "{got:?}");
         // No paging: nothing for the processor to set.
         let none = PagingContext {
-            cr0: CR0_PE,
+            cr0: Cr0::PE.bits(),
             cr3: 0,
             cr4: 0,
             efer: 0,
@@ -996,7 +983,7 @@ mod tests {
             Ok(0x10_0000)
         );
         let smep = PagingContext {
-            cr4: ctx.cr4 | CR4_SMEP,
+            cr4: ctx.cr4 | Cr4::SMEP.bits(),
             ..ctx
         };
         assert!(translate(&m, &smep, 0x10_0000, Access::fetch(0)).is_err());
@@ -1037,7 +1024,7 @@ mod tests {
         put64(&mut r, 0x5000, 0x1000 | 0x7);
         put64(&mut r, 0x5008, 0x1000 | 0x7);
         ctx.cr3 = 0x5000;
-        ctx.cr4 |= CR4_LA57;
+        ctx.cr4 |= Cr4::LA57.bits();
         let m = SliceMemory::new(&mut r);
         assert_eq!(ctx.mode(), PagingMode::Level5);
         assert_eq!(
