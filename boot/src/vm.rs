@@ -1,9 +1,10 @@
-//! Running the guest: guest RAM, EPT, the VMCS (controls, host and guest state, all
-//! computed by `hypervisor::vmx::setup`), then the VMLAUNCH/VMRESUME loop that hands
-//! every VM exit to `hypervisor::vcpu::exits`. Intel SDM Vol. 3C chapters 25-29.
+//! Running the guest on this machine: guest RAM, EPT and the VMX bitmaps from the frame
+//! allocator, the host MTRRs and host state read from the processor, the VMCS made
+//! current and filled (the values all computed by `hypervisor::vmx::setup`), INVEPT,
+//! and the [`Platform`] through which `hypervisor::vcpu::run` enters the guest and
+//! reaches the console. The run loop itself is host-tested code in the hypervisor crate.
 
 use core::arch::asm;
-use core::fmt::Write;
 
 use hypervisor::config::Config;
 use hypervisor::guest::linux_boot;
@@ -12,7 +13,6 @@ use hypervisor::vmx::caps::VmxCaps;
 use hypervisor::vmx::ept::{self, EptAccess, FrameSource, MemoryType};
 use hypervisor::vmx::mtrr::{self, Mtrrs};
 use hypervisor::vmx::setup::{self, ControlAddrs, HostState};
-use hypervisor::vmx::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
 use hypervisor::x86::regs::GuestRegs;
 use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
@@ -20,16 +20,17 @@ use x86_64::registers::model_specific::Msr;
 
 use hypervisor::coalesce::block::Extent;
 use hypervisor::coalesce::cache::BlockCache;
-use hypervisor::coalesce::engine::{Coalescer, Outcome, Settings};
-use hypervisor::coalesce::exec::{IoEnv, Limits};
-use hypervisor::coalesce::insn::Width;
-use hypervisor::devices::board::{Machine, PcConfig, Ticks};
+use hypervisor::coalesce::engine::{Coalescer, Settings};
+use hypervisor::coalesce::exec::Limits;
+use hypervisor::devices::board::{Machine, PcConfig};
 use hypervisor::devices::bus::{ConsoleSink, IoBus};
 use hypervisor::devices::rtc::{self, DateTime};
-use hypervisor::stats::{self, EndKind, Stats};
+use hypervisor::stats::{EndKind, Stats};
 use hypervisor::timebase::Timebase;
-use hypervisor::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
-use hypervisor::vmx::vmcs::{activity, exit_reason};
+use hypervisor::vcpu::exits::{HostOps, VcpuConfig};
+use hypervisor::vcpu::msr::MsrFile;
+use hypervisor::vcpu::report::EntryFailure;
+use hypervisor::vcpu::run::{Platform, Vcpu};
 use hypervisor::x86::guest_mem::SliceMemory;
 use hypervisor::x86::msr;
 
@@ -37,7 +38,7 @@ use crate::console::ConsoleWriter;
 use crate::memory::Memory;
 use crate::platform::status;
 use crate::println;
-use crate::vmexit::{self, EntryFail, HwVmcs};
+use crate::vmexit::{self, HwVmcs};
 use crate::vmx::{self, VmxError};
 
 /// The VPID of the guest (0 belongs to the host, SDM 27.2.1.1).
@@ -346,28 +347,11 @@ pub fn prepare(
     })
 }
 
-/// Explains a failed VMLAUNCH/VMRESUME (SDM 31.4 VM-instruction error numbers).
-pub fn describe_entry_failure(fail: EntryFail, w: &mut impl Write) {
-    let _ = match fail {
-        EntryFail::Invalid => writeln!(
-            w,
-            "sluice: VM entry failed: VMfailInvalid (no valid current VMCS)"
-        ),
-        EntryFail::Valid => {
-            let n = HwVmcs.read(VmcsField::VmInstructionError);
-            writeln!(
-                w,
-                "sluice: VM entry failed: VM-instruction error {n}: {}",
-                vm_instruction_error_text(n)
-            )
-        }
-    };
-}
+/// The real processor and the kernel's console, for the run loop and the exit
+/// handlers.
+struct KernelPlatform;
 
-/// The real processor, for the exit handlers.
-struct KernelHost;
-
-impl HostOps for KernelHost {
+impl HostOps for KernelPlatform {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
@@ -393,47 +377,26 @@ impl HostOps for KernelHost {
     }
 
     fn rdtsc(&mut self) -> u64 {
-        // SAFETY: RDTSC is unprivileged here (CR4.TSD is clear in the kernel).
-        unsafe { core::arch::x86_64::_rdtsc() }
+        crate::tsc::rdtsc()
+    }
+}
+
+impl Platform for KernelPlatform {
+    fn enter(&mut self, regs: &mut GuestRegs, launched: bool) -> Result<(), EntryFailure> {
+        vmexit::vm_run(regs, launched)
+    }
+
+    fn pump_console(&mut self) {
+        crate::console::pump();
+    }
+
+    fn console_input(&mut self) -> Option<u8> {
+        crate::console::try_read()
     }
 }
 
 /// The coalescer's block cache: about 70 KiB, so a static rather than the kernel stack.
 static BLOCK_CACHE: spin::Mutex<BlockCache> = spin::Mutex::new(BlockCache::new());
-
-/// The coalescer's view of the devices: the IO bus, with guest time brought up to date
-/// before each access (so a guest polling the PIT inside one block sees time pass) and
-/// the interrupt lines synced after it (so a block stops as soon as an interrupt
-/// becomes deliverable).
-struct KernelIo<'a, 'b> {
-    bus: &'a mut IoBus<'b>,
-    machine: &'a Machine<ConsoleOut>,
-    timebase: Timebase,
-    ticks: Ticks,
-}
-
-impl KernelIo<'_, '_> {
-    fn now(&self) -> u64 {
-        self.timebase.pit_ticks(crate::tsc::rdtsc())
-    }
-}
-
-impl IoEnv for KernelIo<'_, '_> {
-    fn io_read(&mut self, port: u16, width: Width) -> u32 {
-        self.machine.set_now(self.now());
-        self.bus.read(port, width.bytes())
-    }
-
-    fn io_write(&mut self, port: u16, width: Width, value: u32) {
-        self.machine.set_now(self.now());
-        self.bus.write(port, width.bytes(), value)
-    }
-
-    fn interrupt_pending(&mut self) -> bool {
-        self.ticks.add(self.machine.poll(self.now()));
-        self.machine.interrupt_pending()
-    }
-}
 
 /// The guest RTC's time at PIT tick 0: the machine's own clock read now, less the
 /// time since the timebase started; [`rtc::DEFAULT_EPOCH`] when it cannot be read.
@@ -460,14 +423,8 @@ impl ConsoleSink for ConsoleOut {
     }
 }
 
-/// Runs the prepared guest until it ends; prints how it ended and the `sluice-stats`
-/// line, and returns the run's exit status.
-///
-/// Before every VM entry: bring the devices to the current time and their interrupt
-/// lines onto the PIC, inject a pending interrupt if the guest can take it (or ask for
-/// an interrupt window), and arm the VMX-preemption timer for the next timer edge, so
-/// timer interrupts arrive on time whether the guest runs or sits in HLT. A halted
-/// guest that nothing could ever wake ends the run.
+/// Runs the prepared guest until it ends (`hypervisor::vcpu::run`); prints how it
+/// ended, the `sluice-stats` line and the summary, and returns the run's exit status.
 pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timebase) -> u32 {
     let Prepared {
         ram,
@@ -490,130 +447,49 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
         return status::KERNEL_FAULT;
     }
     let mut stats = Stats::new();
-    let mut msrs = MsrFile::default();
-    let vcpu = VcpuConfig {
-        nested_vmx: false,
-        unrestricted_guest: true,
-        cr0_fixed0: caps.cr0_fixed0,
-        cr0_fixed1: caps.cr0_fixed1,
-        cr4_fixed0: caps.cr4_fixed0,
-        cr4_fixed1: caps.cr4_fixed1,
-        tsc_hz: timebase.tsc_hz(),
-    };
-    let rate = caps.misc.preemption_timer_rate;
     let mut cache = BLOCK_CACHE.lock();
-    let mut coalescer = Coalescer::new(
-        Settings {
-            enabled: config.coalesce,
-            extent: Extent::parse(config.coalesce_extent).unwrap_or(Extent::Page),
-            limits: Limits {
-                max_insns: config.coalesce_max_insns,
-                max_string_elements: config.coalesce_max_string,
-                max_quiet: config.coalesce_max_quiet,
-            },
+    let mut vcpu = Vcpu {
+        platform: &mut KernelPlatform,
+        vmcs: &mut HwVmcs,
+        regs: &mut regs,
+        mem: &mut mem,
+        machine: &machine,
+        bus: &mut bus,
+        coalescer: Coalescer::new(coalesce_settings(config), &mut cache),
+        stats: &mut stats,
+        msrs: MsrFile::default(),
+        config: VcpuConfig {
+            nested_vmx: false,
+            unrestricted_guest: true,
+            cr0_fixed0: caps.cr0_fixed0,
+            cr0_fixed1: caps.cr0_fixed1,
+            cr4_fixed0: caps.cr4_fixed0,
+            cr4_fixed1: caps.cr4_fixed1,
+            tsc_hz: timebase.tsc_hz(),
         },
-        &mut cache,
-    );
-    let mut vmcs = HwVmcs;
-    let mut host = KernelHost;
-    let mut launched = false;
-    let (kind, exit_code) = loop {
-        // A reset the guest asked for (i8042, port 0x92) during the last exit: sluice
-        // does not restart guests, it stops this one and says why.
-        if let Some(source) = machine.reset_request() {
-            break (EndKind::Reset(source), 0);
-        }
-        // The host's UART gets what it can take of the console output queued so far,
-        // while the guest runs on.
-        crate::console::pump();
-        let now_tsc = crate::tsc::rdtsc();
-        let now = timebase.pit_ticks(now_tsc);
-        while let Some(byte) = crate::console::try_read() {
-            if !machine.uart.borrow_mut().receive(byte) {
-                break;
-            }
-        }
-        machine.sync(now, &mut stats);
-        machine.deliver(&mut vmcs, &mut stats);
-        let halted = vmcs.read(VmcsField::GuestActivityState) == activity::HLT;
-        if halted && !machine.can_wake(now) {
-            break (EndKind::Halt, 0);
-        }
-        let next = machine.next_timer_event(now);
-        if preemption_timer {
-            let value = next.map_or(u32::MAX, |t| {
-                timebase.preemption_timer_value(now_tsc, timebase.tsc_at(t), rate)
-            });
-            vmcs.write(VmcsField::PreemptionTimerValue, u64::from(value));
-        } else if halted {
-            // No preemption timer: wait in the host for the next timer edge instead.
-            if let Some(t) = next {
-                let deadline = timebase.tsc_at(t);
-                while crate::tsc::rdtsc() < deadline {
-                    crate::console::pump();
-                    core::hint::spin_loop();
-                }
-            }
-            continue;
-        }
-        if let Err(fail) = vmexit::vm_run(&mut regs, launched) {
-            describe_entry_failure(fail, &mut ConsoleWriter);
-            break (EndKind::EntryFailure, 0);
-        }
-        launched = true;
-        let exit_tsc = crate::tsc::rdtsc();
-        let io_exit = vmcs.read(VmcsField::ExitReason) & 0x8000_FFFF
-            == u64::from(exit_reason::IO_INSTRUCTION);
-        if io_exit {
-            // Bring the devices to the time of the exit before the block touches them.
-            machine.sync(timebase.pit_ticks(exit_tsc), &mut stats);
-            let mut io = KernelIo {
-                bus: &mut bus,
-                machine: &machine,
-                timebase,
-                ticks: Ticks::default(),
-            };
-            let outcome = coalescer.handle(&mut vmcs, &mut regs, &mut mem, &mut io, &mut stats);
-            io.ticks.count_in(&mut stats);
-            if outcome == Outcome::Done {
-                stats.count_exit(exit_reason::IO_INSTRUCTION.into());
-                stats.io.cycles += crate::tsc::rdtsc().wrapping_sub(exit_tsc);
-                continue;
-            }
-        }
-        let mut ctx = ExitContext {
-            vmcs: &mut vmcs,
-            regs: &mut regs,
-            mem: &mut mem,
-            host: &mut host,
-            bus: &mut bus,
-            stats: &mut stats,
-            msrs: &mut msrs,
-            config: vcpu,
-        };
-        let action = exits::handle_exit(&mut ctx);
-        if io_exit {
-            stats.io.cycles += crate::tsc::rdtsc().wrapping_sub(exit_tsc);
-        }
-        match action {
-            ExitAction::Resume => {}
-            ExitAction::End { kind, exit_code } => break (kind, exit_code),
-        }
+        timebase,
+        preemption_timer: preemption_timer.then_some(caps.misc.preemption_timer_rate),
+        launched: false,
     };
-    let _ = exits::describe_end(&vmcs, kind, &mut ConsoleWriter);
-    let _ = stats::write_stats_line(
-        &mut ConsoleWriter,
-        config.guest_name,
-        kind,
-        exit_code,
-        &stats,
-        &bus,
-    );
-    let _ = stats::write_summary(&mut ConsoleWriter, &stats, config.coalesce);
-    crate::console::set_run_end(kind, exit_code, &stats);
-    match kind {
-        EndKind::Hypercall => exit_code,
+    let end = vcpu.run(config.guest_name, &mut ConsoleWriter);
+    crate::console::set_run_end(end.kind, end.exit_code, &stats);
+    match end.kind {
+        EndKind::Hypercall => end.exit_code,
         EndKind::Halt | EndKind::TripleFault => status::OK,
         _ => status::GUEST_STOPPED,
+    }
+}
+
+/// The coalescer's settings from the run configuration (validated by xtask and the
+/// payload parser; an unknown extent falls back to the default policy).
+fn coalesce_settings(config: &Config) -> Settings {
+    Settings {
+        enabled: config.coalesce,
+        extent: Extent::parse(config.coalesce_extent).unwrap_or(Extent::Page),
+        limits: Limits {
+            max_insns: config.coalesce_max_insns,
+            max_string_elements: config.coalesce_max_string,
+            max_quiet: config.coalesce_max_quiet,
+        },
     }
 }

@@ -9,6 +9,7 @@
 
 use core::arch::{asm, global_asm};
 
+use hypervisor::vcpu::report::EntryFailure;
 use hypervisor::vmx::vmcs::{Vmcs, VmcsField};
 use hypervisor::x86::regs::GuestRegs;
 
@@ -37,15 +38,6 @@ impl Vmcs for HwVmcs {
     }
 }
 
-/// Why VMLAUNCH/VMRESUME did not enter the guest (SDM 31.2 conventions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryFail {
-    /// CF=1: no current VMCS, or its pointer is invalid.
-    Invalid,
-    /// ZF=1: the VM-instruction error field of the current VMCS says why.
-    Valid,
-}
-
 extern "C" {
     fn sluice_vm_run(regs: *mut GuestRegs, launched: u64) -> u64;
     fn sluice_vm_exit();
@@ -57,13 +49,13 @@ pub fn exit_entry_point() -> u64 {
 }
 
 /// Enters the guest with `regs` and returns at its next VM exit with `regs` updated.
-pub fn vm_run(regs: &mut GuestRegs, launched: bool) -> Result<(), EntryFail> {
+pub fn vm_run(regs: &mut GuestRegs, launched: bool) -> Result<(), EntryFailure> {
     // SAFETY: the current VMCS has host RIP = sluice_vm_exit and valid host state; the
     // stub saves and restores every callee-saved register around the guest.
     match unsafe { sluice_vm_run(regs, u64::from(launched)) } {
         0 => Ok(()),
-        1 => Err(EntryFail::Invalid),
-        _ => Err(EntryFail::Valid),
+        1 => Err(EntryFailure::Invalid),
+        _ => Err(EntryFailure::Valid),
     }
 }
 

@@ -53,13 +53,15 @@ use hypervisor::coalesce::block::Extent;
 use hypervisor::coalesce::cache::BlockCache;
 use hypervisor::coalesce::engine::{Coalescer, Outcome, Settings};
 use hypervisor::coalesce::exec::{IoEnv, Limits};
-use hypervisor::coalesce::insn::{StopReason, Width};
+use hypervisor::coalesce::insn::StopReason;
 use hypervisor::config::{COALESCE_MAX_INSNS_DEFAULT, COALESCE_MAX_STRING_DEFAULT};
 use hypervisor::stats::Stats;
+use hypervisor::vcpu::exit::VmExit;
 use hypervisor::vmx::caps::EntryControls;
 use hypervisor::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use hypervisor::x86::guest_mem::SliceMemory;
 use hypervisor::x86::regs::GuestRegs;
+use hypervisor::x86::Width;
 use hypervisor::x86::{Cr0, Cr4, Efer, Rflags};
 
 /// The cost of one VM exit the per-instruction numbers are compared with
@@ -667,7 +669,17 @@ fn exit_once<V: Vmcs>(
     reset_exit(vmcs, w);
     *regs = w.regs;
     let mut mem = SliceMemory::new(ram);
-    Coalescer::new(settings(), cache).handle(vmcs, regs, &mut mem, &mut NullDevices, stats)
+    let exit = VmExit::read(&*vmcs);
+    let io = exit.io().expect("reset_exit writes an IO exit");
+    Coalescer::new(settings(), cache).handle(
+        &io,
+        exit.instruction_length,
+        vmcs,
+        regs,
+        &mut mem,
+        &mut NullDevices,
+        stats,
+    )
 }
 
 /// Everything one workload's measurement touches.

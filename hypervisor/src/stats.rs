@@ -8,7 +8,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::devices::board::ResetSource;
+use crate::devices::board::{ResetSource, Ticks};
 use crate::devices::bus::IoBus;
 use crate::vmx::vmcs::exit_reason_name;
 
@@ -318,6 +318,13 @@ impl Stats {
             None => &mut self.exits_other,
         };
         *slot = slot.saturating_add(1);
+    }
+
+    /// Counts the timer edges one look at the devices saw.
+    pub fn count_ticks(&mut self, t: Ticks) {
+        self.timer_ticks = self.timer_ticks.saturating_add(t.raised);
+        self.timer_ticks_lost = self.timer_ticks_lost.saturating_add(t.lost);
+        self.timer_ticks_reinjected = self.timer_ticks_reinjected.saturating_add(t.reinjected);
     }
 
     /// Counts an RDMSR (`write` false) or WRMSR of `msr` that ended in #GP.

@@ -501,8 +501,9 @@ pub fn hash_code(fetch: &mut impl CodeFetch, linear: u64, len: u16) -> Option<u6
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::coalesce::insn::{AluOp, Operand, PortSrc, RegRef, Width};
+    use crate::coalesce::insn::{AluOp, Operand, PortSrc, RegRef};
     use crate::x86::guest_mem::SliceMemory;
+    use crate::x86::Width;
     use crate::x86::{Cr0, Efer};
 
     /// Code at linear `base..base + bytes.len()`, with an unmapped hole and a page size.

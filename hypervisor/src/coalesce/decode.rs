@@ -20,8 +20,9 @@ use zydis::{
 };
 
 use super::insn::{
-    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg, Width,
+    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg,
 };
+use crate::x86::Width;
 
 /// The longest x86 instruction (SDM Vol. 2, 2.3.11): longer ones raise #GP.
 pub const MAX_INSN_LEN: usize = 15;

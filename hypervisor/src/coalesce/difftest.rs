@@ -43,17 +43,20 @@ use super::block::Extent;
 use super::cache::BlockCache;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::{self, IoEnv, Limits};
-use super::insn::{AluOp, CodeMode, StopReason, Width};
+use super::insn::{AluOp, CodeMode, StopReason};
 use crate::devices::board::Machine;
 use crate::devices::bus::{ConsoleSink, IoBus, PortDevice, UnknownPort, TOP_UNKNOWN};
 use crate::devices::pic8259::PicPair;
 use crate::devices::pit8254::{PIT_PORTS, PORT_B};
 use crate::stats::Stats;
-use crate::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
+use crate::vcpu::exit::VmExit;
+use crate::vcpu::exits::{self, ExitAction, ExitContext, HostOps, VcpuConfig};
+use crate::vcpu::msr::MsrFile;
 use crate::vmx::caps::EntryControls;
 use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory, SliceMemory};
 use crate::x86::regs::GuestRegs;
+use crate::x86::Width;
 use crate::x86::{Cr4, Efer};
 
 // ---------------------------------------------------------------------------
@@ -576,9 +579,9 @@ pub(super) fn bitness(mode: CodeMode) -> u32 {
 }
 
 fn guest_mode(v: &SoftVmcs) -> CodeMode {
-    if exits::guest_long_mode(v) {
+    if crate::vmx::guest_state::guest_long_mode(v) {
         CodeMode::Bits64
-    } else if v.read(VmcsField::GuestCr0) & 1 != 0 && exits::guest_cs_32bit(v) {
+    } else if v.read(VmcsField::GuestCr0) & 1 != 0 && crate::vmx::guest_state::guest_cs_32bit(v) {
         CodeMode::Bits32
     } else {
         CodeMode::Bits16
@@ -1309,8 +1312,8 @@ fn fetch_decode(
     let mode = guest_mode(v);
     let rip = v.read(VmcsField::GuestRip);
     let lin = linear_ip(mode, v.read(VmcsField::GuestCsBase), rip);
-    let paging = exits::guest_paging(v);
-    let cpl = exits::guest_cpl(v);
+    let paging = crate::vmx::guest_state::guest_paging(v);
+    let cpl = crate::vmx::guest_state::guest_cpl(v);
     let mem = SliceMemory::new(ram);
     let mut bytes = Vec::with_capacity(15);
     let mut page: Option<(u64, u64)> = None;
@@ -1489,8 +1492,8 @@ impl Reference<'_, '_> {
                 "the coalescer ran past a mandatory stop: {why} at {lin:#x} ({size} bytes, write {write})"
             ))
         };
-        let cpl = exits::guest_cpl(&self.vmcs);
-        let paging = exits::guest_paging(&self.vmcs);
+        let cpl = crate::vmx::guest_state::guest_cpl(&self.vmcs);
+        let paging = crate::vmx::guest_state::guest_paging(&self.vmcs);
         let mem_ram = &self.ram;
         let rd = |at: u64| -> Option<u64> {
             let at = at as usize;
@@ -1583,8 +1586,10 @@ impl Reference<'_, '_> {
         let mut stats = Stats::new();
         let mut msrs = MsrFile::default();
         let mut host = NullHost;
+        let exit = VmExit::read(&self.vmcs);
         let mut mem = SliceMemory::new(&mut self.ram);
         let mut ctx = ExitContext {
+            exit,
             vmcs: &mut self.vmcs,
             regs: &mut self.regs,
             mem: &mut mem,
@@ -1687,7 +1692,7 @@ impl Reference<'_, '_> {
         let len = i.len();
         if matches!(op, RefOp::Io { .. } | RefOp::Str { .. }) && boundary && !first {
             let iopl = (rflags >> 12) & 3;
-            let cpl = u64::from(exits::guest_cpl(&self.vmcs));
+            let cpl = u64::from(crate::vmx::guest_state::guest_cpl(&self.vmcs));
             if cpl > iopl || rflags & (1 << 17) != 0 {
                 let text = text();
                 return Err(format!(
@@ -1983,7 +1988,17 @@ pub(super) fn run_coalesced_by(
     let (outcome, unknown) = board.with_bus(|bus| {
         let mut env = Env { bus, board: &board };
         let mut mem = SliceMemory::new(&mut ram);
-        c.handle(&mut v, &mut regs, &mut mem, &mut env, &mut stats)
+        let exit = VmExit::read(&v);
+        let io = exit.io().expect("the case exits on an IO instruction");
+        c.handle(
+            &io,
+            exit.instruction_length,
+            &mut v,
+            &mut regs,
+            &mut mem,
+            &mut env,
+            &mut stats,
+        )
     });
     let stop = StopReason::ALL
         .iter()

@@ -10,14 +10,15 @@
 use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
-use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason, Width};
+use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason};
 use crate::stats::{IoStats, Stats};
-use crate::vcpu::exits::{
+use crate::vmx::guest_state::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
 use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory};
 use crate::x86::regs::GuestRegs;
+use crate::x86::Width;
 use crate::x86::{Cr0, Rflags};
 
 /// Taken transfers (JMP, Jcc, CALL, RET) out of the current extent one exit may follow
@@ -167,9 +168,13 @@ impl<'c> Coalescer<'c> {
         }
     }
 
-    /// Handles an IO-instruction exit if coalescing applies.
+    /// Handles an IO-instruction exit if coalescing applies: `io` and `len` are the
+    /// exit's qualification and instruction length, as the run loop read them.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle<V: Vmcs, M: GuestMemory, E: IoEnv>(
         &mut self,
+        io: &IoQualification,
+        len: u64,
         vmcs: &mut V,
         regs: &mut GuestRegs,
         mem: &mut M,
@@ -181,7 +186,7 @@ impl<'c> Coalescer<'c> {
         let exit_rip = vmcs.read(VmcsField::GuestRip);
         self.last_stop = (StopReason::Off, exit_rip);
         let exit_linear = code_linear(mode, cs_base, exit_rip);
-        let outcome = self.try_handle(vmcs, regs, mem, env, &mut stats.io, exit_linear);
+        let outcome = self.try_handle(io, len, vmcs, regs, mem, env, &mut stats.io, exit_linear);
         let (mut reason, rip) = self.last_stop;
         if let Outcome::Fallback(r) = outcome {
             let slot = &mut stats.io.stops[r.index()];
@@ -197,8 +202,11 @@ impl<'c> Coalescer<'c> {
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_handle<V: Vmcs, M: GuestMemory, E: IoEnv>(
         &mut self,
+        q: &IoQualification,
+        len: u64,
         vmcs: &mut V,
         regs: &mut GuestRegs,
         mem: &mut M,
@@ -233,10 +241,8 @@ impl<'c> Coalescer<'c> {
         let limits = self.settings.limits;
         let mut block = self.block_at(&*mem, &state, cs_limit, gpa, rip_linear, io);
         // The first instruction must be exactly the one the CPU exited on.
-        let q = IoQualification::from_qualification(vmcs.read(VmcsField::ExitQualification));
-        let len = vmcs.read(VmcsField::ExitInstructionLength);
         match block.insns().first() {
-            Some(first) if u64::from(first.len) == len && matches_exit(&first.op, &q) => {}
+            Some(first) if u64::from(first.len) == len && matches_exit(&first.op, q) => {}
             // Not even the exiting instruction fits the extent (or its bytes).
             None => return Outcome::Fallback(block.end_reason()),
             Some(_) => return Outcome::Fallback(StopReason::Off),

@@ -79,7 +79,7 @@
 
 use super::insn::{
     AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg,
-    StopReason, Width,
+    StopReason,
 };
 use super::memory::{self, Pieces};
 use crate::x86::guest_mem::{
@@ -87,6 +87,7 @@ use crate::x86::guest_mem::{
     PAGE_SIZE,
 };
 use crate::x86::regs::GuestRegs;
+use crate::x86::Width;
 
 // The status flags by their short names, for the ALU code below.
 const CF: u64 = Rflags::CF.bits();
@@ -96,7 +97,7 @@ const ZF: u64 = Rflags::ZF.bits();
 const SF: u64 = Rflags::SF.bits();
 const OF: u64 = Rflags::OF.bits();
 const STATUS: u64 = Rflags::STATUS;
-use crate::x86::{Cr4, Rflags};
+use crate::x86::{update_addr_reg, Cr4, Rflags};
 
 /// The guest state a run reads and changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,16 +341,6 @@ pub const fn condition(cond: Cond, rflags: u64) -> bool {
         Cond::Ge => sf == of,
         Cond::Le => zf || sf != of,
         Cond::G => !zf && sf == of,
-    }
-}
-
-/// Adds `delta` to an address or count register at address size `addr`: a 16-bit
-/// update keeps bits 63:16, a 32-bit one zero-extends (a 32-bit register write).
-pub const fn update_addr_reg(reg: u64, delta: u64, addr: Width) -> u64 {
-    let v = reg.wrapping_add(delta);
-    match addr {
-        Width::W8 | Width::W16 => (reg & !addr.mask()) | (v & addr.mask()),
-        _ => v & addr.mask(),
     }
 }
 

@@ -26,12 +26,11 @@ use super::difftest::{
 };
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
-use super::insn::{
-    AluOp, CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg, Width,
-};
+use super::insn::{AluOp, CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg};
 use crate::stats::Stats;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::SliceMemory;
+use crate::x86::Width;
 
 const MODES: [CodeMode; 3] = [CodeMode::Bits16, CodeMode::Bits32, CodeMode::Bits64];
 
@@ -453,8 +452,17 @@ fn check_engine(
     let (outcome, _) = board.with_bus(|bus| {
         let mut env = super::difftest::Env { bus, board: &board };
         let mut mem = SliceMemory::new(&mut ram);
-        Coalescer::new(case.settings, cache)
-            .handle(&mut v, &mut regs, &mut mem, &mut env, &mut stats)
+        let exit = crate::vcpu::exit::VmExit::read(&v);
+        let io = exit.io().expect("the case exits on an IO instruction");
+        Coalescer::new(case.settings, cache).handle(
+            &io,
+            exit.instruction_length,
+            &mut v,
+            &mut regs,
+            &mut mem,
+            &mut env,
+            &mut stats,
+        )
     });
     let limits = case.settings.limits;
     let accesses = board.trace.borrow().len() as u64;

@@ -2,7 +2,8 @@
 //! chosen operands and flags and returns the destination and RFLAGS afterwards; the
 //! executor's unit tests and the differential checker compare against it.
 
-use super::insn::{AluOp, Width};
+use super::insn::AluOp;
+use crate::x86::Width;
 use core::arch::asm;
 
 macro_rules! bin {

@@ -6,46 +6,7 @@
 //! end of the instruction, so a block cached by guest-physical address replays
 //! correctly whatever linear address maps it.
 
-/// Operand width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Width {
-    W8,
-    W16,
-    W32,
-    W64,
-}
-
-impl Width {
-    pub const fn bytes(self) -> u8 {
-        match self {
-            Width::W8 => 1,
-            Width::W16 => 2,
-            Width::W32 => 4,
-            Width::W64 => 8,
-        }
-    }
-
-    pub const fn bits(self) -> u32 {
-        self.bytes() as u32 * 8
-    }
-
-    pub const fn mask(self) -> u64 {
-        match self {
-            Width::W64 => u64::MAX,
-            w => (1u64 << w.bits()) - 1,
-        }
-    }
-
-    pub const fn from_bytes(n: u8) -> Option<Width> {
-        match n {
-            1 => Some(Width::W8),
-            2 => Some(Width::W16),
-            4 => Some(Width::W32),
-            8 => Some(Width::W64),
-            _ => None,
-        }
-    }
-}
+use crate::x86::Width;
 
 /// A general register as an operand: encoding number 0-15 (RAX, RCX, RDX, RBX, RSP,
 /// RBP, RSI, RDI, R8-R15; SDM Vol. 2 Table 2-2), its width, and for 8-bit operands

@@ -1,13 +1,14 @@
 //! The virtual PC around the guest: the 16550A UART (COM1, IRQ4), the 8254 PIT (IRQ0,
 //! port 0x61), the 8259A pair, the MC146818A RTC with CMOS RAM (0x70/0x71, IRQ8) and
 //! the 8042 keyboard controller (0x60/0x64, IRQ1/IRQ12) with port 0x92, plus the
-//! wiring between them that no single chip owns: device outputs onto PIC inputs, PIC
-//! output into the CPU (via `irq`), the next moment a timer needs the CPU (for the
-//! VMX-preemption timer), and reset requests for the run loop.
+//! wiring between them that no single chip owns: device outputs onto PIC inputs, the
+//! PIC's INTR output and INTA cycle ([`Intr`], which `vcpu::irq` injects from), the
+//! next moment a timer needs the CPU (for the VMX-preemption timer), and reset
+//! requests for the run loop.
 //!
 //! Devices sit in `RefCell`s so the IO bus and the run loop can both reach them (see
-//! `impl PortDevice for &RefCell<T>` in `iobus`). Nothing here touches hardware; the
-//! kernel passes the time in PIT ticks and the VMCS.
+//! `impl PortDevice for &RefCell<T>` in `devices::bus`). Nothing here touches hardware
+//! or VMX; the run loop passes the time in PIT ticks.
 
 use core::cell::{Cell, RefCell};
 
@@ -19,9 +20,7 @@ use crate::devices::pic8259::PicPair;
 use crate::devices::pit8254::{Pit, PIT_PORTS, PORT_B};
 use crate::devices::rtc::{Rtc, DEFAULT_EPOCH, RTC_IRQ, RTC_PORTS};
 use crate::devices::uart16550::Uart16550;
-use crate::stats::Stats;
-use crate::vcpu::irq::{self, Delivery, InterruptController};
-use crate::vmx::vmcs::Vmcs;
+use crate::devices::InterruptController;
 
 /// Bits of `Machine::lines` for the lines the PIT and UART drive.
 const LINE_IRQ0: u8 = 3;
@@ -201,13 +200,6 @@ impl Ticks {
         self.lost = self.lost.saturating_add(t.lost);
         self.reinjected = self.reinjected.saturating_add(t.reinjected);
     }
-
-    /// Adds these ticks to the run's statistics.
-    pub fn count_in(self, stats: &mut Stats) {
-        stats.timer_ticks = stats.timer_ticks.saturating_add(self.raised);
-        stats.timer_ticks_lost = stats.timer_ticks_lost.saturating_add(self.lost);
-        stats.timer_ticks_reinjected = stats.timer_ticks_reinjected.saturating_add(self.reinjected);
-    }
 }
 
 /// The `&RefCell`s the IO bus holds `&mut` to; they must outlive the bus, so the run
@@ -319,19 +311,13 @@ impl<S: ConsoleSink> Machine<S> {
         self.reset.get()
     }
 
-    /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
-    /// the PIC's inputs, counting timer ticks in `stats`.
-    pub fn sync(&self, now: u64, stats: &mut Stats) {
-        self.poll(now).count_in(stats);
-    }
-
     /// Ticks owed to the guest right now ([`LostTicks::Delay`]).
     pub fn owed_ticks(&self) -> u64 {
         self.owed.get()
     }
 
-    /// [`Machine::sync`] without the statistics, for callers that hold them elsewhere
-    /// (the coalescer's device accesses): PIT OUT0 on IRQ0 (edge-triggered: each rising
+    /// Brings the devices to time `now` (PIT ticks) and their interrupt outputs onto
+    /// the PIC's inputs, returning the timer edges seen (the caller counts them): PIT OUT0 on IRQ0 (edge-triggered: each rising
     /// edge since the last look raises a request), the UART's interrupt line on IRQ4,
     /// the 8042's IRQ1/IRQ12 and the RTC's IRQ8. Those three hold their line up until
     /// the guest reads the device; a line the guest dropped and the device raised again
@@ -441,25 +427,12 @@ impl<S: ConsoleSink> Machine<S> {
         self.pic.borrow().pending_vector().is_some()
     }
 
-    /// Injects the PIC's pending interrupt if the guest can take it (else asks for an
-    /// interrupt window), counting it by IRQ line.
-    pub fn deliver(&self, vmcs: &mut impl Vmcs, stats: &mut Stats) -> Delivery {
-        let mut pic = self.pic.borrow_mut();
-        let mut counted = Counted {
-            pic: &mut pic,
+    /// The PIC pair's INTR output and INTA cycle, as the CPU sees them.
+    pub fn intr(&self) -> Intr<'_> {
+        Intr {
+            pic: self.pic.borrow_mut(),
             irq: None,
-        };
-        let d = irq::deliver(vmcs, &mut counted);
-        if let Delivery::Injected(_) = d {
-            match counted.irq {
-                Some(irq) => {
-                    let slot = &mut stats.irq_injected[usize::from(irq & 15)];
-                    *slot = slot.saturating_add(1);
-                }
-                None => stats.irq_spurious = stats.irq_spurious.saturating_add(1),
-            }
         }
-        d
     }
 
     /// When (PIT ticks) the guest next needs the CPU for a timer interrupt (PIT IRQ0
@@ -486,15 +459,16 @@ fn timer_edge(pic: &mut PicPair) {
     pic.set_irq(TIMER_IRQ, true);
 }
 
-/// Wraps the PIC for one delivery so the acknowledged IRQ line is known: the vector
-/// maps back to a line through the chips' vector bases; a vector that maps to no line
-/// in service is spurious.
-struct Counted<'a> {
-    pic: &'a mut PicPair,
-    irq: Option<u8>,
+/// The board's INTR line: the PIC pair's pending vector and the INTA cycle, which
+/// also records the IRQ line the acknowledged vector came from (`None` for a spurious
+/// IRQ7/IRQ15), so the run loop can count injections by line.
+pub struct Intr<'a> {
+    pic: core::cell::RefMut<'a, PicPair>,
+    /// The IRQ line of the last acknowledged vector.
+    pub irq: Option<u8>,
 }
 
-impl InterruptController for Counted<'_> {
+impl InterruptController for Intr<'_> {
     fn pending_vector(&self) -> Option<u8> {
         self.pic.pending_vector()
     }
@@ -530,7 +504,9 @@ impl InterruptController for PicPair {
 mod tests {
     use super::*;
     use crate::devices::pit8254::PIT_HZ;
-    use crate::vmx::vmcs::{SoftVmcs, VmcsField};
+    use crate::stats::Stats;
+    use crate::vcpu::irq::Delivery;
+    use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 
     #[derive(Default)]
     struct Sink(Vec<u8>);
@@ -559,6 +535,16 @@ mod tests {
         bus.write(0xa1, 1, 0xff);
     }
 
+    /// What the run loop does before an entry: the devices to `now`, ticks counted.
+    fn sync(m: &Machine<Sink>, now: u64, stats: &mut Stats) {
+        stats.count_ticks(m.poll(now));
+    }
+
+    /// What the run loop does next: inject the pending interrupt (counted by line).
+    fn deliver(m: &Machine<Sink>, v: &mut SoftVmcs, stats: &mut Stats) -> Delivery {
+        crate::vcpu::irq::deliver_from(v, m, stats)
+    }
+
     fn guest_with_if() -> SoftVmcs {
         let mut v = SoftVmcs::new();
         v.write(VmcsField::GuestRflags, 0x202);
@@ -576,15 +562,15 @@ mod tests {
         });
         let mut stats = Stats::new();
         let mut v = guest_with_if();
-        m.sync(100, &mut stats);
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
-        m.sync(101, &mut stats);
+        sync(&m, 100, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Idle);
+        sync(&m, 101, &mut stats);
         let next = m
             .next_timer_event(101)
             .expect("a periodic timer has a next edge");
         assert!(next > 101 && next <= 101 + 1193, "{next}");
-        m.sync(next, &mut stats);
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x20));
+        sync(&m, next, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x20));
         assert_eq!(stats.irq_injected[0], 1);
         assert_eq!(stats.timer_ticks, 1);
         assert_eq!(stats.timer_ticks_lost, 0);
@@ -611,9 +597,9 @@ mod tests {
     /// The guest's timer handler: takes the interrupt if one is pending and sends a
     /// non-specific EOI. Whether it took one.
     fn take_tick(m: &Machine<Sink>, now: u64, stats: &mut Stats) -> bool {
-        m.sync(now, stats);
+        sync(m, now, stats);
         let mut v = guest_with_if();
-        let took = m.deliver(&mut v, stats) == Delivery::Injected(0x20);
+        let took = deliver(m, &mut v, stats) == Delivery::Injected(0x20);
         bus_io(m, |bus| bus.write(0x20, 1, 0x20));
         took
     }
@@ -623,7 +609,7 @@ mod tests {
         let m = ticking(LostTicks::Discard);
         let mut stats = Stats::new();
         // Ten periods pass without the guest taking an interrupt.
-        m.sync(1000 + 5, &mut stats);
+        sync(&m, 1000 + 5, &mut stats);
         assert!(stats.timer_ticks >= 9);
         assert_eq!(stats.timer_ticks_lost, stats.timer_ticks - 1);
         assert!(take_tick(&m, 1006, &mut stats));
@@ -638,17 +624,17 @@ mod tests {
     fn delayed_ticks_are_raised_one_by_one_after_each_eoi() {
         let m = ticking(LostTicks::Delay);
         let mut stats = Stats::new();
-        m.sync(1000 + 5, &mut stats);
+        sync(&m, 1000 + 5, &mut stats);
         let raised = stats.timer_ticks;
         assert!(raised >= 9, "{raised}");
         assert_eq!(stats.timer_ticks_lost, 0);
         assert_eq!(m.owed_ticks(), raised - 1);
         // Before the guest ends the interrupt in service, no second request.
-        m.sync(1006, &mut stats);
+        sync(&m, 1006, &mut stats);
         let mut v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x20));
-        m.sync(1007, &mut stats);
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x20));
+        sync(&m, 1007, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Idle);
         assert_eq!(stats.timer_ticks_reinjected, 0);
         bus_io(&m, |bus| bus.write(0x20, 1, 0x20));
         // Then one owed tick per EOI, all within the same period: every tick arrives.
@@ -667,22 +653,22 @@ mod tests {
         let m = ticking(LostTicks::Delay);
         let mut stats = Stats::new();
         // In service (acknowledged, no EOI yet) for ten periods: lost, as on hardware.
-        m.sync(101, &mut stats);
+        sync(&m, 101, &mut stats);
         let mut v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x20));
-        m.sync(1105, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x20));
+        sync(&m, 1105, &mut stats);
         assert_eq!(m.owed_ticks(), 0);
         assert!(stats.timer_ticks_lost >= 9, "{stats:?}");
         bus_io(&m, |bus| bus.write(0x20, 1, 0x20));
         // Masked: the same.
         bus_io(&m, |bus| bus.write(0x21, 1, 0xff));
         let lost = stats.timer_ticks_lost;
-        m.sync(2105, &mut stats);
+        sync(&m, 2105, &mut stats);
         assert_eq!(m.owed_ticks(), 0);
         assert!(stats.timer_ticks_lost >= lost + 9, "{stats:?}");
         // Unmasked, the CPU not taking the request: owed.
         bus_io(&m, |bus| bus.write(0x21, 1, 0xfe));
-        m.sync(3105, &mut stats);
+        sync(&m, 3105, &mut stats);
         assert!(m.owed_ticks() >= 9);
     }
 
@@ -690,7 +676,7 @@ mod tests {
     fn owed_ticks_wait_while_masked_and_are_dropped_when_the_timer_is_set_up_anew() {
         let m = ticking(LostTicks::Delay);
         let mut stats = Stats::new();
-        m.sync(1000 + 5, &mut stats);
+        sync(&m, 1000 + 5, &mut stats);
         let owed = m.owed_ticks();
         assert!(owed >= 8);
         // Linux masks IRQ0 while it handles a tick: nothing owed is dropped.
@@ -708,12 +694,12 @@ mod tests {
             bus.write(0x40, 1, 100);
             bus.write(0x40, 1, 0);
         });
-        m.sync(1009, &mut stats);
+        sync(&m, 1009, &mut stats);
         assert_eq!(m.owed_ticks(), 0);
         assert_eq!(stats.timer_ticks_lost, owed - 1);
         // Far more periods than can be owed pass at once.
         let mut stats = Stats::new();
-        m.sync(1009 + 100 * (MAX_OWED_TICKS + 50), &mut stats);
+        sync(&m, 1009 + 100 * (MAX_OWED_TICKS + 50), &mut stats);
         assert_eq!(m.owed_ticks(), MAX_OWED_TICKS);
         // The first edge is latched, the rest missed it; the excess is lost.
         assert_eq!(
@@ -731,16 +717,16 @@ mod tests {
             init_pic(bus, 1 << 4);
             bus.write(0x3f9, 1, 0x02); // IER: THR empty
         });
-        m.sync(0, &mut stats);
+        sync(&m, 0, &mut stats);
         assert_eq!(
             m.pic.borrow().pending_vector(),
             None,
             "OUT2 off: line not on the bus"
         );
         bus_io(&m, |bus| bus.write(0x3fc, 1, 0x08)); // MCR.OUT2
-        m.sync(0, &mut stats);
+        sync(&m, 0, &mut stats);
         let mut v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x24));
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x24));
         assert_eq!(stats.irq_injected[4], 1);
     }
 
@@ -775,8 +761,8 @@ mod tests {
         let first = m.next_timer_event(0).expect("PIE makes an RTC event");
         assert!(first <= PIT_HZ / 1024 + 1, "{first}");
         let mut v = guest_with_if();
-        m.sync(first, &mut stats);
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        sync(&m, first, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x28));
         assert_eq!(stats.irq_injected[8], 1);
         // The handler reads C (line drops), EOIs both PICs; by the next look the RTC
         // has raised the line again: that is a new edge.
@@ -788,17 +774,17 @@ mod tests {
         });
         let second = m.next_timer_event(first).unwrap();
         m.set_now(second + 5);
-        m.sync(second + 5, &mut stats);
+        sync(&m, second + 5, &mut stats);
         v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x28));
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x28));
         // Without reading C, no further interrupt however long.
         bus_io(&m, |bus| {
             bus.write(0xa0, 1, 0x20);
             bus.write(0x20, 1, 0x20);
         });
-        m.sync(second + PIT_HZ, &mut stats);
+        sync(&m, second + PIT_HZ, &mut stats);
         v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Idle);
         assert_eq!(stats.irq_injected[8], 2);
     }
 
@@ -812,17 +798,17 @@ mod tests {
             bus.write(0x60, 1, 0xf2); // identify: FA AB 83
         });
         for want in [0xfa, 0xab, 0x83] {
-            m.sync(0, &mut stats);
+            sync(&m, 0, &mut stats);
             v = guest_with_if();
-            assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x21));
+            assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x21));
             bus_io(&m, |bus| {
                 assert_eq!(bus.read(0x64, 1) & 1, 1);
                 assert_eq!(bus.read(0x60, 1), want);
                 bus.write(0x20, 1, 0x20);
             });
         }
-        m.sync(0, &mut stats);
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Idle);
+        sync(&m, 0, &mut stats);
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Idle);
         assert_eq!(stats.irq_injected[1], 3);
     }
 
@@ -837,9 +823,9 @@ mod tests {
             bus.write(0x64, 1, 0xd3);
             bus.write(0x60, 1, 0xa5);
         });
-        m.sync(0, &mut stats);
+        sync(&m, 0, &mut stats);
         let mut v = guest_with_if();
-        assert_eq!(m.deliver(&mut v, &mut stats), Delivery::Injected(0x2c));
+        assert_eq!(deliver(&m, &mut v, &mut stats), Delivery::Injected(0x2c));
         assert_eq!(stats.irq_injected[12], 1);
     }
 
@@ -849,7 +835,7 @@ mod tests {
         assert_eq!(m.reset_request(), None);
         bus_io(&m, |bus| bus.write(0x64, 1, 0xfe));
         // A poll in between (which clears the accessed-device flag) must not hide it.
-        m.sync(10, &mut Stats::new());
+        sync(&m, 10, &mut Stats::new());
         assert_eq!(m.reset_request(), Some(ResetSource::I8042));
         let m = Machine::new(Sink::default());
         bus_io(&m, |bus| {

@@ -10,19 +10,15 @@
 //! controller is only acknowledged when the interrupt is really injected, so nothing
 //! is lost or delivered twice.
 
+use crate::devices::board::Machine;
+use crate::devices::bus::ConsoleSink;
+use crate::devices::InterruptController;
+use crate::stats::Stats;
 use crate::vmx::caps::PrimaryControls;
 use crate::vmx::vmcs::{
     activity, external_interrupt, interruptibility, Vmcs, VmcsField, INTERRUPTION_INFO_VALID,
 };
 use crate::x86::Rflags;
-
-/// What delivers external interrupts to the guest: the 8259A pair on a PC.
-pub trait InterruptController {
-    /// The vector the controller would hand out on INTA now, if its INT output is up.
-    fn pending_vector(&self) -> Option<u8>;
-    /// The INTA cycle: marks the interrupt in service and returns its vector.
-    fn acknowledge(&mut self) -> u8;
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -74,6 +70,52 @@ pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Deli
     }
     set_window_exiting(vmcs, false);
     Delivery::Injected(vector)
+}
+
+/// [`deliver`] from the board's PIC, counting the injected interrupt by IRQ line in
+/// `stats` (a spurious IRQ7/IRQ15 counts as spurious).
+pub fn deliver_from<S: ConsoleSink>(
+    vmcs: &mut impl Vmcs,
+    machine: &Machine<S>,
+    stats: &mut Stats,
+) -> Delivery {
+    let mut intr = machine.intr();
+    let d = deliver(vmcs, &mut intr);
+    if let Delivery::Injected(_) = d {
+        match intr.irq {
+            Some(irq) => {
+                let slot = &mut stats.irq_injected[usize::from(irq & 15)];
+                *slot = slot.saturating_add(1);
+            }
+            None => stats.irq_spurious = stats.irq_spurious.saturating_add(1),
+        }
+    }
+    d
+}
+
+use crate::stats::EndKind;
+use crate::vcpu::exits::{end, ExitAction, ExitContext, HostOps};
+use crate::x86::guest_mem::GuestMemory;
+
+impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
+    /// HLT ends the guest whether or not interrupts are enabled: no device
+    /// raises interrupts yet. The device models add wake-ups (HLT with
+    /// RFLAGS.IF = 1 then waits for the next interrupt).
+    /// HLT with interrupts off stops the guest for good (nothing but an NMI could
+    /// wake it, and sluice sends none): Linux's power-off ends this way. With
+    /// interrupts on, the guest waits for one: RIP moves past the HLT and the guest
+    /// goes into the HLT activity state (SDM 25.4.2); the run loop injects the next
+    /// interrupt, which wakes it, or arms the preemption timer for the next timer
+    /// event, or ends the guest if no interrupt source could ever wake it.
+    pub(super) fn hlt(&mut self) -> ExitAction {
+        if self.read(VmcsField::GuestRflags) & Rflags::IF.bits() == 0 {
+            return end(EndKind::Halt);
+        }
+        self.advance_rip();
+        self.vmcs
+            .write(VmcsField::GuestActivityState, activity::HLT);
+        ExitAction::Resume
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +220,33 @@ mod tests {
         };
         assert_eq!(deliver(&mut v, &mut pic), Delivery::Injected(0x20));
         assert_eq!(v.read(VmcsField::GuestActivityState), activity::ACTIVE);
+    }
+
+    use crate::vcpu::testing::*;
+
+    #[test]
+    fn hlt_with_interrupts_off_ends_the_guest() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestRflags, 0x2);
+        h.exit_on(er::HLT, 0);
+        assert_eq!(h.run(), end(EndKind::Halt));
+        assert_eq!(
+            h.describe(EndKind::Halt),
+            "sluice: guest stopped: HLT at rip=0x7000 with interrupts disabled\n"
+        );
+    }
+
+    #[test]
+    fn hlt_with_interrupts_on_waits_in_the_hlt_activity_state() {
+        let mut h = Harness::long();
+        h.vmcs.write(VmcsField::GuestRflags, 0x202);
+        h.exit_on(er::HLT, 0);
+        let a = h.run();
+        h.assert_retired(a);
+        assert_eq!(h.vmcs.read(VmcsField::GuestActivityState), activity::HLT);
+        assert_eq!(
+            h.describe(EndKind::Halt),
+            "sluice: guest stopped: HLT at rip=0x7002 with interrupts enabled\n"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod caps;
 pub mod ept;
+pub mod guest_state;
 pub mod mtrr;
 pub mod setup;
 pub mod vmcs;

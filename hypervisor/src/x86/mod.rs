@@ -8,8 +8,10 @@ pub mod exception;
 pub mod guest_mem;
 pub mod msr;
 pub mod regs;
+pub mod width;
 
 pub use arch::{Cr0, Cr4, Efer, Rflags};
+pub use width::{update_addr_reg, Width};
 
 /// Whether bits 63:`bits`-1 of `addr` are all equal, i.e. the address is canonical for
 /// `bits` implemented linear-address bits (SDM Vol. 1 3.3.7.1 "Canonical Addressing").
