@@ -29,7 +29,8 @@ use hypervisor::devices::rtc::{self, DateTime};
 use hypervisor::stats::{self, EndKind, Stats};
 use hypervisor::timebase::Timebase;
 use hypervisor::vcpu::exits::{self, ExitAction, ExitContext, HostOps, MsrFile, VcpuConfig};
-use hypervisor::vmx::vmcs::{activity, exit_reason};
+use hypervisor::vmx::exit::exit_reason;
+use hypervisor::vmx::vmcs::activity;
 use hypervisor::x86::guest_mem::SliceMemory;
 use hypervisor::x86::msr;
 

@@ -15,7 +15,8 @@ use crate::stats::{IoStats, Stats};
 use crate::vcpu::exits::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
-use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
+use crate::vmx::exit::IoQualification;
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory};
 use crate::x86::regs::GuestRegs;
 use crate::x86::{Cr0, Rflags};

@@ -38,13 +38,16 @@ use crate::devices::bus::{size_mask, IoBus};
 use crate::stats::{EndKind, Stats};
 use crate::vcpu::hypercall;
 use crate::vmx::caps::{EntryControls, PrimaryControls};
-use crate::vmx::vmcs::{access_rights, activity, interruptibility};
-use crate::vmx::vmcs::{
-    exit_reason as er, exit_reason_name, hardware_exception, inject_event, interruption_info,
-    CrAccessQualification, CrAccessType, EptViolationQualification, EventType, ExitReason,
-    IoQualification, Vmcs, VmcsField, INTERRUPTION_INFO_DELIVER_ERROR_CODE,
-    INTERRUPTION_INFO_VALID,
+use crate::vmx::event::{
+    hardware_exception, inject_event, interruption_info, EventType,
+    INTERRUPTION_INFO_DELIVER_ERROR_CODE, INTERRUPTION_INFO_VALID,
 };
+use crate::vmx::exit::{
+    exit_reason as er, exit_reason_name, CrAccessQualification, CrAccessType,
+    EptViolationQualification, ExitReason, IoQualification,
+};
+use crate::vmx::vmcs::{access_rights, activity, interruptibility};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{
     check_linear, pdpte_reserved, read_linear, read_linear_as, write_linear, Access, GuestMemory,
     PagingContext,
@@ -2562,7 +2565,7 @@ mod tests {
         let mut h = Harness::long();
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmx::vmcs::nmi()),
+            u64::from(crate::vmx::event::nmi()),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);
@@ -2586,7 +2589,7 @@ mod tests {
         h.vmcs.write(VmcsField::ExitInstructionLength, 1);
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmx::vmcs::software_exception(3)),
+            u64::from(crate::vmx::event::software_exception(3)),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);

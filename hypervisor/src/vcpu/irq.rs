@@ -11,9 +11,8 @@
 //! is lost or delivered twice.
 
 use crate::vmx::caps::PrimaryControls;
-use crate::vmx::vmcs::{
-    activity, external_interrupt, interruptibility, Vmcs, VmcsField, INTERRUPTION_INFO_VALID,
-};
+use crate::vmx::event::{external_interrupt, INTERRUPTION_INFO_VALID};
+use crate::vmx::vmcs::{activity, interruptibility, Vmcs, VmcsField};
 use crate::x86::Rflags;
 
 /// What delivers external interrupts to the guest: the 8259A pair on a PC.
