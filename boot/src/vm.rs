@@ -1,8 +1,9 @@
 //! Running the guest on this machine: guest RAM, EPT and the VMX bitmaps from the frame
 //! allocator, the host MTRRs and host state read from the processor, the VMCS made
-//! current and filled (the values all computed by `hypervisor::vmx::setup`), INVEPT,
-//! and the [`Platform`] through which `hypervisor::vcpu::run` enters the guest and
-//! reaches the console. The run loop itself is host-tested code in the hypervisor crate.
+//! current and filled (the values all computed by `hypervisor::vmx::{controls,
+//! host_state, guest_state}` and checked by `hypervisor::vmx::checks`), INVEPT, and
+//! the [`Platform`] through which `hypervisor::vcpu::run` enters the guest and reaches
+//! the console. The run loop itself is host-tested code in the hypervisor crate.
 
 use core::arch::asm;
 
@@ -10,9 +11,15 @@ use hypervisor::config::Config;
 use hypervisor::guest::linux_boot;
 use hypervisor::guest::loader::{self, Start};
 use hypervisor::vmx::caps::VmxCaps;
+use hypervisor::vmx::checks::{check_guest_state, GuestStateError};
+use hypervisor::vmx::controls::{
+    compute_controls_with, fill_io_bitmap, fill_msr_bitmap, write_controls, ControlAddrs,
+    ControlOptions, SetupError, PASSTHROUGH_MSRS,
+};
 use hypervisor::vmx::ept::{self, EptAccess, FrameSource, MemoryType};
+use hypervisor::vmx::guest_state;
+use hypervisor::vmx::host_state::{write_host_state, HostState};
 use hypervisor::vmx::mtrr::{self, Mtrrs};
-use hypervisor::vmx::setup::{self, ControlAddrs, HostState};
 use hypervisor::x86::regs::GuestRegs;
 use raw_cpuid::CpuId;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
@@ -65,8 +72,8 @@ pub enum StartError {
     OutOfMemory(&'static str),
     Load(loader::LoadError),
     Ept(ept::EptError),
-    Controls(setup::SetupError),
-    GuestState(setup::GuestStateError),
+    Controls(SetupError),
+    GuestState(GuestStateError),
 }
 
 impl core::fmt::Display for StartError {
@@ -245,17 +252,15 @@ pub fn prepare(
     }
 
     let long_mode = matches!(loaded.start, Start::Long { .. } | Start::Linux { .. });
-    let options = setup::ControlOptions {
+    let options = ControlOptions {
         long_mode_guest: long_mode,
         // Timer interrupts on time and HLT wake-ups use the VMX-preemption timer.
         want_preemption_timer: true,
     };
-    let controls = setup::compute_controls_with(caps, &options).map_err(StartError::Controls)?;
-    let io_a = bitmap_frame(mem, "IO bitmap A", setup::fill_io_bitmap)?;
-    let io_b = bitmap_frame(mem, "IO bitmap B", setup::fill_io_bitmap)?;
-    let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| {
-        setup::fill_msr_bitmap(b, setup::PASSTHROUGH_MSRS)
-    })?;
+    let controls = compute_controls_with(caps, &options).map_err(StartError::Controls)?;
+    let io_a = bitmap_frame(mem, "IO bitmap A", fill_io_bitmap)?;
+    let io_b = bitmap_frame(mem, "IO bitmap B", fill_io_bitmap)?;
+    let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| fill_msr_bitmap(b, PASSTHROUGH_MSRS))?;
 
     // XSETBV runs in the host on the guest's behalf (exits::HostOps::xsetbv), which
     // needs CR4.OSXSAVE in the host (SDM Vol. 2 XSETBV: #UD otherwise).
@@ -272,7 +277,7 @@ pub fn prepare(
     vmx::vmptrld(vmcs_region)?;
     let mut vmcs = HwVmcs;
     let vpid = (caps.vpid.present).then_some(GUEST_VPID);
-    setup::write_controls(
+    write_controls(
         &mut vmcs,
         &controls,
         &ControlAddrs {
@@ -283,14 +288,14 @@ pub fn prepare(
             vpid,
         },
     );
-    setup::write_host_state(&mut vmcs, &host_state());
+    write_host_state(&mut vmcs, &host_state());
     let mut regs = GuestRegs::default();
     match loaded.start {
         Start::Real { cs, ip, ss, sp } => {
-            setup::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
+            guest_state::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
         }
         Start::ResetVector => {
-            let gprs = setup::write_guest_reset_vector(&mut vmcs, caps);
+            let gprs = guest_state::write_guest_reset_vector(&mut vmcs, caps);
             let cpuid1_eax = CpuId::new().get_feature_info().map_or(0, |f| {
                 u32::from(f.stepping_id())
                     | u32::from(f.model_id()) << 4
@@ -305,7 +310,7 @@ pub fn prepare(
             rsp,
             cr3,
             gdt_base,
-        } => setup::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
+        } => guest_state::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
         Start::Linux {
             entry,
             rsp,
@@ -313,7 +318,7 @@ pub fn prepare(
             gdt_base,
             rsi,
         } => {
-            setup::write_guest_long_mode_with(
+            guest_state::write_guest_long_mode_with(
                 &mut vmcs,
                 caps,
                 entry,
@@ -334,7 +339,7 @@ pub fn prepare(
         // System V ABI, so a 64-bit entry function can take it as a parameter).
         regs.rdi = config.guest_arg;
     }
-    setup::check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
+    check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
     if caps.ept.invept_single_context {
         invept(1, eptp.raw());
     } else if caps.ept.invept_all_context {

@@ -10,7 +10,7 @@ use core::fmt::{self, Write};
 
 use crate::devices::board::{ResetSource, Ticks};
 use crate::devices::bus::IoBus;
-use crate::vmx::vmcs::exit_reason_name;
+use crate::vmx::exit::exit_reason_name;
 
 /// Basic exit reasons counted individually (0..=79 covers every reason the
 /// SDM defines, up to WRMSRLIST); higher numbers land in `exits_other`.
@@ -518,7 +518,7 @@ fn write_io(w: &mut impl Write, stats: &Stats) -> fmt::Result {
     write!(
         w,
         "\"io\":{{\"exits\":{},\"instructions\":{},\"string_elements\":{},\"emulated\":{},\"blocks\":{{",
-        stats.exit_count(crate::vmx::vmcs::exit_reason::IO_INSTRUCTION),
+        stats.exit_count(crate::vmx::exit::exit_reason::IO_INSTRUCTION),
         io.instructions,
         io.string_elements,
         io.emulated
@@ -654,7 +654,7 @@ impl fmt::Display for Grouped {
 /// TSC cycles spent handling IO exits here. Two lines, each starting `sluice: summary:`.
 pub fn write_summary(w: &mut impl Write, stats: &Stats, coalescing: bool) -> fmt::Result {
     let insns = stats.io.instructions;
-    let exits = stats.exit_count(crate::vmx::vmcs::exit_reason::IO_INSTRUCTION);
+    let exits = stats.exit_count(crate::vmx::exit::exit_reason::IO_INSTRUCTION);
     if insns == 0 && exits == 0 {
         return w.write_str("sluice: summary: the guest executed no IO instructions\n");
     }
@@ -696,7 +696,7 @@ pub fn write_summary(w: &mut impl Write, stats: &Stats, coalescing: bool) -> fmt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmx::vmcs::exit_reason;
+    use crate::vmx::exit::exit_reason;
 
     fn line(guest: &str, end: EndKind, code: u32, stats: &Stats, bus: &IoBus) -> String {
         let mut s = String::new();

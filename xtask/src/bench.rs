@@ -662,7 +662,7 @@ mod tests {
     use crate::stats_line::kernel_line;
     use hypervisor::coalesce::insn::StopReason;
     use hypervisor::stats::{EndKind, Stats};
-    use hypervisor::vmx::vmcs::exit_reason;
+    use hypervisor::vmx::exit::exit_reason;
 
     fn console(exits: u64, insns: u64, emulated: u64) -> String {
         let mut stats = Stats::new();

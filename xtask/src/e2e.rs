@@ -1075,7 +1075,7 @@ mod tests {
     use super::*;
     use crate::stats_line::kernel_line;
     use hypervisor::stats::{EndKind, Stats};
-    use hypervisor::vmx::vmcs::exit_reason;
+    use hypervisor::vmx::exit::exit_reason;
 
     const CASE: Case = Case {
         name: "t",

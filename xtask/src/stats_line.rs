@@ -233,7 +233,7 @@ mod tests {
     use hypervisor::coalesce::insn::StopReason;
     use hypervisor::devices::bus::IoBus;
     use hypervisor::stats::{write_stats_line, EndKind, IoStats, Stats};
-    use hypervisor::vmx::vmcs::exit_reason;
+    use hypervisor::vmx::exit::exit_reason;
 
     /// A run with every section of the line populated.
     fn full_line() -> String {

@@ -12,10 +12,11 @@ use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason};
 use crate::stats::{IoStats, Stats};
+use crate::vmx::exit::IoQualification;
 use crate::vmx::guest_state::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
-use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory};
 use crate::x86::regs::GuestRegs;
 use crate::x86::Width;

@@ -22,7 +22,7 @@ use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeig
 
 use crate::devices::board::ResetSource;
 use crate::stats::{EndKind, Stats};
-use crate::vmx::vmcs::exit_reason;
+use crate::vmx::exit::exit_reason;
 
 const WEIGHT: FontWeight = FontWeight::Regular;
 const SIZE: RasterHeight = RasterHeight::Size16;

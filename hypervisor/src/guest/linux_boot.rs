@@ -37,7 +37,7 @@
 use core::fmt;
 
 use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory, SegmentState};
-use crate::vmx::setup::{LongModeLayout, LONG_MODE_RESERVED};
+use crate::vmx::guest_state::{LongModeLayout, LONG_MODE_RESERVED};
 
 // ---------------------------------------------------------------------------------------
 // Setup header (boot.rst, "The Real-Mode Kernel Header"): offsets in the image file,

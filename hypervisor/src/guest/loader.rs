@@ -16,7 +16,7 @@ use crate::config::{EntryMode, REAL_MODE_LIMIT};
 use crate::guest::elf64::{self, ElfError};
 use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory};
 
-pub use crate::vmx::setup::{LongModeLayout, LONG_MODE_RESERVED};
+pub use crate::vmx::guest_state::{LongModeLayout, LONG_MODE_RESERVED};
 
 /// How the guest starts; the kernel turns this into VMCS guest state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@
 
 use crate::vcpu::exits::{ExitAction, ExitContext, Fault, HostOps};
 use crate::vmx::caps::EntryControls;
-use crate::vmx::vmcs::{CrAccessQualification, CrAccessType, Vmcs, VmcsField};
+use crate::vmx::exit::{CrAccessQualification, CrAccessType};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{pdpte_reserved, GuestMemory};
 use crate::x86::{Cr0, Cr4, Efer};
 

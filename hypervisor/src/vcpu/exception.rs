@@ -4,11 +4,12 @@
 
 use crate::stats::EndKind;
 use crate::vcpu::exits::{end, ExitAction, ExitContext, HostOps};
-use crate::vmx::vmcs::interruptibility;
-use crate::vmx::vmcs::{
-    inject_event, interruption_info, EventType, Vmcs, VmcsField,
-    INTERRUPTION_INFO_DELIVER_ERROR_CODE, INTERRUPTION_INFO_VALID,
+use crate::vmx::event::{
+    inject_event, interruption_info, EventType, INTERRUPTION_INFO_DELIVER_ERROR_CODE,
+    INTERRUPTION_INFO_VALID,
 };
+use crate::vmx::vmcs::interruptibility;
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::GuestMemory;
 
 impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
@@ -79,7 +80,7 @@ mod tests {
         h.vmcs.write(VmcsField::ExitInstructionLength, 1);
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmx::vmcs::software_exception(3)),
+            u64::from(crate::vmx::event::software_exception(3)),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);

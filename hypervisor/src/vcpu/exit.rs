@@ -2,7 +2,8 @@
 //! 28.2.1 "Basic VM-Exit Information"): the run loop counts it, the coalescer and the
 //! exit handlers take their facts from this copy instead of reading the VMCS again.
 
-use crate::vmx::vmcs::{exit_reason, ExitReason, IoQualification, Vmcs, VmcsField};
+use crate::vmx::exit::{exit_reason, ExitReason, IoQualification};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 
 /// The basic VM-exit information fields of one exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

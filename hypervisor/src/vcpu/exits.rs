@@ -35,11 +35,13 @@ use crate::devices::bus::IoBus;
 use crate::stats::{EndKind, Stats};
 use crate::vcpu::exit::VmExit;
 use crate::vcpu::msr::MsrFile;
+use crate::vmx::event::{hardware_exception, inject_event};
+use crate::vmx::exit::exit_reason as er;
 use crate::vmx::guest_state::{
     guest_cpl, guest_efer, guest_lma, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
 use crate::vmx::vmcs::access_rights;
-use crate::vmx::vmcs::{exit_reason as er, hardware_exception, inject_event, Vmcs, VmcsField};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{GuestMemory, PagingContext};
 use crate::x86::regs::GuestRegs;
 use crate::x86::{exception, Cr0};
@@ -309,7 +311,7 @@ mod tests {
         let mut h = Harness::long();
         h.vmcs.write(
             VmcsField::ExitInterruptionInfo,
-            u64::from(crate::vmx::vmcs::nmi()),
+            u64::from(crate::vmx::event::nmi()),
         );
         h.exit_on(er::EXCEPTION_OR_NMI, 0);
         assert_eq!(h.run(), ExitAction::Resume);

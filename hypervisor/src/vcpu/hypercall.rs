@@ -29,7 +29,8 @@ pub const ERROR: u64 = u64::MAX;
 use crate::stats::EndKind;
 use crate::vcpu::exits::{ExitAction, ExitContext, HostOps};
 use crate::vcpu::hypercall;
-use crate::vmx::vmcs::{exit_reason as er, Vmcs};
+use crate::vmx::exit::exit_reason as er;
+use crate::vmx::vmcs::Vmcs;
 use crate::x86::guest_mem::{check_linear, read_linear, Access, GuestMemory};
 
 impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {

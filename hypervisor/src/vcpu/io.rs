@@ -7,7 +7,8 @@
 use crate::devices::bus::size_mask;
 use crate::stats::EndKind;
 use crate::vcpu::exits::{end, ExitAction, ExitContext, Fault, HostOps};
-use crate::vmx::vmcs::{IoQualification, Vmcs, VmcsField};
+use crate::vmx::exit::IoQualification;
+use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{
     check_linear, read_linear_as, write_linear, Access, GuestMemory, PagingContext,
 };

@@ -15,9 +15,8 @@ use crate::devices::bus::ConsoleSink;
 use crate::devices::InterruptController;
 use crate::stats::Stats;
 use crate::vmx::caps::PrimaryControls;
-use crate::vmx::vmcs::{
-    activity, external_interrupt, interruptibility, Vmcs, VmcsField, INTERRUPTION_INFO_VALID,
-};
+use crate::vmx::event::{external_interrupt, INTERRUPTION_INFO_VALID};
+use crate::vmx::vmcs::{activity, interruptibility, Vmcs, VmcsField};
 use crate::x86::Rflags;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

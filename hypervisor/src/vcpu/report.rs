@@ -7,10 +7,10 @@ use core::fmt::{self, Write};
 
 use crate::devices::board::ResetSource;
 use crate::stats::EndKind;
-use crate::vmx::vmcs::{
-    exit_reason as er, exit_reason_name, vm_instruction_error_text, EptViolationQualification,
-    ExitReason, Vmcs, VmcsField,
+use crate::vmx::exit::{
+    exit_reason as er, exit_reason_name, EptViolationQualification, ExitReason,
 };
+use crate::vmx::vmcs::{vm_instruction_error_text, Vmcs, VmcsField};
 use crate::x86::Rflags;
 
 /// Writes one line (with `\n`) explaining why the guest ended, for the

@@ -281,7 +281,8 @@ mod tests {
     use crate::coalesce::exec::Limits;
     use crate::devices::board::ResetSource;
     use crate::vcpu::hypercall;
-    use crate::vmx::vmcs::{exit_reason as er, SoftVmcs};
+    use crate::vmx::exit::exit_reason as er;
+    use crate::vmx::vmcs::SoftVmcs;
     use crate::x86::guest_mem::SliceMemory;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -471,8 +472,6 @@ mod tests {
             };
             vcpu.run("scripted", &mut out)
         };
-        drop(bus);
-        drop(handles);
         let uart = machine.uart.borrow().sink().0.clone();
         Outcome {
             end,

@@ -10,9 +10,9 @@ pub(crate) use crate::vcpu::exits::{handle_exit, ExitAction, ExitContext, HostOp
 pub(crate) use crate::vcpu::msr::MsrFile;
 pub(crate) use crate::vcpu::report::describe_end;
 pub(crate) use crate::vmx::caps::EntryControls;
-pub(crate) use crate::vmx::vmcs::{
-    exit_reason as er, hardware_exception, SoftVmcs, Vmcs, VmcsField,
-};
+pub(crate) use crate::vmx::event::hardware_exception;
+pub(crate) use crate::vmx::exit::exit_reason as er;
+pub(crate) use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 pub(crate) use crate::x86::guest_mem::SliceMemory;
 pub(crate) use crate::x86::regs::GuestRegs;
 pub(crate) use crate::x86::Efer;

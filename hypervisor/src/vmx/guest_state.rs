@@ -1,13 +1,400 @@
-//! The guest's architectural state as the VMCS holds it after a VM exit: the
-//! processor mode, CPL, IA32_EFER and the paging registers the exit handlers and the
-//! coalescer both read, and the interruptibility update both make when they retire
-//! instructions (SDM Vol. 3C 25.4.1 "Guest Register State", 25.4.2 "Guest
-//! Non-Register State").
+//! The guest-state area for each way a guest can start: real mode at CS:IP as a BIOS
+//! leaves a boot sector, the processor's state after RESET for firmware images, and
+//! 64-bit mode with paging on (plus [`LongModeLayout`], where the hypervisor puts that
+//! guest's GDT, page tables and stack). Also the VMCS fields that make up each segment
+//! register, which [`super::checks`] reads back. After a VM exit, the readers the exit
+//! handlers and the coalescer share: the guest's mode, CPL, IA32_EFER and paging
+//! registers, and the interruptibility update of a retired instruction.
+//!
+//! Sources: Intel SDM Vol. 3C 25.4 "Guest-State Area"; the state after RESET from
+//! Vol. 3A 10.1.1 "Processor State After Reset" (Table 10-1). Starting in real mode
+//! relies on the "unrestricted guest" control (Vol. 3C 25.6.2, checks in 27.3.1).
 
-use crate::vmx::caps::EntryControls;
+use core::ops::Range;
+
+use crate::guest::long_mode::{
+    self, SegmentState, CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT, TR_SEGMENT,
+};
+use crate::vmx::caps::{EntryControls, VmxCaps};
+use crate::vmx::controls::{cr0_for_guest, cr0_read_shadow, cr4_for_guest, cr4_read_shadow};
 use crate::vmx::vmcs::{access_rights, interruptibility, Vmcs, VmcsField};
 use crate::x86::guest_mem::PagingContext;
-use crate::x86::Efer;
+use crate::x86::{Cr0, Cr4, Efer, Rflags};
+
+// ---------------------------------------------------------------------------------------
+// Reset values (the architectural bits are in `crate::x86`)
+// ---------------------------------------------------------------------------------------
+
+/// Power-up value of IA32_PAT: WB, WT, UC-, UC in each half (SDM Vol. 3A 13.12.4).
+pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
+/// DR7 after reset: only the reserved bit 10 set (SDM Vol. 3A Table 10-1).
+pub const DR7_DEFAULT: u64 = 0x400;
+
+// ---------------------------------------------------------------------------------------
+// Guest state (SDM 25.4)
+// ---------------------------------------------------------------------------------------
+
+/// The VMCS fields of one segment register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SegFields {
+    pub(super) selector: VmcsField,
+    pub(super) base: VmcsField,
+    pub(super) limit: VmcsField,
+    pub(super) access_rights: VmcsField,
+}
+
+pub(super) const ES: SegFields = SegFields {
+    selector: VmcsField::GuestEsSelector,
+    base: VmcsField::GuestEsBase,
+    limit: VmcsField::GuestEsLimit,
+    access_rights: VmcsField::GuestEsAccessRights,
+};
+pub(super) const CS: SegFields = SegFields {
+    selector: VmcsField::GuestCsSelector,
+    base: VmcsField::GuestCsBase,
+    limit: VmcsField::GuestCsLimit,
+    access_rights: VmcsField::GuestCsAccessRights,
+};
+pub(super) const SS: SegFields = SegFields {
+    selector: VmcsField::GuestSsSelector,
+    base: VmcsField::GuestSsBase,
+    limit: VmcsField::GuestSsLimit,
+    access_rights: VmcsField::GuestSsAccessRights,
+};
+pub(super) const DS: SegFields = SegFields {
+    selector: VmcsField::GuestDsSelector,
+    base: VmcsField::GuestDsBase,
+    limit: VmcsField::GuestDsLimit,
+    access_rights: VmcsField::GuestDsAccessRights,
+};
+pub(super) const FS: SegFields = SegFields {
+    selector: VmcsField::GuestFsSelector,
+    base: VmcsField::GuestFsBase,
+    limit: VmcsField::GuestFsLimit,
+    access_rights: VmcsField::GuestFsAccessRights,
+};
+pub(super) const GS: SegFields = SegFields {
+    selector: VmcsField::GuestGsSelector,
+    base: VmcsField::GuestGsBase,
+    limit: VmcsField::GuestGsLimit,
+    access_rights: VmcsField::GuestGsAccessRights,
+};
+pub(super) const LDTR: SegFields = SegFields {
+    selector: VmcsField::GuestLdtrSelector,
+    base: VmcsField::GuestLdtrBase,
+    limit: VmcsField::GuestLdtrLimit,
+    access_rights: VmcsField::GuestLdtrAccessRights,
+};
+pub(super) const TR: SegFields = SegFields {
+    selector: VmcsField::GuestTrSelector,
+    base: VmcsField::GuestTrBase,
+    limit: VmcsField::GuestTrLimit,
+    access_rights: VmcsField::GuestTrAccessRights,
+};
+
+fn write_segment(vmcs: &mut impl Vmcs, f: SegFields, s: &SegmentState) {
+    vmcs.write(f.selector, s.selector.into());
+    vmcs.write(f.base, s.base);
+    vmcs.write(f.limit, s.limit.into());
+    vmcs.write(f.access_rights, s.access_rights.into());
+}
+
+pub(super) fn read_segment(vmcs: &impl Vmcs, f: SegFields) -> SegmentState {
+    SegmentState {
+        selector: vmcs.read(f.selector) as u16,
+        base: vmcs.read(f.base),
+        limit: vmcs.read(f.limit) as u32,
+        access_rights: vmcs.read(f.access_rights) as u32,
+    }
+}
+
+/// Real-mode access rights: present, DPL 0, code/data, accessed; type 3 for data
+/// (read/write), type 11 for code (execute/read). 16-bit (D/B = 0), byte granular.
+const AR_REAL_DATA: u32 = 0x93;
+const AR_REAL_CODE: u32 = 0x9B;
+/// Busy 32-bit TSS, present: the only TR types VM entry accepts outside IA-32e mode
+/// are 3 and 11 (SDM 27.3.1.2).
+const AR_BUSY_TSS32: u32 = 0x8B;
+/// LDT, present (type 2).
+const AR_LDT: u32 = 0x82;
+
+const fn real_segment(selector: u16, access_rights: u32) -> SegmentState {
+    SegmentState {
+        selector,
+        base: (selector as u64) << 4,
+        limit: 0xFFFF,
+        access_rights,
+    }
+}
+
+/// Everything the `write_guest_*` functions set the same way, plus CR0/CR4/CR3,
+/// their read shadows and EFER.
+struct CommonGuest {
+    cr0_believed: u64,
+    cr4_believed: u64,
+    cr3: u64,
+    efer: u64,
+    rip: u64,
+    rsp: u64,
+}
+
+fn write_guest_common(vmcs: &mut impl Vmcs, caps: &VmxCaps, g: &CommonGuest) {
+    // Unrestricted guest is a required control (compute_controls), so PE/PG are free.
+    vmcs.write(
+        VmcsField::GuestCr0,
+        cr0_for_guest(caps, true, g.cr0_believed),
+    );
+    vmcs.write(VmcsField::GuestCr4, cr4_for_guest(caps, g.cr4_believed));
+    vmcs.write(
+        VmcsField::Cr0ReadShadow,
+        cr0_read_shadow(caps, true, g.cr0_believed),
+    );
+    vmcs.write(
+        VmcsField::Cr4ReadShadow,
+        cr4_read_shadow(caps, g.cr4_believed),
+    );
+    vmcs.write(VmcsField::GuestCr3, g.cr3);
+    vmcs.write(VmcsField::GuestDr7, DR7_DEFAULT);
+    vmcs.write(VmcsField::GuestRflags, Rflags::FIXED1.bits());
+    vmcs.write(VmcsField::GuestRip, g.rip);
+    vmcs.write(VmcsField::GuestRsp, g.rsp);
+    vmcs.write(VmcsField::GuestIa32Efer, g.efer);
+    vmcs.write(VmcsField::GuestIa32Pat, PAT_DEFAULT);
+    // Loaded only with "load debug controls", which CPUs without TRUE controls force.
+    vmcs.write(VmcsField::GuestIa32Debugctl, 0);
+    vmcs.write(VmcsField::GuestIa32SysenterCs, 0);
+    vmcs.write(VmcsField::GuestIa32SysenterEsp, 0);
+    vmcs.write(VmcsField::GuestIa32SysenterEip, 0);
+    vmcs.write(VmcsField::GuestActivityState, 0); // active
+    vmcs.write(VmcsField::GuestInterruptibilityState, 0);
+    vmcs.write(VmcsField::GuestPendingDebugExceptions, 0);
+}
+
+/// Guest state for a real-mode start at `cs:ip` with the stack at `ss:sp`, as a BIOS
+/// leaves things for a boot sector (relies on unrestricted guest, SDM 27.3.1):
+///
+/// - CR0 = ET plus VMX's fixed-1 bits except PE and PG (i.e. NE); the read shadow
+///   shows NE clear, as the guest never set it. CR4 = VMXE (fixed), shadow 0. CR3 0.
+/// - CS = `cs` (base `cs * 16`, limit 0xFFFF, access 0x9B: execute/read, accessed),
+///   SS = `ss`, DS/ES/FS/GS = `cs` (the tiny-model convention: a flat binary finds
+///   its data through DS/ES), access 0x93.
+/// - TR: busy 32-bit TSS (0x8B), base 0, limit 0xFFFF (VM entry needs a usable TR of
+///   type 3 or 11 even in real mode); LDTR unusable.
+/// - GDTR base 0 limit 0xFFFF, IDTR base 0 limit 0x3FF (the real-mode IVT).
+/// - RFLAGS 0x2, DR7 0x400, EFER 0, PAT power-up default, SYSENTER MSRs 0, active,
+///   no interruptibility blocking, no pending debug exceptions.
+pub fn write_guest_real_mode(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    cs: u16,
+    ip: u16,
+    ss: u16,
+    sp: u16,
+) {
+    write_guest_common(
+        vmcs,
+        caps,
+        &CommonGuest {
+            cr0_believed: Cr0::ET.bits(),
+            cr4_believed: 0,
+            cr3: 0,
+            efer: 0,
+            rip: ip.into(),
+            rsp: sp.into(),
+        },
+    );
+    write_segment(vmcs, CS, &real_segment(cs, AR_REAL_CODE));
+    write_segment(vmcs, SS, &real_segment(ss, AR_REAL_DATA));
+    for f in [DS, ES, FS, GS] {
+        write_segment(vmcs, f, &real_segment(cs, AR_REAL_DATA));
+    }
+    write_segment(vmcs, TR, &real_segment(0, AR_BUSY_TSS32));
+    write_segment(vmcs, LDTR, &LDTR_SEGMENT);
+    write_descriptor_tables(vmcs, (0, 0xFFFF), (0, 0x3FF));
+}
+
+fn write_descriptor_tables(vmcs: &mut impl Vmcs, gdtr: (u64, u32), idtr: (u64, u32)) {
+    vmcs.write(VmcsField::GuestGdtrBase, gdtr.0);
+    vmcs.write(VmcsField::GuestGdtrLimit, gdtr.1.into());
+    vmcs.write(VmcsField::GuestIdtrBase, idtr.0);
+    vmcs.write(VmcsField::GuestIdtrLimit, idtr.1.into());
+}
+
+/// General-purpose registers after RESET that the VMCS does not hold; the kernel
+/// loads them before VMLAUNCH. All GPRs are 0 except EDX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "EDX after reset holds the processor signature; load it before VMLAUNCH"]
+pub struct ResetGprs;
+
+impl ResetGprs {
+    /// EDX after RESET: the processor signature (type, family, model, stepping),
+    /// which is the value CPUID.01H returns in EAX (SDM Vol. 3A 10.1.2, Table 10-1).
+    pub const fn rdx(self, cpuid_1_eax: u32) -> u64 {
+        cpuid_1_eax as u64
+    }
+}
+
+/// Guest state of a processor right after RESET (SDM Vol. 3A 10.1.4, Table 10-1), for
+/// firmware images: CS selector 0xF000 with base 0xFFFF0000 and limit 0xFFFF, IP 0xFFF0,
+/// so the first fetch is at 0xFFFFFFF0; the other segments selector 0, base 0, limit
+/// 0xFFFF; GDTR/IDTR base 0 limit 0xFFFF; LDTR a present LDT and TR a busy TSS with
+/// base 0 and limit 0xFFFF; CR0 = 0x60000010 (CD, NW, ET) plus the VMX fixed NE (the
+/// shadow shows the architectural value), CR3/CR4 0 (VMXE fixed, shadowed as 0), EFER 0,
+/// RFLAGS 0x2, DR7 0x400, PAT default. Returns what must go in the GPRs.
+pub fn write_guest_reset_vector(vmcs: &mut impl Vmcs, caps: &VmxCaps) -> ResetGprs {
+    write_guest_common(
+        vmcs,
+        caps,
+        &CommonGuest {
+            cr0_believed: Cr0::CD.bits() | Cr0::NW.bits() | Cr0::ET.bits(),
+            cr4_believed: 0,
+            cr3: 0,
+            efer: 0,
+            rip: 0xFFF0,
+            rsp: 0,
+        },
+    );
+    write_segment(
+        vmcs,
+        CS,
+        &SegmentState {
+            selector: 0xF000,
+            base: 0xFFFF_0000,
+            limit: 0xFFFF,
+            access_rights: AR_REAL_CODE,
+        },
+    );
+    for f in [SS, DS, ES, FS, GS] {
+        write_segment(vmcs, f, &real_segment(0, AR_REAL_DATA));
+    }
+    write_segment(vmcs, TR, &real_segment(0, AR_BUSY_TSS32));
+    write_segment(vmcs, LDTR, &real_segment(0, AR_LDT));
+    write_descriptor_tables(vmcs, (0, 0xFFFF), (0, 0xFFFF));
+    ResetGprs
+}
+
+/// Guest state for a 64-bit start at `entry` with RSP = `rsp`, paging on with the
+/// tables at `cr3`, and the [`long_mode::long_mode_gdt`] image at `gdt_base`:
+///
+/// - CR0 = PE | MP | ET | NE | WP | PG (with the fixed bits applied), shadow NE (the
+///   guest state shows it set). CR4 = PAE | VMXE, shadow without VMXE. EFER = LME |
+///   LMA (no NXE: the guest turns it on if it wants it).
+/// - CS 0x08 = [`CODE64_SEGMENT`], SS/DS/ES/FS/GS 0x10 = [`DATA_SEGMENT`],
+///   TR = [`TR_SEGMENT`] (busy 64-bit TSS at 0, limit 0x67), LDTR unusable.
+/// - GDTR = `gdt_base`/[`GDT_LIMIT`], IDTR base 0 limit 0 (the guest loads its own;
+///   any interrupt before that shuts it down).
+/// - RFLAGS 0x2 (interrupts off), DR7 0x400, PAT default, active, no blocking.
+///
+/// The VM-entry control "IA-32e mode guest" must be set
+/// ([`compute_controls`](super::controls::compute_controls) with `long_mode_guest`).
+pub fn write_guest_long_mode(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    entry: u64,
+    rsp: u64,
+    cr3: u64,
+    gdt_base: u64,
+) {
+    write_guest_long_mode_with(
+        vmcs,
+        caps,
+        entry,
+        rsp,
+        cr3,
+        (gdt_base, GDT_LIMIT.into()),
+        (&CODE64_SEGMENT, &DATA_SEGMENT),
+    );
+}
+
+/// [`write_guest_long_mode`] with the caller's GDT and segments, for guests whose boot
+/// protocol fixes the selectors (Linux: `__BOOT_CS` 0x10, `__BOOT_DS` 0x18).
+pub fn write_guest_long_mode_with(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    entry: u64,
+    rsp: u64,
+    cr3: u64,
+    gdt: (u64, u32),
+    (code, data): (&SegmentState, &SegmentState),
+) {
+    write_guest_common(
+        vmcs,
+        caps,
+        &CommonGuest {
+            cr0_believed: Cr0::PE.bits()
+                | Cr0::MP.bits()
+                | Cr0::ET.bits()
+                | Cr0::NE.bits()
+                | Cr0::WP.bits()
+                | Cr0::PG.bits(),
+            cr4_believed: Cr4::PAE.bits(),
+            cr3,
+            efer: Efer::LME.bits() | Efer::LMA.bits(),
+            rip: entry,
+            rsp,
+        },
+    );
+    write_segment(vmcs, CS, code);
+    for f in [SS, DS, ES, FS, GS] {
+        write_segment(vmcs, f, data);
+    }
+    write_segment(vmcs, TR, &TR_SEGMENT);
+    write_segment(vmcs, LDTR, &LDTR_SEGMENT);
+    write_descriptor_tables(vmcs, gdt, (0, 0));
+}
+
+/// Size of the hypervisor-built area at the top of a 64-bit guest's RAM.
+pub const LONG_MODE_RESERVED: u64 = 1 << 20;
+
+/// Where the hypervisor puts what a 64-bit guest needs before its first instruction.
+///
+/// The top [`LONG_MODE_RESERVED`] (1 MiB) of guest RAM belongs to the hypervisor at
+/// start-up; the guest may reuse it once it has its own GDT, page tables and stack,
+/// and should report it as reserved in any memory map it builds:
+///
+/// ```text
+/// ram - 1 MiB            GDT (long_mode::long_mode_gdt, one 4 KiB page)
+/// ram - 1 MiB + 4 KiB    .. stack, growing down from stack_top
+/// tables_gpa = stack_top identity page tables (long_mode::default_tables_gpa)
+/// ram                    end of RAM
+/// ```
+///
+/// ELF guests must not load anything into `reserved`; xtask refuses such images with
+/// `elf64::check_fits(elf, ram, &[reserved])` before anything is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LongModeLayout {
+    pub gdt_gpa: u64,
+    pub tables_gpa: u64,
+    /// Initial RSP: 16-byte aligned, just below the page tables.
+    pub stack_top: u64,
+    /// [ram - 1 MiB, ram).
+    pub reserved: Range<u64>,
+}
+
+impl LongModeLayout {
+    /// The layout for `ram_bytes` of guest RAM, or `None` if RAM is smaller than the
+    /// reserved area or the page tables leave no room for the GDT page and a stack
+    /// inside it (more than about 250 GiB of RAM).
+    pub fn for_ram(ram_bytes: u64) -> Option<Self> {
+        let start = ram_bytes.checked_sub(LONG_MODE_RESERVED)?;
+        let tables_gpa = long_mode::default_tables_gpa(ram_bytes)?;
+        // GDT page below, and at least one more page of stack.
+        if tables_gpa <= start + 0x1000 {
+            return None;
+        }
+        Some(LongModeLayout {
+            gdt_gpa: start,
+            tables_gpa,
+            stack_top: tables_gpa & !0xF,
+            reserved: start..ram_bytes,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// After a VM exit: the guest's state as the exit path reads it (SDM Vol. 3C 25.4.1
+// "Guest Register State", 25.4.2 "Guest Non-Register State")
+// ---------------------------------------------------------------------------------------
 
 /// IA32_EFER.LMA as VM entry will load it: the "IA-32e mode guest" entry control.
 pub fn guest_lma(vmcs: &impl Vmcs) -> bool {
@@ -60,5 +447,143 @@ pub fn retire_interrupt_shadow(vmcs: &mut impl Vmcs) {
             VmcsField::GuestInterruptibilityState,
             irq & !interruptibility::STI_MOV_SS,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::long_mode::{long_mode_gdt, tables_needed};
+    use crate::vmx::fixtures::{caps, long_vmcs, real_vmcs, vmcs_for};
+    use crate::vmx::vmcs::{access_rights as ar, FieldType};
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    // --- guest state writers --------------------------------------------------------
+
+    #[test]
+    fn real_mode_state_looks_like_a_bios_handoff() {
+        let c = caps();
+        let mut v = vmcs_for(&c, false);
+        write_guest_real_mode(&mut v, &c, 0x1000, 0x0100, 0x2000, 0xFFFE);
+        assert_eq!(v.read(VmcsField::GuestCsBase), 0x10000);
+        assert_eq!(v.read(VmcsField::GuestCsAccessRights), 0x9B);
+        assert_eq!(v.read(VmcsField::GuestSsBase), 0x20000);
+        assert_eq!(v.read(VmcsField::GuestDsSelector), 0x1000);
+        assert_eq!(v.read(VmcsField::GuestRip), 0x100);
+        assert_eq!(v.read(VmcsField::GuestRsp), 0xFFFE);
+        assert_eq!(v.read(VmcsField::GuestCr0), Cr0::ET.bits() | Cr0::NE.bits());
+        assert_eq!(v.read(VmcsField::Cr0ReadShadow), 0);
+        assert_eq!(v.read(VmcsField::GuestCr4), Cr4::VMXE.bits());
+        assert_eq!(v.read(VmcsField::Cr4ReadShadow), 0);
+        assert_eq!(v.read(VmcsField::GuestIdtrLimit), 0x3FF);
+        assert_eq!(v.read(VmcsField::GuestTrAccessRights), 0x8B);
+        assert_eq!(
+            v.read(VmcsField::GuestLdtrAccessRights),
+            u64::from(ar::UNUSABLE)
+        );
+        assert_eq!(v.read(VmcsField::GuestRflags), 2);
+        assert_eq!(v.read(VmcsField::GuestIa32Pat), PAT_DEFAULT);
+    }
+
+    #[test]
+    fn reset_vector_state_is_the_state_after_reset() {
+        let c = caps();
+        let mut v = vmcs_for(&c, false);
+        let gprs = write_guest_reset_vector(&mut v, &c);
+        assert_eq!(gprs.rdx(0x000906EA), 0x000906EA);
+        assert_eq!(v.read(VmcsField::GuestCsSelector), 0xF000);
+        assert_eq!(v.read(VmcsField::GuestCsBase), 0xFFFF_0000);
+        assert_eq!(v.read(VmcsField::GuestRip), 0xFFF0);
+        assert_eq!(
+            v.read(VmcsField::GuestCr0),
+            Cr0::CD.bits() | Cr0::NW.bits() | Cr0::ET.bits() | Cr0::NE.bits()
+        );
+        assert_eq!(v.read(VmcsField::GuestLdtrAccessRights), 0x82);
+        assert_eq!(v.read(VmcsField::GuestIdtrLimit), 0xFFFF);
+    }
+
+    #[test]
+    fn long_mode_state_is_64_bit_with_paging() {
+        let v = long_vmcs();
+        let l = LongModeLayout::for_ram(64 * MIB).unwrap();
+        let want_cr0 = Cr0::PE.bits()
+            | Cr0::MP.bits()
+            | Cr0::ET.bits()
+            | Cr0::NE.bits()
+            | Cr0::WP.bits()
+            | Cr0::PG.bits();
+        assert_eq!(v.read(VmcsField::GuestCr0), want_cr0);
+        assert_eq!(v.read(VmcsField::Cr0ReadShadow), Cr0::NE.bits());
+        assert_eq!(
+            v.read(VmcsField::GuestCr4),
+            Cr4::PAE.bits() | Cr4::VMXE.bits()
+        );
+        assert_eq!(v.read(VmcsField::Cr4ReadShadow), 0);
+        assert_eq!(
+            v.read(VmcsField::GuestIa32Efer),
+            Efer::LME.bits() | Efer::LMA.bits()
+        );
+        assert_eq!(v.read(VmcsField::GuestCr3), l.tables_gpa);
+        assert_eq!(v.read(VmcsField::GuestGdtrBase), l.gdt_gpa);
+        assert_eq!(v.read(VmcsField::GuestGdtrLimit), u64::from(GDT_LIMIT));
+        assert_eq!(v.read(VmcsField::GuestCsSelector), 0x08);
+        assert_eq!(v.read(VmcsField::GuestCsAccessRights), 0xA09B);
+        assert_eq!(v.read(VmcsField::GuestSsAccessRights), 0xC093);
+        assert_eq!(v.read(VmcsField::GuestTrAccessRights), 0x8B);
+        assert_eq!(v.read(VmcsField::GuestRip), 0x20_0000);
+        assert_eq!(v.read(VmcsField::GuestRsp), l.stack_top);
+    }
+
+    #[test]
+    fn guest_writers_cover_the_whole_guest_state_area() {
+        // Everything but the fields we deliberately leave alone (SMBASE, PDPTEs,
+        // PERF_GLOBAL_CTRL: not loaded with our controls; the preemption timer value
+        // belongs to the timer work).
+        let skip = [
+            VmcsField::GuestSmbase,
+            VmcsField::GuestIa32PerfGlobalCtrl,
+            VmcsField::HostIa32PerfGlobalCtrl,
+            VmcsField::PreemptionTimerValue,
+            VmcsField::GuestPdpte0,
+            VmcsField::GuestPdpte1,
+            VmcsField::GuestPdpte2,
+            VmcsField::GuestPdpte3,
+        ];
+        for v in [real_vmcs(), long_vmcs()] {
+            for &f in VmcsField::ALL {
+                let guest = f.field_type() == FieldType::GuestState;
+                let host = f.field_type() == FieldType::HostState;
+                if (guest || host) && !skip.contains(&f) {
+                    assert!(v.was_written(f), "{} not written", f.name());
+                }
+            }
+        }
+    }
+
+    // --- layout -----------------------------------------------------------------------
+
+    #[test]
+    fn long_mode_layout_for_4_gib() {
+        let ram = 4 * GIB;
+        let l = LongModeLayout::for_ram(ram).unwrap();
+        assert_eq!(l.reserved, ram - MIB..ram);
+        assert_eq!(l.gdt_gpa, ram - MIB);
+        assert_eq!(l.tables_gpa, ram - tables_needed(ram) * 4096);
+        assert_eq!(l.stack_top, l.tables_gpa);
+        assert_eq!(l.stack_top % 16, 0);
+        assert!(l.gdt_gpa + (long_mode_gdt().len() as u64 * 8) <= l.stack_top - 0x1000);
+        assert!(l.reserved.contains(&l.tables_gpa) && l.reserved.contains(&(l.stack_top - 1)));
+    }
+
+    #[test]
+    fn long_mode_layout_limits() {
+        assert_eq!(LongModeLayout::for_ram(0), None);
+        assert_eq!(LongModeLayout::for_ram(MIB - 4096), None);
+        assert!(LongModeLayout::for_ram(2 * MIB).is_some());
+        assert!(LongModeLayout::for_ram(64 * GIB).is_some());
+        // Tables for 256 TiB do not fit in 1 MiB.
+        assert_eq!(LongModeLayout::for_ram(1 << 48), None);
     }
 }
