@@ -38,7 +38,8 @@ run options:
   --release                     build with optimizations
   --emulator auto|qemu|bochs    auto (default): QEMU with KVM on an Intel host with nested
                                 VMX, otherwise Bochs (which emulates VMX with EPT)
-  --firmware bios|uefi          boot firmware (default bios; Bochs boots BIOS only)
+  --firmware bios|uefi          boot firmware (default bios): Bochs's BIOS or OVMF in Bochs,
+                                SeaBIOS or OVMF in QEMU
   --cpu MODEL                   Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value
   --timeout SECONDS             stop a hung run after this long (default 120)
   --guest NAME|PATH             the guest to run: a built-in test guest (see guest/README.md),
@@ -463,11 +464,6 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Command, Usa
     match command {
         "build" => Ok(Command::Build { release }),
         "run" => {
-            if run.firmware == Firmware::Uefi && run.emulator == Emulator::Bochs {
-                return err(
-                    "Bochs has no UEFI firmware here; use --emulator qemu with --firmware uefi",
-                );
-            }
             linux_flags_need_linux(&run)?;
             run.release = release;
             Ok(Command::Run(run))
@@ -783,11 +779,6 @@ mod tests {
             .unwrap_err()
             .0
             .contains("unknown option"));
-    }
-
-    #[test]
-    fn bochs_with_uefi_is_refused() {
-        assert!(p("run --emulator bochs --firmware uefi").is_err());
     }
 
     #[test]

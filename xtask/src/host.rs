@@ -25,6 +25,14 @@ pub const OVMF: Requirement = Requirement {
     probe: OVMF_CODE,
     packages: &["ovmf"],
 };
+/// OVMF built as one flash image (code and variables together), which Bochs maps below
+/// 4 GiB as its ROM: Bochs has no pflash device for the split OVMF_CODE/OVMF_VARS pair.
+pub const BOCHS_OVMF_FD: &str = "/usr/share/ovmf/OVMF.fd";
+pub const BOCHS_OVMF: Requirement = Requirement {
+    what: "UEFI firmware for Bochs (OVMF.fd)",
+    probe: BOCHS_OVMF_FD,
+    packages: &["ovmf"],
+};
 pub const BOCHS: Requirement = Requirement {
     what: "Bochs (bochs)",
     probe: "bochs",
@@ -45,13 +53,22 @@ pub const VGABIOS: Requirement = Requirement {
     probe: "/usr/share/vgabios/vgabios.bin",
     packages: &["vgabios"],
 };
+/// The VGA BIOS build for the Cirrus CL-GD5446, the PCI display adapter a UEFI run in
+/// Bochs gets (OVMF's video driver can use it; see docs/HARDWARE.md).
+pub const VGABIOS_CIRRUS: Requirement = Requirement {
+    what: "Cirrus VGA BIOS ROM",
+    probe: "/usr/share/vgabios/vgabios.cirrus.bin",
+    packages: &["vgabios"],
+};
 pub const XVFB: Requirement = Requirement {
     what: "a virtual X server for headless Bochs (xvfb-run)",
     probe: "xvfb-run",
     packages: &["xvfb", "xauth"],
 };
 
+/// Bochs with its BIOS, and Bochs with OVMF.
 pub const BOCHS_ALL: &[Requirement] = &[BOCHS, BOCHS_BIOS, VGABIOS, BOCHS_X, XVFB];
+pub const BOCHS_UEFI: &[Requirement] = &[BOCHS, BOCHS_OVMF, VGABIOS_CIRRUS, BOCHS_X, XVFB];
 pub const QEMU_BIOS: &[Requirement] = &[QEMU];
 pub const QEMU_UEFI: &[Requirement] = &[QEMU, OVMF];
 
