@@ -239,7 +239,7 @@ pub const CASES: &[Case] = &[
             irqs_at_least: &[],
         }),
         coalesce: None,
-        check: None,
+        check: Some(memory_map_merged),
         timeout_s: 180,
     },
     Case {
@@ -577,6 +577,39 @@ pub const CASES: &[Case] = &[
     // The same kernel started from the UEFI image: guest RAM comes from OVMF's memory map.
     linux_case("bochs-uefi-linux-coalesce-on", Firmware::Uefi, true, 900),
 ];
+
+/// OVMF's memory map lists free memory in many neighbouring entries; the frame
+/// allocator must have merged them (fewer ranges than entries) into a block that holds
+/// guest RAM (hello64's 64 MiB).
+pub fn memory_map_merged(console: &str) -> Result<(), String> {
+    let line = console
+        .lines()
+        .find(|l| l.contains(" map entries, "))
+        .ok_or("no \"sluice: ... memory: ... map entries\" line")?;
+    let number_before = |text: &str| -> Option<u64> {
+        let head = &line[..line.find(text)?];
+        let digits = head.rsplit(|c: char| !c.is_ascii_digit()).next()?;
+        digits.parse().ok()
+    };
+    let (Some(entries), Some(ranges), Some(largest)) = (
+        number_before(" map entries, "),
+        number_before(" ranges (largest "),
+        number_before(" MiB), firmware="),
+    ) else {
+        return Err(format!("cannot read the memory line: {line:?}"));
+    };
+    if ranges >= entries {
+        return Err(format!(
+            "{entries} usable map entries became {ranges} ranges: nothing was merged"
+        ));
+    }
+    if largest < 64 {
+        return Err(format!(
+            "the largest range is {largest} MiB, guest RAM needs 64"
+        ));
+    }
+    Ok(())
+}
 
 /// A Linux boot with coalescing on or off; both must reach the same marker.
 const fn linux_case(
@@ -1223,6 +1256,21 @@ mod tests {
         assert!(linux_clock(&early).unwrap_err().contains("never switched"));
         let tsc = format!("{early}[    3.5] clocksource: Switched to clocksource tsc\r\n");
         assert_eq!(linux_clock(&tsc), Ok(()));
+    }
+
+    #[test]
+    fn uefi_memory_map_must_have_been_merged() {
+        let line = |e, r, l| {
+            format!("sluice: platform=bochs memory: 179 MiB usable in {e} map entries, {r} ranges (largest {l} MiB), firmware=acpi\r\n")
+        };
+        assert_eq!(memory_map_merged(&line(113, 6, 151)), Ok(()));
+        assert!(memory_map_merged(&line(113, 113, 151))
+            .unwrap_err()
+            .contains("nothing was merged"));
+        assert!(memory_map_merged(&line(113, 6, 40))
+            .unwrap_err()
+            .contains("40 MiB"));
+        assert!(memory_map_merged("sluice: memory: 179 MiB usable\n").is_err());
     }
 
     #[test]

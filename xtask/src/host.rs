@@ -221,6 +221,21 @@ mod tests {
     }
 
     #[test]
+    fn bochs_with_uefi_needs_ovmf_fd_and_the_cirrus_rom_instead_of_the_bios() {
+        let probes = |reqs: &[Requirement]| reqs.iter().map(|r| r.probe).collect::<Vec<_>>();
+        let uefi = probes(BOCHS_UEFI);
+        assert!(uefi.contains(&"/usr/share/ovmf/OVMF.fd"));
+        assert!(uefi.contains(&"/usr/share/vgabios/vgabios.cirrus.bin"));
+        assert!(!uefi.contains(&BOCHS_BIOS.probe));
+        assert_eq!(BOCHS_OVMF.packages, ["ovmf"]);
+        assert!(!probes(BOCHS_ALL).contains(&BOCHS_OVMF_FD));
+        // Every requirement names a package to install it from.
+        for r in BOCHS_ALL.iter().chain(BOCHS_UEFI).chain(QEMU_UEFI) {
+            assert!(!r.packages.is_empty(), "{}", r.what);
+        }
+    }
+
+    #[test]
     fn requirements_probe_programs_and_files() {
         assert!(present(&Requirement {
             what: "sh",
