@@ -94,14 +94,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     };
     let mut mem = memory::Memory::new(&boot_info.memory_regions, phys_offset);
     println!(
-        "sluice: platform={platform_name} memory: {} MiB usable, firmware={}",
+        "sluice: platform={platform_name} memory: {} MiB usable in {} map entries, {} ranges (largest {} MiB), firmware={}",
         memory::usable_bytes(&boot_info.memory_regions) >> 20,
+        memory::usable_entries(&boot_info.memory_regions),
+        mem.frames.ranges(),
+        mem.frames.largest_free() >> 20,
         if boot_info.rsdp_addr.into_option().is_some() {
             "acpi"
         } else {
             "no-acpi"
         },
     );
+    if mem.frames.dropped_bytes() != 0 {
+        println!(
+            "sluice: warning: the memory map has more ranges than sluice tracks; {} KiB of usable memory left unused",
+            mem.frames.dropped_bytes() >> 10
+        );
+    }
 
     let tsc_hz = tsc::calibrate().unwrap_or_else(|| {
         println!("sluice: warning: no 8254 answered; assuming a 1 GHz TSC for guest time");

@@ -45,3 +45,12 @@ pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
         .map(|r| r.end - r.start)
         .sum()
 }
+
+/// Usable entries in the memory map as the bootloader handed it over (before the frame
+/// allocator merges neighbours), for the boot report.
+pub fn usable_entries(regions: &MemoryRegions) -> usize {
+    regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .count()
+}

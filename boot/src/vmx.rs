@@ -7,7 +7,8 @@ use core::arch::asm;
 use core::fmt;
 
 use hypervisor::vmx::caps::{
-    check_platform, CpuVendor, FeatureControlAction, MissingFeature, RawVmxMsrs, VmxCaps,
+    check_platform, firmware_left_vmx_on, CpuVendor, FeatureControlAction, MissingFeature,
+    RawVmxMsrs, VmxCaps, VmxonFailure,
 };
 use hypervisor::x86::msr::IA32_FEATURE_CONTROL;
 use raw_cpuid::CpuId;
@@ -151,14 +152,27 @@ pub fn region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64
     Ok(frame)
 }
 
+/// VMXOFF (SDM Vol. 3C 31.3): leaves VMX operation. Only legal in VMX root operation.
+fn vmxoff() -> Result<(), VmxError> {
+    let rflags: u64;
+    // SAFETY: only called when VMXON has reported that the CPU is in VMX root operation.
+    unsafe { asm!("vmxoff", "pushfq", "pop {r}", r = out(reg) rflags) };
+    check("vmxoff", rflags)
+}
+
 /// Enters VMX root operation on this CPU (SDM 24.7) and proves the CPU accepts our
 /// VMCS revision by making a scratch VMCS current once. sluice stays in VMX operation
-/// for the rest of the run.
+/// for the rest of the run. Firmware that left the CPU in VMX operation (CR4.VMXE set
+/// and VMXON refused) is taken over with VMXOFF and a second VMXON.
 pub fn enable(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
+    let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+    let vmxe_from_firmware = Cr4::read_raw() & vmxe != 0;
+    if vmxe_from_firmware {
+        crate::println!("vmx: CR4.VMXE was already set by the firmware");
+    }
     // CR0 and CR4 must honour the VMX fixed bits (SDM A.7, A.8); CR4.VMXE enables VMXON.
     let cr0 = (Cr0::read_raw() | caps.cr0_fixed0) & caps.cr0_fixed1;
-    let cr4 = (Cr4::read_raw() | caps.cr4_fixed0 | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits())
-        & caps.cr4_fixed1;
+    let cr4 = (Cr4::read_raw() | caps.cr4_fixed0 | vmxe) & caps.cr4_fixed1;
     // SAFETY: only bits the VMX capability MSRs require are forced; paging and protection
     // stay on (they are among the CR0 fixed-1 bits).
     unsafe {
@@ -167,7 +181,23 @@ pub fn enable(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
     }
     let vmxon_region = region(mem, caps.vmcs_revision, "VMXON region")?;
     let scratch = region(mem, caps.vmcs_revision, "VMCS")?;
-    vmxon(vmxon_region)?;
+    match vmxon(vmxon_region) {
+        Ok(()) => {}
+        Err(e) => {
+            let failure = match e {
+                VmxError::FailValid(_, n) => VmxonFailure::FailValid(n),
+                _ => VmxonFailure::FailInvalid,
+            };
+            if !firmware_left_vmx_on(vmxe_from_firmware, failure) {
+                return Err(e);
+            }
+            crate::println!(
+                "vmx: the firmware left this CPU in VMX operation ({e}); VMXOFF, then VMXON"
+            );
+            vmxoff()?;
+            vmxon(vmxon_region)?;
+        }
+    }
     vmclear(scratch)?;
     vmptrld(scratch)?;
     vmclear(scratch)

@@ -12,7 +12,9 @@ pub const FRAME_SIZE: u64 = 4096;
 /// the map may call usable; it is never handed out.
 const LOW_MEMORY_END: u64 = 0x10_0000;
 
-const MAX_REGIONS: usize = 64;
+/// Distinct ranges kept after merging. Firmware memory maps list a few dozen usable
+/// ranges (a UEFI map more, but most of them adjacent, see [`FrameAllocator::new`]).
+const MAX_REGIONS: usize = 128;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Region {
@@ -20,35 +22,88 @@ struct Region {
     end: u64,
 }
 
-/// Bump allocator over up to `MAX_REGIONS` usable physical ranges.
+/// Bump allocator over up to `MAX_REGIONS` usable physical ranges, sorted by address.
 #[derive(Debug)]
 pub struct FrameAllocator {
     regions: [Region; MAX_REGIONS],
     count: usize,
     allocated: u64,
+    dropped: u64,
 }
 
 impl FrameAllocator {
-    /// Builds the allocator from `(start, end)` ranges the firmware reports as usable.
-    /// Ranges are trimmed to whole frames and to memory above 1 MiB; ranges beyond
-    /// `MAX_REGIONS` are ignored (a PC reports a few dozen at most).
+    /// Builds the allocator from `(start, end)` ranges the firmware reports as usable,
+    /// in any order. Ranges are trimmed to whole frames and to memory above 1 MiB, and
+    /// ranges that touch or overlap are merged: a UEFI memory map describes free memory
+    /// as separate descriptors per memory type (conventional, boot-services and loader
+    /// code and data, UEFI 2.10 section 7.2 `EFI_BOOT_SERVICES.GetMemoryMap()`), all of
+    /// it usable once the bootloader has exited boot services, and side by side they may
+    /// be the only block large enough for guest RAM. Ranges that do not fit into
+    /// `MAX_REGIONS` are counted in [`dropped_bytes`](Self::dropped_bytes).
     pub fn new(usable: impl IntoIterator<Item = (u64, u64)>) -> Self {
         let mut alloc = FrameAllocator {
             regions: [Region::default(); MAX_REGIONS],
             count: 0,
             allocated: 0,
+            dropped: 0,
         };
         for (start, end) in usable {
             let start = align_up(start.max(LOW_MEMORY_END), FRAME_SIZE);
             let end = end & !(FRAME_SIZE - 1);
             if let Some(start) = start {
-                if start < end && alloc.count < MAX_REGIONS {
-                    alloc.regions[alloc.count] = Region { next: start, end };
-                    alloc.count += 1;
+                if start < end {
+                    alloc.insert(start, end);
                 }
             }
         }
         alloc
+    }
+
+    /// Adds `[start, end)`, keeping the regions sorted and merging it with every region
+    /// it touches or overlaps. Only called before anything is allocated.
+    fn insert(&mut self, start: u64, end: u64) {
+        // The first region that ends at or after `start` is the first that can merge.
+        let i = self.regions[..self.count].partition_point(|r| r.end < start);
+        if i < self.count && self.regions[i].next <= end {
+            let mut merged = Region {
+                next: self.regions[i].next.min(start),
+                end: self.regions[i].end.max(end),
+            };
+            let mut j = i + 1;
+            while j < self.count && self.regions[j].next <= merged.end {
+                merged.end = merged.end.max(self.regions[j].end);
+                j += 1;
+            }
+            self.regions[i] = merged;
+            self.regions.copy_within(j..self.count, i + 1);
+            self.count -= j - (i + 1);
+        } else if self.count == MAX_REGIONS {
+            self.dropped += end - start;
+        } else {
+            self.regions.copy_within(i..self.count, i + 1);
+            self.regions[i] = Region { next: start, end };
+            self.count += 1;
+        }
+    }
+
+    /// Distinct usable ranges after merging.
+    pub fn ranges(&self) -> usize {
+        self.count
+    }
+
+    /// The largest range still free, in bytes (the largest guest RAM block possible,
+    /// before alignment).
+    pub fn largest_free(&self) -> u64 {
+        self.regions[..self.count]
+            .iter()
+            .map(|r| r.end - r.next)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Usable bytes the allocator had no room to keep track of.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped
     }
 
     /// One 4-KiB frame, or `None` when memory is exhausted.
@@ -138,6 +193,48 @@ mod tests {
         assert_eq!(a.alloc_contiguous(0x20_0000, 0x1000), None);
         assert_eq!(a.alloc_contiguous(0x10_0000, 0x1000), Some(0x10_0000));
         assert_eq!(a.alloc_frame(), None);
+    }
+
+    #[test]
+    fn adjacent_and_overlapping_ranges_merge_in_any_order() {
+        // A UEFI map: conventional memory, then boot-services data right after it, then
+        // loader data; listed out of order, one of them twice.
+        let mut a = FrameAllocator::new([
+            (0x300_0000, 0x500_0000),
+            (0x10_0000, 0x100_0000),
+            (0x100_0000, 0x300_0000),
+            (0x200_0000, 0x280_0000),
+            (0x800_0000, 0x900_0000),
+        ]);
+        assert_eq!(a.ranges(), 2);
+        assert_eq!(a.largest_free(), 0x500_0000 - 0x10_0000);
+        assert_eq!(a.dropped_bytes(), 0);
+        // 64 MiB, 2 MiB aligned, spans what were three descriptors.
+        assert_eq!(a.alloc_contiguous(0x400_0000, 0x20_0000), Some(0x20_0000));
+        assert_eq!(a.alloc_contiguous(0x100_0000, 0x20_0000), Some(0x800_0000));
+        assert_eq!(a.alloc_contiguous(0x100_0000, 0x20_0000), None);
+    }
+
+    #[test]
+    fn a_range_bridging_two_regions_merges_all_three() {
+        let a = FrameAllocator::new([
+            (0x100_0000, 0x200_0000),
+            (0x300_0000, 0x400_0000),
+            (0x180_0000, 0x380_0000),
+        ]);
+        assert_eq!(a.ranges(), 1);
+        assert_eq!(a.free_bytes(), 0x300_0000);
+    }
+
+    #[test]
+    fn ranges_beyond_the_table_are_counted_as_dropped() {
+        // Every other 4 KiB frame: nothing merges.
+        let ranges = (0..(MAX_REGIONS as u64 + 3))
+            .map(|i| (0x100_0000 + i * 0x2000, 0x100_0000 + i * 0x2000 + 0x1000));
+        let a = FrameAllocator::new(ranges);
+        assert_eq!(a.ranges(), MAX_REGIONS);
+        assert_eq!(a.dropped_bytes(), 3 * 0x1000);
+        assert_eq!(a.free_bytes(), MAX_REGIONS as u64 * 0x1000);
     }
 
     #[test]

@@ -283,7 +283,7 @@ struct RunCli {
     /// The emulator to boot in
     #[arg(long, value_enum, default_value_t = Emulator::Auto)]
     emulator: Emulator,
-    /// Boot firmware (UEFI: OVMF)
+    /// Boot firmware: Bochs's BIOS or OVMF in Bochs, SeaBIOS or OVMF in QEMU
     #[arg(long, value_enum, default_value_t = Firmware::Bios)]
     firmware: Firmware,
     /// Bochs CPU model (default corei7_skylake_x) or QEMU -cpu value

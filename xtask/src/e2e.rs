@@ -1,6 +1,6 @@
 //! `cargo xtask test`: host unit tests, then end-to-end boots of the real image in Bochs
-//! (VMX emulated, several CPU models) and QEMU (BIOS and UEFI, no VMX), each judged by
-//! its exit status and its console output.
+//! (VMX emulated, several CPU models; BIOS, and UEFI through OVMF) and QEMU (BIOS and
+//! UEFI, no VMX), each judged by its exit status and its console output.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -155,6 +155,94 @@ pub const CASES: &[Case] = &[
         coalesce: None,
         check: None,
         timeout_s: 120,
+    },
+    // The UEFI image in Bochs through OVMF: the path every Intel PC of the last decade
+    // takes. OVMF leaves IA32_FEATURE_CONTROL unlocked (Bochs's BIOS locks it), so sluice
+    // locks it itself; the GOP framebuffer comes from OVMF's driver for the PCI Cirrus.
+    Case {
+        name: "bochs-uefi-skylake-vmx-report",
+        emulator: BOCHS,
+        firmware: Firmware::Uefi,
+        cpu: Some("corei7_skylake_x"),
+        expect_status: 0,
+        expect_lines: &[
+            BANNER,
+            "sluice: screen 800x600 (Bgr, 4 bytes per pixel)",
+            "sluice: platform=bochs",
+            "vmx: IA32_FEATURE_CONTROL was unlocked; locked it with VMX enabled",
+            "vmx: present",
+            "vmx: feature-control locked=yes vmx-outside-smx=yes",
+            "vmx: vmcs revision=0x2b",
+            "vmx: true-controls=yes",
+            "vmx: ept=yes walk4=yes wb=yes 2m=yes 1g=yes ad=yes",
+            "vmx: vpid=yes",
+            "vmx: unrestricted-guest=yes",
+            "vmx: preemption-timer=yes",
+            "vmx: ready (VMXON and VMCS load succeeded)",
+            "sluice: exit status 0",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC", "no screen console"],
+        guest: None,
+        stats: None,
+        coalesce: None,
+        check: None,
+        timeout_s: 180,
+    },
+    Case {
+        name: "bochs-uefi-penryn-no-ept",
+        emulator: BOCHS,
+        firmware: Firmware::Uefi,
+        cpu: Some("core2_penryn_t9600"),
+        expect_status: 1,
+        expect_lines: &[
+            BANNER,
+            "vmx: IA32_FEATURE_CONTROL was unlocked; locked it with VMX enabled",
+            "vmx: present",
+            "vmx: ept=no",
+            "vmx: unrestricted-guest=no",
+            "sluice: error: no EPT",
+            OLD_CPU_HINT,
+            "sluice: exit status 1",
+        ],
+        forbid: &["vmx: ready", "EXCEPTION", "PANIC"],
+        guest: None,
+        stats: None,
+        coalesce: None,
+        check: None,
+        timeout_s: 180,
+    },
+    Case {
+        name: "bochs-uefi-hello64",
+        emulator: BOCHS,
+        firmware: Firmware::Uefi,
+        cpu: None,
+        expect_status: 0,
+        expect_lines: &[
+            "vmx: ready",
+            "sluice: guest hello64 (elf64",
+            // OVMF's MTRRs leave RAM write-back too.
+            "host MTRRs: default WB",
+            "guest RAM at host 0x",
+            " is WB",
+            "hello from a 64-bit guest",
+            "hypercall print works",
+            "cpuid: hypervisor sluicesluice",
+            "cpuid: vmx hidden",
+            "guest: done",
+            "sluice-stats: ",
+            "sluice: exit status 0",
+        ],
+        forbid: &["error", "EXCEPTION", "PANIC"],
+        guest: guest("hello64"),
+        stats: Some(StatsExpect {
+            end: "hypercall",
+            exit_code: 0,
+            exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 2)],
+            irqs_at_least: &[],
+        }),
+        coalesce: None,
+        check: Some(memory_map_merged),
+        timeout_s: 180,
     },
     Case {
         name: "qemu-bios-no-vmx",
@@ -490,16 +578,51 @@ pub const CASES: &[Case] = &[
     // Debian's stock kernel and a busybox initramfs (fetched with apt): the kernel's own
     // drivers find the 16550A on IRQ4 and run the timer on IRQ0 through the 8259A;
     // /init prints its marker and powers off (HLT with interrupts off).
-    linux_case("bochs-linux-coalesce-on", true),
-    linux_case("bochs-linux-coalesce-off", false),
+    linux_case("bochs-linux-coalesce-on", Firmware::Bios, true),
+    linux_case("bochs-linux-coalesce-off", Firmware::Bios, false),
+    // The same kernel started from the UEFI image: guest RAM comes from OVMF's memory map.
+    linux_case("bochs-uefi-linux-coalesce-on", Firmware::Uefi, true),
 ];
 
+/// OVMF's memory map lists free memory in many neighbouring entries; the frame
+/// allocator must have merged them (fewer ranges than entries) into a block that holds
+/// guest RAM (hello64's 64 MiB).
+pub fn memory_map_merged(console: &str) -> Result<(), String> {
+    let line = console
+        .lines()
+        .find(|l| l.contains(" map entries, "))
+        .ok_or("no \"sluice: ... memory: ... map entries\" line")?;
+    let number_before = |text: &str| -> Option<u64> {
+        let head = &line[..line.find(text)?];
+        let digits = head.rsplit(|c: char| !c.is_ascii_digit()).next()?;
+        digits.parse().ok()
+    };
+    let (Some(entries), Some(ranges), Some(largest)) = (
+        number_before(" map entries, "),
+        number_before(" ranges (largest "),
+        number_before(" MiB), firmware="),
+    ) else {
+        return Err(format!("cannot read the memory line: {line:?}"));
+    };
+    if ranges >= entries {
+        return Err(format!(
+            "{entries} usable map entries became {ranges} ranges: nothing was merged"
+        ));
+    }
+    if largest < 64 {
+        return Err(format!(
+            "the largest range is {largest} MiB, guest RAM needs 64"
+        ));
+    }
+    Ok(())
+}
+
 /// A Linux boot with coalescing on or off; both must reach the same marker.
-const fn linux_case(name: &'static str, coalesce: bool) -> Case {
+const fn linux_case(name: &'static str, firmware: Firmware, coalesce: bool) -> Case {
     Case {
         name,
         emulator: BOCHS,
-        firmware: Firmware::Bios,
+        firmware,
         cpu: None,
         expect_status: 0,
         expect_lines: LINUX_LINES,
@@ -600,6 +723,8 @@ const LINUX_LINES: &[&str] = &[
 pub struct PairCase {
     pub name: &'static str,
     pub guest: &'static str,
+    /// The image both runs boot (BIOS or UEFI, in Bochs).
+    pub firmware: Firmware,
     /// Guest lines starting with one of these are compared; lines whose content
     /// depends on timing (tick counts) are left out by not listing them.
     pub compare: &'static [&'static str],
@@ -612,10 +737,22 @@ pub struct PairCase {
     pub on_lines: &'static [&'static str],
 }
 
+/// bursts64 with coalescing on: each classic driver burst is one exit.
+const BURSTS64_ONE_EXIT: &[&str] = &[
+    "exits pic-init: 1 IO exits for 24 IO instructions",
+    "exits pit-program: 1 IO exits for 8 IO instructions",
+    "exits uart-init: 1 IO exits for 7 IO instructions",
+    "exits cmos-read: 1 IO exits for 32 IO instructions",
+    "exits pci-scan: 1 IO exits for 16 IO instructions",
+    "exits vga-crtc: 1 IO exits for 16 IO instructions",
+    "exits rep-outsb: 1 IO exits for 1 IO instructions",
+];
+
 pub const PAIRS: &[PairCase] = &[
     PairCase {
         name: "coalesce-hello64",
         guest: "hello64",
+        firmware: Firmware::Bios,
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
@@ -624,6 +761,7 @@ pub const PAIRS: &[PairCase] = &[
     PairCase {
         name: "coalesce-hello-real",
         guest: "hello-real",
+        firmware: Firmware::Bios,
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
@@ -632,6 +770,7 @@ pub const PAIRS: &[PairCase] = &[
     PairCase {
         name: "coalesce-uart64",
         guest: "uart64",
+        firmware: Firmware::Bios,
         compare: &[""],
         max_exits_on: None,
         same_io_count: true,
@@ -640,6 +779,7 @@ pub const PAIRS: &[PairCase] = &[
     PairCase {
         name: "coalesce-pic64",
         guest: "pic64",
+        firmware: Firmware::Bios,
         compare: &["pic: "],
         max_exits_on: None,
         same_io_count: false,
@@ -651,18 +791,22 @@ pub const PAIRS: &[PairCase] = &[
         // run longer than the per-exit instruction limit.
         name: "coalesce-bursts64",
         guest: "bursts64",
+        firmware: Firmware::Bios,
         compare: &["burst ", "bursts: done"],
         max_exits_on: Some(40),
         same_io_count: true,
-        on_lines: &[
-            "exits pic-init: 1 IO exits for 24 IO instructions",
-            "exits pit-program: 1 IO exits for 8 IO instructions",
-            "exits uart-init: 1 IO exits for 7 IO instructions",
-            "exits cmos-read: 1 IO exits for 32 IO instructions",
-            "exits pci-scan: 1 IO exits for 16 IO instructions",
-            "exits vga-crtc: 1 IO exits for 16 IO instructions",
-            "exits rep-outsb: 1 IO exits for 1 IO instructions",
-        ],
+        on_lines: BURSTS64_ONE_EXIT,
+    },
+    PairCase {
+        // The same bursts from the UEFI image: guest RAM at another host address, the
+        // host's page tables and MTRRs from OVMF.
+        name: "coalesce-uefi-bursts64",
+        guest: "bursts64",
+        firmware: Firmware::Uefi,
+        compare: &["burst ", "bursts: done"],
+        max_exits_on: Some(40),
+        same_io_count: true,
+        on_lines: BURSTS64_ONE_EXIT,
     },
     PairCase {
         // The benchmark workloads once each (bench64 with guest.arg 0): the smoke
@@ -670,6 +814,7 @@ pub const PAIRS: &[PairCase] = &[
         // numbers come from the guest reading sluice's counters around each workload.
         name: "coalesce-bench-smoke",
         guest: "bench64",
+        firmware: Firmware::Bios,
         compare: &["bench: done"],
         max_exits_on: None,
         same_io_count: false,
@@ -691,6 +836,7 @@ pub const PAIRS: &[PairCase] = &[
     PairCase {
         name: "coalesce-bursts-real",
         guest: "bursts-real",
+        firmware: Firmware::Bios,
         compare: &["real bursts:", "ABCD"],
         max_exits_on: None,
         same_io_count: true,
@@ -1051,7 +1197,7 @@ fn run_pair(pair: &PairCase, kernel: &std::path::Path, args: &TestArgs) -> Resul
             image::payload_bytes(&crate::run_config(&guest, &BOCHS, &flags), &guest.bytes);
         let machine = Machine {
             emulator: BOCHS,
-            firmware: Firmware::Bios,
+            firmware: pair.firmware,
             cpu: None,
             ram_mib: guest.ram_mib,
             silence: emulator::SILENCE_DEFAULT,
@@ -1113,6 +1259,21 @@ mod tests {
         assert!(linux_clock(&early).unwrap_err().contains("never switched"));
         let tsc = format!("{early}[    3.5] clocksource: Switched to clocksource tsc\r\n");
         assert_eq!(linux_clock(&tsc), Ok(()));
+    }
+
+    #[test]
+    fn uefi_memory_map_must_have_been_merged() {
+        let line = |e, r, l| {
+            format!("sluice: platform=bochs memory: 179 MiB usable in {e} map entries, {r} ranges (largest {l} MiB), firmware=acpi\r\n")
+        };
+        assert_eq!(memory_map_merged(&line(113, 6, 151)), Ok(()));
+        assert!(memory_map_merged(&line(113, 113, 151))
+            .unwrap_err()
+            .contains("nothing was merged"));
+        assert!(memory_map_merged(&line(113, 6, 40))
+            .unwrap_err()
+            .contains("40 MiB"));
+        assert!(memory_map_merged("sluice: memory: 179 MiB usable\n").is_err());
     }
 
     #[test]
@@ -1212,6 +1373,7 @@ mod tests {
     const PAIR: PairCase = PairCase {
         name: "p",
         guest: "g",
+        firmware: Firmware::Bios,
         compare: &["burst "],
         max_exits_on: Some(3),
         same_io_count: true,

@@ -222,11 +222,37 @@ pub fn qemu_debug_exit_status(code: i32) -> Option<u32> {
 
 pub fn bochsrc(spec: &RunSpec, disk: &Path, serial: &Path) -> String {
     let cpu = spec.machine.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
+    // BIOS: Bochs's own ROM at the top of the first MiB and its ISA VGA with the Bochs
+    // VBE extension (the bootloader's BIOS stage sets a VESA mode through the VGA BIOS).
+    // UEFI: OVMF's single flash image at the top of 4 GiB (Bochs maps a 2 MiB ROM at
+    // 0xffe00000) on the i440FX host bridge (OVMF's PlatformPei knows i440FX and Q35
+    // only), with a Cirrus CL-GD5446 in a PCI slot: OVMF's QemuVideoDxe sets a mode on it
+    // and publishes the GOP framebuffer the screen console draws on. Bochs's own PCI VGA
+    // (`pcivga`, 1234:1111) gets no GOP from OVMF (docs/HARDWARE.md).
+    let (firmware, display) = match spec.machine.firmware {
+        Firmware::Bios => (
+            format!("romimage: file={}\n", host::BOCHS_BIOS.probe),
+            format!(
+                "vgaromimage: file={}\nvga: extension=vbe\n",
+                host::VGABIOS.probe
+            ),
+        ),
+        Firmware::Uefi => (
+            format!(
+                "romimage: file={}, address=0xffe00000\n\
+                 pci: enabled=1, chipset=i440fx, slot1=cirrus\n",
+                host::BOCHS_OVMF_FD
+            ),
+            format!(
+                "vgaromimage: file={}\nvga: extension=cirrus\n",
+                host::VGABIOS_CIRRUS.probe
+            ),
+        ),
+    };
     format!(
         "# written by cargo xtask for one run\n\
-         romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
-         vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
-         vga: extension=vbe\n\
+         {firmware}\
+         {display}\
          display_library: x\n\
          cpu: model={cpu}, count=1, ips=200000000, reset_on_triple_fault=0\n\
          memory: guest={mem}, host={mem}\n\
@@ -374,7 +400,10 @@ impl Console {
 }
 
 fn run_bochs(spec: &RunSpec) -> Result<Outcome, String> {
-    host::ensure(host::BOCHS_ALL)?;
+    host::ensure(match spec.machine.firmware {
+        Firmware::Bios => host::BOCHS_ALL,
+        Firmware::Uefi => host::BOCHS_UEFI,
+    })?;
     let dir = &spec.workdir;
     // Bochs leaves `<disk>.lock` beside the disk; a private copy keeps that inside the
     // run folder, which is removed afterwards.
@@ -668,6 +697,28 @@ mod tests {
             Path::new("s"),
         );
         assert!(rc.contains("cpu: model=ryzen,"));
+        // The BIOS run keeps Bochs's BIOS and its ISA VBE adapter.
+        assert!(rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest\n"));
+        assert!(rc.contains("vga: extension=vbe\n"));
+        assert!(!rc.contains("OVMF") && !rc.contains("pci:"));
+    }
+
+    #[test]
+    fn bochsrc_for_uefi_maps_ovmf_below_4g_with_a_pci_cirrus() {
+        let rc = bochsrc(
+            &spec(Emulator::Bochs, Firmware::Uefi, None),
+            Path::new("/r/disk.img"),
+            Path::new("/r/s.log"),
+        );
+        assert!(rc.contains("romimage: file=/usr/share/ovmf/OVMF.fd, address=0xffe00000\n"));
+        assert!(rc.contains("pci: enabled=1, chipset=i440fx, slot1=cirrus\n"));
+        assert!(rc.contains("vgaromimage: file=/usr/share/vgabios/vgabios.cirrus.bin\n"));
+        assert!(rc.contains("vga: extension=cirrus\n"));
+        assert!(!rc.contains("BIOS-bochs"));
+        // Everything else is as for the BIOS: the platform exit and the serial log.
+        assert!(rc.contains("magic_break: enabled=1"));
+        assert!(rc.contains("com1: enabled=1, mode=file, dev=/r/s.log"));
+        assert!(rc.contains("path=/r/disk.img, mode=flat"));
     }
 
     #[test]

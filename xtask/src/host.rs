@@ -99,6 +99,14 @@ pub const OVMF: Requirement = Requirement {
     probe: OVMF_CODE,
     packages: &["ovmf"],
 };
+/// OVMF built as one flash image (code and variables together), which Bochs maps below
+/// 4 GiB as its ROM: Bochs has no pflash device for the split OVMF_CODE/OVMF_VARS pair.
+pub const BOCHS_OVMF_FD: &str = "/usr/share/ovmf/OVMF.fd";
+pub const BOCHS_OVMF: Requirement = Requirement {
+    what: "UEFI firmware for Bochs (OVMF.fd)",
+    probe: BOCHS_OVMF_FD,
+    packages: &["ovmf"],
+};
 pub const BOCHS: Requirement = Requirement {
     what: "Bochs (bochs)",
     probe: "bochs",
@@ -119,13 +127,22 @@ pub const VGABIOS: Requirement = Requirement {
     probe: "/usr/share/vgabios/vgabios.bin",
     packages: &["vgabios"],
 };
+/// The VGA BIOS build for the Cirrus CL-GD5446, the PCI display adapter a UEFI run in
+/// Bochs gets (OVMF's video driver can use it; see docs/HARDWARE.md).
+pub const VGABIOS_CIRRUS: Requirement = Requirement {
+    what: "Cirrus VGA BIOS ROM",
+    probe: "/usr/share/vgabios/vgabios.cirrus.bin",
+    packages: &["vgabios"],
+};
 pub const XVFB: Requirement = Requirement {
     what: "a virtual X server for headless Bochs (xvfb-run)",
     probe: "xvfb-run",
     packages: &["xvfb", "xauth"],
 };
 
+/// Bochs with its BIOS, and Bochs with OVMF.
 pub const BOCHS_ALL: &[Requirement] = &[BOCHS, BOCHS_BIOS, VGABIOS, BOCHS_X, XVFB];
+pub const BOCHS_UEFI: &[Requirement] = &[BOCHS, BOCHS_OVMF, VGABIOS_CIRRUS, BOCHS_X, XVFB];
 pub const QEMU_BIOS: &[Requirement] = &[QEMU];
 pub const QEMU_UEFI: &[Requirement] = &[QEMU, OVMF];
 
@@ -298,6 +315,21 @@ mod tests {
         let tree = "xtask v0.1.0 (/x)\nserde v1.0.0\nzydis v4.1.1\ncmake v0.1.54\nzydis v4.1.1\ncc-like v1.0.0\n";
         assert_eq!(native_build_crates(tree), ["cmake", "zydis"]);
         assert!(native_build_crates("xtask v0.1.0\nserde v1.0.0\n").is_empty());
+    }
+
+    #[test]
+    fn bochs_with_uefi_needs_ovmf_fd_and_the_cirrus_rom_instead_of_the_bios() {
+        let probes = |reqs: &[Requirement]| reqs.iter().map(|r| r.probe).collect::<Vec<_>>();
+        let uefi = probes(BOCHS_UEFI);
+        assert!(uefi.contains(&"/usr/share/ovmf/OVMF.fd"));
+        assert!(uefi.contains(&"/usr/share/vgabios/vgabios.cirrus.bin"));
+        assert!(!uefi.contains(&BOCHS_BIOS.probe));
+        assert_eq!(BOCHS_OVMF.packages, ["ovmf"]);
+        assert!(!probes(BOCHS_ALL).contains(&BOCHS_OVMF_FD));
+        // Every requirement names a package to install it from.
+        for r in BOCHS_ALL.iter().chain(BOCHS_UEFI).chain(QEMU_UEFI) {
+            assert!(!r.packages.is_empty(), "{}", r.what);
+        }
     }
 
     #[test]

@@ -87,12 +87,12 @@ fn choose_emulator(args: &RunArgs) -> Emulator {
                 );
                 Emulator::Qemu { kvm: true }
             }
-            host::NestedKvm::Unavailable(why) if args.firmware == Firmware::Uefi => {
-                eprintln!("xtask: emulator: QEMU TCG for UEFI (Bochs has no UEFI firmware); no KVM: {why}");
-                Emulator::Qemu { kvm: false }
-            }
             host::NestedKvm::Unavailable(why) => {
-                eprintln!("xtask: emulator: Bochs, which emulates VMX with EPT ({why})");
+                let firmware = match args.firmware {
+                    Firmware::Bios => "",
+                    Firmware::Uefi => ", with OVMF",
+                };
+                eprintln!("xtask: emulator: Bochs{firmware}, which emulates VMX with EPT ({why})");
                 Emulator::Bochs
             }
         },

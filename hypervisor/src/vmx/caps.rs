@@ -847,6 +847,37 @@ pub const fn check_platform(
     Ok(FeatureControlAction::AlreadyEnabled)
 }
 
+/// VM-instruction error 15, "VMXON executed in VMX root operation" (SDM Vol. 3C 31.4,
+/// "VM Instruction Error Numbers").
+pub const VMXON_IN_VMX_ROOT: u64 = 15;
+
+/// How a VMXON failed (SDM Vol. 3C 31.2 conventions): CF set, or ZF set with an error
+/// number in the current VMCS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmxonFailure {
+    FailInvalid,
+    FailValid(u64),
+}
+
+/// Whether a failed VMXON means firmware left this CPU in VMX root operation, so that
+/// VMXOFF followed by a second VMXON takes the CPU over.
+///
+/// VMXON on a correctly prepared region (4-KiB aligned, inside the physical-address
+/// width, with this CPU's VMCS revision) fails in one situation only: the CPU is already
+/// in VMX root operation. It then reports "VMXON executed in VMX root operation",
+/// as VMfailValid when that operation has a current VMCS and as VMfailInvalid when it
+/// has none (SDM Vol. 3C 31.3 "VMXON" operation). CR4.VMXE is fixed to 1 in VMX
+/// operation (SDM Vol. 3C 24.8 "Restrictions on VMX Operation": IA32_VMX_CR4_FIXED0 has
+/// bit 13 set), so when CR4.VMXE was clear as firmware handed over, VMX cannot have been
+/// left on, and the failure is a bad VMXON region: no retry (VMXOFF would #UD).
+pub const fn firmware_left_vmx_on(cr4_vmxe_from_firmware: bool, failure: VmxonFailure) -> bool {
+    cr4_vmxe_from_firmware
+        && matches!(
+            failure,
+            VmxonFailure::FailInvalid | VmxonFailure::FailValid(VMXON_IN_VMX_ROOT)
+        )
+}
+
 /// Raw capability-MSR values of CPU models, shared by the unit tests of every module
 /// that consumes `VmxCaps`.
 #[cfg(test)]
@@ -1480,5 +1511,18 @@ vmx: preemption-timer=no rate=none
     fn report_says_absent_without_cpuid_vmx() {
         let c = VmxCaps::decode(&RawVmxMsrs::default(), false, 0);
         assert!(report(&c).starts_with("vmx: absent\n"));
+    }
+
+    #[test]
+    fn vmxon_failure_means_vmx_left_on_only_with_cr4_vmxe_from_firmware() {
+        use VmxonFailure::*;
+        // Firmware left VMX on, with and without a current VMCS.
+        assert!(firmware_left_vmx_on(true, FailInvalid));
+        assert!(firmware_left_vmx_on(true, FailValid(VMXON_IN_VMX_ROOT)));
+        // Any other VM-instruction error is not "already in VMX root operation".
+        assert!(!firmware_left_vmx_on(true, FailValid(7)));
+        // CR4.VMXE was clear: the CPU was not in VMX operation, VMXOFF would #UD.
+        assert!(!firmware_left_vmx_on(false, FailInvalid));
+        assert!(!firmware_left_vmx_on(false, FailValid(VMXON_IN_VMX_ROOT)));
     }
 }
