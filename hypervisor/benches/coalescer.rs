@@ -678,7 +678,7 @@ fn exit_once<V: Vmcs>(
         regs,
         &mut mem,
         &mut NullDevices,
-        stats,
+        &mut stats.io,
     )
 }
 

@@ -10,8 +10,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cli::{BenchArgs, CoalesceArgs, Firmware};
+use crate::cli::{BenchArgs, CoalesceArgs};
 use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::image::Firmware;
 use crate::stats_line::{self, Lines, StopInsn, StopSite};
 use crate::{guest_input, image};
 
@@ -198,7 +199,7 @@ fn measure(
     guest.arg = workload_arg(number, iterations);
     let flags = coalesce_for(policy);
     let payload = image::payload_bytes(
-        &crate::run_config(&guest, &Emulator::Bochs, &flags),
+        &crate::run_config::run_config(&guest, &Emulator::Bochs, &flags),
         &guest.bytes,
     );
     let machine = Machine {

@@ -14,6 +14,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// `--guest linux`: the Linux guest (`--kernel`, `--initrd`, `--cmdline`).
 pub const LINUX_GUEST: &str = "linux";
+/// `usb --max-size`: the largest disk written without `--force`, in GiB.
+pub const MAX_SIZE_GIB_DEFAULT: u64 = 64;
+pub use crate::image::Firmware;
 
 /// `--timeout`: seconds of console silence after which a run is reported hung.
 pub const TIMEOUT_S_DEFAULT: u64 = crate::emulator::SILENCE_DEFAULT.as_secs();
@@ -36,12 +39,6 @@ pub enum Emulator {
     Qemu,
     /// Bochs, which emulates VMX with EPT
     Bochs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Firmware {
-    Bios,
-    Uefi,
 }
 
 /// Coalescing (and timer) flags of run, test and usb; `None` keeps the run
@@ -317,7 +314,7 @@ struct UsbCli {
     #[arg(long)]
     force: bool,
     /// Largest disk written without --force
-    #[arg(long = "max-size", value_name = "GIB", default_value_t = crate::usb::MAX_SIZE_GIB_DEFAULT, value_parser = positive)]
+    #[arg(long = "max-size", value_name = "GIB", default_value_t = MAX_SIZE_GIB_DEFAULT, value_parser = positive)]
     max_size_gib: u64,
     /// Build with optimizations
     #[arg(long)]
@@ -821,7 +818,7 @@ mod tests {
         assert_eq!(u.device, "/dev/sdb");
         assert_eq!(u.firmware, Firmware::Uefi);
         assert!(!u.yes && !u.force);
-        assert_eq!(u.max_size_gib, crate::usb::MAX_SIZE_GIB_DEFAULT);
+        assert_eq!(u.max_size_gib, MAX_SIZE_GIB_DEFAULT);
         assert_eq!(u.run, RunArgs::default());
     }
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use hypervisor::config::Config;
 
-use crate::cli::{Firmware, TestArgs};
+use crate::cli::TestArgs;
 use crate::emulator::{self, Emulator, Ending, Machine};
+use crate::image::Firmware;
 use crate::stats_line::{self, Lines};
-use crate::{guest_input, guests, image};
+use crate::{guest_input, guests, host, image};
 
 /// One end-to-end case: boot, then require a status and console lines.
 /// A check of a whole console; the error says what is wrong.
@@ -1106,7 +1107,7 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     // Host-side end-to-end checks: real commands against real devices, no emulator.
     let host_checks: [(&str, HostCheck); 2] = [
         ("usb-writer-loop-device", crate::usb::end_to_end),
-        ("xtask-needs-only-rust", crate::host::xtask_needs_only_rust),
+        ("xtask-needs-only-rust", xtask_needs_only_rust),
     ];
     for (name, check) in host_checks
         .into_iter()
@@ -1117,6 +1118,39 @@ pub fn test(args: &TestArgs) -> Result<u8, String> {
     }
     println!("e2e: {passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The end-to-end check that xtask builds with nothing but the Rust toolchain: its
+/// normal and build dependencies, as cargo resolves them, include no crate that
+/// compiles C.
+pub fn xtask_needs_only_rust(_release: bool) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(image::workspace_root())
+        .args(["tree", "--package", "xtask", "--edges", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .output()
+        .map_err(|e| format!("could not run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let crates = tree.lines().count();
+    match host::native_build_crates(&tree)[..] {
+        [] if crates > 1 => Ok(format!(
+            "{crates} crates in xtask's graph, none builds C (no {})",
+            host::NATIVE_BUILD_CRATES.join(", ")
+        )),
+        [] => Err(format!("cargo tree listed no dependencies of xtask: {tree:?}")),
+        ref found => Err(format!(
+            "xtask depends on {}, which build C: `cargo xtask` would need cmake or a C \
+             toolchain before it could install them (keep the hypervisor's `decoder` feature off in xtask)",
+            found.join(", ")
+        )),
+    }
 }
 
 /// Prints one case's verdict (its one-line summary or its failure) and counts it.
@@ -1171,13 +1205,16 @@ fn case_payload(case: &Case, args: &TestArgs) -> Result<(Vec<u8>, u32), String> 
     Ok(match &prepared {
         None => {
             let config = Config {
-                platform: crate::platform_of(&case.emulator),
+                platform: crate::run_config::platform_of(&case.emulator),
                 ..Config::default()
             };
             (image::payload_bytes(&config, &[]), 64)
         }
         Some(g) => (
-            image::payload_bytes(&crate::run_config(g, &case.emulator, &flags), &g.bytes),
+            image::payload_bytes(
+                &crate::run_config::run_config(g, &case.emulator, &flags),
+                &g.bytes,
+            ),
             g.ram_mib,
         ),
     })
@@ -1193,8 +1230,10 @@ fn run_pair(pair: &PairCase, kernel: &std::path::Path, args: &TestArgs) -> Resul
             coalesce: Some(on),
             ..args.coalesce.clone()
         };
-        let payload =
-            image::payload_bytes(&crate::run_config(&guest, &BOCHS, &flags), &guest.bytes);
+        let payload = image::payload_bytes(
+            &crate::run_config::run_config(&guest, &BOCHS, &flags),
+            &guest.bytes,
+        );
         let machine = Machine {
             emulator: BOCHS,
             firmware: pair.firmware,

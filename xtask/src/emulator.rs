@@ -7,12 +7,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::cli::Firmware;
 use crate::host;
+use crate::image::Firmware;
 
 pub const DEFAULT_BOCHS_CPU: &str = "corei7_skylake_x";
 
@@ -26,6 +26,15 @@ pub const MAX_TIME_DEFAULT: Duration = Duration::from_secs(1800);
 /// Memory the emulated machine has beyond guest RAM (firmware, bootloader, sluice's
 /// kernel, VMX structures, EPT).
 const HOST_OVERHEAD_MIB: u32 = 128;
+
+/// A folder of its own for each run: images, bochsrc, logs; removed when it ends.
+pub fn run_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    crate::image::workspace_root()
+        .join("target/sluice/runs")
+        .join(format!("{name}-{}-{n}", std::process::id()))
+}
 
 pub fn machine_mib(spec: &RunSpec) -> u32 {
     spec.machine.ram_mib.saturating_add(HOST_OVERHEAD_MIB)
@@ -325,7 +334,7 @@ pub fn boot(
     payload: &[u8],
     machine: Machine,
 ) -> Result<Outcome, String> {
-    let dir = crate::run_dir(name);
+    let dir = run_dir(name);
     let result =
         crate::image::make_images(kernel, payload, &dir.join("image")).and_then(|images| {
             let image = match machine.firmware {

@@ -54,39 +54,6 @@ pub fn native_build_crates(tree: &str) -> Vec<String> {
     found
 }
 
-/// The end-to-end check that xtask builds with nothing but the Rust toolchain: its
-/// normal and build dependencies, as cargo resolves them, include no crate that
-/// compiles C.
-pub fn xtask_needs_only_rust(_release: bool) -> Result<String, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(crate::image::workspace_root())
-        .args(["tree", "--package", "xtask", "--edges", "normal,build"])
-        .args(["--prefix", "none", "--format", "{p}"])
-        .output()
-        .map_err(|e| format!("could not run cargo tree: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let crates = tree.lines().count();
-    match native_build_crates(&tree)[..] {
-        [] if crates > 1 => Ok(format!(
-            "{crates} crates in xtask's graph, none builds C (no {})",
-            NATIVE_BUILD_CRATES.join(", ")
-        )),
-        [] => Err(format!("cargo tree listed no dependencies of xtask: {tree:?}")),
-        ref found => Err(format!(
-            "xtask depends on {}, which build C: `cargo xtask` would need cmake or a C \
-             toolchain before it could install them (keep the hypervisor's `decoder` feature off in xtask)",
-            found.join(", ")
-        )),
-    }
-}
-
 pub const QEMU: Requirement = Requirement {
     what: "QEMU (qemu-system-x86_64)",
     probe: "qemu-system-x86_64",

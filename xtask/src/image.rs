@@ -8,6 +8,14 @@ use std::process::Command;
 use hypervisor::config::Config;
 use hypervisor::payload;
 
+/// Which image a run boots: the BIOS image (the bootloader's MBR and stages) or the
+/// UEFI one (its EFI application); also the firmware the emulator starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -9,19 +9,17 @@ mod guests;
 mod host;
 mod image;
 mod linux;
+mod run_config;
 mod screen;
 mod stats_line;
 mod usb;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cli::{Command, Emulator as EmulatorChoice, Firmware, RunArgs};
 use emulator::{Emulator, Ending, Machine};
-use hypervisor::config::{Config, Platform};
-use hypervisor::devices::board::LostTicks;
+use hypervisor::config::Config;
 
 fn main() -> ExitCode {
     emulator::catch_interrupts();
@@ -61,15 +59,6 @@ fn build(release: bool) -> Result<image::Images, String> {
     Ok(images)
 }
 
-/// A folder of its own for each run: images, bochsrc, logs; removed when it ends.
-pub fn run_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    image::workspace_root()
-        .join("target/sluice/runs")
-        .join(format!("{name}-{}-{n}", std::process::id()))
-}
-
 fn choose_emulator(args: &RunArgs) -> Emulator {
     match args.emulator {
         EmulatorChoice::Bochs => Emulator::Bochs,
@@ -99,49 +88,6 @@ fn choose_emulator(args: &RunArgs) -> Emulator {
     }
 }
 
-fn platform_of(emulator: &Emulator) -> Platform {
-    match emulator {
-        Emulator::Bochs => Platform::Bochs,
-        Emulator::Qemu { .. } => Platform::Qemu,
-    }
-}
-
-/// Timer ticks the guest could not take: owed to a Linux kernel, whose clock counts
-/// them (jiffies) and whose clocksource watchdog checks the TSC against that count;
-/// dropped as on hardware for every other guest, so guests that test the chips see
-/// hardware behaviour.
-pub fn default_lost_ticks(entry: hypervisor::config::EntryMode) -> LostTicks {
-    match entry {
-        hypervisor::config::EntryMode::Linux => LostTicks::Delay,
-        _ => LostTicks::Discard,
-    }
-}
-
-/// The run configuration for a prepared guest on an emulator.
-pub fn run_config<'a>(
-    guest: &'a guest_input::PreparedGuest,
-    emulator: &Emulator,
-    coalesce: &'a cli::CoalesceArgs,
-) -> Config<'a> {
-    let d = Config::default();
-    Config {
-        platform: platform_of(emulator),
-        guest_name: &guest.name,
-        guest_entry: guest.entry,
-        guest_load: None,
-        guest_arg: guest.arg,
-        ram_mib: guest.ram_mib,
-        coalesce: coalesce.coalesce.unwrap_or(d.coalesce),
-        coalesce_extent: coalesce.extent.as_deref().unwrap_or(d.coalesce_extent),
-        coalesce_max_insns: coalesce.max_insns.unwrap_or(d.coalesce_max_insns),
-        coalesce_max_string: coalesce.max_string.unwrap_or(d.coalesce_max_string),
-        coalesce_max_quiet: coalesce.max_quiet.unwrap_or(d.coalesce_max_quiet),
-        lost_ticks: coalesce
-            .lost_ticks
-            .unwrap_or(default_lost_ticks(guest.entry)),
-    }
-}
-
 fn run(args: &RunArgs) -> Result<u8, String> {
     // Everything the user passed is checked before anything is built or booted.
     let mut guest = guest_input::prepare_with(
@@ -154,7 +100,7 @@ fn run(args: &RunArgs) -> Result<u8, String> {
     guest.arg = args.arg.unwrap_or(0);
     let emulator = choose_emulator(args);
     let kernel = image::build_kernel(args.release)?;
-    let config = run_config(&guest, &emulator, &args.coalesce);
+    let config = run_config::run_config(&guest, &emulator, &args.coalesce);
     let machine = Machine {
         emulator,
         firmware: args.firmware,
@@ -179,24 +125,6 @@ fn run(args: &RunArgs) -> Result<u8, String> {
         Ending::Interrupted => {
             eprintln!("xtask: interrupted; the emulator was stopped");
             Ok(130)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hypervisor::config::EntryMode;
-
-    #[test]
-    fn only_linux_is_owed_the_ticks_it_missed_by_default() {
-        assert_eq!(default_lost_ticks(EntryMode::Linux), LostTicks::Delay);
-        for entry in [
-            EntryMode::Elf64,
-            EntryMode::Firmware,
-            EntryMode::RealAddr(0x7c00),
-        ] {
-            assert_eq!(default_lost_ticks(entry), LostTicks::Discard, "{entry:?}");
         }
     }
 }

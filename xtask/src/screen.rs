@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use hypervisor::config::{Config, Platform};
 use hypervisor::console::fbcon::{self, CELL_H, CELL_W};
 
-use crate::cli::Firmware;
 use crate::emulator::{self, Emulator, Machine, RunSpec};
+use crate::image::Firmware;
 
 /// An RGB image, 8 bits per component, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +267,7 @@ pub fn run_case(case: &ScreenCase, kernel: &Path) -> Result<String, String> {
         ..Config::default()
     };
     let payload = crate::image::payload_bytes(&config, &[]);
-    let dir = crate::run_dir(case.name);
+    let dir = crate::emulator::run_dir(case.name);
     let result = crate::image::make_images(kernel, &payload, &dir.join("image")).and_then(|i| {
         let image = match case.firmware {
             Firmware::Bios => i.bios,

@@ -231,8 +231,9 @@ pub fn kernel_line(
 mod tests {
     use super::*;
     use hypervisor::coalesce::insn::StopReason;
+    use hypervisor::coalesce::stats::IoStats;
     use hypervisor::devices::bus::IoBus;
-    use hypervisor::stats::{write_stats_line, EndKind, IoStats, Stats};
+    use hypervisor::stats::{write_stats_line, EndKind, Stats};
     use hypervisor::vmx::exit::exit_reason;
 
     /// A run with every section of the line populated.

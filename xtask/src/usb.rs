@@ -25,17 +25,14 @@ use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Firmware, UsbArgs};
+use crate::cli::UsbArgs;
+use crate::image::Firmware;
 use crate::{guest_input, image};
 use hypervisor::config::Platform;
 
 /// Linux `open(2)` flags (x86_64 values, asm-generic/fcntl.h).
 const O_DIRECT: i32 = 0o40000;
 const O_EXCL: i32 = 0o200;
-
-/// Default `--max-size`: larger sticks exist, but a disk above this is more often an
-/// internal one.
-pub const MAX_SIZE_GIB_DEFAULT: u64 = 64;
 
 const GIB: u64 = 1 << 30;
 
@@ -469,7 +466,7 @@ pub fn run(args: &UsbArgs) -> Result<u8, String> {
     )?;
     guest.arg = run.arg.unwrap_or(0);
     let kernel = image::build_kernel(run.release)?;
-    let mut config = crate::run_config(&guest, &crate::Emulator::Bochs, &run.coalesce);
+    let mut config = crate::run_config::run_config(&guest, &crate::Emulator::Bochs, &run.coalesce);
     config.platform = Platform::Hardware;
     let payload = image::payload_bytes(&config, &guest.bytes);
     let dir = image::output_dir(run.release).join("usb");
@@ -594,7 +591,7 @@ fn xtask_usb(release: bool, args: &[&str]) -> Result<(bool, String), String> {
 /// `--force --yes` and compared byte for byte with the image), a regular file, and the
 /// disk holding `/` when that is a block device.
 pub fn end_to_end(release: bool) -> Result<String, String> {
-    let dir = crate::run_dir("usb-writer");
+    let dir = crate::emulator::run_dir("usb-writer");
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let result = end_to_end_in(&dir, release);
     let _ = fs::remove_dir_all(&dir);
@@ -747,7 +744,7 @@ mod tests {
         Checks {
             mounts,
             swaps,
-            max_size_bytes: MAX_SIZE_GIB_DEFAULT * GIB,
+            max_size_bytes: crate::cli::MAX_SIZE_GIB_DEFAULT * GIB,
             image_bytes: Some(64 << 20),
         }
     }

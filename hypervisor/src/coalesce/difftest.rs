@@ -42,16 +42,19 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, 
 use super::block::Extent;
 use super::cache::BlockCache;
 use super::engine::{Coalescer, Outcome, Settings};
-use super::exec::{self, IoEnv, Limits};
+use super::exec::{self, Limits};
 use super::insn::{AluOp, CodeMode, StopReason};
 use crate::devices::board::Machine;
+use crate::devices::board::Ticks;
 use crate::devices::bus::{ConsoleSink, IoBus, PortDevice, UnknownPort, TOP_UNKNOWN};
 use crate::devices::pic8259::PicPair;
 use crate::devices::pit8254::{PIT_PORTS, PORT_B};
 use crate::stats::Stats;
+use crate::timebase::Timebase;
 use crate::vcpu::exit::VmExit;
+use crate::vcpu::exits::MsrFile;
 use crate::vcpu::exits::{self, ExitAction, ExitContext, HostOps, VcpuConfig};
-use crate::vcpu::msr::MsrFile;
+use crate::vcpu::run::BoardIo;
 use crate::vmx::caps::EntryControls;
 use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory, SliceMemory};
@@ -321,23 +324,19 @@ pub(super) struct BoardSnap {
     unknown: Unknown,
 }
 
-/// The kernel's `KernelIo` without the clock: the bus, and the PIC after each access.
-pub(super) struct Env<'a, 'b> {
-    pub bus: &'a mut IoBus<'b>,
-    pub board: &'a Board,
-}
-
-impl IoEnv for Env<'_, '_> {
-    fn io_read(&mut self, port: u16, width: Width) -> u32 {
-        self.bus.read(port, width.bytes())
-    }
-
-    fn io_write(&mut self, port: u16, width: Width, value: u32) {
-        self.bus.write(port, width.bytes(), value)
-    }
-
-    fn interrupt_pending(&mut self) -> bool {
-        self.board.poll()
+/// The devices as the run loop hands them to the coalescer ([`BoardIo`]), over this
+/// board's traced bus, with a clock that never moves (a host whose TSC stays at 0).
+pub(super) fn board_io<'a, 'b>(
+    bus: &'a mut IoBus<'b>,
+    board: &'a Board,
+    host: &'a mut NullHost,
+) -> BoardIo<'a, 'b, Sink, NullHost> {
+    BoardIo {
+        bus,
+        machine: &board.machine,
+        host,
+        timebase: Timebase::new(0, 1),
+        ticks: Ticks::default(),
     }
 }
 
@@ -430,7 +429,7 @@ impl Case {
                 limits: Limits {
                     max_insns: 1000,
                     max_string_elements: 4096,
-                    max_quiet: super::exec::MAX_QUIET,
+                    max_quiet: crate::config::COALESCE_MAX_QUIET_DEFAULT,
                 },
             },
             unmap: Vec::new(),
@@ -1253,7 +1252,7 @@ fn ref_alu(op: AluOp, size: u8, a: u64, b: u64, rflags: u64) -> (u64, u64) {
 // The reference: the stepper
 // ---------------------------------------------------------------------------
 
-struct NullHost;
+pub(super) struct NullHost;
 
 impl HostOps for NullHost {
     fn cpuid(&mut self, _: u32, _: u32) -> [u32; 4] {
@@ -1986,7 +1985,8 @@ pub(super) fn run_coalesced_by(
     board.init(&case.board_init);
     let mut stats = Stats::new();
     let (outcome, unknown) = board.with_bus(|bus| {
-        let mut env = Env { bus, board: &board };
+        let mut host = NullHost;
+        let mut env = board_io(bus, &board, &mut host);
         let mut mem = SliceMemory::new(&mut ram);
         let exit = VmExit::read(&v);
         let io = exit.io().expect("the case exits on an IO instruction");
@@ -1997,7 +1997,7 @@ pub(super) fn run_coalesced_by(
             &mut regs,
             &mut mem,
             &mut env,
-            &mut stats,
+            &mut stats.io,
         )
     });
     let stop = StopReason::ALL

@@ -11,7 +11,7 @@ use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason};
-use crate::stats::{IoStats, Stats};
+use crate::coalesce::stats::IoStats;
 use crate::vmx::exit::IoQualification;
 use crate::vmx::guest_state::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
@@ -180,24 +180,24 @@ impl<'c> Coalescer<'c> {
         regs: &mut GuestRegs,
         mem: &mut M,
         env: &mut E,
-        stats: &mut Stats,
+        stats: &mut IoStats,
     ) -> Outcome {
         let mode = Self::code_mode(vmcs);
         let cs_base = vmcs.read(VmcsField::GuestCsBase);
         let exit_rip = vmcs.read(VmcsField::GuestRip);
         self.last_stop = (StopReason::Off, exit_rip);
         let exit_linear = code_linear(mode, cs_base, exit_rip);
-        let outcome = self.try_handle(io, len, vmcs, regs, mem, env, &mut stats.io, exit_linear);
+        let outcome = self.try_handle(io, len, vmcs, regs, mem, env, stats, exit_linear);
         let (mut reason, rip) = self.last_stop;
         if let Outcome::Fallback(r) = outcome {
-            let slot = &mut stats.io.stops[r.index()];
+            let slot = &mut stats.stops[r.index()];
             *slot = slot.saturating_add(1);
             reason = r;
         }
         let stop_rip = code_linear(mode, cs_base, rip);
         let paging = guest_paging(vmcs);
         let cpl = guest_cpl(vmcs);
-        stats.io.sites.record(stop_rip, reason.index() as u8, || {
+        stats.sites.record(stop_rip, reason.index() as u8, || {
             describe(&*mem, paging, cpl, stop_rip, mode)
         });
         outcome

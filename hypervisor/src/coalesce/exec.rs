@@ -122,9 +122,6 @@ pub struct CpuState {
     pub quiet: u32,
 }
 
-/// The default of [`Limits::max_quiet`] (configuration key `coalesce.max_quiet`).
-pub const MAX_QUIET: u32 = crate::config::COALESCE_MAX_QUIET_DEFAULT;
-
 /// The devices and the interrupt controller as the executor sees them.
 pub trait IoEnv {
     fn io_read(&mut self, port: u16, width: Width) -> u32;
@@ -1246,6 +1243,8 @@ fn branch_width_ok(mode: CodeMode, w: Width) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// The default of [`Limits::max_quiet`] (configuration key `coalesce.max_quiet`).
+    pub(crate) const MAX_QUIET: u32 = crate::config::COALESCE_MAX_QUIET_DEFAULT;
     use crate::x86::guest_mem::SliceMemory;
     use crate::x86::{Cr0, Efer};
     use Width::{W16, W32, W64, W8};

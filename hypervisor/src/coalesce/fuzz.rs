@@ -450,7 +450,8 @@ fn check_engine(
     board.trace.borrow_mut().clear();
     let mut stats = Stats::new();
     let (outcome, _) = board.with_bus(|bus| {
-        let mut env = super::difftest::Env { bus, board: &board };
+        let mut host = super::difftest::NullHost;
+        let mut env = super::difftest::board_io(bus, &board, &mut host);
         let mut mem = SliceMemory::new(&mut ram);
         let exit = crate::vcpu::exit::VmExit::read(&v);
         let io = exit.io().expect("the case exits on an IO instruction");
@@ -461,7 +462,7 @@ fn check_engine(
             &mut regs,
             &mut mem,
             &mut env,
-            &mut stats,
+            &mut stats.io,
         )
     });
     let limits = case.settings.limits;

@@ -18,3 +18,4 @@ mod fuzz;
 mod host_alu;
 pub mod insn;
 pub mod memory;
+pub mod stats;

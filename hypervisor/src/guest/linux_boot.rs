@@ -36,8 +36,9 @@
 
 use core::fmt;
 
-use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory, SegmentState};
-use crate::vmx::guest_state::{LongModeLayout, LONG_MODE_RESERVED};
+use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory};
+use crate::guest::long_mode::{LongModeLayout, LONG_MODE_RESERVED};
+use crate::x86::segment::SegmentState;
 
 // ---------------------------------------------------------------------------------------
 // Setup header (boot.rst, "The Real-Mode Kernel Header"): offsets in the image file,
@@ -157,7 +158,7 @@ pub const LINUX_CODE_SEGMENT: SegmentState = SegmentState {
     selector: BOOT_CS,
     base: 0,
     limit: 0xFFFF_FFFF,
-    access_rights: long_mode::descriptor_access_rights(linux_gdt()[2]),
+    access_rights: crate::x86::segment::descriptor_access_rights(linux_gdt()[2]),
 };
 
 /// DS, ES, SS (and FS, GS) at the entry: `__BOOT_DS` from [`linux_gdt`] (0xC093).
@@ -165,7 +166,7 @@ pub const LINUX_DATA_SEGMENT: SegmentState = SegmentState {
     selector: BOOT_DS,
     base: 0,
     limit: 0xFFFF_FFFF,
-    access_rights: long_mode::descriptor_access_rights(linux_gdt()[3]),
+    access_rights: crate::x86::segment::descriptor_access_rights(linux_gdt()[3]),
 };
 
 // ---------------------------------------------------------------------------------------

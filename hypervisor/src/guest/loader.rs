@@ -1,5 +1,5 @@
 //! Putting a guest image into guest RAM and deciding where it starts, for each entry
-//! mode of `config::EntryMode`. Pure logic over a byte slice (the kernel passes its
+//! mode of `guest::EntryMode`. Pure logic over a byte slice (the kernel passes its
 //! guest-RAM block, tests a Vec), so every placement rule is host-tested.
 //!
 //! - Real mode (`real:SEG:OFF`, `real:ADDR`): the flat image is copied to its load
@@ -12,11 +12,11 @@
 //!   top MiB of RAM holds the GDT and identity page tables sluice builds
 //!   (`guest_paging`), and the initial stack just below the tables.
 
-use crate::config::{EntryMode, REAL_MODE_LIMIT};
 use crate::guest::elf64::{self, ElfError};
 use crate::guest::long_mode::{self, GuestPagingError, GuestTableMemory};
+use crate::guest::{EntryMode, REAL_MODE_LIMIT};
 
-pub use crate::vmx::guest_state::{LongModeLayout, LONG_MODE_RESERVED};
+pub use crate::guest::long_mode::{LongModeLayout, LONG_MODE_RESERVED};
 
 /// How the guest starts; the kernel turns this into VMCS guest state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

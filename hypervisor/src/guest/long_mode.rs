@@ -7,6 +7,10 @@
 //! 24.4.1 (Table 24-2); guest-state checks on segments — Vol 3C 26.3.1.2.
 
 /// Paging-entry bits (SDM Vol 3A Table 4-15/4-17/4-18).
+use core::ops::Range;
+
+use crate::x86::segment::{descriptor_access_rights, SegmentState};
+
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 /// PDE bit 7: maps a 2 MiB page.
@@ -168,24 +172,6 @@ const fn descriptor(base: u32, limit: u32, access: u64, flags: u64) -> u64 {
         | (((base >> 24) & 0xFF) << 56)
 }
 
-/// VMCS access rights of a segment loaded from `desc`: the descriptor's
-/// access byte (bits 47:40) goes to bits 7:0, its flag nibble (bits 55:52) to
-/// bits 15:12. This is how the CPU derives them on a segment load.
-pub const fn descriptor_access_rights(desc: u64) -> u32 {
-    (((desc >> 40) & 0xFF) | (((desc >> 52) & 0xF) << 12)) as u32
-}
-
-/// Guest segment state as the VMCS holds it (selector, base, limit, access
-/// rights fields). The limit is the byte-granular expanded limit: with G=1 the
-/// VMCS expects 0xFFFF_FFFF, not the descriptor's 0xFFFFF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SegmentState {
-    pub selector: u16,
-    pub base: u64,
-    pub limit: u32,
-    pub access_rights: u32,
-}
-
 /// CS for the GDT above: type 0xB, S, P, L, G = 0xA09B.
 pub const CODE64_SEGMENT: SegmentState = SegmentState {
     selector: CODE64_SELECTOR,
@@ -210,7 +196,7 @@ pub const TR_SEGMENT: SegmentState = SegmentState {
     selector: 0,
     base: 0,
     limit: 0x67,
-    access_rights: 0xB | crate::vmx::vmcs::access_rights::P,
+    access_rights: 0xB | crate::x86::segment::access_rights::P,
 };
 
 /// LDTR: marked unusable; the guest has no LDT.
@@ -218,8 +204,56 @@ pub const LDTR_SEGMENT: SegmentState = SegmentState {
     selector: 0,
     base: 0,
     limit: 0,
-    access_rights: crate::vmx::vmcs::access_rights::UNUSABLE,
+    access_rights: crate::x86::segment::access_rights::UNUSABLE,
 };
+
+/// Size of the hypervisor-built area at the top of a 64-bit guest's RAM.
+pub const LONG_MODE_RESERVED: u64 = 1 << 20;
+
+/// Where the hypervisor puts what a 64-bit guest needs before its first instruction.
+///
+/// The top [`LONG_MODE_RESERVED`] (1 MiB) of guest RAM belongs to the hypervisor at
+/// start-up; the guest may reuse it once it has its own GDT, page tables and stack,
+/// and should report it as reserved in any memory map it builds:
+///
+/// ```text
+/// ram - 1 MiB            GDT (long_mode_gdt, one 4 KiB page)
+/// ram - 1 MiB + 4 KiB    .. stack, growing down from stack_top
+/// tables_gpa = stack_top identity page tables (default_tables_gpa)
+/// ram                    end of RAM
+/// ```
+///
+/// ELF guests must not load anything into `reserved`; xtask refuses such images with
+/// `elf64::check_fits(elf, ram, &[reserved])` before anything is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LongModeLayout {
+    pub gdt_gpa: u64,
+    pub tables_gpa: u64,
+    /// Initial RSP: 16-byte aligned, just below the page tables.
+    pub stack_top: u64,
+    /// [ram - 1 MiB, ram).
+    pub reserved: Range<u64>,
+}
+
+impl LongModeLayout {
+    /// The layout for `ram_bytes` of guest RAM, or `None` if RAM is smaller than the
+    /// reserved area or the page tables leave no room for the GDT page and a stack
+    /// inside it (more than about 250 GiB of RAM).
+    pub fn for_ram(ram_bytes: u64) -> Option<Self> {
+        let start = ram_bytes.checked_sub(LONG_MODE_RESERVED)?;
+        let tables_gpa = default_tables_gpa(ram_bytes)?;
+        // GDT page below, and at least one more page of stack.
+        if tables_gpa <= start + 0x1000 {
+            return None;
+        }
+        Some(LongModeLayout {
+            gdt_gpa: start,
+            tables_gpa,
+            stack_top: tables_gpa & !0xF,
+            reserved: start..ram_bytes,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -361,7 +395,7 @@ mod tests {
 
     #[test]
     fn vmcs_access_rights() {
-        use crate::vmx::vmcs::access_rights::*;
+        use crate::x86::segment::access_rights::*;
         assert_eq!(CODE64_SEGMENT.access_rights, 0xA09B);
         assert_eq!(DATA_SEGMENT.access_rights, 0xC093);
         assert_eq!(TR_SEGMENT.access_rights, 0x8B);
@@ -391,5 +425,30 @@ mod tests {
         );
         let d = descriptor(0x1234_5678, 0xA_BCDE, 0x93, FLAG_G);
         assert_eq!(d, 0x128A_9334_5678_BCDE);
+    }
+
+    // --- layout -----------------------------------------------------------------------
+
+    #[test]
+    fn long_mode_layout_for_4_gib() {
+        let ram = 4 * GIB;
+        let l = LongModeLayout::for_ram(ram).unwrap();
+        assert_eq!(l.reserved, ram - MIB..ram);
+        assert_eq!(l.gdt_gpa, ram - MIB);
+        assert_eq!(l.tables_gpa, ram - tables_needed(ram) * 4096);
+        assert_eq!(l.stack_top, l.tables_gpa);
+        assert_eq!(l.stack_top % 16, 0);
+        assert!(l.gdt_gpa + (long_mode_gdt().len() as u64 * 8) <= l.stack_top - 0x1000);
+        assert!(l.reserved.contains(&l.tables_gpa) && l.reserved.contains(&(l.stack_top - 1)));
+    }
+
+    #[test]
+    fn long_mode_layout_limits() {
+        assert_eq!(LongModeLayout::for_ram(0), None);
+        assert_eq!(LongModeLayout::for_ram(MIB - 4096), None);
+        assert!(LongModeLayout::for_ram(2 * MIB).is_some());
+        assert!(LongModeLayout::for_ram(64 * GIB).is_some());
+        // Tables for 256 TiB do not fit in 1 MiB.
+        assert_eq!(LongModeLayout::for_ram(1 << 48), None);
     }
 }

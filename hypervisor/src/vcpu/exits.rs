@@ -34,16 +34,15 @@
 use crate::devices::bus::IoBus;
 use crate::stats::{EndKind, Stats};
 use crate::vcpu::exit::VmExit;
-use crate::vcpu::msr::MsrFile;
 use crate::vmx::event::{hardware_exception, inject_event};
 use crate::vmx::exit::exit_reason as er;
 use crate::vmx::guest_state::{
     guest_cpl, guest_efer, guest_lma, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
-use crate::vmx::vmcs::access_rights;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{GuestMemory, PagingContext};
 use crate::x86::regs::GuestRegs;
+use crate::x86::segment::access_rights;
 use crate::x86::{exception, Cr0};
 
 /// What the kernel's exit handler needs from the machine.
@@ -56,6 +55,21 @@ pub trait HostOps {
     fn xsetbv(&mut self, xcr: u32, value: u64);
     fn wbinvd(&mut self);
     fn rdtsc(&mut self) -> u64;
+}
+
+/// MSRs the guest owns but the VMCS has no field for. Stored here; the kernel
+/// loads them into the hardware for the guest (MSR-load area) or passes them
+/// through later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsrFile {
+    pub kernel_gs_base: u64,
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    /// The guest's XCR0 as its last XSETBV set it (the hardware holds it too; kept
+    /// here for CPUID leaf 0DH). 0 until the first XSETBV: only x87/SSE state then.
+    pub xcr0: u64,
 }
 
 /// Fixed facts about the virtual CPU, from the capability probe.

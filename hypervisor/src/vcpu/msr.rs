@@ -1,5 +1,5 @@
 //! RDMSR and WRMSR: the MSRs the virtual CPU has (SDM Vol. 4 chapter 2 "Model-Specific
-//! Registers (MSRs)"), backed by VMCS guest-state fields or by [`MsrFile`]; every other
+//! Registers (MSRs)"), backed by VMCS guest-state fields or by [`MsrFile`](super::exits::MsrFile); every other
 //! MSR raises #GP as on a processor without it, and is counted.
 
 use crate::vcpu::exits::{ExitAction, ExitContext, Fault, HostOps};
@@ -7,21 +7,6 @@ use crate::vmx::caps::PrimaryControls;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::GuestMemory;
 use crate::x86::{is_canonical, msr, Cr0, Cr4, Efer};
-
-/// MSRs the guest owns but the VMCS has no field for. Stored here; the kernel
-/// loads them into the hardware for the guest (MSR-load area) or passes them
-/// through later.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MsrFile {
-    pub kernel_gs_base: u64,
-    pub star: u64,
-    pub lstar: u64,
-    pub cstar: u64,
-    pub sfmask: u64,
-    /// The guest's XCR0 as its last XSETBV set it (the hardware holds it too; kept
-    /// here for CPUID leaf 0DH). 0 until the first XSETBV: only x87/SSE state then.
-    pub xcr0: u64,
-}
 
 /// Every PAT entry must be a valid memory type: 0, 1, 4, 5, 6 or 7 (SDM Vol.
 /// 3A 13.12.2).

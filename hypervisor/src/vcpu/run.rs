@@ -27,9 +27,9 @@ use crate::devices::bus::{ConsoleSink, IoBus};
 use crate::stats::{self, EndKind, Stats};
 use crate::timebase::Timebase;
 use crate::vcpu::exit::VmExit;
+use crate::vcpu::exits::MsrFile;
 use crate::vcpu::exits::{self, ExitAction, ExitContext, HostOps, VcpuConfig};
 use crate::vcpu::irq;
-use crate::vcpu::msr::MsrFile;
 use crate::vcpu::report::{describe_end, describe_entry_failure, EntryFailure};
 use crate::vmx::vmcs::{activity, Vmcs, VmcsField};
 use crate::x86::guest_mem::GuestMemory;
@@ -227,7 +227,7 @@ impl<P: Platform, V: Vmcs, M: GuestMemory, S: ConsoleSink> Vcpu<'_, '_, '_, P, V
             &mut *self.regs,
             &mut *self.mem,
             &mut env,
-            self.stats,
+            &mut self.stats.io,
         );
         let ticks = env.ticks;
         self.stats.count_ticks(ticks);

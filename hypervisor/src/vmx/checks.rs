@@ -8,11 +8,12 @@
 
 use core::fmt;
 
-use crate::guest::long_mode::SegmentState;
 use crate::vmx::caps::{EntryControls, PrimaryControls, SecondaryControls, VmxCaps};
 use crate::vmx::controls::cr0_forced_one;
 use crate::vmx::guest_state::{read_segment, SegFields, CS, DS, ES, FS, GS, LDTR, SS, TR};
-use crate::vmx::vmcs::{access_rights as ar, Vmcs, VmcsField};
+use crate::vmx::vmcs::{Vmcs, VmcsField};
+use crate::x86::segment::access_rights as ar;
+use crate::x86::segment::SegmentState;
 use crate::x86::{is_canonical, Cr0, Cr4, Efer, Rflags};
 
 /// Guest-physical address width assumed by [`check_guest_state`] for the CR3 check

@@ -3,13 +3,12 @@
 //! addresses, a plausible kernel host state, and complete VMCSs (controls, host state
 //! and guest state) for a real-mode and a 64-bit start.
 
+use crate::guest::long_mode::LongModeLayout;
 use crate::vmx::caps::test_cpus::skylake as skylake_raw;
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::controls::{compute_controls, write_controls, ControlAddrs};
 use crate::vmx::ept::Eptp;
-use crate::vmx::guest_state::{
-    write_guest_long_mode, write_guest_real_mode, LongModeLayout, PAT_DEFAULT,
-};
+use crate::vmx::guest_state::{write_guest_long_mode, write_guest_real_mode, PAT_DEFAULT};
 use crate::vmx::host_state::{write_host_state, HostState};
 use crate::vmx::vmcs::SoftVmcs;
 

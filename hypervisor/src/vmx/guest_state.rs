@@ -1,7 +1,7 @@
 //! The guest-state area for each way a guest can start: real mode at CS:IP as a BIOS
 //! leaves a boot sector, the processor's state after RESET for firmware images, and
-//! 64-bit mode with paging on (plus [`LongModeLayout`], where the hypervisor puts that
-//! guest's GDT, page tables and stack). Also the VMCS fields that make up each segment
+//! 64-bit mode with paging on (at the GDT, page tables and stack
+//! `guest::long_mode::LongModeLayout` places). Also the VMCS fields that make up each segment
 //! register, which [`super::checks`] reads back. After a VM exit, the readers the exit
 //! handlers and the coalescer share: the guest's mode, CPL, IA32_EFER and paging
 //! registers, and the interruptibility update of a retired instruction.
@@ -10,15 +10,13 @@
 //! Vol. 3A 10.1.1 "Processor State After Reset" (Table 10-1). Starting in real mode
 //! relies on the "unrestricted guest" control (Vol. 3C 25.6.2, checks in 27.3.1).
 
-use core::ops::Range;
-
-use crate::guest::long_mode::{
-    self, SegmentState, CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT, TR_SEGMENT,
-};
+use crate::guest::long_mode::{CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT, TR_SEGMENT};
 use crate::vmx::caps::{EntryControls, VmxCaps};
 use crate::vmx::controls::{cr0_for_guest, cr0_read_shadow, cr4_for_guest, cr4_read_shadow};
-use crate::vmx::vmcs::{access_rights, interruptibility, Vmcs, VmcsField};
+use crate::vmx::vmcs::{interruptibility, Vmcs, VmcsField};
 use crate::x86::guest_mem::PagingContext;
+use crate::x86::segment::access_rights;
+use crate::x86::segment::SegmentState;
 use crate::x86::{Cr0, Cr4, Efer, Rflags};
 
 // ---------------------------------------------------------------------------------------
@@ -343,54 +341,6 @@ pub fn write_guest_long_mode_with(
     write_descriptor_tables(vmcs, gdt, (0, 0));
 }
 
-/// Size of the hypervisor-built area at the top of a 64-bit guest's RAM.
-pub const LONG_MODE_RESERVED: u64 = 1 << 20;
-
-/// Where the hypervisor puts what a 64-bit guest needs before its first instruction.
-///
-/// The top [`LONG_MODE_RESERVED`] (1 MiB) of guest RAM belongs to the hypervisor at
-/// start-up; the guest may reuse it once it has its own GDT, page tables and stack,
-/// and should report it as reserved in any memory map it builds:
-///
-/// ```text
-/// ram - 1 MiB            GDT (long_mode::long_mode_gdt, one 4 KiB page)
-/// ram - 1 MiB + 4 KiB    .. stack, growing down from stack_top
-/// tables_gpa = stack_top identity page tables (long_mode::default_tables_gpa)
-/// ram                    end of RAM
-/// ```
-///
-/// ELF guests must not load anything into `reserved`; xtask refuses such images with
-/// `elf64::check_fits(elf, ram, &[reserved])` before anything is built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LongModeLayout {
-    pub gdt_gpa: u64,
-    pub tables_gpa: u64,
-    /// Initial RSP: 16-byte aligned, just below the page tables.
-    pub stack_top: u64,
-    /// [ram - 1 MiB, ram).
-    pub reserved: Range<u64>,
-}
-
-impl LongModeLayout {
-    /// The layout for `ram_bytes` of guest RAM, or `None` if RAM is smaller than the
-    /// reserved area or the page tables leave no room for the GDT page and a stack
-    /// inside it (more than about 250 GiB of RAM).
-    pub fn for_ram(ram_bytes: u64) -> Option<Self> {
-        let start = ram_bytes.checked_sub(LONG_MODE_RESERVED)?;
-        let tables_gpa = long_mode::default_tables_gpa(ram_bytes)?;
-        // GDT page below, and at least one more page of stack.
-        if tables_gpa <= start + 0x1000 {
-            return None;
-        }
-        Some(LongModeLayout {
-            gdt_gpa: start,
-            tables_gpa,
-            stack_top: tables_gpa & !0xF,
-            reserved: start..ram_bytes,
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // After a VM exit: the guest's state as the exit path reads it (SDM Vol. 3C 25.4.1
 // "Guest Register State", 25.4.2 "Guest Non-Register State")
@@ -453,12 +403,12 @@ pub fn retire_interrupt_shadow(vmcs: &mut impl Vmcs) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::long_mode::{long_mode_gdt, tables_needed};
+    use crate::guest::long_mode::LongModeLayout;
     use crate::vmx::fixtures::{caps, long_vmcs, real_vmcs, vmcs_for};
-    use crate::vmx::vmcs::{access_rights as ar, FieldType};
+    use crate::vmx::vmcs::FieldType;
+    use crate::x86::segment::access_rights as ar;
 
     const MIB: u64 = 1 << 20;
-    const GIB: u64 = 1 << 30;
 
     // --- guest state writers --------------------------------------------------------
 
@@ -560,30 +510,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    // --- layout -----------------------------------------------------------------------
-
-    #[test]
-    fn long_mode_layout_for_4_gib() {
-        let ram = 4 * GIB;
-        let l = LongModeLayout::for_ram(ram).unwrap();
-        assert_eq!(l.reserved, ram - MIB..ram);
-        assert_eq!(l.gdt_gpa, ram - MIB);
-        assert_eq!(l.tables_gpa, ram - tables_needed(ram) * 4096);
-        assert_eq!(l.stack_top, l.tables_gpa);
-        assert_eq!(l.stack_top % 16, 0);
-        assert!(l.gdt_gpa + (long_mode_gdt().len() as u64 * 8) <= l.stack_top - 0x1000);
-        assert!(l.reserved.contains(&l.tables_gpa) && l.reserved.contains(&(l.stack_top - 1)));
-    }
-
-    #[test]
-    fn long_mode_layout_limits() {
-        assert_eq!(LongModeLayout::for_ram(0), None);
-        assert_eq!(LongModeLayout::for_ram(MIB - 4096), None);
-        assert!(LongModeLayout::for_ram(2 * MIB).is_some());
-        assert!(LongModeLayout::for_ram(64 * GIB).is_some());
-        // Tables for 256 TiB do not fit in 1 MiB.
-        assert_eq!(LongModeLayout::for_ram(1 << 48), None);
     }
 }

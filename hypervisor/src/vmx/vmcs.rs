@@ -349,23 +349,6 @@ impl Vmcs for SoftVmcs {
     }
 }
 
-/// Access-rights fields of the guest segment registers (SDM Vol. 3C 25.4.1 "Guest
-/// Register State", Table 25-2 "Format of Access Rights").
-pub mod access_rights {
-    pub const TYPE_MASK: u32 = 0xF;
-    /// S: code/data (1) vs system (0) descriptor.
-    pub const S: u32 = 1 << 4;
-    pub const DPL_SHIFT: u32 = 5;
-    pub const P: u32 = 1 << 7;
-    pub const AVL: u32 = 1 << 12;
-    /// L: 64-bit code segment.
-    pub const L: u32 = 1 << 13;
-    pub const DB: u32 = 1 << 14;
-    pub const G: u32 = 1 << 15;
-    /// Segment unusable (a null selector was loaded).
-    pub const UNUSABLE: u32 = 1 << 16;
-}
-
 /// The interruptibility-state field (SDM Vol. 3C 25.4.2 "Guest Non-Register State",
 /// Table 25-3 "Format of Interruptibility State").
 pub mod interruptibility {

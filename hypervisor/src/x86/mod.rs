@@ -8,6 +8,7 @@ pub mod exception;
 pub mod guest_mem;
 pub mod msr;
 pub mod regs;
+pub mod segment;
 pub mod width;
 
 pub use arch::{Cr0, Cr4, Efer, Rflags};
