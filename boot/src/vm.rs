@@ -8,7 +8,6 @@
 use core::arch::asm;
 
 use hypervisor::config::Config;
-use hypervisor::guest::linux_boot;
 use hypervisor::guest::loader::{self, Start};
 use hypervisor::vmx::caps::VmxCaps;
 use hypervisor::vmx::checks::{check_guest_state, GuestStateError};
@@ -289,56 +288,20 @@ pub fn prepare(
         },
     );
     write_host_state(&mut vmcs, &host_state());
-    let mut regs = GuestRegs::default();
-    match loaded.start {
-        Start::Real { cs, ip, ss, sp } => {
-            guest_state::write_guest_real_mode(&mut vmcs, caps, cs, ip, ss, sp)
-        }
-        Start::ResetVector => {
-            let gprs = guest_state::write_guest_reset_vector(&mut vmcs, caps);
-            let cpuid1_eax = CpuId::new().get_feature_info().map_or(0, |f| {
-                u32::from(f.stepping_id())
-                    | u32::from(f.model_id()) << 4
-                    | u32::from(f.family_id()) << 8
-                    | u32::from(f.extended_model_id()) << 16
-                    | u32::from(f.extended_family_id()) << 20
-            });
-            regs.rdx = gprs.rdx(cpuid1_eax);
-        }
-        Start::Long {
-            entry,
-            rsp,
-            cr3,
-            gdt_base,
-        } => guest_state::write_guest_long_mode(&mut vmcs, caps, entry, rsp, cr3, gdt_base),
-        Start::Linux {
-            entry,
-            rsp,
-            cr3,
-            gdt_base,
-            rsi,
-        } => {
-            guest_state::write_guest_long_mode_with(
-                &mut vmcs,
-                caps,
-                entry,
-                rsp,
-                cr3,
-                (gdt_base, u32::from(linux_boot::LINUX_GDT_LIMIT)),
-                (
-                    &linux_boot::LINUX_CODE_SEGMENT,
-                    &linux_boot::LINUX_DATA_SEGMENT,
-                ),
-            );
-            // The 64-bit boot protocol passes the zero page in RSI.
-            regs.rsi = rsi;
-        }
-    }
-    if matches!(loaded.start, Start::Real { .. } | Start::Long { .. }) {
-        // `guest.arg` reaches the guest in RDI (the first argument register of the
-        // System V ABI, so a 64-bit entry function can take it as a parameter).
-        regs.rdi = config.guest_arg;
-    }
+    let cpuid_1_eax = CpuId::new().get_feature_info().map_or(0, |f| {
+        u32::from(f.stepping_id())
+            | u32::from(f.model_id()) << 4
+            | u32::from(f.family_id()) << 8
+            | u32::from(f.extended_model_id()) << 16
+            | u32::from(f.extended_family_id()) << 20
+    });
+    let regs = guest_state::write_guest_start(
+        &mut vmcs,
+        caps,
+        &loaded.start,
+        config.guest_arg,
+        cpuid_1_eax,
+    );
     check_guest_state(&vmcs, caps).map_err(StartError::GuestState)?;
     if caps.ept.invept_single_context {
         invept(1, eptp.raw());

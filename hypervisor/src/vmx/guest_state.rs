@@ -10,11 +10,14 @@
 //! Vol. 3A 10.1.1 "Processor State After Reset" (Table 10-1). Starting in real mode
 //! relies on the "unrestricted guest" control (Vol. 3C 25.6.2, checks in 27.3.1).
 
+use crate::guest::linux_boot;
+use crate::guest::loader::Start;
 use crate::guest::long_mode::{CODE64_SEGMENT, DATA_SEGMENT, GDT_LIMIT, LDTR_SEGMENT, TR_SEGMENT};
 use crate::vmx::caps::{EntryControls, VmxCaps};
 use crate::vmx::controls::{cr0_for_guest, cr0_read_shadow, cr4_for_guest, cr4_read_shadow};
 use crate::vmx::vmcs::{interruptibility, Vmcs, VmcsField};
 use crate::x86::guest_mem::PagingContext;
+use crate::x86::regs::GuestRegs;
 use crate::x86::segment::access_rights;
 use crate::x86::segment::SegmentState;
 use crate::x86::{Cr0, Cr4, Efer, Rflags};
@@ -341,6 +344,62 @@ pub fn write_guest_long_mode_with(
     write_descriptor_tables(vmcs, gdt, (0, 0));
 }
 
+/// Writes the guest-state area for the way the loader says the guest starts, and
+/// returns the general registers the guest starts with: `guest_arg` in RDI for real-mode
+/// and 64-bit ELF guests (the first argument register of the System V ABI, so a 64-bit
+/// entry function can take it as a parameter), the zero page in RSI for Linux (its
+/// 64-bit boot protocol), the processor signature in EDX after RESET (`cpuid_1_eax` is
+/// the host's CPUID.1:EAX, SDM Vol. 3A 10.1.4 "First Instruction Executed").
+pub fn write_guest_start(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    start: &Start,
+    guest_arg: u64,
+    cpuid_1_eax: u32,
+) -> GuestRegs {
+    let mut regs = GuestRegs::default();
+    match *start {
+        Start::Real { cs, ip, ss, sp } => {
+            write_guest_real_mode(vmcs, caps, cs, ip, ss, sp);
+            regs.rdi = guest_arg;
+        }
+        Start::ResetVector => {
+            regs.rdx = write_guest_reset_vector(vmcs, caps).rdx(cpuid_1_eax);
+        }
+        Start::Long {
+            entry,
+            rsp,
+            cr3,
+            gdt_base,
+        } => {
+            write_guest_long_mode(vmcs, caps, entry, rsp, cr3, gdt_base);
+            regs.rdi = guest_arg;
+        }
+        Start::Linux {
+            entry,
+            rsp,
+            cr3,
+            gdt_base,
+            rsi,
+        } => {
+            write_guest_long_mode_with(
+                vmcs,
+                caps,
+                entry,
+                rsp,
+                cr3,
+                (gdt_base, u32::from(linux_boot::LINUX_GDT_LIMIT)),
+                (
+                    &linux_boot::LINUX_CODE_SEGMENT,
+                    &linux_boot::LINUX_DATA_SEGMENT,
+                ),
+            );
+            regs.rsi = rsi;
+        }
+    }
+    regs
+}
+
 // ---------------------------------------------------------------------------------------
 // After a VM exit: the guest's state as the exit path reads it (SDM Vol. 3C 25.4.1
 // "Guest Register State", 25.4.2 "Guest Non-Register State")
@@ -510,5 +569,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_start_gets_its_registers() {
+        let caps = caps();
+        let mut v = crate::vmx::vmcs::SoftVmcs::new();
+        let real = Start::Real {
+            cs: 0,
+            ip: 0x7C00,
+            ss: 0,
+            sp: 0x7C00,
+        };
+        let r = write_guest_start(&mut v, &caps, &real, 0x105, 0x906EA);
+        assert_eq!((r.rdi, r.rdx, r.rsi), (0x105, 0, 0));
+        assert_eq!(v.read(VmcsField::GuestRip), 0x7C00);
+        let r = write_guest_start(&mut v, &caps, &Start::ResetVector, 0x105, 0x906EA);
+        assert_eq!(
+            (r.rdi, r.rdx),
+            (0, 0x906EA),
+            "EDX holds the signature, no argument"
+        );
+        let linux = Start::Linux {
+            entry: 0x100_0200,
+            rsp: 0x9_0000,
+            cr3: 0x8_0000,
+            gdt_base: 0x7_0000,
+            rsi: 0x1_0000,
+        };
+        let r = write_guest_start(&mut v, &caps, &linux, 0x105, 0);
+        assert_eq!((r.rsi, r.rdi), (0x1_0000, 0), "the zero page, no argument");
+        assert_eq!(
+            v.read(VmcsField::GuestGdtrLimit),
+            u64::from(linux_boot::LINUX_GDT_LIMIT)
+        );
     }
 }
