@@ -238,7 +238,7 @@ pub const CASES: &[Case] = &[
         stats: Some(StatsExpect {
             end: "hypercall",
             exit_code: 0,
-            exits_at_least: &[("io_instruction", 10), ("vmcall", 2), ("cpuid", 2)],
+            exits_at_least: &[("io_instruction", 1), ("vmcall", 2), ("cpuid", 2)],
             irqs_at_least: &[],
         }),
         coalesce: None,
