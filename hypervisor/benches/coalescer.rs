@@ -56,8 +56,8 @@ use hypervisor::coalesce::exec::{IoEnv, Limits};
 use hypervisor::coalesce::insn::StopReason;
 use hypervisor::config::{COALESCE_MAX_INSNS_DEFAULT, COALESCE_MAX_STRING_DEFAULT};
 use hypervisor::stats::Stats;
-use hypervisor::vcpu::exit::VmExit;
 use hypervisor::vmx::caps::EntryControls;
+use hypervisor::vmx::exit::IoQualification;
 use hypervisor::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
 use hypervisor::x86::guest_mem::SliceMemory;
 use hypervisor::x86::regs::GuestRegs;
@@ -669,11 +669,11 @@ fn exit_once<V: Vmcs>(
     reset_exit(vmcs, w);
     *regs = w.regs;
     let mut mem = SliceMemory::new(ram);
-    let exit = VmExit::read(&*vmcs);
-    let io = exit.io().expect("reset_exit writes an IO exit");
+    // What the run loop reads from the VMCS once per exit and hands the coalescer.
+    let io = IoQualification::from_qualification(w.qual);
     Coalescer::new(settings(), cache).handle(
         &io,
-        exit.instruction_length,
+        w.insn_len,
         vmcs,
         regs,
         &mut mem,
