@@ -20,10 +20,12 @@ use super::block::tests::FakeCode;
 use super::block::{fnv1a, scan, Extent, MAX_BLOCK_INSNS};
 use super::cache::BlockCache;
 use super::decode::{decode, DecodeError, MAX_INSN_LEN};
-use super::difftest::{
-    bitness, first_exit_fields, gen_program, linear_ip, ref_op, BranchKind, Case, GReg, RefMem,
-    RefOp, RefRm, Rng, Src, COM1, PIC_INIT_IRQ4,
-};
+use super::difftest::board::{COM1, PIC_INIT_IRQ4};
+use super::difftest::case::{bitness, linear_ip, Case};
+use super::difftest::compare::first_exit_fields;
+use super::difftest::generate::gen_program;
+use super::difftest::ref_decode::{ref_op, BranchKind, GReg, RefMem, RefOp, RefRm, Src};
+use super::difftest::rng::Rng;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
 use super::insn::{AluOp, CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg};
@@ -102,7 +104,7 @@ fn reg_eq(r: RegRef, g: GReg) -> bool {
 
 /// The target of a relative branch as the executor computes it.
 fn target(mode: CodeMode, ip: u64, len: u8, rel: i32, width: Width) -> u64 {
-    let mask = super::difftest::ip_mask(mode);
+    let mask = super::difftest::case::ip_mask(mode);
     let next = ip.wrapping_add(u64::from(len)) & mask;
     next.wrapping_add(rel as i64 as u64) & width.mask()
 }
@@ -370,8 +372,8 @@ fn fuzz_case(mode: CodeMode, code: Vec<u8>, rng: &mut Rng, seed: u64) -> Case {
         };
         c.regs.set(k, v);
     }
-    c.regs.rsi = super::difftest::DATA + rng.below(0x9000);
-    c.regs.rdi = super::difftest::DATA + rng.below(0x9000);
+    c.regs.rsi = super::difftest::case::DATA + rng.below(0x9000);
+    c.regs.rdi = super::difftest::case::DATA + rng.below(0x9000);
     c.regs.rdx = if rng.chance(1, 2) {
         u64::from(COM1) + rng.below(8)
     } else {
@@ -445,13 +447,13 @@ fn check_engine(
     v.write(VmcsField::ExitInstructionLength, len);
     v.write(VmcsField::ExitInstructionInfo, info);
     let (v0, regs0, ram0) = (v.clone(), regs, ram.clone());
-    let board = super::difftest::Board::new(case.seed);
+    let board = super::difftest::board::Board::new(case.seed);
     board.init(&case.board_init);
     board.trace.borrow_mut().clear();
     let mut stats = Stats::new();
     let (outcome, _) = board.with_bus(|bus| {
-        let mut host = super::difftest::NullHost;
-        let mut env = super::difftest::board_io(bus, &board, &mut host);
+        let mut host = super::difftest::board::NullHost;
+        let mut env = super::difftest::board::board_io(bus, &board, &mut host);
         let mut mem = SliceMemory::new(&mut ram);
         let exit = crate::vcpu::exit::VmExit::read(&v);
         let io = exit.io().expect("the case exits on an IO instruction");
@@ -544,7 +546,7 @@ mod tests {
             };
             let ip = rng.pick(&[0x1000u64, 0xFFF0, 0x7FFF_FFF0, 0xFFFF_FFFF_FFFF_FF00]);
             for mode in MODES {
-                let ip = ip & super::super::difftest::ip_mask(mode);
+                let ip = ip & super::super::difftest::case::ip_mask(mode);
                 if let Err(e) = check_decode(&bytes, mode, ip) {
                     panic!("decode {bytes:02x?} in {mode:?} at ip {ip:#x}: {e}");
                 }
@@ -672,7 +674,7 @@ mod tests {
                 }
                 Err(e) => panic!(
                     "engine fuzz case {k} (exit fields {exit:x?}): {e}\n{}",
-                    super::super::difftest::describe(&case)
+                    super::super::difftest::compare::describe(&case)
                 ),
             }
         }

@@ -1,0 +1,814 @@
+//! Random programs (an IO instruction first, then a mix of the subset, branches,
+//! instructions the coalescer leaves to the CPU, and a stopper) and random cases
+//! around them: placement, registers, segments, paging, flags, devices, settings.
+
+use super::board::{COM1, PIC_INIT_IRQ4};
+use super::case::{Case, DATA, RF_DF, RF_IF, STATUS};
+use super::rng::Rng;
+use crate::coalesce::block::Extent;
+use crate::coalesce::exec::Limits;
+use crate::coalesce::insn::CodeMode;
+use crate::x86::regs::GuestRegs;
+
+/// A register operand as encoded: number 0-15, and for byte registers whether it is
+/// AH..BH (no REX allowed) or SPL..DIL (REX required).
+#[derive(Clone, Copy, Debug)]
+struct EncReg {
+    num: u8,
+    rex_needed: bool,
+    rex_forbidden: bool,
+    /// Names RSP/ESP/SP/SPL: the coalescer leaves it to the CPU.
+    rsp: bool,
+}
+
+struct Gen<'r> {
+    mode: CodeMode,
+    rng: &'r mut Rng,
+    bytes: Vec<u8>,
+    /// Start offset of each instruction.
+    starts: Vec<usize>,
+    must_support: Vec<u64>,
+    /// (displacement position, size, end of the instruction, target instruction,
+    /// bytes into it: a branch into the middle of an instruction).
+    fixups: Vec<(usize, usize, usize, usize, usize)>,
+}
+
+const IMM_PORTS: [u8; 14] = [
+    0xE0, 0xE1, 0xE2, 0xE3, 0xE5, 0xE7, 0x20, 0x21, 0xA1, 0x80, 0x43, 0x61, 0x70, 0xF0,
+];
+const DX_PORTS: [u16; 16] = [
+    0x3F8, 0x3F9, 0x3FA, 0x3FB, 0x3FC, 0x3FD, 0x3FE, 0x3FF, 0xE0, 0xE4, 0xE6, 0x21, 0x4D0, 0x2F8,
+    0xE2, 0x3F8,
+];
+const EDGES: [u64; 14] = [
+    0,
+    1,
+    2,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x7FFF_FFFF,
+    0x8000_0000,
+    0xFFFF_FFFF,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+];
+
+impl Gen<'_> {
+    fn long(&self) -> bool {
+        self.mode == CodeMode::Bits64
+    }
+
+    fn value(&mut self) -> u64 {
+        match self.rng.below(4) {
+            0 => self.rng.pick(&EDGES),
+            1 => self.rng.below(0x100),
+            _ => self.rng.next(),
+        }
+    }
+
+    /// Random register for operand size `size`.
+    fn reg(&mut self, size: u8) -> EncReg {
+        let long = self.long();
+        if size == 1 {
+            let kind = self.rng.below(if long { 3 } else { 2 });
+            return match kind {
+                0 => EncReg {
+                    num: self.rng.below(4) as u8,
+                    rex_needed: false,
+                    rex_forbidden: false,
+                    rsp: false,
+                },
+                1 => EncReg {
+                    num: 4 + self.rng.below(4) as u8,
+                    rex_needed: false,
+                    rex_forbidden: true,
+                    rsp: false,
+                },
+                _ => {
+                    let num = 4 + self.rng.below(12) as u8;
+                    EncReg {
+                        num,
+                        rex_needed: true,
+                        rex_forbidden: false,
+                        rsp: num == 4,
+                    }
+                }
+            };
+        }
+        let mut num = self.rng.below(if long { 16 } else { 8 }) as u8;
+        if num == 4 && !self.rng.chance(1, 8) {
+            num = 5;
+        }
+        EncReg {
+            num,
+            rex_needed: num >= 8,
+            rex_forbidden: false,
+            rsp: num == 4,
+        }
+    }
+
+    fn size(&mut self) -> u8 {
+        let sizes: &[u8] = if self.long() {
+            &[1, 2, 4, 8]
+        } else {
+            &[1, 2, 4]
+        };
+        self.rng.pick(sizes)
+    }
+
+    /// Operand-size prefix and REX.W for `size`.
+    fn opsize(&self, size: u8) -> (Option<u8>, bool) {
+        match (self.mode, size) {
+            (CodeMode::Bits16, 4) => (Some(0x66), false),
+            (CodeMode::Bits16, _) => (None, false),
+            (_, 2) => (Some(0x66), false),
+            (CodeMode::Bits64, 8) => (None, true),
+            _ => (None, false),
+        }
+    }
+
+    /// Emits one instruction. `supported`: the coalescer must take it.
+    fn emit(&mut self, bytes: &[u8], supported: bool) {
+        self.starts.push(self.bytes.len());
+        if supported {
+            self.must_support.push(self.bytes.len() as u64);
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Prefix + REX + opcode (+ ModRM) for register operands `reg` (ModRM.reg or
+    /// none) and `rm`; `None` if the registers cannot be encoded together.
+    fn head(
+        &self,
+        size: u8,
+        opcode: &[u8],
+        reg: Option<EncReg>,
+        rm: Option<(EncReg, Option<u8>)>,
+    ) -> Option<Vec<u8>> {
+        let (pfx, w) = self.opsize(size);
+        let regs = [reg, rm.map(|r| r.0)];
+        let needed = w || regs.iter().flatten().any(|r| r.rex_needed);
+        if needed && regs.iter().flatten().any(|r| r.rex_forbidden) {
+            return None;
+        }
+        let mut out = Vec::new();
+        out.extend(pfx);
+        if needed {
+            let r = reg.map_or(0, |r| r.num >> 3);
+            let b = rm.map_or(0, |(r, _)| r.num >> 3);
+            out.push(0x40 | (u8::from(w) << 3) | (r << 2) | b);
+        }
+        out.extend_from_slice(opcode);
+        if let Some((rmr, ext)) = rm {
+            let regf = ext.unwrap_or_else(|| reg.map_or(0, |r| r.num & 7));
+            out.push(0xC0 | (regf << 3) | (rmr.num & 7));
+        }
+        Some(out)
+    }
+
+    fn imm(&mut self, size: u8, v: u64) -> Vec<u8> {
+        v.to_le_bytes()[..usize::from(size.min(4))].to_vec()
+    }
+
+    fn mov(&mut self) {
+        for _ in 0..8 {
+            let size = self.size();
+            let dst = self.reg(size);
+            let v = self.value();
+            let (enc, ok) = match self.rng.below(3) {
+                0 => {
+                    // B0+r / B8+r
+                    let op = if size == 1 { 0xB0 } else { 0xB8 } + (dst.num & 7);
+                    let Some(mut b) = self.head_opreg(size, op, dst) else {
+                        continue;
+                    };
+                    let n = if size == 8 { 8 } else { usize::from(size) };
+                    b.extend_from_slice(&v.to_le_bytes()[..n]);
+                    (b, !dst.rsp)
+                }
+                1 => {
+                    // C6/C7 /0 with a register operand
+                    let op = if size == 1 { 0xC6 } else { 0xC7 };
+                    let Some(mut b) = self.head(size, &[op], None, Some((dst, Some(0)))) else {
+                        continue;
+                    };
+                    b.extend(self.imm(size, v));
+                    (b, !dst.rsp)
+                }
+                _ => {
+                    let src = self.reg(size);
+                    let (op, reg, rm) = if self.rng.chance(1, 2) {
+                        (if size == 1 { 0x88 } else { 0x89 }, src, dst)
+                    } else {
+                        (if size == 1 { 0x8A } else { 0x8B }, dst, src)
+                    };
+                    let Some(b) = self.head(size, &[op], Some(reg), Some((rm, None))) else {
+                        continue;
+                    };
+                    (b, !dst.rsp && !src.rsp)
+                }
+            };
+            self.emit(&enc, ok);
+            return;
+        }
+        self.emit(&[0x90], true);
+    }
+
+    /// Opcode with the register in its low 3 bits (B0+r, 40+r).
+    fn head_opreg(&self, size: u8, op: u8, r: EncReg) -> Option<Vec<u8>> {
+        let (pfx, w) = self.opsize(size);
+        let needed = w || r.rex_needed;
+        if needed && r.rex_forbidden {
+            return None;
+        }
+        let mut out = Vec::new();
+        out.extend(pfx);
+        if needed {
+            out.push(0x40 | (u8::from(w) << 3) | (r.num >> 3));
+        }
+        out.push(op);
+        Some(out)
+    }
+
+    fn alu(&mut self) {
+        for _ in 0..8 {
+            let size = self.size();
+            let dst = self.reg(size);
+            // ADD OR AND SUB XOR CMP (ModRM /digit and opcode base / 8).
+            let op8 = self.rng.pick(&[0u8, 1, 4, 5, 6, 7]);
+            let v = self.value();
+            let small = self
+                .rng
+                .pick(&[0u64, 1, 2, 7, 8, 15, 16, 31, 32, 33, 63, 64, 0xFF]);
+            let w8 = size == 1;
+            let (enc, ok) = match self.rng.below(10) {
+                0 => {
+                    // op r/m, r  or  op r, r/m
+                    let src = self.reg(size);
+                    let (opc, reg, rm) = if self.rng.chance(1, 2) {
+                        (op8 * 8 + u8::from(!w8), src, dst)
+                    } else {
+                        (op8 * 8 + 2 + u8::from(!w8), dst, src)
+                    };
+                    let Some(b) = self.head(size, &[opc], Some(reg), Some((rm, None))) else {
+                        continue;
+                    };
+                    (b, !dst.rsp && !src.rsp)
+                }
+                1 => {
+                    // op AL/eAX, imm
+                    let acc = EncReg {
+                        num: 0,
+                        rex_needed: false,
+                        rex_forbidden: false,
+                        rsp: false,
+                    };
+                    let Some(mut b) = self.head_opreg(size, op8 * 8 + 4 + u8::from(!w8), acc)
+                    else {
+                        continue;
+                    };
+                    b.extend(self.imm(size, v));
+                    (b, true)
+                }
+                2 => {
+                    // 80/81 /op imm, 83 /op imm8 (sign-extended)
+                    let (opc, imm) = if w8 {
+                        (0x80, self.imm(1, v))
+                    } else if self.rng.chance(1, 2) {
+                        (0x83, vec![small as u8 | (v as u8 & 0x80)])
+                    } else {
+                        (0x81, self.imm(size, v))
+                    };
+                    let Some(mut b) = self.head(size, &[opc], None, Some((dst, Some(op8)))) else {
+                        continue;
+                    };
+                    b.extend(imm);
+                    (b, !dst.rsp)
+                }
+                3 => {
+                    // TEST r/m, r ; TEST AL/eAX, imm ; F6/F7 /0 imm
+                    match self.rng.below(3) {
+                        0 => {
+                            let src = self.reg(size);
+                            let Some(b) = self.head(
+                                size,
+                                &[0x84 + u8::from(!w8)],
+                                Some(src),
+                                Some((dst, None)),
+                            ) else {
+                                continue;
+                            };
+                            (b, !dst.rsp && !src.rsp)
+                        }
+                        1 => {
+                            let acc = EncReg {
+                                num: 0,
+                                rex_needed: false,
+                                rex_forbidden: false,
+                                rsp: false,
+                            };
+                            let Some(mut b) = self.head_opreg(size, 0xA8 + u8::from(!w8), acc)
+                            else {
+                                continue;
+                            };
+                            b.extend(self.imm(size, v));
+                            (b, true)
+                        }
+                        _ => {
+                            let Some(mut b) = self.head(
+                                size,
+                                &[0xF6 + u8::from(!w8)],
+                                None,
+                                Some((dst, Some(0))),
+                            ) else {
+                                continue;
+                            };
+                            b.extend(self.imm(size, v));
+                            (b, !dst.rsp)
+                        }
+                    }
+                }
+                4 => {
+                    // INC/DEC: FE/FF /0 /1, or 40+r / 48+r outside 64-bit mode.
+                    let dec = self.rng.chance(1, 2);
+                    if !self.long() && !w8 && self.rng.chance(1, 2) {
+                        let Some(b) =
+                            self.head_opreg(size, 0x40 + u8::from(dec) * 8 + (dst.num & 7), dst)
+                        else {
+                            continue;
+                        };
+                        (b, !dst.rsp)
+                    } else {
+                        let Some(b) = self.head(
+                            size,
+                            &[0xFE + u8::from(!w8)],
+                            None,
+                            Some((dst, Some(u8::from(dec)))),
+                        ) else {
+                            continue;
+                        };
+                        (b, !dst.rsp)
+                    }
+                }
+                5 | 6 => {
+                    // SHL/SHR: D0/D1 by 1, C0/C1 by imm8; rarely SAL (/6) or by CL.
+                    let ext = if self.rng.chance(1, 12) {
+                        6
+                    } else {
+                        self.rng.pick(&[4u8, 5])
+                    };
+                    let form = self.rng.below(8);
+                    let mut supported = !dst.rsp && ext != 6;
+                    let b = if form == 0 {
+                        supported = false;
+                        self.head(size, &[0xD2 + u8::from(!w8)], None, Some((dst, Some(ext))))
+                    } else if form < 3 {
+                        self.head(size, &[0xD0 + u8::from(!w8)], None, Some((dst, Some(ext))))
+                    } else {
+                        self.head(size, &[0xC0 + u8::from(!w8)], None, Some((dst, Some(ext))))
+                            .map(|mut b| {
+                                b.push(if self.rng.chance(1, 2) {
+                                    small as u8
+                                } else {
+                                    v as u8
+                                });
+                                b
+                            })
+                    };
+                    let Some(b) = b else { continue };
+                    (b, supported)
+                }
+                _ => {
+                    // op r, imm through 83 with edge values, the usual case.
+                    let (opc, imm) = if w8 {
+                        (0x80, vec![v as u8])
+                    } else {
+                        (0x83, vec![v as u8])
+                    };
+                    let Some(mut b) = self.head(size, &[opc], None, Some((dst, Some(op8)))) else {
+                        continue;
+                    };
+                    b.extend(imm);
+                    (b, !dst.rsp)
+                }
+            };
+            self.emit(&enc, ok);
+            return;
+        }
+        self.emit(&[0x90], true);
+    }
+
+    fn nop(&mut self) {
+        let long_nops: &[&[u8]] = &[
+            &[0x90],
+            &[0xF3, 0x90],
+            &[0x66, 0x90],
+            &[0x0F, 0x1F, 0x00],
+            &[0x0F, 0x1F, 0x40, 0x00],
+        ];
+        let b = self.rng.pick(long_nops);
+        self.emit(b, true);
+    }
+
+    /// IO width prefix: (prefix, size).
+    fn io_size(&mut self) -> (Option<u8>, u8) {
+        let size = self.rng.pick(&[1u8, 1, 2, 4]);
+        let pfx = match (self.mode, size) {
+            (_, 1) => None,
+            (CodeMode::Bits16, 4) | (CodeMode::Bits32 | CodeMode::Bits64, 2) => Some(0x66),
+            _ => None,
+        };
+        (pfx, size)
+    }
+
+    fn set_dx(&mut self, port: u16) {
+        let mut b = Vec::new();
+        if self.mode != CodeMode::Bits16 {
+            b.push(0x66);
+        }
+        b.push(0xBA);
+        b.extend_from_slice(&port.to_le_bytes());
+        self.emit(&b, true);
+    }
+
+    /// IN/OUT.
+    fn io(&mut self) {
+        let (pfx, size) = self.io_size();
+        let out = self.rng.chance(1, 2);
+        let wide = u8::from(size != 1);
+        let mut b: Vec<u8> = pfx.into_iter().collect();
+        if self.long() && self.rng.chance(1, 16) {
+            b.push(0x48);
+        }
+        if self.rng.chance(1, 2) {
+            let port = self.rng.pick(&IMM_PORTS);
+            b.push(if out { 0xE6 } else { 0xE4 } + wide);
+            b.push(port);
+        } else {
+            b.push(if out { 0xEE } else { 0xEC } + wide);
+        }
+        self.emit(&b, true);
+    }
+
+    /// INS/OUTS with random prefixes.
+    fn string(&mut self) {
+        let (pfx, size) = self.io_size();
+        let out = self.rng.chance(3, 5);
+        let mut p: Vec<u8> = pfx.into_iter().collect();
+        if self.rng.chance(2, 3) {
+            p.push(0xF3);
+        }
+        if self.rng.chance(1, 4) {
+            p.push(0x67);
+        }
+        if self.rng.chance(1, 3) {
+            p.push(self.rng.pick(&[0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65]));
+        }
+        // Random prefix order.
+        for k in (1..p.len()).rev() {
+            let j = self.rng.below(k as u64 + 1) as usize;
+            p.swap(k, j);
+        }
+        if self.long() && self.rng.chance(1, 16) {
+            p.push(0x48);
+        }
+        p.push(if out { 0x6E } else { 0x6C } + u8::from(size != 1));
+        self.emit(&p, true);
+    }
+
+    /// A branch to instruction `target` (resolved later); `kind`: 0 jmp short,
+    /// 1 jmp near, 2 jcc short, 3 jcc near, 4 loop.
+    fn branch(&mut self, target: usize) {
+        let kind = self.rng.below(5);
+        let mut b = Vec::new();
+        // Sometimes an operand-size prefix: a 32-bit IP in 16-bit code, IP truncated
+        // to 16 bits in 32-bit code, ignored in 64-bit mode.
+        let o16 = self.mode == CodeMode::Bits16;
+        let toggled = self.rng.chance(1, 8);
+        if toggled {
+            b.push(0x66);
+        }
+        let near_disp = if o16 != (toggled && self.mode != CodeMode::Bits64) {
+            2
+        } else {
+            4
+        };
+        let disp = match kind {
+            0 => {
+                b.push(0xEB);
+                1
+            }
+            1 => {
+                b.push(0xE9);
+                near_disp
+            }
+            2 => {
+                b.push(0x70 + self.rng.below(16) as u8);
+                1
+            }
+            3 => {
+                b.extend_from_slice(&[0x0F, 0x80 + self.rng.below(16) as u8]);
+                near_disp
+            }
+            _ => {
+                if self.rng.chance(1, 4) {
+                    b.push(0x67);
+                }
+                b.push(0xE0 + self.rng.below(3) as u8);
+                1
+            }
+        };
+        self.emit(&b, true);
+        self.bytes.extend(std::iter::repeat_n(0, disp));
+        let end = self.bytes.len();
+        let delta = usize::from(self.rng.chance(1, 16));
+        self.fixups.push((end - disp, disp, end, target, delta));
+    }
+
+    fn stopper(&mut self) {
+        let all: &[&[u8]] = &[
+            &[0xF4],
+            &[0xFA],
+            &[0x50],
+            &[0x8B, 0x03],
+            &[0x0F, 0x0B],
+            &[0xCC],
+            &[0x11, 0xC0],
+            &[0x0F, 0xA2],
+            &[0x88, 0x07],
+            &[0xF2, 0x6E],
+        ];
+        let b = self.rng.pick(all);
+        self.emit(b, false);
+    }
+
+    fn resolve(&mut self) -> bool {
+        let n = self.starts.len();
+        for &(pos, size, end, target, delta) in &self.fixups {
+            let to = if target >= n {
+                self.bytes.len()
+            } else {
+                self.starts[target] + delta
+            };
+            let rel = to as i64 - end as i64;
+            let ok = match size {
+                1 => i8::try_from(rel).is_ok(),
+                2 => i16::try_from(rel).is_ok(),
+                _ => true,
+            };
+            if !ok {
+                return false;
+            }
+            self.bytes[pos..pos + size].copy_from_slice(&rel.to_le_bytes()[..size]);
+        }
+        true
+    }
+}
+
+/// A random program: an IO instruction first, then a mix of the subset, branches,
+/// a few instructions the coalescer leaves to the CPU, and a stopper.
+pub(in crate::coalesce) fn gen_program(mode: CodeMode, rng: &mut Rng) -> (Vec<u8>, Vec<u64>) {
+    loop {
+        let mut g = Gen {
+            mode,
+            rng,
+            bytes: Vec::new(),
+            starts: Vec::new(),
+            must_support: Vec::new(),
+            fixups: Vec::new(),
+        };
+        if g.rng.chance(1, 3) {
+            g.string();
+        } else {
+            g.io();
+        }
+        let n = g.rng.below(20) as usize;
+        let mut planned = 0;
+        while planned < n {
+            let here = g.starts.len();
+            match g.rng.below(20) {
+                0..=2 => g.io(),
+                3 | 4 => g.string(),
+                5 => {
+                    let p = g.rng.pick(&DX_PORTS);
+                    g.set_dx(p)
+                }
+                6..=8 => g.mov(),
+                9..=12 => g.alu(),
+                13 => g.nop(),
+                14 | 15 => {
+                    // Forward branch within the next few instructions or to the end.
+                    let t = here + 1 + g.rng.below(5) as usize;
+                    g.branch(t.min(here + (n - planned) + 1));
+                }
+                16 => {
+                    // Backward branch (loops are bounded by the limits).
+                    let t = here.saturating_sub(g.rng.below(5) as usize);
+                    g.branch(t);
+                }
+                17 => {
+                    // A counted loop: mov ecx, k; body; loop body.
+                    let k = g.rng.below(5) as u32;
+                    let mut b = Vec::new();
+                    if g.mode == CodeMode::Bits16 {
+                        b.push(0x66);
+                    }
+                    b.push(0xB9);
+                    b.extend_from_slice(&k.to_le_bytes());
+                    g.emit(&b, true);
+                    let body = g.starts.len();
+                    g.io();
+                    if g.rng.chance(1, 2) {
+                        g.alu();
+                    }
+                    g.emit(&[0xE2], true);
+                    g.bytes.push(0);
+                    let end = g.bytes.len();
+                    g.fixups.push((end - 1, 1, end, body, 0));
+                }
+                18 if g.rng.chance(1, 4) => g.stopper(),
+                _ => g.mov(),
+            }
+            planned += 1;
+        }
+        g.stopper();
+        // Padding after the program.
+        for _ in 0..16 {
+            let b = g.rng.next() as u8;
+            g.bytes.push(b);
+        }
+        if g.resolve() {
+            return (g.bytes, g.must_support);
+        }
+    }
+}
+
+/// A random case in `mode` around a random program.
+pub(super) fn random_case(mode: CodeMode, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let (code, must) = gen_program(mode, &mut rng);
+    let mut c = Case::new(mode, code);
+    c.seed = seed;
+    c.must_support = must;
+    // Code placement: usually early in a page, sometimes right before a page end.
+    let jitter = if rng.chance(1, 6) {
+        0xFF0 - rng.below(0x40)
+    } else {
+        rng.below(0x100)
+    };
+    c.ip += jitter;
+    match mode {
+        CodeMode::Bits32 if rng.chance(1, 4) => {
+            // A CS base, page-aligned or not.
+            let base = if rng.chance(1, 2) { 0x1000 } else { 0x1230 };
+            c.seg_base[1] = base;
+            c.ip -= base;
+        }
+        CodeMode::Bits16 if rng.chance(1, 4) => {
+            // CS = 0x0701: linear = IP + 0x7010.
+            c.seg_base[1] = 0x7010;
+            c.ip -= 0x10;
+        }
+        CodeMode::Bits16 if rng.chance(1, 6) => {
+            // IP right below 64 KiB: the code wraps to IP 0.
+            c.seg_base[1] = 0;
+            c.ip = 0xFFFF - rng.below(48);
+        }
+        _ => {}
+    }
+    let mut regs = GuestRegs::default();
+    for k in 0..16 {
+        let v = match rng.below(4) {
+            0 => rng.pick(&EDGES),
+            1 => rng.below(0x100),
+            _ => rng.next(),
+        };
+        regs.set(k, v);
+    }
+    let upper = |rng: &mut Rng| {
+        if rng.chance(1, 2) {
+            rng.next() & !0xFFFF_FFFF
+        } else {
+            0
+        }
+    };
+    regs.rcx = rng.below(12)
+        | if mode == CodeMode::Bits64 {
+            0
+        } else {
+            upper(&mut rng)
+        };
+    if rng.chance(1, 8) {
+        regs.rcx |= 0x1_0000;
+    }
+    regs.rdx = u64::from(rng.pick(&DX_PORTS)) | (rng.next() & !0xFFFF);
+    match mode {
+        CodeMode::Bits16 => {
+            // Segments at DATA; 16-bit offsets (bits above 15 are ignored).
+            let off = |rng: &mut Rng| {
+                let o = if rng.chance(1, 10) {
+                    0xFFF0 + rng.below(16)
+                } else {
+                    rng.below(0x4000)
+                };
+                o | (rng.next() & !0xFFFF)
+            };
+            regs.rsi = off(&mut rng);
+            regs.rdi = off(&mut rng);
+            for k in [0, 2, 3, 4, 5] {
+                c.seg_base[k] = DATA + rng.below(4) * 0x1000;
+            }
+        }
+        CodeMode::Bits32 => {
+            for k in [0, 2, 3, 4, 5] {
+                c.seg_base[k] = if rng.chance(1, 3) {
+                    rng.below(4) * 0x1000
+                } else {
+                    0
+                };
+            }
+            regs.rsi = DATA + rng.below(0x8000) + upper(&mut rng);
+            regs.rdi = DATA + rng.below(0x8000) + upper(&mut rng);
+        }
+        CodeMode::Bits64 => {
+            c.seg_base = [0x5000, 0x6000, 0x7000, 0x8000, 0, 0];
+            c.seg_base[4] = rng.below(4) * 0x1000;
+            c.seg_base[5] = rng.below(4) * 0x1000;
+            regs.rsi = DATA + rng.below(0x8000);
+            regs.rdi = DATA + rng.below(0x8000);
+            if rng.chance(1, 4) {
+                regs.rsi |= rng.next() & !0xFFFF_FFFF;
+            }
+            if rng.chance(1, 8) {
+                regs.rdi = 0x1F000 + rng.below(0x2000);
+            }
+            if rng.chance(1, 5) {
+                c.unmap.push((c.code_linear() & !0xFFF) + 0x1000);
+            }
+        }
+    }
+    if rng.chance(1, 10) {
+        // INS into the code (self-modifying code): ES:rDI a few bytes after RIP.
+        let target = c.code_linear() + rng.below(24);
+        match mode {
+            CodeMode::Bits16 => {
+                c.seg_base[0] = c.seg_base[1];
+                regs.rdi = (target - c.seg_base[0]) | (rng.next() & !0xFFFF);
+            }
+            CodeMode::Bits32 => regs.rdi = target - c.seg_base[0],
+            CodeMode::Bits64 => regs.rdi = target,
+        }
+    }
+    if rng.chance(2, 3) {
+        c.data_fill = Some(rng.next());
+    }
+    c.regs = regs;
+    match mode {
+        CodeMode::Bits32 if rng.chance(1, 3) => {
+            c.paging32 = true;
+            c.large_pages = rng.chance(1, 3);
+            if !c.large_pages && rng.chance(1, 4) {
+                c.unmap.push((c.code_linear() & !0xFFF) + 0x1000);
+            }
+        }
+        CodeMode::Bits64 if c.unmap.is_empty() && rng.chance(1, 5) => c.large_pages = true,
+        _ => {}
+    }
+    c.rflags = 0x2 | (rng.next() & STATUS);
+    if mode != CodeMode::Bits16 && rng.chance(1, 5) {
+        // User mode, IO allowed or not by IOPL.
+        c.cpl = 3;
+        c.rflags |= rng.below(4) << 12;
+    }
+    if rng.chance(1, 3) {
+        c.rflags |= RF_DF;
+    }
+    if rng.chance(1, 2) {
+        c.rflags |= RF_IF;
+    }
+    if rng.chance(1, 3) {
+        c.board_init.extend_from_slice(&PIC_INIT_IRQ4);
+    }
+    if rng.chance(1, 3) {
+        // UART: OUT2 (IRQ line to the PIC) and some interrupt enables.
+        c.board_init.push((COM1 + 4, 0x08 | rng.below(4) as u8));
+        c.board_init.push((COM1 + 1, rng.below(16) as u8));
+    }
+    c.settings.extent = match rng.below(8) {
+        0 => Extent::Line(64),
+        1 => Extent::Line(16),
+        2 => Extent::Bytes(1 + rng.below(48) as u32),
+        3 => Extent::Insns(1 + rng.below(32) as u32),
+        _ => Extent::Page,
+    };
+    c.settings.limits = Limits {
+        max_insns: rng.pick(&[0, 1, 2, 3, 5, 8, 16, 64, 64, 1000]),
+        max_string_elements: rng.pick(&[0, 1, 2, 3, 7, 16, 64, 4096, 4096]),
+        max_quiet: rng.pick(&[0, 1, 2, 5, 48, 48, 1000]),
+    };
+    c
+}

@@ -1,0 +1,688 @@
+//! The reference's stepper: executes the case's code one instruction at a time, every
+//! IO instruction (every string element) through the single-exit handler with the
+//! exit fields the processor reports, and fails at a mandatory stop.
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+
+use super::board::{Board, NullHost};
+use super::case::{bitness, guest_mode, ip_mask, linear_ip, PAGE_TABLES, RF_IF, RF_TF};
+use super::ref_alu::ref_alu;
+use super::ref_decode::{ref_op, size_mask, BranchKind, GReg, RefMem, RefOp, RefRm, Src};
+use crate::coalesce::exec::{self, Limits};
+use crate::coalesce::insn::CodeMode;
+use crate::devices::bus::IoBus;
+use crate::stats::Stats;
+use crate::vcpu::exit::VmExit;
+use crate::vcpu::exits::{self, ExitAction, ExitContext, MsrFile, VcpuConfig};
+use crate::vmx::vmcs::{SoftVmcs, Vmcs, VmcsField};
+use crate::x86::guest_mem::{translate, Access, GuestMemory, SliceMemory};
+use crate::x86::regs::GuestRegs;
+
+fn condition(c: u8, f: u64) -> bool {
+    let cf = f & 1 != 0;
+    let pf = f & 4 != 0;
+    let zf = f & 0x40 != 0;
+    let sf = f & 0x80 != 0;
+    let of = f & 0x800 != 0;
+    let r = match c >> 1 {
+        0 => of,
+        1 => cf,
+        2 => zf,
+        3 => cf || zf,
+        4 => sf,
+        5 => pf,
+        6 => sf != of,
+        _ => zf || sf != of,
+    };
+    r != (c & 1 != 0)
+}
+
+/// The exit fields (qualification, instruction length, instruction information) the
+/// processor reports for an IO instruction; `None` if it is not one.
+pub(super) fn exit_fields(op: &RefOp, len: usize, dx: u16) -> Option<(u64, u64, u64)> {
+    let q = |size: u8, is_in: bool, string: bool, rep: bool, imm: Option<u8>| {
+        let port = imm.map_or(dx, u16::from);
+        u64::from(size - 1)
+            | (u64::from(is_in) << 3)
+            | (u64::from(string) << 4)
+            | (u64::from(rep) << 5)
+            | (u64::from(imm.is_some()) << 6)
+            | (u64::from(port) << 16)
+    };
+    Some(match *op {
+        RefOp::Io { is_in, size, imm } => (q(size, is_in, false, false, imm), len as u64, 0),
+        RefOp::Str {
+            is_in,
+            size,
+            rep,
+            addr,
+            seg,
+        } => {
+            let a = match addr {
+                2 => 0,
+                4 => 1,
+                _ => 2,
+            };
+            (
+                q(size, is_in, true, rep, None),
+                len as u64,
+                (a << 7) | (u64::from(seg) << 15),
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// Decodes the instruction at the guest's RIP (fetching through its paging at its
+/// CPL): the instruction, its bytes, our reading of it.
+pub(super) fn fetch_decode(
+    v: &SoftVmcs,
+    ram: &mut [u8],
+) -> Result<(Instruction, Vec<u8>, Option<RefOp>), String> {
+    let mode = guest_mode(v);
+    let rip = v.read(VmcsField::GuestRip);
+    let lin = linear_ip(mode, v.read(VmcsField::GuestCsBase), rip);
+    let paging = crate::vmx::guest_state::guest_paging(v);
+    let cpl = crate::vmx::guest_state::guest_cpl(v);
+    let mem = SliceMemory::new(ram);
+    let mut bytes = Vec::with_capacity(15);
+    let mut page: Option<(u64, u64)> = None;
+    // Outside 64-bit mode the instruction must lie within the CS limit (#GP).
+    let room = match mode {
+        CodeMode::Bits64 => 15,
+        _ => (v.read(VmcsField::GuestCsLimit) + 1)
+            .saturating_sub(rip)
+            .min(15),
+    };
+    for k in 0..room {
+        let l = lin.wrapping_add(k);
+        let gpa = match page {
+            Some((p, g)) if l & !0xFFF == p => g | (l & 0xFFF),
+            _ => {
+                let Ok(gpa) = translate(&mem, &paging, l, Access::fetch(cpl)) else {
+                    break;
+                };
+                page = Some((l & !0xFFF, gpa & !0xFFF));
+                gpa
+            }
+        };
+        match mem.read_u8(gpa) {
+            Ok(b) => bytes.push(b),
+            Err(_) => break,
+        }
+    }
+    let mut d = Decoder::with_ip(bitness(mode), &bytes, rip, DecoderOptions::NONE);
+    let i = d.decode();
+    if i.is_invalid() {
+        return Err(format!(
+            "reference: no instruction at {rip:#x} ({:?}, bytes {bytes:02x?})",
+            d.last_error()
+        ));
+    }
+    let op = ref_op(&i);
+    Ok((i, bytes[..i.len()].to_vec(), op))
+}
+
+pub(super) fn fmt_insn(i: &Instruction) -> String {
+    let mut s = String::new();
+    IntelFormatter::new().format(i, &mut s);
+    s
+}
+
+/// Where the coalescer stopped, as the reference counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Target {
+    pub(super) executed: u64,
+    pub(super) elements: u64,
+    pub(super) rip: u64,
+}
+
+pub(super) struct Reference<'a, 'b> {
+    pub(super) mode: CodeMode,
+    pub(super) vmcs: SoftVmcs,
+    pub(super) regs: GuestRegs,
+    pub(super) ram: Vec<u8>,
+    pub(super) bus: &'a mut IoBus<'b>,
+    pub(super) board: &'a Board,
+    pub(super) limits: Limits,
+    pub(super) executed: u64,
+    pub(super) elements: u64,
+    pub(super) io_insns: u64,
+    /// The REP instruction at RIP has done an element in this run (and is counted).
+    pub(super) in_rep: bool,
+    /// A mandatory stop reached after the last step.
+    pub(super) pending: Option<String>,
+    /// Model a coalescer that does not sync IRQ lines with IF = 0 (the bug this checker
+    /// once found; kept so the reference can still demonstrate it): with IF = 0 the
+    /// device lines are not brought onto the PIC after an access.
+    pub(super) stale_pic_if_clear: bool,
+    /// An INS element wrote into the live paging structures. What a CPU fetches
+    /// afterwards depends on its TLB (no INVLPG), so a difference is inconclusive.
+    pub(super) wrote_page_tables: bool,
+    pub(super) log: Vec<Instruction>,
+}
+
+impl Reference<'_, '_> {
+    fn rip(&self) -> u64 {
+        self.vmcs.read(VmcsField::GuestRip)
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcs.read(VmcsField::GuestRflags)
+    }
+
+    fn get(&self, r: GReg) -> u64 {
+        let full = if r.index == 4 {
+            self.vmcs.read(VmcsField::GuestRsp)
+        } else {
+            self.regs.get(r.index).unwrap_or(0)
+        };
+        if r.high {
+            (full >> 8) & 0xFF
+        } else {
+            full & size_mask(r.size)
+        }
+    }
+
+    fn set(&mut self, r: GReg, v: u64) {
+        let old = self.get(GReg {
+            index: r.index,
+            size: 8,
+            high: false,
+        });
+        let new = if r.high {
+            (old & !0xFF00) | ((v & 0xFF) << 8)
+        } else {
+            match r.size {
+                1 | 2 => (old & !size_mask(r.size)) | (v & size_mask(r.size)),
+                _ => v & size_mask(r.size),
+            }
+        };
+        if r.index == 4 {
+            self.vmcs.write(VmcsField::GuestRsp, new);
+        } else {
+            self.regs.set(r.index, new);
+        }
+    }
+
+    fn src(&self, s: Src) -> u64 {
+        match s {
+            Src::Reg(r) => self.get(r),
+            Src::Imm(v) => v,
+        }
+    }
+
+    /// The effective address of `m` (iced has resolved RIP-relative operands).
+    fn ref_ea(&self, m: RefMem, _i: &Instruction) -> u64 {
+        let reg = |n: u8| {
+            self.get(GReg {
+                index: n,
+                size: 8,
+                high: false,
+            })
+        };
+        let mut a = m.disp;
+        if let Some(b) = m.base {
+            a = a.wrapping_add(reg(b));
+        }
+        if let Some(x) = m.index {
+            a = a.wrapping_add(reg(x).wrapping_mul(u64::from(m.scale)));
+        }
+        a & size_mask(m.addr)
+    }
+
+    fn ref_linear(&self, m: RefMem, i: &Instruction) -> u64 {
+        let ea = self.ref_ea(m, i);
+        match m.seg {
+            4 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestFsBase)),
+            5 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestGsBase)),
+            _ => ea,
+        }
+    }
+
+    /// The guest-physical address of each byte of an access, as a CPU that must not
+    /// fault and must not set an accessed or dirty flag sees it; anything else is a
+    /// mandatory stop (4-level paging, walked here by hand).
+    fn ref_gpas(&self, lin: u64, size: u8, write: bool) -> Result<Vec<u64>, String> {
+        let stop = |why: &str| {
+            Err(format!(
+                "the coalescer ran past a mandatory stop: {why} at {lin:#x} ({size} bytes, write {write})"
+            ))
+        };
+        let cpl = crate::vmx::guest_state::guest_cpl(&self.vmcs);
+        let paging = crate::vmx::guest_state::guest_paging(&self.vmcs);
+        let mem_ram = &self.ram;
+        let rd = |at: u64| -> Option<u64> {
+            let at = at as usize;
+            mem_ram
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let mut out = Vec::new();
+        for k in 0..u64::from(size) {
+            let l = lin.wrapping_add(k);
+            // The top 17 bits equal: canonical for 48-bit linear addresses.
+            if ((l as i64) << 16 >> 16) as u64 != l {
+                return stop("non-canonical address");
+            }
+            let mut table = paging.cr3 & 0x000F_FFFF_FFFF_F000;
+            let (mut writable, mut user) = (true, true);
+            let mut gpa = None;
+            for level in (1..=4u32).rev() {
+                let shift = 12 + 9 * (level - 1);
+                let Some(e) = rd(table + ((l >> shift) & 0x1FF) * 8) else {
+                    return stop("paging structure outside RAM");
+                };
+                if e & 1 == 0 {
+                    return stop("page not present");
+                }
+                if e & 0x20 == 0 {
+                    return stop("the CPU would set an accessed flag");
+                }
+                writable &= e & 2 != 0;
+                user &= e & 4 != 0;
+                let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
+                if leaf {
+                    if write && e & 0x40 == 0 {
+                        return stop("the CPU would set a dirty flag");
+                    }
+                    let page = (1u64 << shift) - 1;
+                    gpa = Some((e & 0x000F_FFFF_FFFF_F000 & !page) | (l & page));
+                    break;
+                }
+                table = e & 0x000F_FFFF_FFFF_F000;
+            }
+            let Some(g) = gpa else {
+                return stop("no leaf");
+            };
+            if cpl == 3 && !user {
+                return stop("user access to a supervisor page");
+            }
+            if write && !writable && (cpl == 3 || paging.cr0 & (1 << 16) != 0) {
+                return stop("write to a read-only page");
+            }
+            if g >= self.ram.len() as u64 {
+                return stop("outside guest RAM");
+            }
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    fn ref_read(&self, lin: u64, size: u8) -> Result<u64, String> {
+        let gpas = self.ref_gpas(lin, size, false)?;
+        Ok(gpas.iter().enumerate().fold(0, |v, (k, &g)| {
+            v | u64::from(self.ram[g as usize]) << (8 * k)
+        }))
+    }
+
+    fn ref_write(&mut self, lin: u64, size: u8, v: u64) -> Result<(), String> {
+        let gpas = self.ref_gpas(lin, size, true)?;
+        for (k, g) in gpas.into_iter().enumerate() {
+            if (PAGE_TABLES.0..PAGE_TABLES.1).contains(&g) {
+                self.wrote_page_tables = true;
+            }
+            self.ram[g as usize] = (v >> (8 * k)) as u8;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, len: usize) {
+        let rip = self.rip().wrapping_add(len as u64) & ip_mask(self.mode);
+        self.vmcs.write(VmcsField::GuestRip, rip);
+    }
+
+    /// One IO exit through the single-exit handler. `Err` if it injected a fault.
+    fn io_exit(&mut self, q: u64, len: u64, info: u64) -> Result<(), String> {
+        let v = &mut self.vmcs;
+        v.write(VmcsField::ExitReason, 30);
+        v.write(VmcsField::ExitQualification, q);
+        v.write(VmcsField::ExitInstructionLength, len);
+        v.write(VmcsField::ExitInstructionInfo, info);
+        v.write(VmcsField::EntryInterruptionInfo, 0);
+        let mut stats = Stats::new();
+        let mut msrs = MsrFile::default();
+        let mut host = NullHost;
+        let exit = VmExit::read(&self.vmcs);
+        let mut mem = SliceMemory::new(&mut self.ram);
+        let mut ctx = ExitContext {
+            exit,
+            vmcs: &mut self.vmcs,
+            regs: &mut self.regs,
+            mem: &mut mem,
+            host: &mut host,
+            bus: self.bus,
+            stats: &mut stats,
+            msrs: &mut msrs,
+            config: VcpuConfig {
+                nested_vmx: false,
+                unrestricted_guest: true,
+                cr0_fixed0: 0,
+                cr0_fixed1: u64::MAX,
+                cr4_fixed0: 0,
+                cr4_fixed1: u64::MAX,
+                tsc_hz: 0,
+            },
+        };
+        let action = exits::handle_exit(&mut ctx);
+        if action != ExitAction::Resume {
+            return Err(format!("single-exit handler ended the guest: {action:?}"));
+        }
+        if self.vmcs.read(VmcsField::EntryInterruptionInfo) & (1 << 31) != 0 {
+            self.vmcs.write(VmcsField::EntryInterruptionInfo, 0);
+            return Err("the string element faults (#GP injected)".into());
+        }
+        Ok(())
+    }
+
+    /// After a port access: lines onto the PIC; an interrupt the CPU would take now
+    /// is a mandatory stop.
+    fn after_access(&mut self, what: &str) {
+        if self.stale_pic_if_clear && self.rflags() & RF_IF == 0 {
+            return;
+        }
+        if self.board.poll() && self.rflags() & RF_IF != 0 {
+            self.pending = Some(format!("interrupt deliverable after {what}"));
+        }
+    }
+
+    /// Runs to `t`; fails at a mandatory stop before it or if it is no boundary.
+    pub(super) fn run_to(&mut self, t: Target) -> Result<(), String> {
+        let mut steps = 0;
+        loop {
+            if self.executed == t.executed && self.elements == t.elements {
+                if self.rip() != t.rip {
+                    return Err(format!(
+                        "after {} instructions and {} elements the reference is at RIP {:#x}, \
+                         the coalescer at {:#x}",
+                        t.executed,
+                        t.elements,
+                        self.rip(),
+                        t.rip
+                    ));
+                }
+                return Ok(());
+            }
+            if self.executed > t.executed || self.elements > t.elements {
+                return Err(format!(
+                    "the coalescer's stop ({} instructions, {} elements, RIP {:#x}) is not a \
+                     boundary of the reference run (now {} / {})",
+                    t.executed, t.elements, t.rip, self.executed, self.elements
+                ));
+            }
+            if let Some(p) = self.pending.take() {
+                return Err(format!("the coalescer ran past a mandatory stop: {p}"));
+            }
+            steps += 1;
+            if steps > 100_000 {
+                return Err("reference: step bound".into());
+            }
+            self.step()?;
+        }
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        let first = self.executed == 0;
+        let boundary = !self.in_rep;
+        let rflags = self.rflags();
+        if boundary && !first {
+            if rflags & RF_TF != 0 {
+                return Err("the coalescer ran past an instruction with RFLAGS.TF".into());
+            }
+            if self.executed >= u64::from(self.limits.max_insns) {
+                return Err(format!(
+                    "the coalescer ran past max_insns = {}",
+                    self.limits.max_insns
+                ));
+            }
+        }
+        let rip = self.rip();
+        let (i, bytes, op) = fetch_decode(&self.vmcs, &mut self.ram)?;
+        self.log.push(i);
+        let text = || fmt_insn(&i);
+        let Some(op) = op else {
+            let text = text();
+            return Err(format!(
+                "the coalescer ran past `{text}` ({bytes:02x?}), outside the reference subset"
+            ));
+        };
+        let len = i.len();
+        if matches!(op, RefOp::Io { .. } | RefOp::Str { .. }) && boundary && !first {
+            let iopl = (rflags >> 12) & 3;
+            let cpl = u64::from(crate::vmx::guest_state::guest_cpl(&self.vmcs));
+            if cpl > iopl || rflags & (1 << 17) != 0 {
+                let text = text();
+                return Err(format!(
+                    "the coalescer ran IO instruction `{text}` at CPL {cpl} > IOPL {iopl}"
+                ));
+            }
+        }
+        match op {
+            RefOp::Io { .. } => {
+                let (q, l, info) = exit_fields(&op, len, self.regs.rdx as u16).expect("io");
+                self.io_exit(q, l, info)?;
+                self.executed += 1;
+                self.io_insns += 1;
+                self.after_access("an IN/OUT");
+            }
+            RefOp::Str {
+                rep, addr, is_in, ..
+            } => {
+                let (q, l, info) = exit_fields(&op, len, self.regs.rdx as u16).expect("io");
+                let am = size_mask(addr);
+                if rep && self.regs.rcx & am == 0 {
+                    // Nothing to do: the instruction retires.
+                    self.io_exit(q, l, info)?;
+                    self.executed += 1;
+                    self.io_insns += 1;
+                    return Ok(());
+                }
+                if self.elements >= u64::from(self.limits.max_string_elements) {
+                    return Err(format!(
+                        "the coalescer ran past max_string_elements = {}",
+                        self.limits.max_string_elements
+                    ));
+                }
+                let rcx = self.regs.rcx;
+                let left = if rep {
+                    // One element per exit: count 1, then the real count - 1.
+                    self.regs.rcx = (rcx & !am) | 1;
+                    let new = rcx.wrapping_sub(1);
+                    Some(if addr == 2 {
+                        (rcx & !0xFFFF) | (new & 0xFFFF)
+                    } else {
+                        new & am
+                    })
+                } else {
+                    None
+                };
+                let paging = self.vmcs.read(VmcsField::GuestCr0) & (1 << 31) != 0;
+                let tables = PAGE_TABLES.0 as usize..PAGE_TABLES.1 as usize;
+                let before = (paging && is_in).then(|| self.ram[tables.clone()].to_vec());
+                if let Err(e) = self.io_exit(q, l, info) {
+                    self.regs.rcx = rcx;
+                    return Err(format!("the coalescer ran past a mandatory stop: {e}"));
+                }
+                if before.is_some_and(|b| b[..] != self.ram[tables]) {
+                    self.wrote_page_tables = true;
+                }
+                if !self.in_rep {
+                    self.executed += 1;
+                    self.io_insns += 1;
+                }
+                self.elements += 1;
+                if let Some(new) = left {
+                    self.regs.rcx = new;
+                    if new & am != 0 {
+                        // Elements left: RIP stays on the instruction.
+                        self.vmcs.write(VmcsField::GuestRip, rip);
+                        self.in_rep = true;
+                    } else {
+                        self.in_rep = false;
+                    }
+                }
+                self.after_access(if is_in {
+                    "an INS element"
+                } else {
+                    "an OUTS element"
+                });
+            }
+            RefOp::Nop => {
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Mov { dst, src } => {
+                let v = self.src(src);
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Alu { op, dst, src } => {
+                let (r, f) = ref_alu(op, dst.size, self.get(dst), self.src(src), rflags);
+                if exec::writes_dst(op) {
+                    self.set(dst, r);
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Load {
+                dst,
+                src,
+                size,
+                signed,
+            } => {
+                let v = match src {
+                    RefRm::Reg(r) => self.get(r),
+                    RefRm::Mem(m) => {
+                        let lin = self.ref_linear(m, &i);
+                        self.ref_read(lin, size)?
+                    }
+                };
+                let v = if signed {
+                    let shift = 64 - 8 * u32::from(size);
+                    (((v << shift) as i64) >> shift) as u64
+                } else {
+                    v
+                };
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Store { mem, src, size } => {
+                let v = self.src(src);
+                let lin = self.ref_linear(mem, &i);
+                self.ref_write(lin, size, v)?;
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::AluMem { op, mem, src, size } => {
+                let lin = self.ref_linear(mem, &i);
+                if exec::writes_dst(op) {
+                    // The CPU checks the write access before doing anything.
+                    self.ref_gpas(lin, size, true)?;
+                }
+                let a = self.ref_read(lin, size)?;
+                let (r, f) = ref_alu(op, size, a, self.src(src), rflags);
+                if exec::writes_dst(op) {
+                    self.ref_write(lin, size, r)?;
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::AluLoad { op, dst, mem } => {
+                let lin = self.ref_linear(mem, &i);
+                let b = self.ref_read(lin, dst.size)?;
+                let (r, f) = ref_alu(op, dst.size, self.get(dst), b, rflags);
+                if exec::writes_dst(op) {
+                    self.set(dst, r);
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Lea { dst, mem } => {
+                let ea = self.ref_ea(mem, &i);
+                self.set(dst, ea);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Push { src } => {
+                let v = self.src(src);
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                self.ref_write(rsp, 8, v)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Pop { dst } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp);
+                let v = self.ref_read(rsp, 8)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp.wrapping_add(8));
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Call { target } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                let next = rip.wrapping_add(len as u64);
+                self.ref_write(rsp, 8, next)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::Ret { pop } => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp);
+                let target = self.ref_read(rsp, 8)?;
+                if !crate::x86::is_canonical(target, 48) {
+                    return Err(format!(
+                        "the coalescer ran past `{}` to a non-canonical address (#GP)",
+                        text()
+                    ));
+                }
+                self.vmcs
+                    .write(VmcsField::GuestRsp, rsp.wrapping_add(8 + u64::from(pop)));
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::Branch { kind, target } => {
+                let taken = match kind {
+                    BranchKind::Always => true,
+                    BranchKind::Cond(c) => condition(c, rflags),
+                    BranchKind::Loop(k, count) => {
+                        let m = size_mask(count);
+                        let new = self.regs.rcx.wrapping_sub(1);
+                        self.regs.rcx = if count == 2 {
+                            (self.regs.rcx & !0xFFFF) | (new & 0xFFFF)
+                        } else {
+                            new & m
+                        };
+                        let zf = rflags & 0x40 != 0;
+                        self.regs.rcx & m != 0
+                            && match k {
+                                0 => true,
+                                1 => zf,
+                                _ => !zf,
+                            }
+                    }
+                };
+                if taken {
+                    if self.mode != CodeMode::Bits64
+                        && target > self.vmcs.read(VmcsField::GuestCsLimit)
+                    {
+                        return Err(format!(
+                            "the coalescer ran past `{}`, whose target is beyond the CS limit",
+                            text()
+                        ));
+                    }
+                    self.vmcs.write(VmcsField::GuestRip, target);
+                } else {
+                    self.advance(len);
+                }
+                self.executed += 1;
+            }
+        }
+        Ok(())
+    }
+}
