@@ -66,6 +66,7 @@ fn host_mtrrs() -> Mtrrs {
 }
 
 /// Why a guest could not be started at all.
+#[derive(Debug)]
 pub enum StartError {
     Vmx(VmxError),
     OutOfMemory(&'static str),
@@ -81,9 +82,22 @@ impl core::fmt::Display for StartError {
             StartError::Vmx(e) => write!(f, "{e}"),
             StartError::OutOfMemory(what) => write!(f, "out of memory allocating {what}"),
             StartError::Load(e) => write!(f, "loading the guest: {e}"),
-            StartError::Ept(e) => write!(f, "building EPT: {e:?}"),
+            StartError::Ept(e) => write!(f, "building EPT: {e}"),
             StartError::Controls(e) => write!(f, "{e}"),
             StartError::GuestState(e) => write!(f, "guest state would fail VM entry: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            StartError::Vmx(e) => Some(e),
+            StartError::OutOfMemory(_) => None,
+            StartError::Load(e) => Some(e),
+            StartError::Ept(e) => Some(e),
+            StartError::Controls(e) => Some(e),
+            StartError::GuestState(e) => Some(e),
         }
     }
 }
@@ -411,7 +425,7 @@ pub fn run(prepared: Prepared, caps: &VmxCaps, config: &Config, timebase: Timeba
     let mut handles = machine.handles();
     let mut bus = IoBus::new();
     if let Err(e) = Machine::register(&mut handles, &mut bus) {
-        println!("sluice: error: IO bus: {e:?}");
+        println!("sluice: error: IO bus: {e}");
         return status::KERNEL_FAULT;
     }
     let mut stats = Stats::new();

@@ -96,6 +96,8 @@ impl fmt::Display for VmxError {
     }
 }
 
+impl core::error::Error for VmxError {}
+
 /// RFLAGS after a VMX instruction: CF (bit 0) and ZF (bit 6).
 fn check(insn: &'static str, rflags: u64) -> Result<(), VmxError> {
     if rflags & 1 != 0 {

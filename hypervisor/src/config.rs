@@ -265,6 +265,8 @@ impl fmt::Display for ConfigError<'_> {
     }
 }
 
+impl core::error::Error for ConfigError<'_> {}
+
 impl fmt::Display for ConfigErrorKind<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ConfigErrorKind::*;
@@ -336,6 +338,8 @@ impl fmt::Display for ConfigErrorKind<'_> {
         }
     }
 }
+
+impl core::error::Error for ConfigErrorKind<'_> {}
 
 /// Parses `0x`-prefixed hex or plain decimal into a u64 (no sign, no `_`).
 fn parse_number(s: &str) -> Option<u64> {

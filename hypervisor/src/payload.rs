@@ -117,6 +117,8 @@ impl fmt::Display for PayloadError {
     }
 }
 
+impl core::error::Error for PayloadError {}
+
 /// CRC-32 lookup table for the reflected IEEE polynomial, built at compile
 /// time (1 KiB): bytewise lookup keeps checking a multi-MiB guest fast even
 /// in an unoptimised kernel build.

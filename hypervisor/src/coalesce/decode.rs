@@ -38,6 +38,24 @@ pub enum DecodeError {
     Truncated,
 }
 
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            DecodeError::Undecodable => f.write_str(
+                "the bytes are not a valid x86 instruction (#UD, or longer than 15 bytes)",
+            ),
+            DecodeError::Unsupported { len } => {
+                write!(f, "a {len}-byte instruction the coalescer does not emulate")
+            }
+            DecodeError::Truncated => {
+                f.write_str("the bytes end inside an instruction: more are needed to decode it")
+            }
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
 /// Decodes the instruction at the start of `bytes` for code of size `mode`.
 ///
 /// `mode` selects zydis's machine mode and stack width: 16-bit (real mode and 16-bit
@@ -708,7 +726,7 @@ mod tests {
     const ALL: [CodeMode; 3] = [Bits16, Bits32, Bits64];
 
     fn op(bytes: &[u8], mode: CodeMode) -> Op {
-        let insn = decode(bytes, mode).unwrap_or_else(|e| panic!("{bytes:02x?} {mode:?}: {e:?}"));
+        let insn = decode(bytes, mode).unwrap_or_else(|e| panic!("{bytes:02x?} {mode:?}: {e}"));
         assert_eq!(
             usize::from(insn.len),
             bytes.len(),
@@ -1775,6 +1793,19 @@ mod tests {
             }
         );
         assert_eq!(op(&[0x64, 0x90], Bits64), Op::Nop);
+    }
+
+    #[test]
+    fn errors_say_why_the_bytes_did_not_decode() {
+        let e = decode(&[0x0F, 0x0B], Bits64).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a 2-byte instruction the coalescer does not emulate"
+        );
+        let e = decode(&[0x06], Bits64).unwrap_err();
+        assert!(e.to_string().contains("not a valid x86 instruction"), "{e}");
+        let e = decode(&[0xB8, 0x01], Bits32).unwrap_err();
+        assert!(e.to_string().contains("end inside an instruction"), "{e}");
     }
 
     #[test]

@@ -96,6 +96,8 @@ impl fmt::Display for FbError {
     }
 }
 
+impl core::error::Error for FbError {}
+
 impl FbInfo {
     /// Converts the bootloader's description. `PixelFormat` there is `non_exhaustive`:
     /// a format added later is refused instead of drawn wrongly.

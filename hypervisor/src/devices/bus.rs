@@ -43,6 +43,24 @@ pub enum BusError {
     EmptyRange,
 }
 
+impl core::fmt::Display for BusError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            BusError::Overlap { first, last } => write!(
+                f,
+                "the port range overlaps ports {first:#x}..={last:#x}, claimed by a device \
+                 registered earlier"
+            ),
+            BusError::Full => write!(f, "all {MAX_DEVICES} device slots of the IO bus are taken"),
+            BusError::EmptyRange => {
+                f.write_str("the port range is empty (its first port is after its last)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for BusError {}
+
 /// Access counts of one unclaimed port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnknownPort {
@@ -320,6 +338,24 @@ mod tests {
         }
         assert!(results[..MAX_DEVICES - 1].iter().all(|r| r.is_ok()));
         assert_eq!(results[MAX_DEVICES - 1], Err(BusError::Full));
+    }
+
+    #[test]
+    fn registration_errors_name_the_ports() {
+        let overlap = BusError::Overlap {
+            first: 0x3F8,
+            last: 0x3FF,
+        };
+        assert!(
+            overlap.to_string().contains("overlaps ports 0x3f8..=0x3ff"),
+            "{overlap}"
+        );
+        assert!(BusError::Full
+            .to_string()
+            .contains(&format!("all {MAX_DEVICES} device slots of the IO bus")));
+        assert!(BusError::EmptyRange
+            .to_string()
+            .contains("port range is empty"));
     }
 
     #[test]

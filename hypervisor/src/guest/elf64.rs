@@ -265,6 +265,8 @@ impl fmt::Display for ElfError {
     }
 }
 
+impl core::error::Error for ElfError {}
+
 fn u16_at(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
     if let Some(s) = at.checked_add(2).and_then(|end| b.get(at..end)) {

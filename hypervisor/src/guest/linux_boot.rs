@@ -264,7 +264,16 @@ impl fmt::Display for BootError {
             ),
             BootError::Overlap { a, b } => write!(f, "the {a} overlaps the {b}"),
             BootError::BadLayout { why } => write!(f, "bad Linux guest layout: {why}"),
-            BootError::Paging(e) => write!(f, "building the guest page tables: {e:?}"),
+            BootError::Paging(e) => write!(f, "building the guest page tables: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for BootError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            BootError::Paging(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -1386,6 +1395,17 @@ mod tests {
         let o = &mut o[..len];
         let e = load_linux(o, &bz, "", None, LinuxLayout::default_for(len as u64)).unwrap_err();
         assert_eq!(e, BootError::Paging(GuestPagingError::Misaligned));
+        assert!(
+            e.to_string().starts_with(
+                "building the guest page tables: guest RAM is not a multiple of 2 MiB"
+            ),
+            "{e}"
+        );
+        let source = core::error::Error::source(&e).expect("a paging error has a source");
+        assert_eq!(
+            source.downcast_ref::<GuestPagingError>(),
+            Some(&GuestPagingError::Misaligned)
+        );
     }
 
     #[test]

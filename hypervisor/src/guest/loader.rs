@@ -91,8 +91,23 @@ impl core::fmt::Display for LoadError {
                     "{ram_bytes} bytes of guest RAM cannot hold a 64-bit guest"
                 )
             }
-            LoadError::Paging(e) => write!(f, "building the guest page tables: {e:?}"),
+            LoadError::Paging(e) => write!(f, "building the guest page tables: {e}"),
             LoadError::Linux(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            LoadError::Elf(e) => Some(e),
+            LoadError::Paging(e) => Some(e),
+            LoadError::Linux(e) => Some(e),
+            LoadError::NoEntry
+            | LoadError::Empty
+            | LoadError::DoesNotFit { .. }
+            | LoadError::BadFirmwareSize { .. }
+            | LoadError::RamTooSmall { .. } => None,
         }
     }
 }
@@ -382,10 +397,15 @@ mod tests {
     fn elf_errors_come_through() {
         let mut ram = Ram::new(64);
         let r = ram.bytes();
-        assert!(matches!(
-            load(r, EntryMode::Elf64, b"nope"),
-            Err(LoadError::Elf(_))
-        ));
+        let e = load(r, EntryMode::Elf64, b"nope").unwrap_err();
+        let LoadError::Elf(inner) = e else {
+            panic!("expected an ELF error, got {e}");
+        };
+        // The ELF error is the loader error's source, and its message is the loader's.
+        let source = core::error::Error::source(&e).expect("an ELF error has a source");
+        assert_eq!(source.downcast_ref::<ElfError>(), Some(&inner));
+        assert_eq!(e.to_string(), source.to_string());
+        assert!(core::error::Error::source(&LoadError::Empty).is_none());
         // Entry outside the executable segment.
         assert!(matches!(
             load(r, EntryMode::Elf64, &elf(&[0x90], 0, 0x30_0000)),

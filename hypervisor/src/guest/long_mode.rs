@@ -47,6 +47,26 @@ pub enum GuestPagingError {
     TablesOutsideRam,
 }
 
+impl core::fmt::Display for GuestPagingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            GuestPagingError::Misaligned => {
+                "guest RAM is not a multiple of 2 MiB, or the page-table address is not 4 KiB \
+                 aligned"
+            }
+            GuestPagingError::Empty => "guest RAM is 0 bytes: there is nothing to map",
+            GuestPagingError::TooLarge => {
+                "guest RAM is larger than the 256 TiB that 4-level paging can map"
+            }
+            GuestPagingError::TablesOutsideRam => {
+                "the page tables would not lie inside guest RAM at the chosen address"
+            }
+        })
+    }
+}
+
+impl core::error::Error for GuestPagingError {}
+
 /// Number of 4 KiB table frames [`build_guest_identity_4level`] uses: one PML4,
 /// one PDPT per 512 GiB and one PD per 1 GiB of RAM.
 pub const fn tables_needed(ram_bytes: u64) -> u64 {
@@ -380,6 +400,25 @@ mod tests {
             Err(GuestPagingError::TooLarge)
         );
         assert_eq!(default_tables_gpa(0), None);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let msg = |e: GuestPagingError| e.to_string();
+        let m = msg(GuestPagingError::Misaligned);
+        assert!(m.contains("2 MiB") && m.contains("4 KiB aligned"), "{m}");
+        assert!(msg(GuestPagingError::Empty).contains("guest RAM is 0 bytes"));
+        assert!(msg(GuestPagingError::TooLarge).contains("256 TiB"));
+        assert!(msg(GuestPagingError::TablesOutsideRam).contains("page tables"));
+        // The loader names the step and keeps the paging error as the source.
+        let e = crate::guest::loader::LoadError::Paging(GuestPagingError::TooLarge);
+        assert_eq!(
+            e.to_string(),
+            "building the guest page tables: guest RAM is larger than the 256 TiB that \
+             4-level paging can map"
+        );
+        let source = core::error::Error::source(&e).expect("a paging error has a source");
+        assert_eq!(source.to_string(), msg(GuestPagingError::TooLarge));
     }
 
     #[test]

@@ -31,7 +31,37 @@ use crate::vcpu::exits::{ExitAction, ExitContext, HostOps};
 use crate::vcpu::hypercall;
 use crate::vmx::exit::exit_reason as er;
 use crate::vmx::vmcs::Vmcs;
-use crate::x86::guest_mem::{check_linear, read_linear, Access, GuestMemory};
+use crate::x86::guest_mem::{check_linear, read_linear, Access, GuestMemory, TranslateError};
+
+/// Why a print hypercall printed nothing; the guest sees `ERROR` in RAX either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrintError {
+    /// RCX is over [`PRINT_MAX`].
+    TooLong { len: u64 },
+    /// Part of the buffer does not translate to guest RAM.
+    Unmapped(TranslateError),
+}
+
+impl core::fmt::Display for PrintError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PrintError::TooLong { len } => write!(
+                f,
+                "print hypercall of {len} bytes is over the {PRINT_MAX}-byte limit"
+            ),
+            PrintError::Unmapped(e) => write!(f, "print hypercall buffer: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for PrintError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            PrintError::Unmapped(e) => Some(e),
+            PrintError::TooLong { .. } => None,
+        }
+    }
+}
 
 impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     // VMCALL (18)
@@ -47,7 +77,7 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             hypercall::PRINT => {
                 self.regs.rax = match self.hypercall_print(self.regs.rbx, self.regs.rcx) {
                     Ok(()) => 0,
-                    Err(()) => hypercall::ERROR,
+                    Err(_) => hypercall::ERROR,
                 };
             }
             hypercall::EXIT => {
@@ -68,20 +98,21 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     }
 
     /// Prints `len` bytes at guest-linear `addr`, all or nothing.
-    pub(super) fn hypercall_print(&mut self, addr: u64, len: u64) -> Result<(), ()> {
+    pub(super) fn hypercall_print(&mut self, addr: u64, len: u64) -> Result<(), PrintError> {
         if len > hypercall::PRINT_MAX {
-            return Err(());
+            return Err(PrintError::TooLong { len });
         }
         let len = len as usize;
         let pctx = self.paging();
-        check_linear(&*self.mem, &pctx, addr, len, Access::read(0)).map_err(|_| ())?;
+        check_linear(&*self.mem, &pctx, addr, len, Access::read(0))
+            .map_err(PrintError::Unmapped)?;
         let mut buf = [0u8; 256];
         let mut done = 0usize;
         while done < len {
             let n = buf.len().min(len - done);
             let chunk = &mut buf[..n];
             read_linear(&*self.mem, &pctx, addr.wrapping_add(done as u64), chunk)
-                .map_err(|_| ())?;
+                .map_err(PrintError::Unmapped)?;
             self.host.console(chunk);
             done += n;
         }
@@ -162,6 +193,47 @@ mod tests {
             assert_eq!(h.regs.rax, hypercall::ERROR);
             assert!(h.host.console.is_empty(), "nothing printed");
         }
+    }
+
+    #[test]
+    fn print_errors_say_why_nothing_was_printed() {
+        let mut h = Harness::long();
+        let exit = VmExit::read(&h.vmcs);
+        let mut mem = SliceMemory::new(&mut h.ram);
+        let mut bus = IoBus::new();
+        let mut ctx = ExitContext {
+            exit,
+            vmcs: &mut h.vmcs,
+            regs: &mut h.regs,
+            mem: &mut mem,
+            host: &mut h.host,
+            bus: &mut bus,
+            stats: &mut h.stats,
+            msrs: &mut h.msrs,
+            config: h.config,
+        };
+        let e = ctx.hypercall_print(0x20_0000, PRINT_MAX + 1).unwrap_err();
+        assert_eq!(e, PrintError::TooLong { len: PRINT_MAX + 1 });
+        assert_eq!(
+            e.to_string(),
+            "print hypercall of 4097 bytes is over the 4096-byte limit"
+        );
+        assert!(core::error::Error::source(&e).is_none());
+        // Linear 0x10_2000 is not present: the buffer's second byte would page-fault
+        // (a supervisor read of a not-present page, error code 0).
+        let e = ctx.hypercall_print(0x10_1FFF, 2).unwrap_err();
+        let fault = TranslateError::PageFault {
+            linear: 0x10_2000,
+            error_code: 0,
+        };
+        assert_eq!(e, PrintError::Unmapped(fault));
+        assert_eq!(
+            e.to_string(),
+            "print hypercall buffer: page fault at 0x102000 (error code 0x0)"
+        );
+        let source = core::error::Error::source(&e).expect("the translation error");
+        assert_eq!(source.downcast_ref::<TranslateError>(), Some(&fault));
+        assert!(h.host.console.is_empty(), "nothing printed");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::vcpu::exits::{end, ExitAction, ExitContext, Fault, HostOps};
 use crate::vmx::exit::IoQualification;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::{
-    check_linear, read_linear_as, write_linear, Access, GuestMemory, PagingContext,
+    check_linear, read_linear_as, write_linear, Access, GuestMemory, PagingContext, TranslateError,
 };
 use crate::x86::{update_addr_reg, Rflags, Width};
 
@@ -125,16 +125,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         pctx: &PagingContext,
         linear: u64,
         cpl: u8,
-    ) -> Result<(), ()> {
+    ) -> Result<(), TranslateError> {
         let n = usize::from(q.size);
         let mut bytes = [0u8; 4];
         if q.is_in {
-            check_linear(&*self.mem, pctx, linear, n, Access::write(cpl)).map_err(|_| ())?;
+            check_linear(&*self.mem, pctx, linear, n, Access::write(cpl))?;
             bytes = self.bus.read(q.port, q.size).to_le_bytes();
-            write_linear(self.mem, pctx, linear, &bytes[..n], cpl).map_err(|_| ())
+            write_linear(self.mem, pctx, linear, &bytes[..n], cpl)
         } else {
-            read_linear_as(&*self.mem, pctx, linear, &mut bytes[..n], Access::read(cpl))
-                .map_err(|_| ())?;
+            read_linear_as(&*self.mem, pctx, linear, &mut bytes[..n], Access::read(cpl))?;
             self.bus.write(q.port, q.size, u32::from_le_bytes(bytes));
             Ok(())
         }

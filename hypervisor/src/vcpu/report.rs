@@ -132,6 +132,22 @@ pub enum EntryFailure {
     Valid,
 }
 
+impl fmt::Display for EntryFailure {
+    /// The VMfailValid case names no error number: it is in the current VMCS, which
+    /// [`describe_entry_failure`] reads.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryFailure::Invalid => "VM entry failed: VMfailInvalid (no valid current VMCS)",
+            EntryFailure::Valid => {
+                "VM entry failed: VMfailValid (the VM-instruction error field of the current \
+                 VMCS says why)"
+            }
+        })
+    }
+}
+
+impl core::error::Error for EntryFailure {}
+
 /// Explains a failed VMLAUNCH/VMRESUME in one line (SDM Vol. 3C 31.4 "VM Instruction
 /// Error Numbers").
 pub fn describe_entry_failure(fail: EntryFailure, vmcs: &impl Vmcs, w: &mut impl Write) {
@@ -238,6 +254,19 @@ mod tests {
             s.starts_with("sluice: VM entry failed: VM-instruction error 7: ")
                 && s.contains("invalid control field"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn entry_failures_name_the_failed_entry_and_the_flag() {
+        assert_eq!(
+            EntryFailure::Invalid.to_string(),
+            "VM entry failed: VMfailInvalid (no valid current VMCS)"
+        );
+        let m = EntryFailure::Valid.to_string();
+        assert!(
+            m.starts_with("VM entry failed: VMfailValid") && m.contains("VM-instruction error"),
+            "{m}"
         );
     }
 }

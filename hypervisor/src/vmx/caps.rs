@@ -209,6 +209,8 @@ impl fmt::Display for ControlError {
     }
 }
 
+impl core::error::Error for ControlError {}
+
 impl Allowed {
     /// Decodes a control capability MSR (`IA32_VMX_*_CTLS` or `IA32_VMX_TRUE_*_CTLS`).
     pub const fn from_msr(msr: u64) -> Self {
@@ -776,6 +778,8 @@ impl fmt::Display for MissingFeature {
     }
 }
 
+impl core::error::Error for MissingFeature {}
+
 /// The CPU's maker (CPUID leaf 0 vendor string), for advice that differs between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuVendor {
@@ -858,6 +862,29 @@ pub enum VmxonFailure {
     FailInvalid,
     FailValid(u64),
 }
+
+impl fmt::Display for VmxonFailure {
+    /// The causes of VMfailInvalid are those of the VMXON operation (SDM Vol. 3C 31.3
+    /// "VMXON"): a region pointer that is not 4-KiB aligned or beyond the physical-address
+    /// width, a wrong VMCS revision identifier, or VMX root operation without a current
+    /// VMCS.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            VmxonFailure::FailInvalid => f.write_str(
+                "VMXON failed with VMfailInvalid (the VMXON region is misaligned, beyond the \
+                 physical-address width or has the wrong VMCS revision, or the CPU is already \
+                 in VMX root operation)",
+            ),
+            VmxonFailure::FailValid(n) => write!(
+                f,
+                "VMXON failed with VM-instruction error {n} ({})",
+                crate::vmx::vmcs::vm_instruction_error_text(n)
+            ),
+        }
+    }
+}
+
+impl core::error::Error for VmxonFailure {}
 
 /// Whether a failed VMXON means firmware left this CPU in VMX root operation, so that
 /// VMXOFF followed by a second VMXON takes the CPU over.
@@ -1524,5 +1551,16 @@ vmx: preemption-timer=no rate=none
         // CR4.VMXE was clear: the CPU was not in VMX operation, VMXOFF would #UD.
         assert!(!firmware_left_vmx_on(false, FailInvalid));
         assert!(!firmware_left_vmx_on(false, FailValid(VMXON_IN_VMX_ROOT)));
+    }
+
+    #[test]
+    fn vmxon_failures_name_the_instruction_and_the_error() {
+        let m = VmxonFailure::FailInvalid.to_string();
+        assert!(m.starts_with("VMXON failed with VMfailInvalid"), "{m}");
+        assert!(m.contains("VMXON region"), "{m}");
+        assert_eq!(
+            VmxonFailure::FailValid(VMXON_IN_VMX_ROOT).to_string(),
+            "VMXON failed with VM-instruction error 15 (VMXON executed in VMX root operation)"
+        );
     }
 }

@@ -202,6 +202,8 @@ impl fmt::Display for GuestStateError {
     }
 }
 
+impl core::error::Error for GuestStateError {}
+
 const AR_TYPE: u32 = ar::TYPE_MASK;
 const AR_DPL: u32 = 3 << ar::DPL_SHIFT;
 const AR_RESERVED: u32 = 0xF00 | !0x1_FFFF;

@@ -175,6 +175,8 @@ impl fmt::Display for SetupError {
     }
 }
 
+impl core::error::Error for SetupError {}
+
 fn adjust(
     group: ControlGroup,
     allowed: Allowed,

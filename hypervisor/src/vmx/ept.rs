@@ -182,6 +182,42 @@ pub enum EptError {
     TableInTheWay { gpa: u64 },
 }
 
+impl core::fmt::Display for EptError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            EptError::Misaligned => f.write_str(
+                "an address or length to map is not a multiple of 4 KiB (EPT maps whole pages)",
+            ),
+            EptError::Empty => f.write_str("guest RAM is 0 bytes: there is nothing to map"),
+            EptError::AddressTooLarge => write!(
+                f,
+                "the range does not fit the 48-bit guest-physical address space of 4-level EPT \
+                 (below {MAX_GPA:#x}) or the 52-bit host-physical one (below {MAX_HPA:#x})"
+            ),
+            EptError::OutOfFrames => {
+                f.write_str("out of memory for EPT paging structures (no free 4 KiB frame)")
+            }
+            EptError::BadFrame(phys) => write!(
+                f,
+                "the frame allocator returned {phys:#x} for an EPT paging structure, which is \
+                 not 4 KiB aligned or not below {MAX_HPA:#x}"
+            ),
+            EptError::LargePageInTheWay { gpa } => write!(
+                f,
+                "a 4 KiB mapping at guest-physical {gpa:#x} was requested, but a large page \
+                 already maps it (splitting large pages is not supported)"
+            ),
+            EptError::TableInTheWay { gpa } => write!(
+                f,
+                "a large page at guest-physical {gpa:#x} was requested, but a lower-level EPT \
+                 table is already there"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for EptError {}
+
 /// A leaf found by [`translate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EptLeaf {
@@ -579,6 +615,28 @@ mod tests {
             build_identity(&mut small, 64 * MIB, caps(true, false)),
             Err(EptError::OutOfFrames)
         );
+    }
+
+    #[test]
+    fn errors_name_what_failed_and_the_address() {
+        let msg = |e: EptError| e.to_string();
+        assert!(msg(EptError::Misaligned).contains("not a multiple of 4 KiB"));
+        assert!(msg(EptError::Empty).contains("0 bytes"));
+        let m = msg(EptError::AddressTooLarge);
+        assert!(
+            m.contains("48-bit guest-physical") && m.contains("0x1000000000000"),
+            "{m}"
+        );
+        assert!(msg(EptError::OutOfFrames).contains("out of memory for EPT"));
+        assert!(msg(EptError::BadFrame(0x1234_5678)).contains("returned 0x12345678"));
+        let m = msg(EptError::LargePageInTheWay { gpa: 2 * MIB });
+        assert!(
+            m.contains("4 KiB mapping at guest-physical 0x200000"),
+            "{m}"
+        );
+        assert!(m.contains("large page already maps it"), "{m}");
+        let m = msg(EptError::TableInTheWay { gpa: GIB });
+        assert!(m.contains("large page at guest-physical 0x40000000"), "{m}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ impl fmt::Display for MemError {
     }
 }
 
+impl core::error::Error for MemError {}
+
 /// Guest RAM, addressed by guest-physical address. An access fails as a whole
 /// (nothing is read or written) if any of its bytes lies outside RAM.
 pub trait GuestMemory {
@@ -261,6 +263,15 @@ impl fmt::Display for TranslateError {
                 write!(f, "non-canonical address {linear:#x}")
             }
             TranslateError::Memory(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for TranslateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            TranslateError::Memory(e) => Some(e),
+            TranslateError::PageFault { .. } | TranslateError::NonCanonical { .. } => None,
         }
     }
 }
