@@ -220,6 +220,15 @@ fn branch_width(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<W
 fn alu_op(m: Mnemonic) -> Option<AluOp> {
     Some(match m {
         Mnemonic::ADD => AluOp::Add,
+        Mnemonic::ADC => AluOp::Adc,
+        Mnemonic::SBB => AluOp::Sbb,
+        Mnemonic::NEG => AluOp::Neg,
+        Mnemonic::NOT => AluOp::Not,
+        Mnemonic::SAR => AluOp::Sar,
+        Mnemonic::ROL => AluOp::Rol,
+        Mnemonic::ROR => AluOp::Ror,
+        Mnemonic::RCL => AluOp::Rcl,
+        Mnemonic::RCR => AluOp::Rcr,
         Mnemonic::OR => AluOp::Or,
         Mnemonic::AND => AluOp::And,
         Mnemonic::SUB => AluOp::Sub,
@@ -429,8 +438,9 @@ fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -
         })
     };
     match opc {
-        // ALU r/m, r (memory destination) and r, r/m (memory source).
-        0x00..=0x3B if matches!(opc >> 3, 0 | 1 | 4 | 5 | 6 | 7) && opc & 7 <= 3 => {
+        // ALU r/m, r (memory destination) and r, r/m (memory source): ADD, OR, ADC,
+        // SBB, AND, SUB, XOR, CMP.
+        0x00..=0x3B if opc & 7 <= 3 => {
             let op = alu_op(insn.mnemonic)?;
             let w = if opc & 1 == 0 { Width::W8 } else { opw };
             if opc & 2 == 0 {
@@ -465,8 +475,8 @@ fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -
                 signed: true,
             })
         }
-        // Group 1 on memory; /2 ADC and /3 SBB are not in the subset.
-        0x80 | 0x81 | 0x83 if !matches!(modrm_reg, 2 | 3) => {
+        // Group 1 on memory.
+        0x80 | 0x81 | 0x83 => {
             let w = if opc == 0x80 { Width::W8 } else { opw };
             alu_mem(
                 Operand::Imm(imm_operand(ops.get(1), w)?),
@@ -508,14 +518,19 @@ fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -
             mem.seg = Seg::Ds;
             Some(Op::Lea { dst, mem })
         }
-        0xC0 | 0xC1 | 0xD0 | 0xD1 if matches!(modrm_reg, 4 | 5) => {
+        // Group 2 (ROL ROR RCL RCR SHL SHR SAR; the /6 SAL alias is left to the CPU)
+        // by 1, by an immediate or by CL.
+        0xC0 | 0xC1 | 0xD0..=0xD3 if modrm_reg != 6 => {
             let w = if opc & 1 == 0 { Width::W8 } else { opw };
-            let count = if opc >= 0xD0 {
-                1
-            } else {
-                imm_operand(ops.get(1), Width::W8)?
+            let count = match opc {
+                0xD0 | 0xD1 => Operand::Imm(1),
+                0xD2 | 0xD3 => {
+                    (reg_operand(ops.get(1))? == RegRef::new(1, Width::W8)).then_some(())?;
+                    Operand::Reg(RegRef::new(1, Width::W8))
+                }
+                _ => Operand::Imm(imm_operand(ops.get(1), Width::W8)?),
             };
-            alu_mem(Operand::Imm(count), alu_op(insn.mnemonic)?).map(|o| with_width(o, w))
+            alu_mem(count, alu_op(insn.mnemonic)?).map(|o| with_width(o, w))
         }
         0xC6 | 0xC7 if modrm_reg == 0 => {
             let w = if opc == 0xC6 { Width::W8 } else { opw };
@@ -529,6 +544,11 @@ fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -
             let w = if opc == 0xF6 { Width::W8 } else { opw };
             alu_mem(Operand::Imm(imm_operand(ops.get(1), w)?), AluOp::Test)
                 .map(|o| with_width(o, w))
+        }
+        // Group 3 /2 NOT, /3 NEG on memory.
+        0xF6 | 0xF7 if matches!(modrm_reg, 2 | 3) => {
+            let w = if opc == 0xF6 { Width::W8 } else { opw };
+            alu_mem(Operand::Imm(0), alu_op(insn.mnemonic)?).map(|o| with_width(o, w))
         }
         0xFE | 0xFF if modrm_reg <= 1 => {
             let w = if opc == 0xFE { Width::W8 } else { opw };
@@ -631,8 +651,8 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
     }
     let opc = insn.opcode;
     match opc {
-        // ADD/OR/AND/SUB/XOR/CMP: r/m,r and r,r/m (register form) and rAX,imm.
-        0x00..=0x3D if matches!(opc >> 3, 0 | 1 | 4 | 5 | 6 | 7) && opc & 7 <= 5 => {
+        // ADD/OR/ADC/SBB/AND/SUB/XOR/CMP: r/m,r and r,r/m (register form) and rAX,imm.
+        0x00..=0x3D if opc & 7 <= 5 => {
             if opc & 7 <= 3 && !reg_form {
                 return None;
             }
@@ -663,8 +683,8 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
             rel: rel_operand(ops.first())?,
             width: branch_width(insn, mode)?,
         }),
-        // Group 1 with a register operand; /2 ADC and /3 SBB are not in the subset.
-        0x80 | 0x81 | 0x83 if reg_form && !matches!(modrm_reg, 2 | 3) => alu_two(insn),
+        // Group 1 with a register operand.
+        0x80 | 0x81 | 0x83 if reg_form => alu_two(insn),
         0x84 | 0x85 if reg_form => alu_two(insn),
         0x88..=0x8B if reg_form => mov(insn),
         // NOP and PAUSE; with REX.B 90 is XCHG r8, rAX (zydis says XCHG; F3 REX.B 90
@@ -674,11 +694,12 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
         }
         0xA8 | 0xA9 => alu_two(insn),
         0xB0..=0xBF => mov(insn),
-        // Group 2: /4 SHL, /5 SHR (the /6 SAL alias is left to the CPU).
-        0xC0 | 0xC1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_two(insn),
-        0xD0 | 0xD1 if reg_form && matches!(modrm_reg, 4 | 5) => alu_one(insn, 1),
-        // SHL/SHR r/m, CL (register destination): the count is CL, masked by the CPU.
-        0xD2 | 0xD3 if reg_form && matches!(modrm_reg, 4 | 5) => {
+        // Group 2: ROL, ROR, RCL, RCR, SHL, SHR, SAR (the /6 SAL alias is left to the
+        // CPU).
+        0xC0 | 0xC1 if reg_form && modrm_reg != 6 => alu_two(insn),
+        0xD0 | 0xD1 if reg_form && modrm_reg != 6 => alu_one(insn, 1),
+        // Group 2 r/m, CL (register destination): the count is CL, masked by the CPU.
+        0xD2 | 0xD3 if reg_form && modrm_reg != 6 => {
             let dst = reg_operand(ops.first())?;
             (reg_operand(ops.get(1))? == RegRef::new(1, Width::W8)).then_some(Op::Alu {
                 op: alu_op(insn.mnemonic)?,
@@ -710,8 +731,9 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
             rel: rel_operand(ops.first())?,
             width: branch_width(insn, mode)?,
         }),
-        // Group 3 /0 TEST r/m, imm with a register operand.
+        // Group 3 /0 TEST r/m, imm, /2 NOT, /3 NEG with a register operand.
         0xF6 | 0xF7 if reg_form && modrm_reg == 0 => alu_two(insn),
+        0xF6 | 0xF7 if reg_form && matches!(modrm_reg, 2 | 3) => alu_one(insn, 0),
         // Group 4/5 /0 INC, /1 DEC with a register operand.
         0xFE | 0xFF if reg_form && modrm_reg <= 1 => alu_one(insn, 1),
         _ => None,
@@ -1275,9 +1297,15 @@ mod tests {
         // add eax, [ebx] (03 03), add [ebx], eax (01 03): memory forms.
         unsupported(&[0x03, 0x03], Bits32);
         unsupported(&[0x01, 0x03], Bits32);
-        // adc (11 D8) and sbb (19 D8) are outside the subset.
-        unsupported(&[0x11, 0xD8], Bits32);
-        unsupported(&[0x19, 0xD8], Bits32);
+        // adc eax, ebx (11 D8) and sbb eax, ebx (19 D8).
+        assert_eq!(
+            op(&[0x11, 0xD8], Bits32),
+            alu(AluOp::Adc, r(0, Width::W32), Operand::Reg(r(3, Width::W32)))
+        );
+        assert_eq!(
+            op(&[0x19, 0xD8], Bits32),
+            alu(AluOp::Sbb, r(0, Width::W32), Operand::Reg(r(3, Width::W32)))
+        );
     }
 
     #[test]
@@ -1360,9 +1388,15 @@ mod tests {
                 Operand::Imm(0xFFFF_FFFF_FFFF_FFF0)
             )
         );
-        // 83 D0 01 adc eax, 1 and 83 D8 01 sbb eax, 1: outside the subset.
-        unsupported(&[0x83, 0xD0, 0x01], Bits32);
-        unsupported(&[0x83, 0xD8, 0x01], Bits32);
+        // 83 D0 01 adc eax, 1 and 83 D8 01 sbb eax, 1.
+        assert_eq!(
+            op(&[0x83, 0xD0, 0x01], Bits32),
+            alu(AluOp::Adc, r(0, Width::W32), Operand::Imm(1))
+        );
+        assert_eq!(
+            op(&[0x83, 0xD8, 0x01], Bits32),
+            alu(AluOp::Sbb, r(0, Width::W32), Operand::Imm(1))
+        );
         // 83 00 01: add dword [eax], 1 (memory).
         unsupported(&[0x83, 0x00, 0x01], Bits32);
     }
@@ -1409,10 +1443,16 @@ mod tests {
                 Operand::Imm(0xFFFF_FFFF_8000_0000)
             )
         );
-        // 84 03 test [ebx], al; F6 D0 not al; F7 D8 neg eax.
+        // 84 03 test [ebx], al (memory, 32-bit code); F6 D0 not al; F7 D8 neg eax.
         unsupported(&[0x84, 0x03], Bits32);
-        unsupported(&[0xF6, 0xD0], Bits32);
-        unsupported(&[0xF7, 0xD8], Bits32);
+        assert_eq!(
+            op(&[0xF6, 0xD0], Bits32),
+            alu(AluOp::Not, RegRef::AL, Operand::Imm(0))
+        );
+        assert_eq!(
+            op(&[0xF7, 0xD8], Bits32),
+            alu(AluOp::Neg, r(0, Width::W32), Operand::Imm(0))
+        );
     }
 
     #[test]
@@ -1490,11 +1530,26 @@ mod tests {
             op(&[0xC1, 0xE0, 0xFF], Bits32),
             alu(AluOp::Shl, r(0, Width::W32), Operand::Imm(0xFF))
         );
-        // D3 E0 shl eax, cl (supported: `shifts_by_cl`); C1 F8 01 sar; C1 C0 01 rol;
-        // C1 F0 01 (/6 SAL alias); C1 20 01 memory (32-bit code).
+        // D3 E0 shl eax, cl (supported: `shifts_by_cl`); C1 /7 SAR, /0 ROL, /1 ROR,
+        // /2 RCL, /3 RCR by an immediate; C1 F0 01 (/6 SAL alias); C1 20 01 memory
+        // (32-bit code).
         assert!(decode(&[0xD3, 0xE0], Bits32).is_ok());
-        unsupported(&[0xC1, 0xF8, 0x01], Bits32);
-        unsupported(&[0xC1, 0xC0, 0x01], Bits32);
+        for (modrm, o) in [
+            (0xF8, AluOp::Sar),
+            (0xC0, AluOp::Rol),
+            (0xC8, AluOp::Ror),
+            (0xD0, AluOp::Rcl),
+            (0xD8, AluOp::Rcr),
+        ] {
+            assert_eq!(
+                op(&[0xC1, modrm, 0x03], Bits32),
+                alu(o, r(0, Width::W32), Operand::Imm(3))
+            );
+            assert_eq!(
+                op(&[0xD0, modrm], Bits16),
+                alu(o, RegRef::AL, Operand::Imm(1))
+            );
+        }
         assert!(decode(&[0xC1, 0xF0, 0x01], Bits32).is_err());
         unsupported(&[0xC1, 0x20, 0x01], Bits32);
     }
@@ -1851,7 +1906,7 @@ mod tests {
     fn other_instructions_are_unsupported_with_their_length() {
         // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
         // disp32 in 32-bit code); xchg eax, eax (87 C0); lock add [rax], eax; rep ret;
-        // call [rax] (FF 10); push word 1 (66 6A 01); adc [rax], eax (11 00); 16-bit code
+        // call [rax] (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code
         // pop ax (58); movsxd ax, eax (66 63 C0).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
@@ -1867,7 +1922,7 @@ mod tests {
             (&[0xF3, 0xC3], Bits64),
             (&[0xFF, 0x10], Bits64),
             (&[0x66, 0x6A, 0x01], Bits64),
-            (&[0x11, 0x00], Bits64),
+            (&[0x0F, 0x31], Bits64),
             (&[0x58], Bits16),
             (&[0x66, 0x63, 0xC0], Bits64),
         ] {
@@ -2055,7 +2110,15 @@ mod tests {
                 src: Operand::Reg(RegRef::new(1, Width::W8))
             }
         );
-        unsupported(&[0xD3, 0xFE], Bits64);
+        // D3 FE sar esi, cl.
+        assert_eq!(
+            op(&[0xD3, 0xFE], Bits64),
+            alu(
+                AluOp::Sar,
+                r(6, Width::W32),
+                Operand::Reg(RegRef::new(1, Width::W8))
+            )
+        );
     }
 
     #[test]

@@ -189,14 +189,34 @@ pub const fn shift_count(width: Width, src: u64) -> u32 {
     (src & mask) as u32
 }
 
+/// The rotate count as the processor uses it: the masked count, reduced modulo the
+/// width for ROL/ROR and modulo width + 1 for RCL/RCR on 8- and 16-bit operands (SDM
+/// Vol. 2B "RCL/RCR/ROL/ROR", the tempCOUNT of the operation).
+pub const fn rotate_count(op: AluOp, width: Width, src: u64) -> u32 {
+    let count = shift_count(width, src);
+    match (op, width) {
+        (AluOp::Rol | AluOp::Ror, Width::W8 | Width::W16) => count % width.bits(),
+        (AluOp::Rcl | AluOp::Rcr, Width::W8 | Width::W16) => count % (width.bits() + 1),
+        _ => count,
+    }
+}
+
 /// The status flags whose value after `op` is architecturally defined (unchanged
 /// flags count as defined: their defined value is the old one). A differential
 /// checker compares `flags & defined_flags(..)`.
 pub const fn defined_flags(op: AluOp, width: Width, src: u64) -> u64 {
     match op {
-        AluOp::Add | AluOp::Sub | AluOp::Cmp | AluOp::Inc | AluOp::Dec => STATUS,
+        AluOp::Add
+        | AluOp::Adc
+        | AluOp::Sub
+        | AluOp::Sbb
+        | AluOp::Cmp
+        | AluOp::Inc
+        | AluOp::Dec
+        | AluOp::Neg
+        | AluOp::Not => STATUS,
         AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => STATUS & !AF,
-        AluOp::Shl | AluOp::Shr => {
+        AluOp::Shl | AluOp::Shr | AluOp::Sar => {
             let count = shift_count(width, src);
             if count == 0 {
                 return STATUS;
@@ -205,10 +225,20 @@ pub const fn defined_flags(op: AluOp, width: Width, src: u64) -> u64 {
             if count > 1 {
                 d &= !OF;
             }
-            if count >= width.bits() {
+            // SHL/SHR leave CF undefined for counts of the width or more (8/16-bit
+            // operands); SAR's CF is the sign bit then, defined.
+            if count >= width.bits() && !matches!(op, AluOp::Sar) {
                 d &= !CF;
             }
             d
+        }
+        // Rotates change CF and OF only; OF is defined for a masked count of 1.
+        AluOp::Rol | AluOp::Ror | AluOp::Rcl | AluOp::Rcr => {
+            if shift_count(width, src) > 1 {
+                STATUS & !OF
+            } else {
+                STATUS
+            }
         }
     }
 }
@@ -246,31 +276,50 @@ pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u
     let a = dst & m;
     let b = src & m;
     let keep = rflags & !STATUS;
+    let carry_in = rflags & CF;
     match op {
-        AluOp::Add | AluOp::Inc => {
+        AluOp::Add | AluOp::Adc | AluOp::Inc => {
             let b = if matches!(op, AluOp::Inc) { 1 } else { b };
-            let r = a.wrapping_add(b) & m;
-            let cf = if matches!(op, AluOp::Inc) {
-                rflags & CF
+            let c = if matches!(op, AluOp::Adc) {
+                carry_in
             } else {
-                bit(r < a, CF)
+                0
+            };
+            // The carry out of the width: in 128 bits nothing overflows.
+            let wide = a as u128 + b as u128 + c as u128;
+            let r = (wide as u64) & m;
+            let cf = if matches!(op, AluOp::Inc) {
+                carry_in
+            } else {
+                bit(wide > m as u128, CF)
             };
             let of = bit(((a ^ r) & (b ^ r)) >> top & 1 != 0, OF);
             let af = bit((a ^ b ^ r) & 0x10 != 0, AF);
             (r, keep | cf | of | af | szp(width, r))
         }
-        AluOp::Sub | AluOp::Cmp | AluOp::Dec => {
-            let b = if matches!(op, AluOp::Dec) { 1 } else { b };
-            let r = a.wrapping_sub(b) & m;
-            let cf = if matches!(op, AluOp::Dec) {
-                rflags & CF
+        AluOp::Sub | AluOp::Sbb | AluOp::Cmp | AluOp::Dec | AluOp::Neg => {
+            // NEG is 0 - a (SDM Vol. 2B "NEG": CF = (a != 0), flags as for SUB).
+            let (a, b) = match op {
+                AluOp::Dec => (a, 1),
+                AluOp::Neg => (0, a),
+                _ => (a, b),
+            };
+            let c = if matches!(op, AluOp::Sbb) {
+                carry_in
             } else {
-                bit(a < b, CF)
+                0
+            };
+            let r = a.wrapping_sub(b).wrapping_sub(c) & m;
+            let cf = if matches!(op, AluOp::Dec) {
+                carry_in
+            } else {
+                bit((a as u128) < b as u128 + c as u128, CF)
             };
             let of = bit(((a ^ b) & (a ^ r)) >> top & 1 != 0, OF);
             let af = bit((a ^ b ^ r) & 0x10 != 0, AF);
             (r, keep | cf | of | af | szp(width, r))
         }
+        AluOp::Not => (!a & m, rflags),
         AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => {
             let r = match op {
                 AluOp::Or => a | b,
@@ -280,28 +329,97 @@ pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u
             // CF = OF = 0; AF undefined: 0.
             (r, keep | szp(width, r))
         }
-        AluOp::Shl | AluOp::Shr => {
+        AluOp::Shl | AluOp::Shr | AluOp::Sar => {
             let count = shift_count(width, src);
             if count == 0 {
                 return (a, rflags);
             }
             let bits = width.bits();
-            let (r, cf, of) = if matches!(op, AluOp::Shl) {
-                // count <= 63 and, for 64-bit operands, < bits: no shift overflows.
-                let r = (a << count) & m;
-                let cf = count <= bits && (a >> (bits - count)) & 1 != 0;
-                let of = ((r >> top) & 1 != 0) != cf;
-                (r, cf, of)
-            } else {
-                let r = a >> count;
-                let cf = (a >> (count - 1)) & 1 != 0;
-                // MSB(result) XOR the bit below it: the original MSB for a count of
-                // 1 (the defined case), 0 for larger counts.
-                let of = ((r >> top) ^ (r >> (top - 1))) & 1 != 0;
-                (r, cf, of)
+            let (r, cf, of) = match op {
+                AluOp::Shl => {
+                    // count <= 63 and, for 64-bit operands, < bits: no shift overflows.
+                    let r = (a << count) & m;
+                    let cf = count <= bits && (a >> (bits - count)) & 1 != 0;
+                    let of = ((r >> top) & 1 != 0) != cf;
+                    (r, cf, of)
+                }
+                AluOp::Shr => {
+                    let r = a >> count;
+                    let cf = (a >> (count - 1)) & 1 != 0;
+                    // MSB(result) XOR the bit below it: the original MSB for a count
+                    // of 1 (the defined case), 0 for larger counts.
+                    let of = ((r >> top) ^ (r >> (top - 1))) & 1 != 0;
+                    (r, cf, of)
+                }
+                _ => {
+                    // The sign fills in from the left; past the width every bit is the
+                    // sign, and so is the last bit shifted out. OF = 0 (defined for a
+                    // count of 1, chosen for larger counts).
+                    let s = sign_extend(a, width) as i64;
+                    let r = (s >> if count > 63 { 63 } else { count }) as u64 & m;
+                    let cf = if count > top {
+                        (a >> top) & 1 != 0
+                    } else {
+                        (a >> (count - 1)) & 1 != 0
+                    };
+                    (r, cf, false)
+                }
             };
             // AF undefined: 0.
             (r, keep | bit(cf, CF) | bit(of, OF) | szp(width, r))
+        }
+        AluOp::Rol | AluOp::Ror | AluOp::Rcl | AluOp::Rcr => {
+            if shift_count(width, src) == 0 {
+                return (a, rflags);
+            }
+            let t = rotate_count(op, width, src);
+            // RCL/RCR of an 8/16-bit operand by a multiple of width + 1 rotate nothing
+            // and keep CF; OF is undefined (a masked count above 1) and kept, as the
+            // emulated CPU (Bochs) keeps it. ROL/ROR by a multiple of the width still
+            // set CF and OF from the operand (SDM Vol. 2B "RCL/RCR/ROL/ROR").
+            if t == 0 && matches!(op, AluOp::Rcl | AluOp::Rcr) {
+                return (a, rflags);
+            }
+            let bits = width.bits();
+            let (r, cf) = match op {
+                AluOp::Rol => {
+                    let r = if t == 0 {
+                        a
+                    } else {
+                        ((a << t) | (a >> (bits - t))) & m
+                    };
+                    (r, r & 1 != 0)
+                }
+                AluOp::Ror => {
+                    let r = if t == 0 {
+                        a
+                    } else {
+                        ((a >> t) | (a << (bits - t))) & m
+                    };
+                    (r, (r >> top) & 1 != 0)
+                }
+                _ => {
+                    // CF:a as one (width + 1)-bit value, rotated within it.
+                    let n = bits + 1;
+                    let mask = (1u128 << n) - 1;
+                    let v = ((carry_in as u128) << bits) | a as u128;
+                    let v = if t == 0 {
+                        v
+                    } else if matches!(op, AluOp::Rcl) {
+                        ((v << t) | (v >> (n - t))) & mask
+                    } else {
+                        ((v >> t) | (v << (n - t))) & mask
+                    };
+                    ((v as u64) & m, (v >> bits) & 1 != 0)
+                }
+            };
+            // OF (defined for a masked count of 1, the same formula otherwise): ROL
+            // and RCL MSB(result) XOR CF; ROR and RCR the two top bits of the result.
+            let of = match op {
+                AluOp::Rol | AluOp::Rcl => ((r >> top) & 1 != 0) != cf,
+                _ => ((r >> top) ^ (r >> (top - 1))) & 1 != 0,
+            };
+            (r, (rflags & !(CF | OF)) | bit(cf, CF) | bit(of, OF))
         }
     }
 }
@@ -1806,6 +1924,99 @@ mod tests {
     }
 
     #[test]
+    fn adc_sbb_take_the_carry_in() {
+        // ADC: 0x7F + 0 + CF = 0x80 overflows; 0xFF + 0 + CF carries to 0.
+        assert_eq!(alu(AluOp::Adc, W8, 0x7F, 0, CF), (0x80, OF | SF | AF));
+        assert_eq!(alu(AluOp::Adc, W8, 0xFF, 0, CF), (0, CF | ZF | AF | PF));
+        assert_eq!(alu(AluOp::Adc, W8, 0xFF, 0, 0), (0xFF, SF | PF));
+        // 64 bits: all ones + all ones + 1 = all ones with a carry.
+        assert_eq!(
+            alu(AluOp::Adc, W64, u64::MAX, u64::MAX, CF),
+            (u64::MAX, CF | SF | AF | PF)
+        );
+        // SBB: 0x80 - 0 - CF = 0x7F overflows; 0 - 0 - CF borrows to all ones.
+        assert_eq!(alu(AluOp::Sbb, W8, 0x80, 0, CF), (0x7F, OF | AF));
+        assert_eq!(alu(AluOp::Sbb, W16, 0, 0, CF), (0xFFFF, CF | SF | AF | PF));
+        // sbb r, r: 0 or all ones from CF alone.
+        assert_eq!(alu(AluOp::Sbb, W32, 7, 7, CF).0, 0xFFFF_FFFF);
+        assert_eq!(alu(AluOp::Sbb, W32, 7, 7, 0), (0, ZF | PF));
+    }
+
+    #[test]
+    fn neg_and_not() {
+        assert_eq!(flags_of(AluOp::Neg, W8, 0, 0), (0, ZF | PF));
+        assert_eq!(flags_of(AluOp::Neg, W8, 0x80, 0), (0x80, CF | OF | SF));
+        assert_eq!(flags_of(AluOp::Neg, W16, 1, 0), (0xFFFF, CF | SF | AF | PF));
+        assert_eq!(
+            flags_of(AluOp::Neg, W64, 0x10, 0),
+            (0xFFFF_FFFF_FFFF_FFF0, CF | SF | PF)
+        );
+        // NOT changes no flag.
+        let all = 0x2 | STATUS;
+        assert_eq!(
+            alu(AluOp::Not, W32, 0x0F0F_0F0F, 0, all),
+            (0xF0F0_F0F0, all)
+        );
+        assert_eq!(alu(AluOp::Not, W8, 0xFF, 0, 0x2), (0, 0x2));
+    }
+
+    #[test]
+    fn sar_fills_with_the_sign() {
+        assert_eq!(flags_of(AluOp::Sar, W8, 0x81, 1), (0xC0, CF | SF | PF));
+        assert_eq!(flags_of(AluOp::Sar, W8, 0x7F, 1), (0x3F, CF | PF));
+        // Past the width the result is all sign bits and CF is the sign.
+        assert_eq!(flags_of(AluOp::Sar, W8, 0x80, 31), (0xFF, CF | SF | PF));
+        assert_eq!(flags_of(AluOp::Sar, W16, 0x4000, 16), (0, ZF | PF));
+        // By 63 the last bit out is bit 62.
+        assert_eq!(flags_of(AluOp::Sar, W64, 1 << 63, 63), (u64::MAX, SF | PF));
+        assert_eq!(
+            flags_of(AluOp::Sar, W64, 3 << 62, 63),
+            (u64::MAX, CF | SF | PF)
+        );
+        // Count 0 (masked): nothing changes.
+        assert_eq!(
+            alu(AluOp::Sar, W32, 0x8000_0000, 32, 0x2 | OF),
+            (0x8000_0000, 0x2 | OF)
+        );
+        // SAR's CF stays defined past the width; SHR's does not.
+        assert_eq!(defined_flags(AluOp::Sar, W8, 9), STATUS & !AF & !OF);
+    }
+
+    #[test]
+    fn rotates_change_only_cf_and_of() {
+        let keep = 0x2 | ZF | SF | PF | AF;
+        // ROL/ROR by 1: OF defined.
+        assert_eq!(alu(AluOp::Rol, W8, 0x81, 1, keep), (0x03, keep | CF | OF));
+        assert_eq!(alu(AluOp::Ror, W8, 0x81, 1, keep), (0xC0, keep | CF));
+        assert_eq!(alu(AluOp::Rol, W8, 0x41, 1, 0x2), (0x82, 0x2 | OF));
+        // By a multiple of the width: the value stays, CF and OF come from it.
+        assert_eq!(alu(AluOp::Rol, W8, 0x81, 8, 0x2), (0x81, 0x2 | CF));
+        assert_eq!(alu(AluOp::Ror, W16, 0x1234, 16, 0x2 | CF), (0x1234, 0x2));
+        assert_eq!(
+            alu(AluOp::Rol, W64, 3, 63, 0x2),
+            (0x8000_0000_0000_0001, 0x2 | CF)
+        );
+        // RCL/RCR rotate through CF.
+        assert_eq!(alu(AluOp::Rcl, W8, 0x80, 1, CF), (0x01, CF | OF));
+        assert_eq!(alu(AluOp::Rcr, W8, 0x01, 1, CF), (0x80, CF | OF));
+        // CF:0x4000_0000 by 2: bit 30 into CF, the old CF into bit 1.
+        assert_eq!(alu(AluOp::Rcl, W32, 0x4000_0000, 2, CF), (0x2, CF | OF));
+        // 8/16-bit RCL/RCR by a multiple of width + 1 rotate nothing and keep every
+        // flag, OF included (masked count 9 or 17: OF undefined, kept as Bochs keeps
+        // it).
+        assert_eq!(alu(AluOp::Rcl, W8, 0x81, 9, 0x2 | OF), (0x81, 0x2 | OF));
+        assert_eq!(
+            alu(AluOp::Rcr, W16, 0x8000, 17, 0x2 | CF),
+            (0x8000, 0x2 | CF)
+        );
+        // A masked count of 0 changes nothing at all.
+        assert_eq!(alu(AluOp::Rcr, W64, 5, 64, 0x2 | OF), (5, 0x2 | OF));
+        assert_eq!(rotate_count(AluOp::Rcl, W8, 10), 1);
+        assert_eq!(rotate_count(AluOp::Rol, W16, 0x1F), 15);
+        assert_eq!(rotate_count(AluOp::Rcr, W32, 0x3F), 31);
+    }
+
+    #[test]
     fn shift_count_comes_from_cl_and_is_masked() {
         let mut t = T::new(CodeMode::Bits64);
         t.st.regs.rax = 0x81;
@@ -1911,7 +2122,7 @@ mod tests {
         let mut checked = 0u32;
         for op in AluOp::ALL {
             for w in WIDTHS {
-                let shift = matches!(op, AluOp::Shl | AluOp::Shr);
+                let shift = op.is_shift();
                 let mut pairs: Vec<(u64, u64)> = Vec::new();
                 for &a in &edges {
                     if shift {

@@ -28,7 +28,7 @@ use super::difftest::ref_decode::{ref_op, BranchKind, GReg, RefMem, RefOp, RefRm
 use super::difftest::rng::Rng;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
-use super::insn::{AluOp, CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg};
+use super::insn::{CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg};
 use crate::stats::Stats;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::SliceMemory;
@@ -44,10 +44,11 @@ const PREFIXES: [u8; 13] = [
     0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x48, 0x41,
 ];
 /// Opcodes of the subset and their neighbours.
-const OPCODES: [u8; 48] = [
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x09, 0x20, 0x21, 0x28, 0x2B, 0x30, 0x31, 0x38, 0x3B,
-    0x3D, 0x40, 0x48, 0x4F, 0x6C, 0x6D, 0x6E, 0x6F, 0x70, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85,
-    0x88, 0x8B, 0x90, 0xA8, 0xA9, 0xB0, 0xBF, 0xC0, 0xC1, 0xC6, 0xC7, 0xD0, 0xD3, 0xE0, 0xE2, 0xEF,
+const OPCODES: [u8; 58] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x09, 0x10, 0x13, 0x15, 0x18, 0x1B, 0x1D, 0x20, 0x21,
+    0x28, 0x2B, 0x30, 0x31, 0x38, 0x3B, 0x3D, 0x40, 0x48, 0x4F, 0x6C, 0x6D, 0x6E, 0x6F, 0x70, 0x7F,
+    0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x88, 0x8B, 0x90, 0xA8, 0xA9, 0xB0, 0xBF, 0xC0, 0xC1, 0xC6,
+    0xC7, 0xD0, 0xD1, 0xD2, 0xD3, 0xE0, 0xE2, 0xEF, 0xF6, 0xF7,
 ];
 
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
@@ -175,12 +176,9 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
                 src: s2,
             },
         ) => {
-            let shift = matches!(op, AluOp::Shl | AluOp::Shr).then_some(dst.width);
-            let src_ok = match op {
-                // The source of INC/DEC is ignored.
-                AluOp::Inc | AluOp::Dec => true,
-                _ => src_eq(src, s2, shift),
-            };
+            let shift = op.is_shift().then_some(dst.width);
+            // The source of INC/DEC/NEG/NOT is ignored.
+            let src_ok = op.is_unary() || src_eq(src, s2, shift);
             op == o2 && reg_eq(dst, d2) && src_ok
         }
         (Op::Jmp { rel, width }, RefOp::Branch { kind, target: t }) => {
@@ -253,8 +251,8 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
                 size,
             },
         ) => {
-            let shift = matches!(op, AluOp::Shl | AluOp::Shr).then_some(width);
-            let src_ok = matches!(op, AluOp::Inc | AluOp::Dec) || src_eq(src, s2, shift);
+            let shift = op.is_shift().then_some(width);
+            let src_ok = op.is_unary() || src_eq(src, s2, shift);
             op == o2 && mem_eq(mem, m2, ip, insn.len) && src_ok && width.bytes() == size
         }
         (

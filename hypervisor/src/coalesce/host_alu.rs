@@ -83,7 +83,16 @@ macro_rules! by_width {
 pub fn exec(op: AluOp, w: Width, a: u64, b: u64, f: u64) -> (u64, u64) {
     match op {
         AluOp::Add => by_width!(bin, "add", w, a, b, f),
+        AluOp::Adc => by_width!(bin, "adc", w, a, b, f),
         AluOp::Sub => by_width!(bin, "sub", w, a, b, f),
+        AluOp::Sbb => by_width!(bin, "sbb", w, a, b, f),
+        AluOp::Neg => by_width!(una, "neg", w, a, b, f),
+        AluOp::Not => by_width!(una, "not", w, a, b, f),
+        AluOp::Sar => by_width!(sh, "sar", w, a, b, f),
+        AluOp::Rol => by_width!(sh, "rol", w, a, b, f),
+        AluOp::Ror => by_width!(sh, "ror", w, a, b, f),
+        AluOp::Rcl => by_width!(sh, "rcl", w, a, b, f),
+        AluOp::Rcr => by_width!(sh, "rcr", w, a, b, f),
         AluOp::And => by_width!(bin, "and", w, a, b, f),
         AluOp::Or => by_width!(bin, "or", w, a, b, f),
         AluOp::Xor => by_width!(bin, "xor", w, a, b, f),

@@ -84,7 +84,11 @@ pub struct MemRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AluOp {
     Add,
+    /// ADD with the carry in (SDM Vol. 2A "ADC").
+    Adc,
     Sub,
+    /// SUB with the borrow in (SDM Vol. 2B "SBB").
+    Sbb,
     And,
     Or,
     Xor,
@@ -95,16 +99,30 @@ pub enum AluOp {
     /// Source ignored; CF unchanged.
     Inc,
     Dec,
+    /// Two's complement negation; source ignored (SDM Vol. 2B "NEG").
+    Neg,
+    /// One's complement; source ignored, no flag changes (SDM Vol. 2B "NOT").
+    Not,
     /// Shift count in the source (masked to 5 bits, 6 for 64-bit, as the CPU does).
     Shl,
     Shr,
+    /// Arithmetic right shift (SDM Vol. 2B "SAL/SAR/SHL/SHR").
+    Sar,
+    /// Rotates by the masked count in the source (SDM Vol. 2B "RCL/RCR/ROL/ROR"); RCL
+    /// and RCR rotate through CF.
+    Rol,
+    Ror,
+    Rcl,
+    Rcr,
 }
 
 impl AluOp {
     /// Every operation, for tests that sweep them all.
-    pub const ALL: [AluOp; 11] = [
+    pub const ALL: [AluOp; 20] = [
         AluOp::Add,
+        AluOp::Adc,
         AluOp::Sub,
+        AluOp::Sbb,
         AluOp::And,
         AluOp::Or,
         AluOp::Xor,
@@ -112,9 +130,35 @@ impl AluOp {
         AluOp::Test,
         AluOp::Inc,
         AluOp::Dec,
+        AluOp::Neg,
+        AluOp::Not,
         AluOp::Shl,
         AluOp::Shr,
+        AluOp::Sar,
+        AluOp::Rol,
+        AluOp::Ror,
+        AluOp::Rcl,
+        AluOp::Rcr,
     ];
+
+    /// Shifts and rotates: the source is a count (an immediate or CL).
+    pub const fn is_shift(self) -> bool {
+        matches!(
+            self,
+            AluOp::Shl
+                | AluOp::Shr
+                | AluOp::Sar
+                | AluOp::Rol
+                | AluOp::Ror
+                | AluOp::Rcl
+                | AluOp::Rcr
+        )
+    }
+
+    /// One-operand operations: the source is ignored.
+    pub const fn is_unary(self) -> bool {
+        matches!(self, AluOp::Inc | AluOp::Dec | AluOp::Neg | AluOp::Not)
+    }
 }
 
 /// Condition codes of Jcc (SDM Vol. 1 Table B-1), in encoding order (the low nibble

@@ -10,10 +10,14 @@ use crate::x86::Width;
 /// Status flags whose value after the operation is architecturally defined (SDM
 /// Vol. 2, "Flags Affected" of each instruction); unchanged flags count as defined.
 fn sdm_defined(op: AluOp, size: u8, src: u64) -> u64 {
+    let count = src & if size == 8 { 63 } else { 31 };
     match op {
         AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test => STATUS & !0x10,
-        AluOp::Shl | AluOp::Shr => {
-            let count = src & if size == 8 { 63 } else { 31 };
+        // "The CF flag contains the value of the last bit shifted out ...; it is
+        // undefined for SHL and SHR instructions where the count is greater than or
+        // equal to the size ... The OF flag is affected only for 1-bit shifts ...
+        // The AF flag is undefined for a non-zero count."
+        AluOp::Shl | AluOp::Shr | AluOp::Sar => {
             if count == 0 {
                 return STATUS;
             }
@@ -21,10 +25,19 @@ fn sdm_defined(op: AluOp, size: u8, src: u64) -> u64 {
             if count != 1 {
                 d &= !0x800;
             }
-            if count >= 8 * u64::from(size) {
+            if count >= 8 * u64::from(size) && op != AluOp::Sar {
                 d &= !1;
             }
             d
+        }
+        // "The OF flag is defined only for the 1-bit rotates; it is undefined in all
+        // other cases"; a (masked) count of 0 affects no flag.
+        AluOp::Rol | AluOp::Ror | AluOp::Rcl | AluOp::Rcr => {
+            if count > 1 {
+                STATUS & !0x800
+            } else {
+                STATUS
+            }
         }
         _ => STATUS,
     }

@@ -207,6 +207,15 @@ fn host_op(m: Mnemonic) -> Option<AluOp> {
     use Mnemonic as M;
     Some(match m {
         M::Add => AluOp::Add,
+        M::Adc => AluOp::Adc,
+        M::Sbb => AluOp::Sbb,
+        M::Neg => AluOp::Neg,
+        M::Not => AluOp::Not,
+        M::Sar => AluOp::Sar,
+        M::Rol => AluOp::Rol,
+        M::Ror => AluOp::Ror,
+        M::Rcl => AluOp::Rcl,
+        M::Rcr => AluOp::Rcr,
         M::Or => AluOp::Or,
         M::And => AluOp::And,
         M::Sub => AluOp::Sub,
@@ -289,11 +298,14 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
             let size = size_of(0);
             let src = match op {
                 AluOp::Inc | AluOp::Dec => Src::Imm(1),
-                AluOp::Shl | AluOp::Shr => {
+                AluOp::Neg | AluOp::Not => Src::Imm(0),
+                _ if op.is_shift() => {
                     if i.op_count() < 2 {
                         Src::Imm(1)
                     } else if is_imm(i.op_kind(1)) {
                         Src::Imm(i.immediate(1) & 0xFF)
+                    } else if i.op_register(1) == iced_x86::Register::CL {
+                        Src::Reg(greg(iced_x86::Register::CL)?)
                     } else {
                         return Some(None);
                     }
@@ -424,11 +436,9 @@ fn src_of(i: &Instruction, n: u32, size: u8) -> Option<Src> {
     let k = i.op_kind(n);
     if k == OpKind::Register {
         let r = greg(i.op_register(n))?;
-        return (r.size == size
-            || i.mnemonic() == Mnemonic::Shl
-            || i.mnemonic() == Mnemonic::Shr
-            || i.mnemonic() == Mnemonic::Sal)
-            .then_some(Src::Reg(r));
+        let shift =
+            host_op(i.mnemonic()).is_some_and(AluOp::is_shift) || i.mnemonic() == Mnemonic::Sal;
+        return (r.size == size || shift).then_some(Src::Reg(r));
     }
     is_imm(k).then(|| Src::Imm(i.immediate(n) & size_mask(size)))
 }
@@ -500,7 +510,7 @@ pub(in crate::coalesce) fn ref_op(i: &Instruction) -> Option<RefOp> {
                 src: src_of(i, 1, dst.size)?,
             }
         }
-        M::Add | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
+        M::Add | M::Adc | M::Sbb | M::Or | M::And | M::Sub | M::Xor | M::Cmp | M::Test => {
             let op = host_op(m).expect("every two-operand ALU mnemonic has a host op");
             let dst = reg0()?;
             if i.has_lock_prefix() {
@@ -517,7 +527,17 @@ pub(in crate::coalesce) fn ref_op(i: &Instruction) -> Option<RefOp> {
             dst: reg0()?,
             src: Src::Imm(1),
         },
-        M::Shl | M::Sal | M::Shr => {
+        M::Neg | M::Not => {
+            if i.has_lock_prefix() {
+                return None;
+            }
+            RefOp::Alu {
+                op: host_op(m)?,
+                dst: reg0()?,
+                src: Src::Imm(0),
+            }
+        }
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
             let dst = reg0()?;
             let src = match i.op_kind(1) {
                 OpKind::Register if i.op_register(1) == iced_x86::Register::CL => {
@@ -527,7 +547,7 @@ pub(in crate::coalesce) fn ref_op(i: &Instruction) -> Option<RefOp> {
                 _ => return None,
             };
             RefOp::Alu {
-                op: if m == M::Shr { AluOp::Shr } else { AluOp::Shl },
+                op: host_op(m)?,
                 dst,
                 src,
             }
