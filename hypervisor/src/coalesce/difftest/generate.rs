@@ -21,6 +21,15 @@ struct EncReg {
     rsp: bool,
 }
 
+/// The instruction mix of a generated program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::coalesce) enum Mix {
+    /// Everything in proportion: IO, strings, moves, ALU, branches, memory forms.
+    Any,
+    /// Half the instructions are memory forms (where the mode has them).
+    Memory,
+}
+
 struct Gen<'r> {
     mode: CodeMode,
     rng: &'r mut Rng,
@@ -238,8 +247,8 @@ impl Gen<'_> {
         for _ in 0..8 {
             let size = self.size();
             let dst = self.reg(size);
-            // ADD OR AND SUB XOR CMP (ModRM /digit and opcode base / 8).
-            let op8 = self.rng.pick(&[0u8, 1, 4, 5, 6, 7]);
+            // ADD OR ADC SBB AND SUB XOR CMP (ModRM /digit and opcode base / 8).
+            let op8 = self.rng.below(8) as u8;
             let v = self.value();
             let small = self
                 .rng
@@ -355,18 +364,19 @@ impl Gen<'_> {
                     }
                 }
                 5 | 6 => {
-                    // SHL/SHR: D0/D1 by 1, C0/C1 by imm8; rarely SAL (/6) or by CL.
+                    // Shifts and rotates (/0 ROL /1 ROR /2 RCL /3 RCR /4 SHL /5 SHR
+                    // /7 SAR): D0/D1 by 1, D2/D3 by CL, C0/C1 by imm8. /6 (the SAL
+                    // alias) is left to the CPU.
                     let ext = if self.rng.chance(1, 12) {
                         6
                     } else {
-                        self.rng.pick(&[4u8, 5])
+                        self.rng.pick(&[0u8, 1, 2, 3, 4, 5, 7, 4, 5])
                     };
                     let form = self.rng.below(8);
-                    let mut supported = !dst.rsp && ext != 6;
-                    let b = if form == 0 {
-                        supported = false;
+                    let supported = !dst.rsp && ext != 6;
+                    let b = if form < 2 {
                         self.head(size, &[0xD2 + u8::from(!w8)], None, Some((dst, Some(ext))))
-                    } else if form < 3 {
+                    } else if form < 4 {
                         self.head(size, &[0xD0 + u8::from(!w8)], None, Some((dst, Some(ext))))
                     } else {
                         self.head(size, &[0xC0 + u8::from(!w8)], None, Some((dst, Some(ext))))
@@ -381,6 +391,16 @@ impl Gen<'_> {
                     };
                     let Some(b) = b else { continue };
                     (b, supported)
+                }
+                7 => {
+                    // NOT/NEG: F6/F7 /2 /3.
+                    let ext = 2 + u8::from(self.rng.chance(1, 2));
+                    let Some(b) =
+                        self.head(size, &[0xF6 + u8::from(!w8)], None, Some((dst, Some(ext))))
+                    else {
+                        continue;
+                    };
+                    (b, !dst.rsp)
                 }
                 _ => {
                     // op r, imm through 83 with edge values, the usual case.
@@ -398,6 +418,169 @@ impl Gen<'_> {
             };
             self.emit(&enc, ok);
             return;
+        }
+        self.emit(&[0x90], true);
+    }
+
+    /// A 64-bit memory operand: ModRM mod and r/m, the SIB and displacement bytes, and
+    /// REX.X/REX.B. Mostly [rsi|rdi + disp8] and [rsi|rdi + rcx*s + disp8] (the case
+    /// points RSI and RDI into the data area and keeps RCX small), sometimes [rsp +
+    /// disp8], [rip + disp32] near the code, or a base holding a random value (a fault
+    /// or a non-canonical address: a stop before the instruction).
+    fn mem_operand(&mut self) -> (u8, u8, Vec<u8>, u8) {
+        let disp = self.rng.pick(&[0u8, 1, 4, 8, 0x10, 0x3F, 0xF8, 0xFC]);
+        match self.rng.below(10) {
+            0..=3 => (1, 6 + self.rng.below(2) as u8, vec![disp], 0),
+            4 | 5 => {
+                let scale = self.rng.below(4) as u8;
+                let base = 6 + self.rng.below(2) as u8;
+                (1, 4, vec![(scale << 6) | (1 << 3) | base, disp], 0)
+            }
+            6 => (1, 4, vec![0x24, disp], 0),
+            7 => {
+                // [rip + disp32]: into the code just behind or ahead.
+                let d = (self.rng.below(96) as i32 - 48).to_le_bytes();
+                (0, 5, d.to_vec(), 0)
+            }
+            8 => (0, 3, Vec::new(), 0),
+            _ => (1, 6, vec![disp], 1),
+        }
+    }
+
+    /// Prefix, REX, opcode, ModRM and the operand bytes of a memory form; `reg` in
+    /// ModRM.reg, or the opcode extension `ext`. `None` if `reg` cannot take a REX.
+    fn head_mem(
+        &mut self,
+        size: u8,
+        opcode: &[u8],
+        reg: Option<EncReg>,
+        ext: Option<u8>,
+    ) -> Option<Vec<u8>> {
+        let (mod_, rm, tail, xb) = self.mem_operand();
+        let (pfx, w) = self.opsize(size);
+        let needed = w || xb != 0 || reg.is_some_and(|r| r.rex_needed);
+        if needed && reg.is_some_and(|r| r.rex_forbidden) {
+            return None;
+        }
+        let mut out = Vec::new();
+        out.extend(pfx);
+        if needed {
+            let r = reg.map_or(0, |r| r.num >> 3);
+            out.push(0x40 | (u8::from(w) << 3) | (r << 2) | xb);
+        }
+        out.extend_from_slice(opcode);
+        let regf = ext.unwrap_or_else(|| reg.map_or(0, |r| r.num & 7));
+        out.push((mod_ << 6) | (regf << 3) | rm);
+        out.extend(tail);
+        Some(out)
+    }
+
+    /// A memory form of the subset (64-bit mode only: the coalescer leaves memory
+    /// operands of 16- and 32-bit code to the CPU).
+    fn mem(&mut self) {
+        for _ in 0..8 {
+            let size = self.size();
+            let w8 = size == 1;
+            let wide = u8::from(!w8);
+            let reg = self.reg(size);
+            let v = self.value();
+            let op8 = self.rng.below(8) as u8;
+            // The register of ModRM.reg: RSP there is left to the CPU.
+            let mut used = None;
+            let b = match self.rng.below(10) {
+                // MOV r, m / MOV m, r
+                0 => {
+                    let load = self.rng.chance(1, 2);
+                    used = Some(reg);
+                    self.head_mem(size, &[0x88 + 2 * u8::from(load) + wide], Some(reg), None)
+                }
+                // MOV m, imm
+                1 => self
+                    .head_mem(size, &[0xC6 + wide], None, Some(0))
+                    .map(|mut b| {
+                        b.extend(self.imm(size, v));
+                        b
+                    }),
+                // ALU m, r / ALU r, m
+                2 => {
+                    let dir = 2 * u8::from(self.rng.chance(1, 2));
+                    used = Some(reg);
+                    self.head_mem(size, &[op8 * 8 + dir + wide], Some(reg), None)
+                }
+                // Group 1 m, imm
+                3 => {
+                    let (opc, n) = if w8 {
+                        (0x80, 1)
+                    } else if self.rng.chance(1, 2) {
+                        (0x83, 1)
+                    } else {
+                        (0x81, size)
+                    };
+                    self.head_mem(size, &[opc], None, Some(op8)).map(|mut b| {
+                        b.extend(self.imm(n, v));
+                        b
+                    })
+                }
+                // TEST m, imm ; NOT m ; NEG m ; TEST m, r
+                4 => match self.rng.below(3) {
+                    0 => self
+                        .head_mem(size, &[0xF6 + wide], None, Some(0))
+                        .map(|mut b| {
+                            b.extend(self.imm(size, v));
+                            b
+                        }),
+                    1 => {
+                        let ext = 2 + u8::from(self.rng.chance(1, 2));
+                        self.head_mem(size, &[0xF6 + wide], None, Some(ext))
+                    }
+                    _ => {
+                        used = Some(reg);
+                        self.head_mem(size, &[0x84 + wide], Some(reg), None)
+                    }
+                },
+                // INC/DEC m
+                5 => {
+                    let ext = u8::from(self.rng.chance(1, 2));
+                    self.head_mem(size, &[0xFE + wide], None, Some(ext))
+                }
+                // Shifts and rotates on memory, by 1, CL or imm8.
+                6 => {
+                    let ext = self.rng.pick(&[0u8, 1, 2, 3, 4, 5, 7]);
+                    match self.rng.below(3) {
+                        0 => self.head_mem(size, &[0xD0 + wide], None, Some(ext)),
+                        1 => self.head_mem(size, &[0xD2 + wide], None, Some(ext)),
+                        _ => self
+                            .head_mem(size, &[0xC0 + wide], None, Some(ext))
+                            .map(|mut b| {
+                                b.push(v as u8);
+                                b
+                            }),
+                    }
+                }
+                // MOVZX/MOVSX r, m8/m16 ; MOVSXD r64, m32
+                7 => {
+                    let size = self.rng.pick(&[2u8, 4, 8]);
+                    let reg = self.reg(size);
+                    used = Some(reg);
+                    if size == 8 && self.rng.chance(1, 3) {
+                        self.head_mem(8, &[0x63], Some(reg), None)
+                    } else {
+                        let opc = self.rng.pick(&[0xB6u8, 0xB7, 0xBE, 0xBF]);
+                        self.head_mem(size, &[0x0F, opc], Some(reg), None)
+                    }
+                }
+                // LEA
+                _ => {
+                    let size = self.rng.pick(&[2u8, 4, 8]);
+                    let reg = self.reg(size);
+                    used = Some(reg);
+                    self.head_mem(size, &[0x8D], Some(reg), None)
+                }
+            };
+            if let Some(b) = b {
+                self.emit(&b, !used.is_some_and(|r| r.rsp));
+                return;
+            }
         }
         self.emit(&[0x90], true);
     }
@@ -537,7 +720,7 @@ impl Gen<'_> {
             &[0x8B, 0x03],
             &[0x0F, 0x0B],
             &[0xCC],
-            &[0x11, 0xC0],
+            &[0x0F, 0x31],
             &[0x0F, 0xA2],
             &[0x88, 0x07],
             &[0xF2, 0x6E],
@@ -572,6 +755,15 @@ impl Gen<'_> {
 /// A random program: an IO instruction first, then a mix of the subset, branches,
 /// a few instructions the coalescer leaves to the CPU, and a stopper.
 pub(in crate::coalesce) fn gen_program(mode: CodeMode, rng: &mut Rng) -> (Vec<u8>, Vec<u64>) {
+    gen_program_mix(mode, Mix::Any, rng)
+}
+
+/// [`gen_program`] with the instruction mix `mix`.
+pub(in crate::coalesce) fn gen_program_mix(
+    mode: CodeMode,
+    mix: Mix,
+    rng: &mut Rng,
+) -> (Vec<u8>, Vec<u64>) {
     loop {
         let mut g = Gen {
             mode,
@@ -590,6 +782,11 @@ pub(in crate::coalesce) fn gen_program(mode: CodeMode, rng: &mut Rng) -> (Vec<u8
         let mut planned = 0;
         while planned < n {
             let here = g.starts.len();
+            if mix == Mix::Memory && g.mode == CodeMode::Bits64 && g.rng.chance(1, 2) {
+                g.mem();
+                planned += 1;
+                continue;
+            }
             match g.rng.below(20) {
                 0..=2 => g.io(),
                 3 | 4 => g.string(),
@@ -598,7 +795,9 @@ pub(in crate::coalesce) fn gen_program(mode: CodeMode, rng: &mut Rng) -> (Vec<u8
                     g.set_dx(p)
                 }
                 6..=8 => g.mov(),
-                9..=12 => g.alu(),
+                9 | 10 => g.alu(),
+                11 | 12 if g.mode == CodeMode::Bits64 => g.mem(),
+                11 | 12 => g.alu(),
                 13 => g.nop(),
                 14 | 15 => {
                     // Forward branch within the next few instructions or to the end.
@@ -647,10 +846,10 @@ pub(in crate::coalesce) fn gen_program(mode: CodeMode, rng: &mut Rng) -> (Vec<u8
     }
 }
 
-/// A random case in `mode` around a random program.
-pub(super) fn random_case(mode: CodeMode, seed: u64) -> Case {
+/// A random case in `mode` around a random program of the instruction mix `mix`.
+pub(super) fn random_case(mode: CodeMode, mix: Mix, seed: u64) -> Case {
     let mut rng = Rng::new(seed);
-    let (code, must) = gen_program(mode, &mut rng);
+    let (code, must) = gen_program_mix(mode, mix, &mut rng);
     let mut c = Case::new(mode, code);
     c.seed = seed;
     c.must_support = must;

@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 
 use super::compare::{check, describe, first_exit_fields};
-use super::generate::random_case;
+use super::generate::{random_case, Mix};
 use crate::coalesce::block::Extent;
 use crate::coalesce::engine::Outcome;
 use crate::coalesce::insn::{CodeMode, StopReason};
 
-fn run_random(mode: CodeMode, base: u64, n: u64) {
+fn run_random(mode: CodeMode, mix: Mix, base: u64, n: u64) {
     let mut stops: BTreeMap<String, u64> = BTreeMap::new();
     let mut insns = 0;
     let mut known = Vec::new();
     let mut inconclusive = 0u64;
     for k in 0..n {
         let seed = base + k;
-        let case = random_case(mode, seed);
+        let case = random_case(mode, mix, seed);
         match check(&case).map(|co| (co, false)) {
             Ok((co, stale_pic)) => {
                 if stale_pic {
@@ -57,15 +57,20 @@ fn run_random(mode: CodeMode, base: u64, n: u64) {
 
 #[test]
 fn random_programs_16_bit() {
-    run_random(CodeMode::Bits16, 0x1600_0000, 5000);
+    run_random(CodeMode::Bits16, Mix::Any, 0x1600_0000, 5000);
 }
 
 #[test]
 fn random_programs_32_bit() {
-    run_random(CodeMode::Bits32, 0x3200_0000, 5000);
+    run_random(CodeMode::Bits32, Mix::Any, 0x3200_0000, 5000);
 }
 
 #[test]
 fn random_programs_64_bit() {
-    run_random(CodeMode::Bits64, 0x6400_0000, 5000);
+    run_random(CodeMode::Bits64, Mix::Any, 0x6400_0000, 5000);
+}
+
+#[test]
+fn random_memory_programs_64_bit() {
+    run_random(CodeMode::Bits64, Mix::Memory, 0x6440_0000, 5000);
 }
