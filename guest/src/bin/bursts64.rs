@@ -830,6 +830,167 @@ fn alu_mix() -> Regs {
     )
 }
 
+/// The ALU operations beyond `alu-mix`, with the same checks: ADC and SBB (carry in
+/// set by a CMP that borrows, or cleared), NEG, NOT, SAR, and the rotates ROL, ROR,
+/// RCL, RCR by 1 (OF defined), by immediates and CL counts past the width (the masked
+/// and the modulo-(width+1) counts of RCL/RCR on 8/16-bit operands) and by a masked
+/// count of 0, at every width, with alternative encodings as bytes. Ends with an AND.
+#[inline(never)]
+fn alu_ext() -> Regs {
+    burst!(
+        "in al, 0x21",
+        "mov r15, rax",
+        "mov r14, 0",
+        // ADC (CF = 1 from `cmp x, 1` with x = 0; CF = 0 from `cmp x, 0`)
+        check!("mov al, 0\n cmp al, 1\n mov al, 0x7f\n adc al, 0", "rax"),
+        check!("mov bl, 0\n cmp bl, 1\n mov bl, 0xff\n adc bl, 0", "rbx"),
+        check!("mov al, 0\n cmp al, 1\n mov al, 0x0e\n adc al, 1", "rax"),
+        check!("mov ah, 0\n cmp ah, 1\n mov bh, 0x7f\n adc ah, bh", "rax"),
+        check!("mov ax, 0\n cmp ax, 1\n mov ax, 0xfffe\n adc ax, 1", "rax"),
+        check!(
+            "mov ecx, 0\n cmp ecx, 1\n mov ecx, 0x7fffffff\n adc ecx, 0",
+            "rcx"
+        ),
+        check!("mov eax, 1\n cmp eax, 0\n adc eax, 0x7fffffff", "rax"),
+        check!(
+            "mov rdx, -1\n mov rsi, -1\n add rdx, rsi\n adc rsi, rdx",
+            "rsi"
+        ),
+        check!("mov rbx, 0\n cmp rbx, 1\n adc rbx, -1", "rbx"),
+        check!("mov r13d, 0\n cmp r13d, 1\n adc r13d, 0x12345678", "r13"),
+        check!("mov dil, 0\n cmp dil, 1\n adc dil, sil", "rdi"),
+        check!("mov eax, 0\n cmp eax, 1\n adc eax, 0x80000000", "rax"),
+        check!(
+            "mov ecx, 3\n cmp ecx, 4\n .byte 0x13, 0xc1  // adc eax, ecx (13 /r)",
+            "rax"
+        ),
+        // SBB
+        check!("mov al, 0\n cmp al, 1\n mov al, 0x80\n sbb al, 0", "rax"),
+        check!("mov bl, 0\n cmp bl, 1\n mov bl, 0\n sbb bl, 0", "rbx"),
+        check!(
+            "mov al, 0x10\n cmp al, 0x11\n mov al, 0x10\n sbb al, 0",
+            "rax"
+        ),
+        check!("mov cx, 0\n cmp cx, 1\n mov cx, 1\n sbb cx, 0", "rcx"),
+        check!("mov edx, 5\n cmp edx, 1\n sbb edx, 5", "rdx"),
+        check!("mov rsi, 0\n cmp rsi, 1\n sbb rsi, rsi", "rsi"),
+        check!("mov r13, 0\n cmp r13, 1\n sbb r13, -0x80000000", "r13"),
+        check!("mov dil, 0x80\n cmp dil, 0x81\n sbb dil, sil", "rdi"),
+        check!("mov ch, 0\n cmp ch, 1\n sbb ch, 0x7f", "rcx"),
+        check!(
+            "mov eax, 1\n cmp eax, 2\n .byte 0x1b, 0xd0  // sbb edx, eax (1B /r)",
+            "rdx"
+        ),
+        // NEG (CF = operand != 0)
+        check!("mov al, 0\n neg al", "rax"),
+        check!("mov al, 0x80\n neg al", "rax"),
+        check!("mov ah, 0x01\n neg ah", "rax"),
+        check!("mov bx, 1\n neg bx", "rbx"),
+        check!("mov cx, 0x8000\n neg cx", "rcx"),
+        check!("mov ecx, 0x80000000\n neg ecx", "rcx"),
+        check!("mov rsi, -1\n mov esi, 5\n neg esi", "rsi"),
+        check!("mov rdx, 0x10\n neg rdx", "rdx"),
+        check!("mov r13b, 0x10\n neg r13b", "r13"),
+        check!("mov rdi, 0x8000000000000000\n neg rdi", "rdi"),
+        // NOT (no flags: the CMP's stay)
+        check!("mov al, 0x0f\n cmp al, 0x10\n not al", "rax"),
+        check!("mov bh, 0x80\n cmp bh, 0\n not bh", "rbx"),
+        check!("mov cx, 0x8000\n not cx", "rcx"),
+        check!("mov rdx, -1\n mov edx, 0\n not edx", "rdx"),
+        check!("not rsi", "rsi"),
+        check!("not r13w", "r13"),
+        check!("not bpl", "rbp"),
+        // SAR (OF = 0 for a count of 1; CF is the sign past the width)
+        check!("mov al, 0x81\n sar al, 1", "rax"),
+        check!("mov al, 0x7f\n sar al, 1", "rax"),
+        check!("mov al, 0x80\n sar al, 7", "rax", of),
+        check!("mov al, 0x80\n sar al, 8", "rax", of),
+        check!("mov al, 0x40\n sar al, 31", "rax", of),
+        check!("mov ah, 0xc1\n sar ah, 1", "rax"),
+        check!("mov ax, 0x8001\n sar ax, 15", "rax", of),
+        check!("mov bx, 0x4000\n sar bx, 16", "rbx", of),
+        check!("mov ecx, 0x80000000\n sar ecx, 31", "rcx", of),
+        check!("mov cl, 33\n mov edx, 0x80000003\n sar edx, cl", "rdx"),
+        check!("mov rsi, 0x8000000000000000\n sar rsi, 63", "rsi", of),
+        check!("mov cl, 0\n mov rdi, -1\n cmp rdi, 1\n sar rdi, cl", "rdi"),
+        check!(
+            "mov eax, 0x87654321\n .byte 0xc1, 0xf8, 0x04  // sar eax, 4 (C1 /7 ib)",
+            "rax",
+            of
+        ),
+        check!(
+            "mov r13, -2\n .byte 0x49, 0xd1, 0xfd  // sar r13, 1 (D1 /7)",
+            "r13"
+        ),
+        // ROL/ROR (only CF and OF change; OF defined for a count of 1)
+        check!("mov al, 0x81\n rol al, 1", "rax"),
+        check!("mov al, 0x81\n ror al, 1", "rax"),
+        check!("mov al, 0x41\n rol al, 1", "rax"),
+        check!("mov al, 0x81\n rol al, 4", "rax", of),
+        check!("mov al, 0x81\n rol al, 8", "rax", of),
+        check!("mov al, 0x01\n ror al, 9", "rax", of),
+        check!("mov bh, 0x80\n ror bh, 1", "rbx"),
+        check!("mov bx, 0x8001\n rol bx, 1", "rbx"),
+        check!("mov cx, 0x1234\n ror cx, 16", "rcx", of),
+        check!("mov edx, 0x80000001\n rol edx, 31", "rdx", of),
+        check!("mov cl, 33\n mov esi, 0x80000000\n rol esi, cl", "rsi"),
+        check!("mov rdi, 0x8000000000000001\n ror rdi, 1", "rdi"),
+        check!("mov cl, 63\n mov rbp, 3\n rol rbp, cl", "rbp", of),
+        check!("mov rax, -1\n mov cl, 32\n cmp eax, 1\n ror eax, cl", "rax"),
+        check!(
+            "mov eax, 0x12345678\n .byte 0xd1, 0xc0  // rol eax, 1 (D1 /0)",
+            "rax"
+        ),
+        check!("mov cl, 4\n mov r13w, 0xf00f\n ror r13w, cl", "r13", of),
+        // RCL/RCR (through CF; counts modulo 9 and 17 on 8- and 16-bit operands)
+        check!("mov al, 0\n cmp al, 1\n mov al, 0x80\n rcl al, 1", "rax"),
+        check!("mov al, 0\n cmp al, 1\n mov al, 0x01\n rcr al, 1", "rax"),
+        check!("mov al, 0x40\n cmp al, 0\n rcl al, 1", "rax"),
+        check!("mov bl, 0x81\n cmp bl, 0\n rcl bl, 9", "rbx", of),
+        check!(
+            "mov bl, 0\n cmp bl, 1\n mov bl, 0x81\n rcr bl, 10",
+            "rbx",
+            of
+        ),
+        check!(
+            "mov cx, 0\n cmp cx, 1\n mov cx, 0x8000\n rcl cx, 17",
+            "rcx",
+            of
+        ),
+        check!("mov dx, 0x0001\n cmp dx, 0\n rcr dx, 3", "rdx", of),
+        check!(
+            "mov esi, 0\n cmp esi, 1\n mov esi, 0x40000000\n rcl esi, 2",
+            "rsi",
+            of
+        ),
+        check!("mov cl, 31\n mov edi, 1\n rcr edi, cl", "rdi", of),
+        check!(
+            "mov rbp, 0\n cmp rbp, 1\n mov rbp, 0x4000000000000000\n rcl rbp, 1",
+            "rbp"
+        ),
+        check!("mov cl, 64\n mov r13, 5\n cmp r13, 6\n rcr r13, cl", "r13"),
+        check!(
+            "mov ah, 0\n cmp ah, 1\n mov ah, 0x55\n .byte 0xd0, 0xd4  // rcl ah, 1 (D0 /2)",
+            "rax"
+        ),
+        // A last fully defined check, so R8-R12 hold defined flags, then the AND.
+        check!("mov eax, 0x12345678\n cmp eax, 0x12345679", "rax"),
+        "out 0x80, al",
+        "and eax, ebx",
+    )
+}
+
+/// [`measured`] for a burst whose R14 and final AF hold flags the SDM leaves
+/// undefined: a second line, `<name>-defined`, sums the registers without them.
+fn measured_alu(name: &str, burst: fn() -> Regs) {
+    let mut regs = measured(name, burst);
+    regs[R14] = 0;
+    println!(
+        "burst {name}-defined: regs {:016x}",
+        checksum(&regs, FLAGS_CHECKED & !AF)
+    );
+}
+
 /// Runs one burst between two reads of sluice's IO counters, reports its register
 /// checksum (identical with coalescing on and off) and, on a line of its own that the
 /// on/off comparison leaves out, what the burst cost in exits.
@@ -854,15 +1015,8 @@ fn main() -> u32 {
     measured("pci-scan", pci_scan);
     measured("vga-crtc", vga_crtc);
     measured("rep-outsb", rep_outsb);
-    let mut regs = measured("alu-mix", alu_mix);
-    // The same registers with the undefined flags left out: R14 holds only what the
-    // SDM leaves undefined (OF/CF after multi-bit shifts), RFLAGS.AF is undefined
-    // after the final AND.
-    regs[R14] = 0;
-    println!(
-        "burst alu-mix-defined: regs {:016x}",
-        checksum(&regs, FLAGS_CHECKED & !AF)
-    );
+    measured_alu("alu-mix", alu_mix);
+    measured_alu("alu-ext", alu_ext);
     println!("bursts: done");
     0
 }
