@@ -585,7 +585,13 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     let micro = if args.no_micro {
         None
     } else {
-        Some(microbench(&out_dir.join("microbench.json"), args.quick)?)
+        // A quick run's figures never replace the full run's.
+        let name = if args.quick {
+            "microbench-quick.json"
+        } else {
+            "microbench.json"
+        };
+        Some(microbench(&out_dir.join(name), args.quick)?)
     };
     let commit = commit();
     println!();
