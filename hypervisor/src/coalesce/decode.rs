@@ -20,7 +20,8 @@ use zydis::{
 };
 
 use super::insn::{
-    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg,
+    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef, Rm,
+    Seg,
 };
 use crate::x86::Width;
 
@@ -239,6 +240,11 @@ fn alu_op(m: Mnemonic) -> Option<AluOp> {
         Mnemonic::DEC => AluOp::Dec,
         Mnemonic::SHL => AluOp::Shl,
         Mnemonic::SHR => AluOp::Shr,
+        Mnemonic::BT => AluOp::Bt,
+        Mnemonic::BTS => AluOp::Bts,
+        Mnemonic::BTR => AluOp::Btr,
+        Mnemonic::BTC => AluOp::Btc,
+        Mnemonic::IMUL => AluOp::Imul,
         _ => return None,
     })
 }
@@ -609,6 +615,175 @@ fn map_stack(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> 
     }
 }
 
+/// A register or (64-bit mode) memory operand whose size is the instruction's
+/// operand `width`.
+fn rm_operand(
+    op: Option<&DecodedOperand>,
+    mode: CodeMode,
+    addr_bits: u8,
+    width: Width,
+) -> Option<Rm> {
+    if let Some(r) = reg_operand(op) {
+        return (r.width == width).then_some(Rm::Reg(r));
+    }
+    let o = op?;
+    if width_bits(u8::try_from(o.size).ok()?)? != width {
+        return None;
+    }
+    mem_operand(Some(o), mode, addr_bits).map(Rm::Mem)
+}
+
+/// Instructions whose register and memory forms are decoded together: CMOVcc, SETcc,
+/// XCHG, BSWAP, CBW/CWDE/CDQE, CWD/CDQ/CQO, the one-flag instructions, the bit tests,
+/// IMUL (two and three operands), MUL/IMUL/DIV/IDIV, and the indirect near CALL/JMP
+/// of 64-bit code (SDM Vol. 2, Tables; groups 3, 5 and 8 in Table A-6).
+/// The memory forms exist in 64-bit code only (see [`mem_operand`]). LOCK, REP and
+/// REPNE make them unsupported (XCHG with memory locks itself: see docs/COALESCING.md).
+fn map_more(
+    insn: &Instruction<VisibleOperands>,
+    bytes: &[u8],
+    mode: CodeMode,
+    modrm_reg: u8,
+) -> Option<Op> {
+    if has_prefix(insn, 0xF0) || has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
+        return None;
+    }
+    let ops = insn.operands();
+    let opw = width_bits(insn.operand_width);
+    let rm = |n: usize, w: Width| rm_operand(ops.get(n), mode, insn.address_width, w);
+    let opc = insn.opcode;
+    match insn.opcode_map {
+        OpcodeMap::_0F => match opc {
+            0x40..=0x4F => {
+                let dst = reg_operand(ops.first())?;
+                Some(Op::Cmov {
+                    cond: Cond::from_nibble(opc),
+                    dst,
+                    src: rm(1, dst.width)?,
+                })
+            }
+            0x90..=0x9F => Some(Op::Setcc {
+                cond: Cond::from_nibble(opc),
+                dst: rm(0, Width::W8)?,
+            }),
+            // BT/BTS/BTR/BTC r/m, r.
+            0xA3 | 0xAB | 0xB3 | 0xBB => {
+                let w = opw?;
+                let src = reg_operand(ops.get(1)).filter(|r| r.width == w)?;
+                bit_op(insn.mnemonic, rm(0, w)?, Operand::Reg(src), w)
+            }
+            // Group 8: BT/BTS/BTR/BTC r/m, imm8 (/4 to /7).
+            0xBA if modrm_reg >= 4 => {
+                let w = opw?;
+                let imm = imm_operand(ops.get(1), Width::W8)?;
+                bit_op(insn.mnemonic, rm(0, w)?, Operand::Imm(imm), w)
+            }
+            // IMUL r, r/m.
+            0xAF => {
+                let dst = reg_operand(ops.first())?;
+                match rm(1, dst.width)? {
+                    Rm::Reg(r) => Some(Op::Alu {
+                        op: AluOp::Imul,
+                        dst,
+                        src: Operand::Reg(r),
+                    }),
+                    Rm::Mem(m) => Some(Op::AluLoad {
+                        op: AluOp::Imul,
+                        dst,
+                        mem: m,
+                    }),
+                }
+            }
+            // BSWAP of a 16-bit register is undefined: left to the CPU.
+            0xC8..=0xCF => {
+                let reg = reg_operand(ops.first())?;
+                matches!(reg.width, Width::W32 | Width::W64).then_some(Op::Bswap { reg })
+            }
+            _ => None,
+        },
+        OpcodeMap::DEFAULT => match opc {
+            // IMUL r, r/m, imm16/32 (69) or imm8 sign-extended (6B).
+            0x69 | 0x6B => {
+                let dst = reg_operand(ops.first())?;
+                Some(Op::Imul3 {
+                    dst,
+                    src: rm(1, dst.width)?,
+                    imm: imm_operand(ops.get(2), dst.width)?,
+                })
+            }
+            // XCHG r/m, r; XCHG rAX, r (91-97, and 90 with REX.B: R8).
+            0x86 | 0x87 | 0x91..=0x97 => xchg(insn, mode),
+            0x90 if rex_b(insn, bytes) && insn.mnemonic == Mnemonic::XCHG => xchg(insn, mode),
+            0x98 => Some(Op::Widen { width: opw? }),
+            0x99 => Some(Op::SignDx { width: opw? }),
+            0xF5 => Some(Op::Flag { op: FlagOp::Cmc }),
+            0xF8 => Some(Op::Flag { op: FlagOp::Clc }),
+            0xF9 => Some(Op::Flag { op: FlagOp::Stc }),
+            0xFC => Some(Op::Flag { op: FlagOp::Cld }),
+            0xFD => Some(Op::Flag { op: FlagOp::Std }),
+            // Group 3 /4 MUL, /5 IMUL, /6 DIV, /7 IDIV.
+            0xF6 | 0xF7 if modrm_reg >= 4 => {
+                let w = if opc == 0xF6 { Width::W8 } else { opw? };
+                let op = match modrm_reg {
+                    4 => MulOp::Mul,
+                    5 => MulOp::Imul,
+                    6 => MulOp::Div,
+                    _ => MulOp::Idiv,
+                };
+                Some(Op::MulDiv {
+                    op,
+                    src: rm(0, w)?,
+                    width: w,
+                })
+            }
+            // Group 5 /2 CALL r/m64, /4 JMP r/m64 (near, 64-bit mode; the 66h forms
+            // differ between vendors and are left to the CPU).
+            0xFF if mode == CodeMode::Bits64
+                && matches!(modrm_reg, 2 | 4)
+                && !has_prefix(insn, 0x66) =>
+            {
+                let src = rm(0, Width::W64)?;
+                Some(if modrm_reg == 2 {
+                    Op::CallInd { src }
+                } else {
+                    Op::JmpInd { src }
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// BT/BTS/BTR/BTC on a register (`Op::Alu`) or memory (`Op::AluMem`) bit base.
+fn bit_op(m: Mnemonic, dst: Rm, src: Operand, width: Width) -> Option<Op> {
+    let op = alu_op(m).filter(|o| o.is_bit())?;
+    Some(match dst {
+        Rm::Reg(r) => Op::Alu { op, dst: r, src },
+        Rm::Mem(mem) => Op::AluMem {
+            op,
+            mem,
+            src,
+            width,
+        },
+    })
+}
+
+/// XCHG: one operand a register, the other a register or memory, of one width.
+fn xchg(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
+    if insn.mnemonic != Mnemonic::XCHG {
+        return None;
+    }
+    let ops = insn.operands();
+    let w = width_bits(insn.operand_width)?;
+    let a = rm_operand(ops.first(), mode, insn.address_width, w)?;
+    let b = rm_operand(ops.get(1), mode, insn.address_width, w)?;
+    match (a, b) {
+        (other, Rm::Reg(r)) | (Rm::Reg(r), other) => Some(Op::Xchg { reg: r, other }),
+        _ => None,
+    }
+}
+
 /// The subset, by opcode (SDM Vol. 2, Tables; group encodings Table A-6).
 fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Option<Op> {
     let (mod_, modrm_reg) = modrm(insn, bytes)?;
@@ -619,6 +794,9 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
     // leave the instruction to the CPU.
     let f2 = has_prefix(insn, 0xF2);
     if let Some(op) = map_stack(insn, mode) {
+        return Some(op);
+    }
+    if let Some(op) = map_more(insn, bytes, mode, modrm_reg) {
         return Some(op);
     }
     let movx =
@@ -992,7 +1170,13 @@ mod tests {
         // 0F 1F /0 in 16-bit code: nop word [bx+si] (0F 1F 00).
         assert_eq!(op(&[0x0F, 0x1F, 0x00], Bits16), Op::Nop);
         // 41 90: xchg r8d, eax is not a NOP. 48 90 (xchg rax, rax) is.
-        unsupported(&[0x41, 0x90], Bits64);
+        assert_eq!(
+            op(&[0x41, 0x90], Bits64),
+            Op::Xchg {
+                reg: RegRef::new(0, Width::W32),
+                other: Rm::Reg(RegRef::new(8, Width::W32))
+            }
+        );
         assert_eq!(op(&[0x48, 0x90], Bits64), Op::Nop);
         assert!(decode(&[0xF3, 0x41, 0x90], Bits64).is_err());
         // In 32-bit code 41 is inc ecx, not a prefix.
@@ -1905,9 +2089,10 @@ mod tests {
     #[test]
     fn other_instructions_are_unsupported_with_their_length() {
         // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
-        // disp32 in 32-bit code); xchg eax, eax (87 C0); lock add [rax], eax; rep ret;
-        // call [rax] (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code
-        // pop ax (58); movsxd ax, eax (66 63 C0).
+        // disp32 in 32-bit code); lock add [rax], eax; rep ret; call [eax] in 32-bit
+        // code (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code pop ax (58);
+        // movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66 FF D0); bswap
+        // ax (66 0F C8); lock bts [rax], eax (F0 0F AB 00).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
             (&[0xFA], Bits32),
@@ -1917,10 +2102,12 @@ mod tests {
             (&[0xCD, 0x10], Bits16),
             (&[0x0F, 0xA2], Bits64),
             (&[0x8B, 0x05, 0, 0, 0, 0], Bits32),
-            (&[0x87, 0xC0], Bits64),
             (&[0xF0, 0x01, 0x00], Bits64),
             (&[0xF3, 0xC3], Bits64),
-            (&[0xFF, 0x10], Bits64),
+            (&[0xFF, 0x10], Bits32),
+            (&[0x66, 0xFF, 0xD0], Bits64),
+            (&[0x66, 0x0F, 0xC8], Bits32),
+            (&[0xF0, 0x0F, 0xAB, 0x00], Bits64),
             (&[0x66, 0x6A, 0x01], Bits64),
             (&[0x0F, 0x31], Bits64),
             (&[0x58], Bits16),
@@ -1928,6 +2115,151 @@ mod tests {
         ] {
             unsupported(bytes, m);
         }
+    }
+
+    #[test]
+    fn moves_bit_tests_multiplies_and_flag_instructions() {
+        let r = RegRef::new;
+        use Width::{W16, W32, W64, W8};
+        for m in ALL {
+            // cmovz eax, ecx (0F 44 C1; 66h-toggled in 16-bit code)
+            let (pfx, w): (&[u8], Width) = if m == Bits16 {
+                (&[0x66], W32)
+            } else {
+                (&[], W32)
+            };
+            let with = |b: &[u8]| [pfx, b].concat();
+            assert_eq!(
+                op(&with(&[0x0F, 0x44, 0xC1]), m),
+                Op::Cmov {
+                    cond: Cond::E,
+                    dst: r(0, w),
+                    src: Rm::Reg(r(1, w))
+                }
+            );
+            // setnz bl (0F 95 C3)
+            assert_eq!(
+                op(&[0x0F, 0x95, 0xC3], m),
+                Op::Setcc {
+                    cond: Cond::Ne,
+                    dst: Rm::Reg(r(3, W8))
+                }
+            );
+            // xchg ecx, edx (87 D1 : r/m = ecx, reg = edx); xchg eax, ebx (93)
+            assert_eq!(
+                op(&with(&[0x87, 0xD1]), m),
+                Op::Xchg {
+                    reg: r(2, w),
+                    other: Rm::Reg(r(1, w))
+                }
+            );
+            assert!(matches!(op(&with(&[0x93]), m), Op::Xchg { .. }));
+            // bswap esi (0F CE)
+            assert_eq!(op(&with(&[0x0F, 0xCE]), m), Op::Bswap { reg: r(6, w) });
+            // cwde / cdq in 32-bit terms
+            assert_eq!(op(&with(&[0x98]), m), Op::Widen { width: w });
+            assert_eq!(op(&with(&[0x99]), m), Op::SignDx { width: w });
+            // bt ecx, edx (0F A3 D1); bts eax, 5 (0F BA E8 05)
+            assert_eq!(
+                op(&with(&[0x0F, 0xA3, 0xD1]), m),
+                alu(AluOp::Bt, r(1, w), Operand::Reg(r(2, w)))
+            );
+            assert_eq!(
+                op(&with(&[0x0F, 0xBA, 0xE8, 0x05]), m),
+                alu(AluOp::Bts, r(0, w), Operand::Imm(5))
+            );
+            // imul eax, ecx (0F AF C1); imul edx, ebx, -2 (6B D3 FE)
+            assert_eq!(
+                op(&with(&[0x0F, 0xAF, 0xC1]), m),
+                alu(AluOp::Imul, r(0, w), Operand::Reg(r(1, w)))
+            );
+            assert_eq!(
+                op(&with(&[0x6B, 0xD3, 0xFE]), m),
+                Op::Imul3 {
+                    dst: r(2, w),
+                    src: Rm::Reg(r(3, w)),
+                    imm: 0xFFFF_FFFE
+                }
+            );
+            // mul cl (F6 E1); div ebx (F7 F3); idiv word si (66/none F7 FE)
+            assert_eq!(
+                op(&[0xF6, 0xE1], m),
+                Op::MulDiv {
+                    op: MulOp::Mul,
+                    src: Rm::Reg(r(1, W8)),
+                    width: W8
+                }
+            );
+            assert_eq!(
+                op(&with(&[0xF7, 0xF3]), m),
+                Op::MulDiv {
+                    op: MulOp::Div,
+                    src: Rm::Reg(r(3, w)),
+                    width: w
+                }
+            );
+            // clc stc cmc cld std
+            for (b, f) in [
+                (0xF8, FlagOp::Clc),
+                (0xF9, FlagOp::Stc),
+                (0xF5, FlagOp::Cmc),
+                (0xFC, FlagOp::Cld),
+                (0xFD, FlagOp::Std),
+            ] {
+                assert_eq!(op(&[b], m), Op::Flag { op: f });
+            }
+        }
+        // 16-bit operands in 16-bit code: cbw, cwd.
+        assert_eq!(op(&[0x98], Bits16), Op::Widen { width: W16 });
+        assert_eq!(op(&[0x99], Bits16), Op::SignDx { width: W16 });
+        // 64-bit: cdqe, cqo, call rax, jmp [rip + 8], call [rbx + 0x10], bt [rbx], rcx.
+        assert_eq!(op(&[0x48, 0x98], Bits64), Op::Widen { width: W64 });
+        assert_eq!(op(&[0x48, 0x99], Bits64), Op::SignDx { width: W64 });
+        assert_eq!(
+            op(&[0xFF, 0xD0], Bits64),
+            Op::CallInd {
+                src: Rm::Reg(r(0, W64))
+            }
+        );
+        let mut rip = mem(None, None, 1, 8);
+        rip.rip_rel = true;
+        assert_eq!(
+            op(&[0xFF, 0x25, 8, 0, 0, 0], Bits64),
+            Op::JmpInd { src: Rm::Mem(rip) }
+        );
+        assert_eq!(
+            op(&[0xFF, 0x53, 0x10], Bits64),
+            Op::CallInd {
+                src: Rm::Mem(mem(Some(3), None, 1, 0x10))
+            }
+        );
+        assert_eq!(
+            op(&[0x48, 0x0F, 0xA3, 0x0B], Bits64),
+            Op::AluMem {
+                op: AluOp::Bt,
+                mem: mem(Some(3), None, 1, 0),
+                src: Operand::Reg(r(1, W64)),
+                width: W64
+            }
+        );
+        // cmovs rdx, [rbx] (48 0F 48 13); xchg [rbx], al (86 03)
+        assert_eq!(
+            op(&[0x48, 0x0F, 0x48, 0x13], Bits64),
+            Op::Cmov {
+                cond: Cond::S,
+                dst: r(2, W64),
+                src: Rm::Mem(mem(Some(3), None, 1, 0))
+            }
+        );
+        assert_eq!(
+            op(&[0x86, 0x03], Bits64),
+            Op::Xchg {
+                reg: r(0, W8),
+                other: Rm::Mem(mem(Some(3), None, 1, 0))
+            }
+        );
+        // Memory forms outside 64-bit code stay with the CPU: cmovz ax, [bx].
+        unsupported(&[0x0F, 0x44, 0x07], Bits16);
     }
 
     fn mem(base: Option<u8>, index: Option<u8>, scale: u8, disp: i32) -> MemRef {

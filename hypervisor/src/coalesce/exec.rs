@@ -78,8 +78,8 @@
 //! element does not), so `executed == 0` means the state was not changed at all.
 
 use super::insn::{
-    AluOp, CodeMode, Cond, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg,
-    StopReason,
+    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef, Rm,
+    Seg, StopReason,
 };
 use super::memory::{self, Pieces};
 use crate::x86::guest_mem::{
@@ -176,7 +176,7 @@ pub const fn ip_mask(mode: CodeMode) -> u64 {
 
 /// Whether the operation writes its destination (CMP and TEST do not).
 pub const fn writes_dst(op: AluOp) -> bool {
-    !matches!(op, AluOp::Cmp | AluOp::Test)
+    !matches!(op, AluOp::Cmp | AluOp::Test | AluOp::Bt)
 }
 
 /// The shift count as the processor uses it: 5 bits, 6 for 64-bit operands.
@@ -240,6 +240,10 @@ pub const fn defined_flags(op: AluOp, width: Width, src: u64) -> u64 {
                 STATUS
             }
         }
+        // CF is the bit, ZF is unchanged; OF, SF, AF, PF are undefined.
+        AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc => CF | ZF,
+        // CF = OF = overflow; SF, ZF, AF, PF are undefined.
+        AluOp::Imul => CF | OF,
     }
 }
 
@@ -421,6 +425,108 @@ pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u
             };
             (r, (rflags & !(CF | OF)) | bit(cf, CF) | bit(of, OF))
         }
+        AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc => {
+            // The offset modulo the width (a register bit base; a memory base has its
+            // address adjusted by the caller first).
+            let mask = 1u64 << (src & (width.bits() - 1) as u64);
+            let r = match op {
+                AluOp::Bts => a | mask,
+                AluOp::Btr => a & !mask,
+                AluOp::Btc => a ^ mask,
+                _ => a,
+            };
+            // Only CF changes: the undefined OF, SF, AF and PF keep their values, as
+            // in Bochs.
+            ((r & m), (rflags & !CF) | bit(a & mask != 0, CF))
+        }
+        AluOp::Imul => {
+            let p = (sign_extend(a, width) as i64 as i128) * (sign_extend(b, width) as i64 as i128);
+            let r = (p as u64) & m;
+            let over = sign_extend(r, width) as i64 as i128 != p;
+            // SF, ZF and PF from the low half, AF = 0 (undefined; as Bochs does).
+            (r, keep | bit(over, CF | OF) | szp(width, r))
+        }
+    }
+}
+
+/// The one-operand MUL/IMUL/DIV/IDIV at `width`: from `(rdx, rax)` (only AX for
+/// bytes) and the operand, the new `(rdx, rax)` values at the width (for bytes: the
+/// new AX in `rax`, `rdx` unchanged) and RFLAGS; `None` where the CPU raises #DE (a
+/// zero divisor, a quotient that does not fit). MUL/IMUL: CF = OF = the upper half is
+/// needed; SF, ZF, PF of the lower half and AF = 0 (undefined; what Bochs produces).
+/// DIV/IDIV: all six status flags undefined, left unchanged (as in Bochs).
+pub fn mul_div(
+    op: MulOp,
+    width: Width,
+    rdx: u64,
+    rax: u64,
+    src: u64,
+    rflags: u64,
+) -> Option<(u64, u64, u64)> {
+    let m = width.mask();
+    let bits = width.bits();
+    let keep = rflags & !STATUS;
+    let b = src & m;
+    // The double-width dividend / the two product halves, as u128.
+    let (lo_in, hi_in) = if width == Width::W8 {
+        (rax & 0xFF, (rax >> 8) & 0xFF)
+    } else {
+        (rax & m, rdx & m)
+    };
+    let join = |lo: u64, hi: u64| -> (u64, u64) {
+        if width == Width::W8 {
+            (rdx, (lo & 0xFF) | ((hi & 0xFF) << 8))
+        } else {
+            (hi & m, lo & m)
+        }
+    };
+    match op {
+        MulOp::Mul | MulOp::Imul => {
+            let (lo, hi, over) = if op == MulOp::Mul {
+                let p = u128::from(lo_in) * u128::from(b);
+                let hi = (p >> bits) as u64 & m;
+                (p as u64 & m, hi, hi != 0)
+            } else {
+                let p = i128::from(sign_extend(lo_in, width) as i64)
+                    * i128::from(sign_extend(b, width) as i64);
+                let lo = p as u64 & m;
+                let hi = (p >> bits) as u64 & m;
+                (lo, hi, i128::from(sign_extend(lo, width) as i64) != p)
+            };
+            let (d, a) = join(lo, hi);
+            Some((d, a, keep | bit(over, CF | OF) | szp(width, lo)))
+        }
+        MulOp::Div => {
+            if b == 0 {
+                return None;
+            }
+            let n = (u128::from(hi_in) << bits) | u128::from(lo_in);
+            let q = n / u128::from(b);
+            let r = (n % u128::from(b)) as u64;
+            if q > u128::from(m) {
+                return None;
+            }
+            let (d, a) = join(q as u64, r);
+            Some((d, a, rflags))
+        }
+        MulOp::Idiv => {
+            let d = sign_extend(b, width) as i64 as i128;
+            if d == 0 {
+                return None;
+            }
+            let n = ((u128::from(hi_in) << bits) | u128::from(lo_in)) as i128;
+            // Sign-extend the 2*bits-wide dividend.
+            let sh = 128 - 2 * bits;
+            let n = (n << sh) >> sh;
+            let q = n / d;
+            let r = n % d;
+            let lim = 1i128 << (bits - 1);
+            if q < -lim || q >= lim {
+                return None;
+            }
+            let (dd, a) = join(q as u64, r as u64);
+            Some((dd, a, rflags))
+        }
     }
 }
 
@@ -549,6 +655,16 @@ impl CodePieces {
 enum Dest {
     Here(usize),
     Follow,
+}
+
+/// The width whose sign-extension CBW/CWDE/CDQE make `width` of.
+const fn half_width(width: Width) -> Option<Width> {
+    match width {
+        Width::W16 => Some(Width::W8),
+        Width::W32 => Some(Width::W16),
+        Width::W64 => Some(Width::W32),
+        Width::W8 => None,
+    }
 }
 
 /// Sign-extends the low `width` bits of `v` to 64 bits.
@@ -742,7 +858,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 self.retire(insn)
             }
             Op::Alu { op, dst, src } => {
-                if !reg_ok(mode, dst) || !operand_ok(mode, src) {
+                if !reg_ok(mode, dst) || !operand_ok(mode, src) || !op.has_width(dst.width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let a = read_reg(&self.state.regs, dst);
@@ -847,10 +963,22 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 src,
                 width,
             } => {
-                if !operand_ok(mode, src) {
+                if !operand_ok(mode, src) || !op.has_width(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let p = match self.access(insn, mem, width, writes_dst(op)) {
+                // BT* m, r: the register is a signed bit offset from the operand's
+                // address, so the accessed unit is `offset DIV width` units away (SDM
+                // Vol. 2A "BT": bit-string addressing); an immediate offset stays in
+                // the operand (taken modulo the width).
+                let shift = match (op.is_bit(), src) {
+                    (true, Operand::Reg(r)) => {
+                        let off = sign_extend(read_reg(&self.state.regs, r), r.width) as i64;
+                        let units = off.div_euclid(i64::from(width.bits()));
+                        units.wrapping_mul(i64::from(width.bytes())) as u64
+                    }
+                    _ => 0,
+                };
+                let p = match self.access_shifted(insn, mem, width, writes_dst(op), shift) {
                     Ok(p) => p,
                     Err(stop) => return Flow::Stop(stop),
                 };
@@ -866,7 +994,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 self.retire(insn)
             }
             Op::AluLoad { op, dst, mem } => {
-                if !reg_ok(mode, dst) {
+                if !reg_ok(mode, dst) || !op.has_width(dst.width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let b = match self.load(insn, mem, dst.width) {
@@ -938,6 +1066,165 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 };
                 self.state.rsp = self.state.rsp.wrapping_add(8 + u64::from(pop));
                 self.jump(target, dest)
+            }
+            Op::CallInd { src } | Op::JmpInd { src } => {
+                if mode != CodeMode::Bits64 || self.shadow_stack() {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let target = match src {
+                    Rm::Reg(r) if r.width == Width::W64 && !r.high8 => self.gpr64(r.index),
+                    Rm::Reg(_) => return Flow::Stop(StopReason::Unsupported),
+                    Rm::Mem(m) => match self.load(insn, m, Width::W64) {
+                        Ok(v) => v,
+                        Err(stop) => return Flow::Stop(stop),
+                    },
+                };
+                let Some(dest) = self.destination(target) else {
+                    return Flow::Stop(StopReason::BranchOut);
+                };
+                if matches!(insn.op, Op::CallInd { .. }) {
+                    let next = self.state.rip.wrapping_add(u64::from(insn.len));
+                    if let Err(stop) = self.push(next) {
+                        return Flow::Stop(stop);
+                    }
+                }
+                self.jump(target, dest)
+            }
+            Op::Flag { op } => {
+                let f = self.state.rflags;
+                let df = Rflags::DF.bits();
+                self.state.rflags = match op {
+                    FlagOp::Clc => f & !CF,
+                    FlagOp::Stc => f | CF,
+                    FlagOp::Cmc => f ^ CF,
+                    FlagOp::Cld => f & !df,
+                    FlagOp::Std => f | df,
+                };
+                self.retire(insn)
+            }
+            Op::Cmov { cond, dst, src } => {
+                if !reg_ok(mode, dst) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                // The source is read (and may fault) whatever the condition.
+                let v = match self.read_rm(insn, src, dst.width) {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let v = if condition(cond, self.state.rflags) {
+                    v
+                } else {
+                    read_reg(&self.state.regs, dst)
+                };
+                // A false condition still writes a 32-bit destination (zero-extends).
+                write_reg(&mut self.state.regs, dst, v);
+                self.retire(insn)
+            }
+            Op::Setcc { cond, dst } => {
+                let v = u64::from(condition(cond, self.state.rflags));
+                if let Err(stop) = self.write_rm(insn, dst, Width::W8, v) {
+                    return Flow::Stop(stop);
+                }
+                self.retire(insn)
+            }
+            Op::Xchg { reg, other } => {
+                if !reg_ok(mode, reg) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let a = read_reg(&self.state.regs, reg);
+                match other {
+                    Rm::Reg(o) => {
+                        if !reg_ok(mode, o) || o.width != reg.width {
+                            return Flow::Stop(StopReason::Unsupported);
+                        }
+                        let b = read_reg(&self.state.regs, o);
+                        write_reg(&mut self.state.regs, o, a);
+                        write_reg(&mut self.state.regs, reg, b);
+                    }
+                    Rm::Mem(m) => {
+                        let p = match self.access(insn, m, reg.width, true) {
+                            Ok(p) => p,
+                            Err(stop) => return Flow::Stop(stop),
+                        };
+                        let Some(b) = memory::read_pieces(&*self.mem, &p) else {
+                            return Flow::Stop(StopReason::Memory);
+                        };
+                        if !memory::write_pieces(&mut *self.mem, &p, a) {
+                            return Flow::Stop(StopReason::Memory);
+                        }
+                        write_reg(&mut self.state.regs, reg, b);
+                    }
+                }
+                self.retire(insn)
+            }
+            Op::Bswap { reg } => {
+                if !reg_ok(mode, reg) || !matches!(reg.width, Width::W32 | Width::W64) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = read_reg(&self.state.regs, reg);
+                let v = if reg.width == Width::W32 {
+                    u64::from((v as u32).swap_bytes())
+                } else {
+                    v.swap_bytes()
+                };
+                write_reg(&mut self.state.regs, reg, v);
+                self.retire(insn)
+            }
+            Op::Widen { width } => {
+                let Some(half) = half_width(width) else {
+                    return Flow::Stop(StopReason::Unsupported);
+                };
+                if width == Width::W64 && mode != CodeMode::Bits64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = sign_extend(self.state.regs.rax, half);
+                write_reg(&mut self.state.regs, RegRef::new(0, width), v);
+                self.retire(insn)
+            }
+            Op::SignDx { width } => {
+                if width == Width::W8 || (width == Width::W64 && mode != CodeMode::Bits64) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let negative = (self.state.regs.rax >> (width.bits() - 1)) & 1 != 0;
+                let v = if negative { u64::MAX } else { 0 };
+                write_reg(&mut self.state.regs, RegRef::new(2, width), v);
+                self.retire(insn)
+            }
+            Op::MulDiv { op, src, width } => {
+                if width == Width::W64 && mode != CodeMode::Bits64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let b = match self.read_rm(insn, src, width) {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let regs = &mut self.state.regs;
+                let Some((d, a, f)) = mul_div(op, width, regs.rdx, regs.rax, b, self.state.rflags)
+                else {
+                    // #DE: the CPU raises it.
+                    return Flow::Stop(StopReason::Fault);
+                };
+                if width == Width::W8 {
+                    write_reg(regs, RegRef::new(0, Width::W16), a);
+                } else {
+                    write_reg(regs, RegRef::new(0, width), a);
+                    write_reg(regs, RegRef::new(2, width), d);
+                }
+                self.state.rflags = f;
+                self.retire(insn)
+            }
+            Op::Imul3 { dst, src, imm } => {
+                if !reg_ok(mode, dst) || dst.width == Width::W8 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = match self.read_rm(insn, src, dst.width) {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                let (r, f) = alu(AluOp::Imul, dst.width, v, imm, self.state.rflags);
+                write_reg(&mut self.state.regs, dst, r);
+                self.state.rflags = f;
+                self.retire(insn)
             }
             Op::Ins { width, rep, addr } => self.string(insn, first, width, rep, addr, None),
             Op::Outs {
@@ -1076,10 +1363,24 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         width: Width,
         write: bool,
     ) -> Result<Pieces, StopReason> {
+        self.access_shifted(insn, m, width, write, 0)
+    }
+
+    /// [`Self::access`] at the effective address plus `shift` (within the address
+    /// size).
+    fn access_shifted(
+        &mut self,
+        insn: Insn,
+        m: MemRef,
+        width: Width,
+        write: bool,
+        shift: u64,
+    ) -> Result<Pieces, StopReason> {
         if self.mode() != CodeMode::Bits64 {
             return Err(StopReason::Unsupported);
         }
-        let mut lin = self.effective_address(insn, m);
+        let ea = self.effective_address(insn, m).wrapping_add(shift) & m.addr.mask();
+        let mut lin = ea;
         if matches!(m.seg, Seg::Fs | Seg::Gs) {
             lin = lin.wrapping_add(self.state.seg_base[m.seg as usize]);
         }
@@ -1105,6 +1406,36 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         memory::read_pieces(&*self.mem, &p)
             .map(|v| v & width.mask())
             .ok_or(StopReason::Memory)
+    }
+
+    /// A register (that the executor can access) or memory operand of `width`.
+    fn read_rm(&mut self, insn: Insn, rm: Rm, width: Width) -> Result<u64, StopReason> {
+        match rm {
+            Rm::Reg(r) if reg_ok(self.mode(), r) && r.width == width => {
+                Ok(read_reg(&self.state.regs, r))
+            }
+            Rm::Reg(_) => Err(StopReason::Unsupported),
+            Rm::Mem(m) => self.load(insn, m, width),
+        }
+    }
+
+    /// Writes `v` to a register or memory operand of `width`.
+    fn write_rm(&mut self, insn: Insn, rm: Rm, width: Width, v: u64) -> Result<(), StopReason> {
+        match rm {
+            Rm::Reg(r) if reg_ok(self.mode(), r) && r.width == width => {
+                write_reg(&mut self.state.regs, r, v);
+                Ok(())
+            }
+            Rm::Reg(_) => Err(StopReason::Unsupported),
+            Rm::Mem(m) => {
+                let p = self.access(insn, m, width, true)?;
+                if memory::write_pieces(&mut *self.mem, &p, v) {
+                    Ok(())
+                } else {
+                    Err(StopReason::Memory)
+                }
+            }
+        }
     }
 
     /// PUSH of 8 bytes at RSP - 8 (SS base 0 in 64-bit mode).
@@ -2017,6 +2348,148 @@ mod tests {
     }
 
     #[test]
+    fn mul_and_div_at_every_width_and_the_divides_that_fault() {
+        // mul: AX = AL * 0x10 (the new AX; the caller merges it); CF = OF = 0, SF
+        // from the low half.
+        assert_eq!(
+            mul_div(MulOp::Mul, W8, 7, 0x1234_0008, 0x10, 0x2),
+            Some((7, 0x80, 0x2 | SF))
+        );
+        // mul r8 with a product above 0xFF: AH non-zero, CF = OF = 1.
+        let (_, a, f) = mul_div(MulOp::Mul, W8, 0, 0x80, 2, 0x2).unwrap();
+        assert_eq!((a, f & (CF | OF)), (0x100, CF | OF));
+        // imul r8: -1 * -1 = 1 fits, CF = OF = 0; 0x40 * 2 = 0x80 does not fit.
+        assert_eq!(mul_div(MulOp::Imul, W8, 0, 0xFF, 0xFF, 0x2).unwrap().1, 1);
+        let (_, a, f) = mul_div(MulOp::Imul, W8, 0, 0x40, 2, 0x2).unwrap();
+        assert_eq!((a, f & (CF | OF)), (0x80, CF | OF));
+        // 64 bits: all ones * all ones = 0xFFF..FE:00..01.
+        let (d, a, _) = mul_div(MulOp::Mul, W64, 0, u64::MAX, u64::MAX, 0x2).unwrap();
+        assert_eq!((d, a), (u64::MAX - 1, 1));
+        // div: EDX:EAX = 1:0 / 2 = 0x8000_0000 rem 0; div by 0 and overflow fault.
+        assert_eq!(
+            mul_div(MulOp::Div, W32, 1, 0, 2, 0x2),
+            Some((0, 0x8000_0000, 0x2))
+        );
+        assert_eq!(mul_div(MulOp::Div, W32, 0, 5, 0, 0x2), None);
+        assert_eq!(mul_div(MulOp::Div, W32, 2, 0, 2, 0x2), None);
+        // div r8: AX = 0x0107 / 0x10 -> AL = 0x10, AH = 7; the flags stay.
+        assert_eq!(
+            mul_div(MulOp::Div, W8, 9, 0x0107, 0x10, 0x2 | CF),
+            Some((9, 0x0710, 0x2 | CF))
+        );
+        // idiv: -7 / 2 = -3 rem -1 (truncating); -128 / -1 overflows 8 bits.
+        assert_eq!(
+            mul_div(MulOp::Idiv, W16, 0xFFFF, 0xFFF9, 2, 0x2),
+            Some((0xFFFF, 0xFFFD, 0x2))
+        );
+        assert_eq!(mul_div(MulOp::Idiv, W8, 0, 0xFF80, 0xFF, 0x2), None);
+        // idiv r64: the 128-bit dividend -2^64 / 2^32... stays in range only if it fits.
+        assert_eq!(
+            mul_div(MulOp::Idiv, W64, u64::MAX, 0, 2, 0x2),
+            Some((0, 1 << 63, 0x2))
+        );
+        assert_eq!(mul_div(MulOp::Idiv, W64, 0, 1 << 63, 1, 0x2), None);
+    }
+
+    #[test]
+    fn data_moves_flag_instructions_and_conversions() {
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0xFFFF_FFFF_0000_8081;
+        t.st.regs.rcx = 0x1111_2222_3333_4444;
+        t.st.regs.rdx = 7;
+        t.set_status(ZF);
+        let b = [
+            out_dx(W8),
+            // cmovne ecx, eax (ZF set: false, still zero-extends ECX)
+            i(
+                Op::Cmov {
+                    cond: Cond::Ne,
+                    dst: r(1, W32),
+                    src: Rm::Reg(r(0, W32)),
+                },
+                3,
+            ),
+            // xchg rax, rdx
+            i(
+                Op::Xchg {
+                    reg: r(0, W64),
+                    other: Rm::Reg(r(2, W64)),
+                },
+                3,
+            ),
+            // stc; cmc; std
+            i(Op::Flag { op: FlagOp::Stc }, 1),
+            i(Op::Flag { op: FlagOp::Cmc }, 1),
+            i(Op::Flag { op: FlagOp::Std }, 1),
+            // setz bl
+            i(
+                Op::Setcc {
+                    cond: Cond::E,
+                    dst: Rm::Reg(r(3, W8)),
+                },
+                3,
+            ),
+            // bswap edx
+            i(Op::Bswap { reg: r(2, W32) }, 2),
+        ];
+        t.run(&b, 0);
+        assert_eq!(t.st.regs.rcx, 0x3333_4444);
+        assert_eq!(t.st.regs.rax, 7);
+        assert_eq!(t.st.regs.rdx, 0x8180_0000);
+        assert_eq!(t.st.regs.rbx & 0xFF, 1);
+        assert_eq!(t.st.rflags & (CF | Rflags::DF.bits()), Rflags::DF.bits());
+        // cbw, cwde, cdqe and cwd/cdq/cqo of a negative byte.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0x1234_5680;
+        let b = [
+            out_dx(W8),
+            i(Op::Widen { width: W16 }, 2),
+            i(Op::Widen { width: W32 }, 1),
+            i(Op::Widen { width: W64 }, 2),
+            i(Op::SignDx { width: W64 }, 2),
+        ];
+        t.run(&b, 0);
+        assert_eq!((t.st.regs.rax, t.st.regs.rdx), (u64::MAX - 0x7F, u64::MAX));
+        // A divide that would fault stops before it, with nothing changed.
+        let mut t = T::new(CodeMode::Bits32);
+        let b = [
+            out_dx(W8),
+            i(
+                Op::MulDiv {
+                    op: MulOp::Div,
+                    src: Rm::Reg(r(3, W32)),
+                    width: W32,
+                },
+                2,
+            ),
+        ];
+        t.st.regs.rax = 5;
+        let res = t.run(&b, 0);
+        assert_eq!((res.executed, res.stop), (1, StopReason::Fault));
+        assert_eq!((t.st.regs.rax, t.st.rip), (5, 1));
+    }
+
+    #[test]
+    fn bit_tests_take_the_offset_modulo_the_width() {
+        // bt eax, 33 tests bit 1; bts/btr/btc write; ZF and the other flags stay.
+        assert_eq!(alu(AluOp::Bt, W32, 2, 33, 0x2 | ZF), (2, 0x2 | ZF | CF));
+        assert_eq!(alu(AluOp::Bts, W16, 0, 15, 0x2 | CF), (0x8000, 0x2));
+        assert_eq!(
+            alu(AluOp::Btr, W64, u64::MAX, 63, 0x2 | SF),
+            (u64::MAX >> 1, 0x2 | SF | CF)
+        );
+        assert_eq!(alu(AluOp::Btc, W32, 0, 0xFF, 0x2), (0x8000_0000, 0x2));
+        assert!(!writes_dst(AluOp::Bt) && writes_dst(AluOp::Bts));
+        assert!(!AluOp::Bt.has_width(W8) && !AluOp::Imul.has_width(W8) && AluOp::Add.has_width(W8));
+        // imul: 0x4000 * 4 overflows 16 bits; -2 * 3 fits.
+        assert_eq!(alu(AluOp::Imul, W16, 0x4000, 4, 0x2).1 & (CF | OF), CF | OF);
+        assert_eq!(
+            alu(AluOp::Imul, W32, 0xFFFF_FFFE, 3, 0x2),
+            (0xFFFF_FFFA, 0x2 | SF | PF)
+        );
+    }
+
+    #[test]
     fn shift_count_comes_from_cl_and_is_masked() {
         let mut t = T::new(CodeMode::Bits64);
         t.st.regs.rax = 0x81;
@@ -2121,8 +2594,8 @@ mod tests {
         };
         let mut checked = 0u32;
         for op in AluOp::ALL {
-            for w in WIDTHS {
-                let shift = op.is_shift();
+            for w in WIDTHS.into_iter().filter(|&w| op.has_width(w)) {
+                let shift = op.is_shift() || op.is_bit();
                 let mut pairs: Vec<(u64, u64)> = Vec::new();
                 for &a in &edges {
                     if shift {

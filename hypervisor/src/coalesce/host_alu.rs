@@ -79,9 +79,27 @@ macro_rules! by_width {
     };
 }
 
-/// Runs `op` on the host CPU: (destination register afterwards, RFLAGS).
+/// [`by_width`] for the instructions without an 8-bit form (the caller never asks).
+macro_rules! by_wide_width {
+    ($mac:ident, $insn:literal, $w:expr, $a:expr, $b:expr, $f:expr) => {
+        match $w {
+            Width::W8 => panic!("{} has no 8-bit form", $insn),
+            Width::W16 => $mac!($insn, "x", $a, $b, $f),
+            Width::W32 => $mac!($insn, "e", $a, $b, $f),
+            Width::W64 => $mac!($insn, "r", $a, $b, $f),
+        }
+    };
+}
+
+/// Runs `op` on the host CPU: (destination register afterwards, RFLAGS). `op` must
+/// exist at `w` ([`AluOp::has_width`]).
 pub fn exec(op: AluOp, w: Width, a: u64, b: u64, f: u64) -> (u64, u64) {
     match op {
+        AluOp::Bt => by_wide_width!(bin, "bt", w, a, b, f),
+        AluOp::Bts => by_wide_width!(bin, "bts", w, a, b, f),
+        AluOp::Btr => by_wide_width!(bin, "btr", w, a, b, f),
+        AluOp::Btc => by_wide_width!(bin, "btc", w, a, b, f),
+        AluOp::Imul => by_wide_width!(bin, "imul", w, a, b, f),
         AluOp::Add => by_width!(bin, "add", w, a, b, f),
         AluOp::Adc => by_width!(bin, "adc", w, a, b, f),
         AluOp::Sub => by_width!(bin, "sub", w, a, b, f),

@@ -114,11 +114,21 @@ pub enum AluOp {
     Ror,
     Rcl,
     Rcr,
+    /// Bit test, and set / reset / complement (SDM Vol. 2A "BT", "BTS", "BTR", "BTC"):
+    /// the source is the bit offset, taken modulo the width for a register operand.
+    /// CF = the bit; ZF unchanged. No 8-bit form.
+    Bt,
+    Bts,
+    Btr,
+    Btc,
+    /// Two-operand IMUL (SDM Vol. 2A "IMUL", `0F AF /r`): the low half of the signed
+    /// product; CF = OF = the product does not fit. No 8-bit form.
+    Imul,
 }
 
 impl AluOp {
     /// Every operation, for tests that sweep them all.
-    pub const ALL: [AluOp; 20] = [
+    pub const ALL: [AluOp; 25] = [
         AluOp::Add,
         AluOp::Adc,
         AluOp::Sub,
@@ -139,6 +149,11 @@ impl AluOp {
         AluOp::Ror,
         AluOp::Rcl,
         AluOp::Rcr,
+        AluOp::Bt,
+        AluOp::Bts,
+        AluOp::Btr,
+        AluOp::Btc,
+        AluOp::Imul,
     ];
 
     /// Shifts and rotates: the source is a count (an immediate or CL).
@@ -159,6 +174,37 @@ impl AluOp {
     pub const fn is_unary(self) -> bool {
         matches!(self, AluOp::Inc | AluOp::Dec | AluOp::Neg | AluOp::Not)
     }
+
+    /// BT, BTS, BTR, BTC: the source is a bit offset.
+    pub const fn is_bit(self) -> bool {
+        matches!(self, AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc)
+    }
+
+    /// Whether the operation exists at `width` (the bit tests and IMUL have no 8-bit
+    /// form).
+    pub const fn has_width(self, width: Width) -> bool {
+        !(matches!(width, Width::W8) && (self.is_bit() || matches!(self, AluOp::Imul)))
+    }
+}
+
+/// One-flag instructions (SDM Vol. 2A/2B "CLC", "STC", "CMC", "CLD", "STD").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlagOp {
+    Clc,
+    Stc,
+    Cmc,
+    Cld,
+    Std,
+}
+
+/// The one-operand multiply and divide group (SDM Vol. 2A "MUL", "IMUL", "DIV",
+/// "IDIV", group 3 /4 to /7): rDX:rAX (AX for bytes) against the operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MulOp {
+    Mul,
+    Imul,
+    Div,
+    Idiv,
 }
 
 /// Condition codes of Jcc (SDM Vol. 1 Table B-1), in encoding order (the low nibble
@@ -321,6 +367,61 @@ pub enum Op {
     Ret {
         pop: u16,
     },
+    /// CALL r/m64 (FF /2, 64-bit mode): pushes the return address, jumps to the value.
+    CallInd {
+        src: Rm,
+    },
+    /// JMP r/m64 (FF /4, 64-bit mode).
+    JmpInd {
+        src: Rm,
+    },
+    /// CLC, STC, CMC, CLD, STD.
+    Flag {
+        op: FlagOp,
+    },
+    /// CMOVcc r, r/m (SDM Vol. 2A "CMOVcc"): the source is read whatever the
+    /// condition, and a 32-bit destination is zero-extended even when it is false.
+    Cmov {
+        cond: Cond,
+        dst: RegRef,
+        src: Rm,
+    },
+    /// SETcc r/m8.
+    Setcc {
+        cond: Cond,
+        dst: Rm,
+    },
+    /// XCHG r, r/m (and 90+r): with memory, implicitly locked (one vCPU: see
+    /// docs/COALESCING.md).
+    Xchg {
+        reg: RegRef,
+        other: Rm,
+    },
+    /// BSWAP r32/r64.
+    Bswap {
+        reg: RegRef,
+    },
+    /// CBW / CWDE / CDQE: rAX at `width` <- the sign-extended lower half.
+    Widen {
+        width: Width,
+    },
+    /// CWD / CDQ / CQO: rDX at `width` <- the sign of rAX at `width`.
+    SignDx {
+        width: Width,
+    },
+    /// MUL, IMUL, DIV, IDIV r/m (one operand, rDX:rAX implicit).
+    MulDiv {
+        op: MulOp,
+        src: Rm,
+        width: Width,
+    },
+    /// IMUL r, r/m, imm (69, 6B): `dst` <- the low half of `src` x `imm` (`imm` already
+    /// sign-extended and masked to the width).
+    Imul3 {
+        dst: RegRef,
+        src: Rm,
+        imm: u64,
+    },
 }
 
 /// A register-or-memory operand.
@@ -341,7 +442,13 @@ impl Op {
     pub const fn is_branch(&self) -> bool {
         matches!(
             self,
-            Op::Jmp { .. } | Op::Jcc { .. } | Op::Loop { .. } | Op::Call { .. } | Op::Ret { .. }
+            Op::Jmp { .. }
+                | Op::Jcc { .. }
+                | Op::Loop { .. }
+                | Op::Call { .. }
+                | Op::Ret { .. }
+                | Op::CallInd { .. }
+                | Op::JmpInd { .. }
         )
     }
 }
@@ -388,6 +495,9 @@ pub enum StopReason {
     Memory,
     /// The per-exit instruction or string-element limit.
     Limit,
+    /// The next instruction raises an exception that is not about memory (#DE of a
+    /// divide): the CPU executes it and delivers the fault.
+    Fault,
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,
     /// The exit site's last full run emulated more instructions than the exits it
@@ -398,7 +508,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 12] = [
+    pub const ALL: [StopReason; 13] = [
         StopReason::Unsupported,
         StopReason::Undecodable,
         StopReason::ExtentEnd,
@@ -409,6 +519,7 @@ impl StopReason {
         StopReason::IoPermission,
         StopReason::Memory,
         StopReason::Limit,
+        StopReason::Fault,
         StopReason::Off,
         StopReason::Learned,
     ];
@@ -425,6 +536,7 @@ impl StopReason {
             StopReason::SingleStep => "single_step",
             StopReason::IoPermission => "io_permission",
             StopReason::Memory => "memory",
+            StopReason::Fault => "fault",
             StopReason::Limit => "limit",
             StopReason::Off => "off",
             StopReason::Learned => "learned",

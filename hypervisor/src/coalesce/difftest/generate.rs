@@ -487,7 +487,7 @@ impl Gen<'_> {
             let op8 = self.rng.below(8) as u8;
             // The register of ModRM.reg: RSP there is left to the CPU.
             let mut used = None;
-            let b = match self.rng.below(10) {
+            let b = match self.rng.below(15) {
                 // MOV r, m / MOV m, r
                 0 => {
                     let load = self.rng.chance(1, 2);
@@ -569,6 +569,59 @@ impl Gen<'_> {
                         self.head_mem(size, &[0x0F, opc], Some(reg), None)
                     }
                 }
+                // CMOVcc r, m
+                10 if size != 1 => {
+                    used = Some(reg);
+                    let cc = self.rng.below(16) as u8;
+                    self.head_mem(size, &[0x0F, 0x40 + cc], Some(reg), None)
+                }
+                // SETcc m8 ; XCHG m, r
+                11 => {
+                    if self.rng.chance(1, 2) {
+                        let cc = self.rng.below(16) as u8;
+                        self.head_mem(1, &[0x0F, 0x90 + cc], None, Some(0))
+                    } else {
+                        used = Some(reg);
+                        self.head_mem(size, &[0x86 + wide], Some(reg), None)
+                    }
+                }
+                // BT/BTS/BTR/BTC m, r (bit-string addressing) ; m, imm8
+                12 if size != 1 => {
+                    let k = self.rng.below(4) as u8;
+                    if self.rng.chance(1, 2) {
+                        used = Some(reg);
+                        self.head_mem(size, &[0x0F, 0xA3 + 8 * k], Some(reg), None)
+                    } else {
+                        self.head_mem(size, &[0x0F, 0xBA], None, Some(4 + k))
+                            .map(|mut b| {
+                                b.push(v as u8);
+                                b
+                            })
+                    }
+                }
+                // IMUL r, m ; IMUL r, m, imm8 ; MUL/IMUL/DIV/IDIV m
+                13 => match self.rng.below(3) {
+                    0 if size != 1 => {
+                        used = Some(reg);
+                        self.head_mem(size, &[0x0F, 0xAF], Some(reg), None)
+                    }
+                    1 if size != 1 => {
+                        used = Some(reg);
+                        self.head_mem(size, &[0x6B], Some(reg), None).map(|mut b| {
+                            b.push(v as u8);
+                            b
+                        })
+                    }
+                    _ => {
+                        let ext = 4 + self.rng.below(4) as u8;
+                        self.head_mem(size, &[0xF6 + wide], None, Some(ext))
+                    }
+                },
+                // CALL/JMP [m] (the target is whatever the memory holds).
+                14 if self.rng.chance(1, 3) => {
+                    let ext = if self.rng.chance(1, 2) { 2 } else { 4 };
+                    self.head_mem(4, &[0xFF], None, Some(ext))
+                }
                 // LEA
                 _ => {
                     let size = self.rng.pick(&[2u8, 4, 8]);
@@ -581,6 +634,187 @@ impl Gen<'_> {
                 self.emit(&b, !used.is_some_and(|r| r.rsp));
                 return;
             }
+        }
+        self.emit(&[0x90], true);
+    }
+
+    /// The other register forms: CMOVcc, SETcc, XCHG, BSWAP, the bit tests, IMUL,
+    /// MUL/IMUL/DIV/IDIV (after a zeroed rDX half the time, so some divides do not
+    /// fault), CBW..CQO, CLC/STC/CMC/CLD/STD, and in 64-bit code an indirect JMP or
+    /// CALL through a register loaded by a RIP-relative LEA with an instruction of the
+    /// program as its target.
+    fn more(&mut self, target: usize) {
+        for _ in 0..8 {
+            // 16/32/64-bit operand sizes (none of these has a useful 8-bit form but
+            // SETcc, XCHG and the group 3 forms).
+            let size = loop {
+                let s = self.size();
+                if s != 1 {
+                    break s;
+                }
+            };
+            let dst = self.reg(size);
+            let src = self.reg(size);
+            let both = !dst.rsp && !src.rsp;
+            let cc = self.rng.below(16) as u8;
+            let (enc, ok) = match self.rng.below(12) {
+                0 => {
+                    let Some(b) = self.head(size, &[0x0F, 0x40 + cc], Some(dst), Some((src, None)))
+                    else {
+                        continue;
+                    };
+                    (b, both)
+                }
+                1 => {
+                    let r8 = self.reg(1);
+                    let Some(b) = self.head(1, &[0x0F, 0x90 + cc], None, Some((r8, Some(0))))
+                    else {
+                        continue;
+                    };
+                    (b, !r8.rsp)
+                }
+                2 => {
+                    let (sz, a, c) = if self.rng.chance(1, 3) {
+                        (1, self.reg(1), self.reg(1))
+                    } else {
+                        (size, dst, src)
+                    };
+                    let b = if sz != 1 && self.rng.chance(1, 3) {
+                        // 90+r: XCHG rAX, r (r != 0: 90 itself is NOP).
+                        if a.num & 7 == 0 {
+                            continue;
+                        }
+                        self.head_opreg(sz, 0x90 + (a.num & 7), a)
+                    } else {
+                        self.head(sz, &[0x86 + u8::from(sz != 1)], Some(a), Some((c, None)))
+                    };
+                    let Some(b) = b else { continue };
+                    (b, !a.rsp && !c.rsp)
+                }
+                3 => {
+                    if size == 2 {
+                        continue;
+                    }
+                    // 0F C8+r: REX.B selects R8-R15.
+                    let Some(mut b) = self.head_opreg(size, 0x0F, dst) else {
+                        continue;
+                    };
+                    b.push(0xC8 + (dst.num & 7));
+                    (b, !dst.rsp)
+                }
+                4 => {
+                    // BT/BTS/BTR/BTC r, r (0F A3/AB/B3/BB) or r, imm8 (0F BA /4..7).
+                    let k = self.rng.below(4) as u8;
+                    if self.rng.chance(1, 2) {
+                        let Some(b) =
+                            self.head(size, &[0x0F, 0xA3 + 8 * k], Some(src), Some((dst, None)))
+                        else {
+                            continue;
+                        };
+                        (b, both)
+                    } else {
+                        let Some(mut b) =
+                            self.head(size, &[0x0F, 0xBA], None, Some((dst, Some(4 + k))))
+                        else {
+                            continue;
+                        };
+                        b.push(self.rng.next() as u8);
+                        (b, !dst.rsp)
+                    }
+                }
+                5 => {
+                    // IMUL r, r/m; IMUL r, r/m, imm8 / imm.
+                    let v = self.value();
+                    let b = match self.rng.below(3) {
+                        0 => self.head(size, &[0x0F, 0xAF], Some(dst), Some((src, None))),
+                        1 => self
+                            .head(size, &[0x6B], Some(dst), Some((src, None)))
+                            .map(|mut b| {
+                                b.push(v as u8);
+                                b
+                            }),
+                        _ => {
+                            let imm = self.imm(size, v);
+                            self.head(size, &[0x69], Some(dst), Some((src, None)))
+                                .map(|mut b| {
+                                    b.extend(imm);
+                                    b
+                                })
+                        }
+                    };
+                    let Some(b) = b else { continue };
+                    (b, both)
+                }
+                6 | 7 => {
+                    // MUL/IMUL/DIV/IDIV r (F6/F7 /4../7), often after zeroing rDX (or
+                    // AH for bytes) so that a divide can succeed.
+                    let sz = if self.rng.chance(1, 4) { 1 } else { size };
+                    let r = self.reg(sz);
+                    let ext = 4 + self.rng.below(4) as u8;
+                    if ext >= 6 && self.rng.chance(1, 2) {
+                        let zero = if sz == 1 {
+                            vec![0xB4, 0x00]
+                        } else {
+                            let Some(mut z) = self.head_opreg(
+                                sz,
+                                0xBA,
+                                EncReg {
+                                    num: 2,
+                                    rex_needed: false,
+                                    rex_forbidden: false,
+                                    rsp: false,
+                                },
+                            ) else {
+                                continue;
+                            };
+                            z.extend_from_slice(&[0; 8][..usize::from(sz)]);
+                            z
+                        };
+                        self.emit(&zero, true);
+                    }
+                    let Some(b) =
+                        self.head(sz, &[0xF6 + u8::from(sz != 1)], None, Some((r, Some(ext))))
+                    else {
+                        continue;
+                    };
+                    (b, !r.rsp)
+                }
+                8 => {
+                    // CBW/CWDE/CDQE, CWD/CDQ/CQO.
+                    let op = 0x98 + u8::from(self.rng.chance(1, 2));
+                    let acc = EncReg {
+                        num: 0,
+                        rex_needed: false,
+                        rex_forbidden: false,
+                        rsp: false,
+                    };
+                    let Some(b) = self.head_opreg(size, op, acc) else {
+                        continue;
+                    };
+                    (b, true)
+                }
+                9 | 10 => (vec![self.rng.pick(&[0xF8u8, 0xF9, 0xF5, 0xFC, 0xFD])], true),
+                _ => {
+                    if !self.long() {
+                        continue;
+                    }
+                    // lea r64, [rip + target]; jmp r64 / call r64.
+                    let r = self.reg(8);
+                    if r.rsp {
+                        continue;
+                    }
+                    let rex = 0x48 | ((r.num >> 3) << 2);
+                    self.emit(&[rex, 0x8D, 0x05 | ((r.num & 7) << 3)], true);
+                    self.bytes.extend([0; 4]);
+                    let end = self.bytes.len();
+                    self.fixups.push((end - 4, 4, end, target, 0));
+                    let rexb = if r.num >= 8 { vec![0x41] } else { vec![] };
+                    let ext = if self.rng.chance(1, 2) { 0xD0 } else { 0xE0 };
+                    ([rexb, vec![0xFF, ext | (r.num & 7)]].concat(), true)
+                }
+            };
+            self.emit(&enc, ok);
+            return;
         }
         self.emit(&[0x90], true);
     }
@@ -787,7 +1021,7 @@ pub(in crate::coalesce) fn gen_program_mix(
                 planned += 1;
                 continue;
             }
-            match g.rng.below(20) {
+            match g.rng.below(22) {
                 0..=2 => g.io(),
                 3 | 4 => g.string(),
                 5 => {
@@ -830,6 +1064,10 @@ pub(in crate::coalesce) fn gen_program_mix(
                     g.fixups.push((end - 1, 1, end, body, 0));
                 }
                 18 if g.rng.chance(1, 4) => g.stopper(),
+                20 | 21 => {
+                    let t = here + 1 + g.rng.below(4) as usize;
+                    g.more(t.min(here + (n - planned) + 1));
+                }
                 _ => g.mov(),
             }
             planned += 1;

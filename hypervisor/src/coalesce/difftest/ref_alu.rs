@@ -39,6 +39,13 @@ fn sdm_defined(op: AluOp, size: u8, src: u64) -> u64 {
                 STATUS
             }
         }
+        // "The CF flag contains the value of the selected bit. The ZF flag is
+        // unaffected. The OF, SF, AF, and PF flags are undefined."
+        AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc => 0x1 | 0x40,
+        // IMUL: "The CF and OF flags are set when the signed integer value of the
+        // intermediate product differs from the sign extended operand-size-truncated
+        // product ... The SF, ZF, AF, and PF flags are undefined."
+        AluOp::Imul => 0x1 | 0x800,
         _ => STATUS,
     }
 }
@@ -69,7 +76,10 @@ mod tests {
     #[test]
     fn our_defined_flags_agree_with_exec() {
         for op in AluOp::ALL {
-            for size in [1u8, 2, 4, 8] {
+            for size in [1u8, 2, 4, 8]
+                .into_iter()
+                .filter(|&s| op.has_width(width_of(s)))
+            {
                 for src in 0..=0x50u64 {
                     assert_eq!(
                         sdm_defined(op, size, src),

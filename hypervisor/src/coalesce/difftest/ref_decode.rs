@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 
 use super::case::bitness;
-use crate::coalesce::insn::{AluOp, CodeMode};
+use crate::coalesce::insn::{AluOp, CodeMode, FlagOp, MulOp};
 
 /// A general register operand: encoding 0-15, size in bytes, AH..BH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +127,50 @@ pub(in crate::coalesce) enum RefOp {
     Ret {
         pop: u16,
     },
+    /// CALL r/m64, JMP r/m64.
+    CallInd {
+        src: RefRm,
+    },
+    JmpInd {
+        src: RefRm,
+    },
+    Flag {
+        op: FlagOp,
+    },
+    /// CMOVcc / SETcc with the condition's index in encoding order.
+    Cmov {
+        cond: u8,
+        dst: GReg,
+        src: RefRm,
+    },
+    Setcc {
+        cond: u8,
+        dst: RefRm,
+    },
+    Xchg {
+        a: RefRm,
+        b: RefRm,
+    },
+    Bswap {
+        reg: GReg,
+    },
+    /// CBW/CWDE/CDQE (`size` = the destination's), CWD/CDQ/CQO.
+    Widen {
+        size: u8,
+    },
+    SignDx {
+        size: u8,
+    },
+    MulDiv {
+        op: MulOp,
+        src: RefRm,
+        size: u8,
+    },
+    Imul3 {
+        dst: GReg,
+        src: RefRm,
+        imm: u64,
+    },
 }
 
 /// A memory operand as iced reads it: base, index, scale, displacement (for
@@ -226,8 +270,165 @@ fn host_op(m: Mnemonic) -> Option<AluOp> {
         M::Dec => AluOp::Dec,
         M::Shl | M::Sal => AluOp::Shl,
         M::Shr => AluOp::Shr,
+        M::Bt => AluOp::Bt,
+        M::Bts => AluOp::Bts,
+        M::Btr => AluOp::Btr,
+        M::Btc => AluOp::Btc,
         _ => return None,
     })
+}
+
+/// A condition code from the mnemonic's suffix after `prefix` (`Cmovne` -> 5).
+fn cc_suffix(m: Mnemonic, prefix: &str) -> Option<u8> {
+    let name = format!("{m:?}");
+    let suffix = name.strip_prefix(prefix)?;
+    let all = [
+        "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+    ];
+    all.iter().position(|&c| c == suffix).map(|k| k as u8)
+}
+
+/// Operand `n` as a register or (64-bit code) memory operand.
+fn ref_rm(i: &Instruction, n: u32) -> Option<RefRm> {
+    match i.op_kind(n) {
+        OpKind::Register => greg(i.op_register(n)).map(RefRm::Reg),
+        OpKind::Memory => ref_mem(i).map(RefRm::Mem),
+        _ => None,
+    }
+}
+
+/// The reference's reading of CMOVcc, SETcc, XCHG, BSWAP, CBW..CQO, the one-flag
+/// instructions, the bit tests, IMUL/MUL/DIV/IDIV and indirect CALL/JMP: `None` if
+/// not one of them, `Some(None)` if one in a form outside the subset.
+fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
+    use Mnemonic as M;
+    let m = i.mnemonic();
+    let long = i.code_size() == iced_x86::CodeSize::Code64;
+    let prefixed = i.has_lock_prefix() || i.has_rep_prefix() || i.has_repne_prefix();
+    let size_of = |n: u32| -> u8 {
+        if i.op_kind(n) == OpKind::Memory {
+            mem_bytes(i.memory_size())
+        } else {
+            greg(i.op_register(n)).map_or(0, |g| g.size)
+        }
+    };
+    let op = match m {
+        M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => RefOp::Flag {
+            op: match m {
+                M::Clc => FlagOp::Clc,
+                M::Stc => FlagOp::Stc,
+                M::Cmc => FlagOp::Cmc,
+                M::Cld => FlagOp::Cld,
+                _ => FlagOp::Std,
+            },
+        },
+        M::Cbw | M::Cwde | M::Cdqe => RefOp::Widen {
+            size: match m {
+                M::Cbw => 2,
+                M::Cwde => 4,
+                _ => 8,
+            },
+        },
+        M::Cwd | M::Cdq | M::Cqo => RefOp::SignDx {
+            size: match m {
+                M::Cwd => 2,
+                M::Cdq => 4,
+                _ => 8,
+            },
+        },
+        M::Bswap => {
+            let reg = greg(i.op_register(0))?;
+            if reg.size < 4 {
+                return Some(None);
+            }
+            RefOp::Bswap { reg }
+        }
+        M::Xchg => RefOp::Xchg {
+            a: ref_rm(i, 0)?,
+            b: ref_rm(i, 1)?,
+        },
+        M::Bt | M::Bts | M::Btr | M::Btc => {
+            let op = host_op(m)?;
+            let size = size_of(0);
+            let src = match i.op_kind(1) {
+                OpKind::Register => Src::Reg(greg(i.op_register(1))?),
+                k if is_imm(k) => Src::Imm(i.immediate(1) & 0xFF),
+                _ => return Some(None),
+            };
+            match ref_rm(i, 0)? {
+                RefRm::Reg(dst) => RefOp::Alu { op, dst, src },
+                RefRm::Mem(mem) => RefOp::AluMem { op, mem, src, size },
+            }
+        }
+        M::Imul if i.op_count() == 3 => {
+            let dst = greg(i.op_register(0))?;
+            RefOp::Imul3 {
+                dst,
+                src: ref_rm(i, 1)?,
+                imm: i.immediate(2) & size_mask(dst.size),
+            }
+        }
+        M::Imul if i.op_count() == 2 => {
+            let dst = greg(i.op_register(0))?;
+            match ref_rm(i, 1)? {
+                RefRm::Reg(r) => RefOp::Alu {
+                    op: AluOp::Imul,
+                    dst,
+                    src: Src::Reg(r),
+                },
+                RefRm::Mem(mem) => RefOp::AluLoad {
+                    op: AluOp::Imul,
+                    dst,
+                    mem,
+                },
+            }
+        }
+        M::Mul | M::Imul | M::Div | M::Idiv => RefOp::MulDiv {
+            op: match m {
+                M::Mul => MulOp::Mul,
+                M::Imul => MulOp::Imul,
+                M::Div => MulOp::Div,
+                _ => MulOp::Idiv,
+            },
+            src: ref_rm(i, 0)?,
+            size: size_of(0),
+        },
+        M::Call | M::Jmp if matches!(i.op_kind(0), OpKind::Register | OpKind::Memory) => {
+            // Near indirect branches with a 64-bit operand only.
+            if !long
+                || !matches!(
+                    i.code(),
+                    iced_x86::Code::Call_rm64 | iced_x86::Code::Jmp_rm64
+                )
+            {
+                return Some(None);
+            }
+            let src = ref_rm(i, 0)?;
+            if m == M::Call {
+                RefOp::CallInd { src }
+            } else {
+                RefOp::JmpInd { src }
+            }
+        }
+        _ => {
+            if let Some(cond) = cc_suffix(m, "Cmov") {
+                RefOp::Cmov {
+                    cond,
+                    dst: greg(i.op_register(0))?,
+                    src: ref_rm(i, 1)?,
+                }
+            } else {
+                RefOp::Setcc {
+                    cond: cc_suffix(m, "Set")?,
+                    dst: ref_rm(i, 0)?,
+                }
+            }
+        }
+    };
+    if prefixed {
+        return Some(None);
+    }
+    Some(Some(op))
 }
 
 /// The reference's reading of the new forms with memory or stack operands (64-bit
@@ -454,6 +655,9 @@ pub(super) fn size_mask(size: u8) -> u64 {
 /// subset (a mandatory stop).
 pub(in crate::coalesce) fn ref_op(i: &Instruction) -> Option<RefOp> {
     use Mnemonic as M;
+    if let Some(op) = ref_more_op(i) {
+        return op;
+    }
     if let Some(op) = ref_mem_op(i) {
         return op;
     }

@@ -10,6 +10,7 @@ use super::ref_alu::ref_alu;
 use super::ref_decode::{ref_op, size_mask, BranchKind, GReg, RefMem, RefOp, RefRm, Src};
 use crate::coalesce::exec::{self, Limits};
 use crate::coalesce::insn::CodeMode;
+use crate::coalesce::insn::{AluOp, FlagOp, MulOp};
 use crate::devices::bus::IoBus;
 use crate::stats::Stats;
 use crate::vcpu::exit::VmExit;
@@ -232,7 +233,13 @@ impl Reference<'_, '_> {
     }
 
     fn ref_linear(&self, m: RefMem, i: &Instruction) -> u64 {
-        let ea = self.ref_ea(m, i);
+        self.ref_linear_plus(m, i, 0)
+    }
+
+    /// The linear address of `m` with `plus` added to the effective address (within
+    /// the address size), for bit-string addressing.
+    fn ref_linear_plus(&self, m: RefMem, i: &Instruction, plus: u64) -> u64 {
+        let ea = self.ref_ea(m, i).wrapping_add(plus) & size_mask(m.addr);
         match m.seg {
             4 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestFsBase)),
             5 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestGsBase)),
@@ -325,6 +332,38 @@ impl Reference<'_, '_> {
             self.ram[g as usize] = (v >> (8 * k)) as u8;
         }
         Ok(())
+    }
+
+    fn rm_read(&self, rm: RefRm, size: u8, i: &Instruction) -> Result<u64, String> {
+        match rm {
+            RefRm::Reg(r) => Ok(self.get(r)),
+            RefRm::Mem(m) => self.ref_read(self.ref_linear(m, i), size),
+        }
+    }
+
+    fn rm_write(&mut self, rm: RefRm, size: u8, v: u64, i: &Instruction) -> Result<(), String> {
+        match rm {
+            RefRm::Reg(r) => {
+                self.set(r, v);
+                Ok(())
+            }
+            RefRm::Mem(m) => {
+                let lin = self.ref_linear(m, i);
+                self.ref_write(lin, size, v)
+            }
+        }
+    }
+
+    /// An indirect CALL/JMP target: a non-canonical one raises #GP on the branch.
+    fn indirect_target(&self, src: RefRm, i: &Instruction) -> Result<u64, String> {
+        let t = self.rm_read(src, 8, i)?;
+        if !crate::x86::is_canonical(t, 48) {
+            return Err(format!(
+                "the coalescer ran past `{}` to a non-canonical address (#GP)",
+                fmt_insn(i)
+            ));
+        }
+        Ok(t)
     }
 
     fn advance(&mut self, len: usize) {
@@ -577,7 +616,23 @@ impl Reference<'_, '_> {
                 self.executed += 1;
             }
             RefOp::AluMem { op, mem, src, size } => {
-                let lin = self.ref_linear(mem, &i);
+                // BT* m, r: the register is a signed bit offset; the byte address moves
+                // by whole operands (SDM Vol. 2A "BT", bit-string addressing).
+                let plus = match (op, src) {
+                    (AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc, Src::Reg(r)) => {
+                        let bits = 8 * i64::from(size);
+                        let sh = 64 - 8 * u32::from(r.size);
+                        let off = ((self.get(r) << sh) as i64) >> sh;
+                        let units = if off >= 0 {
+                            off / bits
+                        } else {
+                            -((-off + bits - 1) / bits)
+                        };
+                        (units * i64::from(size)) as u64
+                    }
+                    _ => 0,
+                };
+                let lin = self.ref_linear_plus(mem, &i, plus);
                 if exec::writes_dst(op) {
                     // The CPU checks the write access before doing anything.
                     self.ref_gpas(lin, size, true)?;
@@ -646,6 +701,145 @@ impl Reference<'_, '_> {
                 self.vmcs.write(VmcsField::GuestRip, target);
                 self.executed += 1;
             }
+            RefOp::CallInd { src } => {
+                let target = self.indirect_target(src, &i)?;
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                let next = rip.wrapping_add(len as u64);
+                self.ref_write(rsp, 8, next)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::JmpInd { src } => {
+                let target = self.indirect_target(src, &i)?;
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::Flag { op } => {
+                let f = match op {
+                    FlagOp::Clc => rflags & !1,
+                    FlagOp::Stc => rflags | 1,
+                    FlagOp::Cmc => rflags ^ 1,
+                    FlagOp::Cld => rflags & !0x400,
+                    FlagOp::Std => rflags | 0x400,
+                };
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Cmov { cond, dst, src } => {
+                // The source is read even when the condition is false.
+                let v = self.rm_read(src, dst.size, &i)?;
+                let v = if condition(cond, rflags) {
+                    v
+                } else {
+                    self.get(dst)
+                };
+                self.set(dst, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Setcc { cond, dst } => {
+                self.rm_write(dst, 1, u64::from(condition(cond, rflags)), &i)?;
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Xchg { a, b } => {
+                let size = match (a, b) {
+                    (RefRm::Reg(r), _) | (_, RefRm::Reg(r)) => r.size,
+                    _ => return Err("xchg without a register".into()),
+                };
+                for rm in [a, b] {
+                    if let RefRm::Mem(m) = rm {
+                        // The CPU checks the write access before either write.
+                        self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                    }
+                }
+                let va = self.rm_read(a, size, &i)?;
+                let vb = self.rm_read(b, size, &i)?;
+                self.rm_write(a, size, vb, &i)?;
+                self.rm_write(b, size, va, &i)?;
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Bswap { reg } => {
+                let v = self.get(reg);
+                let v = if reg.size == 4 {
+                    u64::from(u32::from_be_bytes((v as u32).to_le_bytes()))
+                } else {
+                    u64::from_be_bytes(v.to_le_bytes())
+                };
+                self.set(reg, v);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Widen { size } => {
+                let half = size / 2;
+                let sh = 64 - 8 * u32::from(half);
+                let v = (((self.regs.rax << sh) as i64) >> sh) as u64;
+                self.set(
+                    GReg {
+                        index: 0,
+                        size,
+                        high: false,
+                    },
+                    v,
+                );
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::SignDx { size } => {
+                let sign = (self.regs.rax >> (8 * u32::from(size) - 1)) & 1;
+                self.set(
+                    GReg {
+                        index: 2,
+                        size,
+                        high: false,
+                    },
+                    0u64.wrapping_sub(sign),
+                );
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::MulDiv { op, src, size } => {
+                let b = self.rm_read(src, size, &i)?;
+                let (rdx, rax) = (self.regs.rdx, self.regs.rax);
+                let Some((d, a, f)) = ref_mul_div(op, size, rdx, rax, b, rflags) else {
+                    return Err(format!(
+                        "the coalescer ran past `{}`, a divide that faults (#DE)",
+                        text()
+                    ));
+                };
+                if size == 1 {
+                    self.set(
+                        GReg {
+                            index: 0,
+                            size: 2,
+                            high: false,
+                        },
+                        a,
+                    );
+                } else {
+                    let r = |index| GReg {
+                        index,
+                        size,
+                        high: false,
+                    };
+                    self.set(r(0), a);
+                    self.set(r(2), d);
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Imul3 { dst, src, imm } => {
+                let v = self.rm_read(src, dst.size, &i)?;
+                let (r, f) = ref_alu(AluOp::Imul, dst.size, v, imm, rflags);
+                self.set(dst, r);
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
             RefOp::Branch { kind, target } => {
                 let taken = match kind {
                     BranchKind::Always => true,
@@ -684,5 +878,84 @@ impl Reference<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The reference's MUL/IMUL/DIV/IDIV at `size` bytes: the new rDX and rAX (for bytes:
+/// rDX unchanged and the new AX in rAX) and RFLAGS; `None` for #DE. CF and OF of
+/// MUL/IMUL are defined (the upper half is significant); the other status flags are
+/// undefined and taken from the coalescer's documented choice.
+fn ref_mul_div(
+    op: MulOp,
+    size: u8,
+    rdx: u64,
+    rax: u64,
+    src: u64,
+    rflags: u64,
+) -> Option<(u64, u64, u64)> {
+    let bits = 8 * u32::from(size);
+    let mask = size_mask(size);
+    let sx = |v: u64| -> i128 {
+        let sh = 64 - bits;
+        i128::from(((v << sh) as i64) >> sh)
+    };
+    let (lo, hi) = if size == 1 {
+        (rax & 0xFF, (rax >> 8) & 0xFF)
+    } else {
+        (rax & mask, rdx & mask)
+    };
+    let b = src & mask;
+    let pack = |low: u64, high: u64| {
+        if size == 1 {
+            (rdx, (low & 0xFF) | ((high & 0xFF) << 8))
+        } else {
+            (high & mask, low & mask)
+        }
+    };
+    let width = crate::x86::Width::from_bytes(size)?;
+    let ours = exec::mul_div(op, width, rdx, rax, src, rflags);
+    let undefined_from_ours = |defined: u64| -> u64 {
+        let o = ours.map_or(rflags, |t| t.2);
+        o & 0x8D5 & !defined
+    };
+    match op {
+        MulOp::Mul | MulOp::Imul => {
+            let (p_lo, p_hi, over) = if op == MulOp::Mul {
+                let p = u128::from(lo) * u128::from(b);
+                let h = (p >> bits) as u64 & mask;
+                (p as u64 & mask, h, h != 0)
+            } else {
+                let p = sx(lo) * sx(b);
+                let l = p as u64 & mask;
+                (l, (p >> bits) as u64 & mask, sx(l) != p)
+            };
+            let (d, a) = pack(p_lo, p_hi);
+            let co = if over { 0x801 } else { 0 };
+            let f = (rflags & !0x8D5) | co | undefined_from_ours(0x801);
+            Some((d, a, f))
+        }
+        MulOp::Div | MulOp::Idiv => {
+            let f = (rflags & !0x8D5) | undefined_from_ours(0);
+            if op == MulOp::Div {
+                let n = (u128::from(hi) << bits) | u128::from(lo);
+                if b == 0 || n / u128::from(b) > u128::from(mask) {
+                    return None;
+                }
+                let (d, a) = pack((n / u128::from(b)) as u64, (n % u128::from(b)) as u64);
+                Some((d, a, f))
+            } else {
+                let n = sx(hi) * (1i128 << bits) + i128::from(lo);
+                let d = sx(b);
+                if d == 0 {
+                    return None;
+                }
+                let (q, r) = (n / d, n % d);
+                if q < -(1i128 << (bits - 1)) || q > (1i128 << (bits - 1)) - 1 {
+                    return None;
+                }
+                let (dd, a) = pack(q as u64, r as u64);
+                Some((dd, a, f))
+            }
+        }
     }
 }

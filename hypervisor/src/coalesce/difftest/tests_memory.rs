@@ -173,3 +173,47 @@ fn a_store_into_the_blocks_own_code_stops_before_it() {
     let co = expect_ok(&c);
     assert_eq!((co.executed, co.stop), (1, Some(StopReason::Memory)));
 }
+
+#[test]
+fn indirect_calls_and_jumps_through_memory_and_registers() {
+    // The paravirt pattern: out; call [rip + slot]; jmp over; f: out; ret; slot: &f;
+    // hlt.
+    let f = CODE + 0xA;
+    let mut code = vec![
+        0xE6, 0xE0, // out 0xE0, al
+        0xFF, 0x15, 0x05, 0, 0, 0, // call [rip + 5] (the slot at 0xD)
+        0xEB, 0x0B, // jmp 0x15
+        0xE6, 0xE0, // f: out 0xE0, al
+        0xC3, // ret
+    ];
+    code.extend_from_slice(&f.to_le_bytes());
+    code.push(0xF4);
+    let mut c = Case::new(CodeMode::Bits64, code);
+    c.rsp = DATA + 0x800;
+    let co = expect_ok(&c);
+    assert_eq!(
+        (co.executed, co.stop),
+        (5, Some(StopReason::Unsupported)),
+        "{}",
+        describe(&c)
+    );
+    assert_eq!(co.final_.rip, CODE + 0x15);
+    assert_eq!(co.final_.rsp, c.rsp);
+    // A function pointer in a register: out; lea rax, [rip + 3]; jmp rax; hlt; out;
+    // hlt (the jump skips the first hlt).
+    let c = after_out(&[
+        0x48, 0x8D, 0x05, 0x03, 0, 0, 0, 0xFF, 0xE0, 0xF4, 0xE6, 0xE0,
+    ]);
+    let co = expect_ok(&c);
+    assert_eq!(
+        (co.executed, co.stop),
+        (4, Some(StopReason::Unsupported)),
+        "{}",
+        describe(&c)
+    );
+    // A non-canonical pointer: the JMP is left to the CPU (#GP there).
+    let mut c = after_out(&[0xFF, 0xE3]);
+    c.regs.rbx = 0x8000_0000_0000_0000;
+    let co = expect_ok(&c);
+    assert_eq!((co.executed, co.stop), (1, Some(StopReason::BranchOut)));
+}
