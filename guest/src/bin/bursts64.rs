@@ -543,6 +543,47 @@ macro_rules! check {
     };
 }
 
+/// More variants of [`check!`] by what the last instruction leaves undefined:
+/// `bt` (only CF and ZF defined: the bit tests), `mul` (only CF and OF: MUL and
+/// IMUL), `div` (no status flag defined: DIV and IDIV). The undefined ones go to R14.
+macro_rules! check_some {
+    ($op:literal, $dst:literal, bt) => {
+        concat!(
+            "out 0x80, al\n",
+            $op,
+            "\n",
+            capture!(),
+            mix!("r15", $dst),
+            "or r8d, r10d\n or r9d, r11d\n or r9d, r12d\n",
+            mix!("r15", "r8"),
+            mix!("r14", "r9"),
+        )
+    };
+    ($op:literal, $dst:literal, mul) => {
+        concat!(
+            "out 0x80, al\n",
+            $op,
+            "\n",
+            capture!(),
+            mix!("r15", $dst),
+            "or r8d, r12d\n or r9d, r10d\n or r9d, r11d\n",
+            mix!("r15", "r8"),
+            mix!("r14", "r9"),
+        )
+    };
+    ($op:literal, $dst:literal, div) => {
+        concat!(
+            "out 0x80, al\n",
+            $op,
+            "\n",
+            capture!(),
+            mix!("r15", $dst),
+            "or r8d, r9d\n or r8d, r10d\n or r8d, r11d\n or r8d, r12d\n",
+            mix!("r14", "r8"),
+        )
+    };
+}
+
 /// Which Jcc are taken after `$op` (a CMP or other flag setter): the eleven condition
 /// codes the flag capture does not use (JB JBE JL JLE JO JP JGE JS JE JA JG), as bits
 /// of R8D-R13D mixed into R15. `$op` runs twice, as there are not enough registers to
@@ -980,6 +1021,91 @@ fn alu_ext() -> Regs {
     )
 }
 
+/// The data moves, bit tests, multiplies, divides, conversions, one-flag instructions
+/// and indirect branches the emulator gained after `alu-ext`, with the same checks:
+/// CMOVcc taken and not (a not-taken 32-bit CMOV still zero-extends), SETcc, XCHG
+/// (register pairs, 90+r, byte registers), BSWAP, BT/BTS/BTR/BTC by register and
+/// immediate offsets past the width, IMUL with two and three operands, MUL/IMUL/DIV/
+/// IDIV at every width (the double-width results folded with a flag-neutral LEA),
+/// CBW..CQO, CLC/STC/CMC/CLD/STD, and CALL/JMP through a register and through memory
+/// (a stack slot, like a function pointer). Ends with an AND.
+#[inline(never)]
+fn alu_more() -> Regs {
+    burst!(
+        "in al, 0x21",
+        "mov r15, rax",
+        "mov r14, 0",
+        // CMOVcc
+        check!("mov eax, 5\n cmp eax, 5\n mov ecx, 7\n cmove eax, ecx", "rax"),
+        check!("mov rax, -1\n mov ecx, 7\n cmp ecx, 7\n cmovne eax, ecx", "rax"),
+        check!("mov rdx, 0x123456789\n cmp edx, 0\n cmovl rdx, rax", "rdx"),
+        check!("mov si, 0x8000\n cmp si, 1\n mov di, 3\n cmovs si, di", "rsi"),
+        check!("mov r13, 5\n cmp r13, 6\n cmovb r13, rcx", "r13"),
+        // SETcc
+        check!("mov eax, 0x1234\n cmp eax, 0x1234\n sete al", "rax"),
+        check!("mov ebx, -1\n cmp ebx, 1\n setg bh", "rbx"),
+        check!("mov rcx, -1\n cmp rcx, 1\n setb cl", "rcx"),
+        check!("mov edi, 0\n cmp edi, 1\n seto dil", "rdi"),
+        check!("mov r13, -1\n add r13, 1\n setnc r13b", "r13"),
+        // XCHG
+        check!("mov rax, 1\n mov rdx, 2\n xchg rax, rdx\n lea rax, [rax + rdx*4]", "rax"),
+        check!("mov rbx, -1\n mov ecx, 3\n xchg ebx, ecx\n lea rbx, [rbx + rcx*2]", "rbx"),
+        check!("mov eax, 0x1122\n xchg ah, al", "rax"),
+        check!("mov rsi, 5\n mov rax, 9\n xchg rsi, rax\n lea rsi, [rsi + rax*8]", "rsi"),
+        check!("mov rax, -1\n .byte 0x87, 0xc0  // xchg eax, eax (87 /r: zero-extends)", "rax"),
+        // BSWAP
+        check!("mov eax, 0x11223344\n bswap eax", "rax"),
+        check!("mov rdx, 0x0102030405060708\n bswap rdx", "rdx"),
+        check!("mov r13, -1\n mov r13d, 0x80\n bswap r13d", "r13"),
+        // BT/BTS/BTR/BTC
+        check_some!("mov eax, 0x80000001\n mov ecx, 31\n bt eax, ecx", "rax", bt),
+        check_some!("mov eax, 2\n cmp eax, 2\n bt eax, 33", "rax", bt),
+        check_some!("mov rdx, 0\n mov rcx, 63\n bts rdx, rcx", "rdx", bt),
+        check_some!("mov si, -1\n btr si, 15", "rsi", bt),
+        check_some!("mov edi, 0x10\n btc edi, 4", "rdi", bt),
+        check_some!("mov r13, 1\n mov ecx, 100\n btc r13, rcx", "r13", bt),
+        // IMUL (two and three operands)
+        check_some!("mov eax, 7\n mov ecx, -3\n imul eax, ecx", "rax", mul),
+        check_some!("mov ax, 0x4000\n mov cx, 4\n imul ax, cx", "rax", mul),
+        check_some!("mov rdx, 0x100000000\n imul rdx, rdx", "rdx", mul),
+        check_some!("mov ecx, 0x10000\n imul ebx, ecx, 0x10000", "rbx", mul),
+        check_some!("mov esi, -5\n imul edi, esi, -7", "rdi", mul),
+        // MUL/IMUL one operand: rDX:rAX folded into RAX with LEA (no flags)
+        check_some!("mov eax, 0x90\n mov cl, 2\n mul cl", "rax", mul),
+        check_some!("mov eax, 0x40\n mov cl, 2\n imul cl", "rax", mul),
+        check_some!("mov eax, 0xffff\n mov ecx, 0xffff\n mul cx\n lea rax, [rax + rdx*2]", "rax", mul),
+        check_some!("mov eax, 0x80000000\n mov ecx, 2\n mul ecx\n lea rax, [rax + rdx*2]", "rax", mul),
+        check_some!("mov rax, -1\n mov rcx, -1\n mul rcx\n lea rax, [rax + rdx*2]", "rax", mul),
+        check_some!("mov rax, -1\n mov rcx, 3\n imul rcx\n lea rax, [rax + rdx*2]", "rax", mul),
+        // DIV/IDIV (no faults here)
+        check_some!("mov eax, 0x107\n mov cl, 0x10\n div cl", "rax", div),
+        check_some!("mov eax, 0xfff9\n mov cl, 2\n idiv cl", "rax", div),
+        check_some!("mov edx, 1\n mov eax, 0\n mov ecx, 2\n div ecx\n lea rax, [rax + rdx*2]", "rax", div),
+        check_some!("mov rdx, -1\n mov rax, -7\n mov rcx, 2\n idiv rcx\n lea rax, [rax + rdx*2]", "rax", div),
+        check_some!("mov dx, 0\n mov ax, 1000\n mov cx, 7\n div cx\n lea rax, [rax + rdx*2]", "rax", div),
+        // CBW .. CQO
+        check!("mov eax, 0x80\n cbw", "rax"),
+        check!("mov rax, -1\n mov eax, 0x8000\n cwde", "rax"),
+        check!("mov eax, 0x80000000\n cdqe", "rax"),
+        check!("mov ax, 0x8000\n cwd", "rdx"),
+        check!("mov eax, 0x7fffffff\n cdq", "rdx"),
+        check!("mov rax, -2\n cqo", "rdx"),
+        // CLC/STC/CMC/CLD/STD (DF cleared again: the burst leaves it clear)
+        check!("mov eax, 1\n cmp eax, 1\n stc", "rax"),
+        check!("stc\n cmc", "rax"),
+        check!("cmp eax, eax\n clc", "rax"),
+        check!("std\n cld", "rax"),
+        // CALL/JMP through a register and through memory (a stack slot)
+        check!("mov ecx, 1\n lea rax, [rip + 8f]\n call rax\n jmp 9f\n 8:\n add ecx, 2\n ret\n 9:", "rcx"),
+        check!("mov ecx, 1\n lea rax, [rip + 8f]\n mov [rsp - 16], rax\n call qword ptr [rsp - 16]\n jmp 9f\n 8:\n add ecx, 4\n ret\n 9:", "rcx"),
+        check!("mov ecx, 1\n lea rdx, [rip + 8f]\n jmp rdx\n add ecx, 8\n 8:\n add ecx, 16", "rcx"),
+        // A last fully defined check, so R8-R12 hold defined flags, then the AND.
+        check!("mov eax, 0x12345678\n cmp eax, 0x12345679", "rax"),
+        "out 0x80, al",
+        "and eax, ebx",
+    )
+}
+
 /// [`measured`] for a burst whose R14 and final AF hold flags the SDM leaves
 /// undefined: a second line, `<name>-defined`, sums the registers without them.
 fn measured_alu(name: &str, burst: fn() -> Regs) {
@@ -1017,6 +1143,7 @@ fn main() -> u32 {
     measured("rep-outsb", rep_outsb);
     measured_alu("alu-mix", alu_mix);
     measured_alu("alu-ext", alu_ext);
+    measured_alu("alu-more", alu_more);
     println!("bursts: done");
     0
 }
