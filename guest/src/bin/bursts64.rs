@@ -461,11 +461,12 @@ fn rep_outsb() -> Regs {
 // clobbered upper byte shows) and the flags are mixed into R15. AF cannot be read by
 // any Jcc; only the final RFLAGS shows it.
 //
-// Flags the SDM leaves undefined (OF after a shift by more than 1, CF after an 8- or
-// 16-bit shift by at least the operand width) go into R14 instead of R15, so
-// `alu-mix-defined` (R14 zeroed, AF masked) tells a difference in undefined flags from
-// a real one. Each check starts with `out 0x80, al`, so even a coalescer with a short
-// extent (a cache line) gets an exit, and emulates, all through the block.
+// Flags the shifts leave undefined (SDM Vol. 2B "SAL/SAR/SHL/SHR—Shift": OF after a
+// shift by more than 1, CF after an 8- or 16-bit shift by at least the operand width)
+// go into R14 instead of R15, so `alu-mix-defined` (R14 zeroed, AF masked) tells a
+// difference in undefined flags from a real one. Each check starts with `out 0x80, al`,
+// so even a coalescer with a short extent (a cache line) gets an exit, and emulates,
+// all through the block.
 
 /// Copies CF, PF, ZF, SF and OF to R8D-R12D without changing any flag.
 macro_rules! capture {
@@ -856,8 +857,9 @@ fn main() -> u32 {
     measured("rep-outsb", rep_outsb);
     let mut regs = measured("alu-mix", alu_mix);
     // The same registers with the undefined flags left out: R14 holds only what the
-    // SDM leaves undefined (OF/CF after multi-bit shifts), RFLAGS.AF is undefined
-    // after the final AND.
+    // SDM leaves undefined (OF/CF after multi-bit shifts: SDM Vol. 2B
+    // "SAL/SAR/SHL/SHR—Shift"), RFLAGS.AF is undefined after the final AND (SDM Vol. 2A
+    // "AND—Logical AND").
     regs[R14] = 0;
     println!(
         "burst alu-mix-defined: regs {:016x}",
