@@ -1,7 +1,8 @@
-//! The kernel's own GDT and TSS (Intel SDM Vol. 3A 3.4.5 segment descriptors, 8.7 the
-//! 64-bit TSS). The bootloader's GDT lives in memory we do not own; ours also gives the
-//! double-fault handler its own stack through IST1 (SDM 6.14.5) so a kernel stack
-//! overflow is reported instead of becoming a triple fault.
+//! The kernel's own GDT and TSS (SDM Vol. 3A 3.4.5 "Segment Descriptors", 8.7 "Task
+//! Management in 64-Bit Mode" for the 64-bit TSS). The bootloader's GDT lives in memory
+//! we do not own; ours also gives the double-fault handler its own stack through IST1
+//! (SDM Vol. 3A 6.14.5 "Interrupt Stack Table") so a kernel stack overflow is reported
+//! instead of becoming a triple fault.
 
 use spin::Once;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -58,7 +59,8 @@ pub fn selectors() -> Selectors {
     GDT.get().expect("gdt::init runs first").1
 }
 
-/// Linear address of the TSS, for the VMCS host TR base (SDM 25.5.2).
+/// Linear address of the TSS, for the VMCS host TR base (SDM Vol. 3C 25.5 "Host-State
+/// Area").
 pub fn tss_base() -> u64 {
     TSS.get().map_or(0, |t| t as *const TaskStateSegment as u64)
 }

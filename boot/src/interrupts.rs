@@ -1,6 +1,7 @@
-//! The kernel's IDT (Intel SDM Vol. 3A 6.10-6.14). sluice runs with interrupts off; an
-//! exception here is a bug in sluice (never something a guest can cause: guest faults
-//! become VM exits), so every vector prints a report and stops the machine with
+//! The kernel's IDT (SDM Vol. 3A 6.10 "Interrupt Descriptor Table (IDT)" to 6.14
+//! "Exception and Interrupt Handling in 64-Bit Mode"). sluice runs with interrupts off;
+//! an exception here is a bug in sluice (never something a guest can cause: guest
+//! faults become VM exits), so every vector prints a report and stops the machine with
 //! `status::KERNEL_FAULT` instead of hanging silently.
 
 use crate::platform::{self, status};

@@ -47,11 +47,13 @@ use crate::println;
 use crate::vmexit::{self, HwVmcs};
 use crate::vmx::{self, VmxError};
 
-/// The VPID of the guest (0 belongs to the host, SDM 27.2.1.1).
+/// The VPID of the guest (0 belongs to the host, SDM Vol. 3C 27.2.1.1 "VM-Execution
+/// Control Fields").
 const GUEST_VPID: u16 = 1;
 
-/// The boot CPU's MTRRs (all CPUs of a system share one setting, SDM Vol. 3A
-/// 13.11.8), or "none" if CPUID.01H:EDX.MTRR[12] says there are none.
+/// The boot CPU's MTRRs (all CPUs of a system share one setting, SDM Vol. 3A 12.11.8
+/// "MTRR Considerations in MP Systems"), or "none" if CPUID.01H:EDX.MTRR[12] says there
+/// are none.
 fn host_mtrrs() -> Mtrrs {
     let cpuid = CpuId::new();
     if !cpuid.get_feature_info().is_some_and(|f| f.has_mtrr()) {
@@ -193,7 +195,8 @@ fn host_state() -> HostState {
     }
 }
 
-/// INVEPT (SDM 31.3 "INVEPT"): type 1 single-context, 2 all-context.
+/// INVEPT (SDM Vol. 3C 31.3 "VMX Instructions", INVEPT—Invalidate Translations Derived
+/// from EPT): type 1 single-context, 2 all-context.
 fn invept(kind: u64, eptp: u64) {
     let descriptor: [u64; 2] = [eptp, 0];
     // SAFETY: executed in VMX root operation with a valid descriptor; failure only
@@ -276,7 +279,8 @@ pub fn prepare(
     let msr_bitmap = bitmap_frame(mem, "MSR bitmap", |b| fill_msr_bitmap(b, PASSTHROUGH_MSRS))?;
 
     // XSETBV runs in the host on the guest's behalf (exits::HostOps::xsetbv), which
-    // needs CR4.OSXSAVE in the host (SDM Vol. 2 XSETBV: #UD otherwise).
+    // needs CR4.OSXSAVE in the host (SDM Vol. 2C "XSETBV—Set Extended Control
+    // Register": #UD otherwise).
     if CpuId::new()
         .get_feature_info()
         .is_some_and(|f| f.has_xsave())

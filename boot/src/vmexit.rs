@@ -2,10 +2,10 @@
 //! the VM-exit entry point it returns through, plus `HwVmcs`, the `Vmcs` trait over
 //! the real VMREAD/VMWRITE instructions.
 //!
-//! A VM exit loads RSP and RIP from the host-state area (SDM Vol. 3C 28.5.1) and saves
-//! nothing of the guest's general registers: the stub stores them into `GuestRegs`
-//! (layout in `hypervisor::x86::regs`) and returns to the Rust caller of `vm_run` as if the
-//! call had simply finished.
+//! A VM exit loads RSP and RIP from the host-state area (SDM Vol. 3C 28.5.3 "Loading
+//! Host RIP, RSP, RFLAGS, and SSP") and saves nothing of the guest's general registers:
+//! the stub stores them into `GuestRegs` (layout in `hypervisor::x86::regs`) and
+//! returns to the Rust caller of `vm_run` as if the call had simply finished.
 
 use core::arch::{asm, global_asm};
 

@@ -1,7 +1,8 @@
 //! VMX on the boot CPU: capability probe (CPUID + the VMX capability MSRs, decoded by
 //! `hypervisor::vmx::caps`), IA32_FEATURE_CONTROL, and the VMX instructions themselves.
-//! Intel SDM Vol. 3C chapter 24 (VMX operation), 25.11.5 (VMXON region), 31 (VMX
-//! instruction reference), Vol. 3D appendix A (capability MSRs).
+//! SDM Vol. 3C chapter 24 "Introduction to Virtual Machine Extensions" (VMX operation),
+//! 25.11.5 "VMXON Region", chapter 31 "VMX Instruction Reference"; SDM Vol. 3D
+//! Appendix A "VMX Capability Reporting Facility" (the capability MSRs).
 
 use core::arch::asm;
 use core::fmt;
@@ -75,8 +76,8 @@ pub fn probe() -> Probe {
     }
 }
 
-/// A VMX instruction failed (SDM 31.2 conventions: CF=1 VMfailInvalid, ZF=1 VMfailValid
-/// with the error number in the current VMCS).
+/// A VMX instruction failed (SDM Vol. 3C 31.2 "Conventions": CF=1 VMfailInvalid, ZF=1
+/// VMfailValid with the error number in the current VMCS).
 #[derive(Debug)]
 pub enum VmxError {
     OutOfMemory(&'static str),
@@ -144,7 +145,8 @@ vmx_ptr_insn!(vmclear, "vmclear");
 vmx_ptr_insn!(vmptrld, "vmptrld");
 
 /// Allocates a VMXON/VMCS region: zeroed, with the revision identifier in bits 30:0 of
-/// its first dword (SDM 25.2, 25.11.5).
+/// its first dword (SDM Vol. 3C 25.2 "Format of the VMCS Region", 25.11.5 "VMXON
+/// Region").
 pub fn region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64, VmxError> {
     let frame = mem
         .alloc_zeroed_frame()
@@ -154,7 +156,8 @@ pub fn region(mem: &mut Memory, revision: u32, what: &'static str) -> Result<u64
     Ok(frame)
 }
 
-/// VMXOFF (SDM Vol. 3C 31.3): leaves VMX operation. Only legal in VMX root operation.
+/// VMXOFF (SDM Vol. 3C 31.3 "VMX Instructions", VMXOFF—Leave VMX Operation): leaves VMX
+/// operation. Only legal in VMX root operation.
 fn vmxoff() -> Result<(), VmxError> {
     let rflags: u64;
     // SAFETY: only called when VMXON has reported that the CPU is in VMX root operation.
@@ -162,17 +165,19 @@ fn vmxoff() -> Result<(), VmxError> {
     check("vmxoff", rflags)
 }
 
-/// Enters VMX root operation on this CPU (SDM 24.7) and proves the CPU accepts our
-/// VMCS revision by making a scratch VMCS current once. sluice stays in VMX operation
-/// for the rest of the run. Firmware that left the CPU in VMX operation (CR4.VMXE set
-/// and VMXON refused) is taken over with VMXOFF and a second VMXON.
+/// Enters VMX root operation on this CPU (SDM Vol. 3C 24.7 "Enabling and Entering VMX
+/// Operation") and proves the CPU accepts our VMCS revision by making a scratch VMCS
+/// current once. sluice stays in VMX operation for the rest of the run. Firmware that
+/// left the CPU in VMX operation (CR4.VMXE set and VMXON refused) is taken over with
+/// VMXOFF and a second VMXON.
 pub fn enable(mem: &mut Memory, caps: &VmxCaps) -> Result<(), VmxError> {
     let vmxe = Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
     let vmxe_from_firmware = Cr4::read_raw() & vmxe != 0;
     if vmxe_from_firmware {
         crate::println!("vmx: CR4.VMXE was already set by the firmware");
     }
-    // CR0 and CR4 must honour the VMX fixed bits (SDM A.7, A.8); CR4.VMXE enables VMXON.
+    // CR0 and CR4 must honour the VMX fixed bits (SDM Vol. 3D A.7 "VMX-Fixed Bits in
+    // CR0", A.8 "VMX-Fixed Bits in CR4"); CR4.VMXE enables VMXON.
     let cr0 = (Cr0::read_raw() | caps.cr0_fixed0) & caps.cr0_fixed1;
     let cr4 = (Cr4::read_raw() | caps.cr4_fixed0 | vmxe) & caps.cr4_fixed1;
     // SAFETY: only bits the VMX capability MSRs require are forced; paging and protection

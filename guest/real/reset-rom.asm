@@ -2,7 +2,8 @@
 ; (guest.entry = firmware). The hypervisor places the image so that it ends at 1 MiB
 ; (the legacy BIOS area, linear 0xFF000-0xFFFFF here) and maps the same bytes just
 ; below 4 GiB (0xFFFFF000-0xFFFFFFFF), and starts the CPU in its reset state:
-; CS selector 0xF000 with base 0xFFFF0000, IP 0xFFF0 (Intel SDM Vol. 3A 10.1.4).
+; CS selector 0xF000 with base 0xFFFF0000, IP 0xFFF0 (SDM Vol. 3A 10.1.4 "First
+; Instruction Executed").
 ;
 ; The first instruction therefore runs from the high alias at 0xFFFFFFF0; its far jump
 ; reloads CS with 0xF000 (base 0xF0000), so everything after it runs from the low copy.

@@ -2,10 +2,11 @@
 ;
 ; It loads an IDTR with limit 0 and executes UD2. In real mode the CPU delivers an
 ; exception through the 4-byte IVT entry at vector * 4 and checks that entry against the
-; IDTR limit (SDM Vol. 2, INT n, real-address mode); entry 6 lies beyond the limit, so
-; delivery fails with #GP, whose entry lies beyond it too, which makes a #DF, and a
-; failure to deliver #DF is a triple fault. Under VMX that is a VM exit; sluice must end
-; the guest and report the triple fault.
+; IDTR limit (SDM Vol. 2A "INT n/INTO/INT3/INT1—Call to Interrupt Procedure", its
+; real-address-mode operation); entry 6 lies beyond the limit, so delivery fails with
+; #GP, whose entry lies beyond it too, which makes a #DF, and a failure to deliver #DF
+; is a triple fault. Under VMX that is a VM exit; sluice must end the guest and report
+; the triple fault.
 ;
 ; If execution continues, the guest says so and exits with status 1 through the exit
 ; hypercall. The IDTR base points at a table whose every entry leads to that report, so

@@ -47,7 +47,8 @@ pub type Handler = fn(&Frame) -> !;
 /// The installed [`Handler`] as an address; 0 = none yet.
 static HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-/// A 64-bit IDT gate descriptor (SDM Vol. 3A 6.14.1, Figure 6-8).
+/// A 64-bit IDT gate descriptor (SDM Vol. 3A 6.14.1 "64-Bit Mode IDT", Figure 6-8
+/// "64-Bit IDT Gate Descriptors").
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Gate {
@@ -155,7 +156,8 @@ pub fn install(handler: Handler) {
     };
 }
 
-/// Short names of the exception vectors (SDM Vol. 3A Table 6-1).
+/// Short names of the exception vectors (SDM Vol. 3A Table 6-1 "Protected-Mode
+/// Exceptions and Interrupts").
 pub fn name(vector: u64) -> &'static str {
     const NAMES: [&str; 32] = [
         "#DE",
@@ -250,7 +252,8 @@ macro_rules! stub {
     }};
 }
 
-/// Vectors 8, 10-14, 17, 21, 29 and 30 come with an error code (SDM Vol. 3A 6.13).
+/// Vectors 8, 10-14, 17, 21, 29 and 30 come with an error code (SDM Vol. 3A 6.13 "Error
+/// Code").
 static STUBS: [extern "C" fn(); 32] = [
     stub!(0),
     stub!(1),

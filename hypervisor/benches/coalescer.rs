@@ -229,7 +229,8 @@ impl Asm {
 // ---------------------------------------------------------------------------------
 // The workloads.
 
-/// The exit qualification of an IO exit (SDM Vol. 3C Table 28-5).
+/// The exit qualification of an IO exit (SDM Vol. 3C Table 28-5 "Exit Qualification for
+/// I/O Instructions").
 fn io_qual(size: u8, is_in: bool, string: bool, rep: bool, imm: bool, port: u16) -> u64 {
     u64::from(size - 1)
         | u64::from(is_in) << 3

@@ -45,7 +45,8 @@ pub const COALESCE_EXTENT_DEFAULT: &str = "page";
 pub const COALESCE_MAX_INSNS_DEFAULT: u32 = 256;
 pub const COALESCE_MAX_STRING_DEFAULT: u32 = 4096;
 /// Instructions emulated after the last IO instruction of an exit at most (see
-/// docs/COALESCING.md, "quiet limit", and docs/BENCHMARKS.md for how it was chosen).
+/// docs/COALESCING.md, "The contract", the `limit` stop, for why 48; and "Site memory:
+/// coalescing only where it pays" for what the quiet limit saves).
 pub const COALESCE_MAX_QUIET_DEFAULT: u32 = 48;
 /// Accepted ranges for the per-exit bounds.
 pub const COALESCE_MAX_INSNS_RANGE: core::ops::RangeInclusive<u32> = 1..=4096;

@@ -3,9 +3,10 @@
 //! VMX structures (VMXON region, VMCS, EPT tables, bitmaps) and guest RAM all live for
 //! the whole run, so a bump allocator over the usable regions is enough: nothing is ever
 //! freed. Guest RAM needs one physically contiguous, 2 MiB-aligned block so EPT can map
-//! it with large pages (SDM Vol. 3C 29.3.2), hence `alloc_contiguous`.
+//! it with large pages (SDM Vol. 3C 29.2.2 "EPT Translation Mechanism"), hence
+//! `alloc_contiguous`.
 
-/// 4-KiB page frame size (SDM Vol. 3A 4.1).
+/// 4-KiB page frame size (SDM Vol. 3A 4.1 "Paging Modes and Control Bits").
 pub const FRAME_SIZE: u64 = 4096;
 
 /// Memory below 1 MiB holds real-mode firmware data (IVT, BDA, EBDA, option ROMs) that

@@ -1,7 +1,7 @@
-//! Run statistics — VM exits by basic exit reason (SDM Vol. 3D Appendix C),
-//! injected exceptions, refused MSR accesses — how a guest run ended, and the
-//! one-line `sluice-stats: {json}` record the kernel prints at the end of a
-//! run for xtask and benchmarks to parse.
+//! Run statistics — VM exits by basic exit reason (SDM Vol. 3D Appendix C "VMX Basic
+//! Exit Reasons"), injected exceptions, refused MSR accesses — how a guest run ended,
+//! and the one-line `sluice-stats: {json}` record the kernel prints at the end of a run
+//! for xtask and benchmarks to parse.
 //!
 //! The JSON is written by hand (no heap, no serde): keys are fixed ASCII, the
 //! only free text is the guest name, which is escaped per RFC 8259 section 7.

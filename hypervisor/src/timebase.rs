@@ -40,10 +40,11 @@ impl Timebase {
     }
 
     /// VMX-preemption timer value for a deadline: the timer counts down by one each
-    /// time bit `rate` of the TSC changes (SDM 26.5.1, IA32_VMX_MISC[4:0]), so the
+    /// time bit `rate` of the TSC changes (SDM Vol. 3C 26.5.1 "VMX-Preemption Timer";
+    /// `rate` is IA32_VMX_MISC[4:0], SDM Vol. 3D A.6 "Miscellaneous Data"), so the
     /// value is the TSC distance shifted right by `rate`, rounded up, and clamped to
-    /// the field's 32 bits. A deadline in the past gives 0 (exit before the first
-    /// guest instruction).
+    /// the field's 32 bits. A deadline in the past gives 0 (exit before the first guest
+    /// instruction).
     pub fn preemption_timer_value(&self, now_tsc: u64, deadline_tsc: u64, rate: u8) -> u32 {
         let distance = deadline_tsc.saturating_sub(now_tsc);
         let shift = u32::from(rate.min(63));

@@ -16,7 +16,7 @@ use guest::{hypercall, println};
 guest::entry!(main);
 
 /// An MSR index no Intel CPU implements (between the architectural and model-specific
-/// ranges in use, SDM Vol. 4).
+/// ranges in use, SDM Vol. 4 chapter 2 "Model-Specific Registers (MSRs)").
 const NONEXISTENT_MSR: u32 = 0x0000_0abc;
 
 /// Address of the RDMSR instruction, recorded just before it runs.

@@ -461,11 +461,12 @@ fn rep_outsb() -> Regs {
 // clobbered upper byte shows) and the flags are mixed into R15. AF cannot be read by
 // any Jcc; only the final RFLAGS shows it.
 //
-// Flags the SDM leaves undefined (OF after a shift by more than 1, CF after an 8- or
-// 16-bit shift by at least the operand width) go into R14 instead of R15, so
-// `alu-mix-defined` (R14 zeroed, AF masked) tells a difference in undefined flags from
-// a real one. Each check starts with `out 0x80, al`, so even a coalescer with a short
-// extent (a cache line) gets an exit, and emulates, all through the block.
+// Flags the shifts leave undefined (SDM Vol. 2B "SAL/SAR/SHL/SHR—Shift": OF after a
+// shift by more than 1, CF after an 8- or 16-bit shift by at least the operand width)
+// go into R14 instead of R15, so `alu-mix-defined` (R14 zeroed, AF masked) tells a
+// difference in undefined flags from a real one. Each check starts with `out 0x80, al`,
+// so even a coalescer with a short extent (a cache line) gets an exit, and emulates,
+// all through the block.
 
 /// Copies CF, PF, ZF, SF and OF to R8D-R12D without changing any flag.
 macro_rules! capture {
@@ -1107,7 +1108,9 @@ fn alu_more() -> Regs {
 }
 
 /// [`measured`] for a burst whose R14 and final AF hold flags the SDM leaves
-/// undefined: a second line, `<name>-defined`, sums the registers without them.
+/// undefined (SDM Vol. 2B "SAL/SAR/SHL/SHR—Shift" and each instruction's "Flags
+/// Affected"; AF after the final AND: SDM Vol. 2A "AND—Logical AND"): a second line,
+/// `<name>-defined`, sums the registers without them.
 fn measured_alu(name: &str, burst: fn() -> Regs) {
     let mut regs = measured(name, burst);
     regs[R14] = 0;

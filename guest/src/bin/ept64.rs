@@ -17,7 +17,8 @@ guest::entry!(main);
 /// The guest-physical (and, once mapped, linear) address that is touched.
 const TARGET: u64 = 0x3fe0_0000;
 
-/// Paging-entry bits (SDM Vol. 3A 4.5, Tables 4-15 to 4-18).
+/// Paging-entry bits (SDM Vol. 3A 4.5 "4-Level Paging and 5-Level Paging", Tables 4-15
+/// to 4-18, the PML4E, PDPTE and PDE formats).
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 /// PDPTE/PDE bit 7: the entry maps a page (1 GiB / 2 MiB) instead of a table.

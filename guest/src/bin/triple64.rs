@@ -3,9 +3,10 @@
 //! It loads an IDT with limit 0 and executes UD2. The #UD cannot be delivered (its gate
 //! lies beyond the limit), which raises #GP, which cannot be delivered either, so the
 //! CPU raises #DF; #DF fails the same way, and a fault while delivering #DF is a triple
-//! fault (SDM Vol. 3A 6.15, "Interrupt 8"). In VMX non-root operation a triple fault is
-//! a VM exit; sluice must end the guest and report the triple fault, never reset or
-//! crash the host. If execution somehow continues, the guest exits with status 1.
+//! fault (SDM Vol. 3A 6.15 "Exception and Interrupt Reference", "Interrupt 8—Double
+//! Fault Exception (#DF)"). In VMX non-root operation a triple fault is a VM exit;
+//! sluice must end the guest and report the triple fault, never reset or crash the
+//! host. If execution somehow continues, the guest exits with status 1.
 #![no_std]
 #![no_main]
 

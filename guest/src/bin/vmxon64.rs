@@ -1,6 +1,6 @@
 //! vmxon64: a guest that tries to use VMX, which sluice does not offer to guests.
 //!
-//! VMXON in VMX non-root operation always exits to the hypervisor (SDM Vol. 3C,
+//! VMXON in VMX non-root operation always exits to the hypervisor (SDM Vol. 3C 26.1.2
 //! "Instructions That Cause VM Exits Unconditionally"); the #UD check for CR4.VMXE = 0
 //! that comes first does not fire, because the guest's real CR4.VMXE is 1 in VMX
 //! operation even though the guest reads 0 through the CR4 read shadow. sluice must

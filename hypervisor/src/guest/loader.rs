@@ -7,7 +7,8 @@
 //!   a PC BIOS hands a boot sector).
 //! - Firmware: the image ends at 1 MiB (the legacy BIOS area) and, as on a PC, the same
 //!   bytes also appear just below 4 GiB; the guest starts at the reset vector
-//!   F000:FFF0 with CS.base = 0xFFFF0000 (SDM Vol. 3A 10.1.4).
+//!   F000:FFF0 with CS.base = 0xFFFF0000 (SDM Vol. 3A 10.1.4 "First Instruction
+//!   Executed").
 //! - ELF64: PT_LOAD segments at their physical addresses, the rest of RAM zero; the
 //!   top MiB of RAM holds the GDT and identity page tables sluice builds
 //!   (`guest_paging`), and the initial stack just below the tables.

@@ -2,11 +2,19 @@
 //! directly in IA-32e mode: identity-mapping 4-level page tables placed in
 //! guest RAM, a GDT image, and the matching VMCS segment state.
 //!
-//! Sources (Intel SDM): 4-level paging — Vol 3A 4.5 (Tables 4-15, 4-17, 4-18);
-//! segment descriptors — Vol 3A 3.4.5; VMCS access-rights format — Vol 3C
-//! 24.4.1 (Table 24-2); guest-state checks on segments — Vol 3C 26.3.1.2.
+//! Sources (Intel SDM, the edition `crate::vmx` pins):
+//! - 4-level paging: SDM Vol. 3A 4.5 "4-Level Paging and 5-Level Paging", Table 4-15
+//!   "Format of a PML4 Entry (PML4E) that References a Page-Directory-Pointer Table",
+//!   Table 4-17 "Format of a Page-Directory-Pointer-Table Entry (PDPTE) that References
+//!   a Page Directory" and Table 4-18 "Format of a Page-Directory Entry that Maps a
+//!   2-MByte Page";
+//! - segment descriptors: SDM Vol. 3A 3.4.5 "Segment Descriptors";
+//! - the VMCS access-rights format: SDM Vol. 3C 25.4.1 "Guest Register State", Table
+//!   25-2 "Format of Access Rights";
+//! - the guest-state checks on segments: SDM Vol. 3C 27.3.1.2 "Checks on Guest Segment
+//!   Registers".
 
-/// Paging-entry bits (SDM Vol 3A Table 4-15/4-17/4-18).
+/// Paging-entry bits (SDM Vol. 3A Tables 4-15, 4-17 and 4-18, listed above).
 use core::ops::Range;
 
 use crate::x86::segment::{descriptor_access_rights, SegmentState};
@@ -156,10 +164,10 @@ pub const DATA_SELECTOR: u16 = 0x10;
 pub const GDT_LIMIT: u16 = (GDT_ENTRIES * 8 - 1) as u16;
 pub const GDT_ENTRIES: usize = 3;
 
-/// Descriptor access byte (bits 47:40) values: P=1, DPL=0, S=1, and the type
-/// with the accessed bit already set — VM entry requires "accessed" on usable
-/// code/data segments (SDM 26.3.1.2), and a pre-set bit means the CPU never
-/// writes the GDT.
+/// Descriptor access byte (bits 47:40) values: P=1, DPL=0, S=1, and the type with the
+/// accessed bit already set — VM entry requires "accessed" on usable code/data segments
+/// (SDM Vol. 3C 27.3.1.2 "Checks on Guest Segment Registers"), and a pre-set bit means
+/// the CPU never writes the GDT.
 const ACCESS_CODE: u64 = 0x9B; // execute/read, accessed
 const ACCESS_DATA: u64 = 0x93; // read/write, accessed
 
@@ -180,7 +188,8 @@ const FLAG_L: u64 = 1 << 1;
 const FLAG_DB: u64 = 1 << 2;
 const FLAG_G: u64 = 1 << 3;
 
-/// Packs a legacy 8-byte segment descriptor (SDM Vol 3A Figure 3-8).
+/// Packs a legacy 8-byte segment descriptor (SDM Vol. 3A Figure 3-8 "Segment
+/// Descriptor").
 const fn descriptor(base: u32, limit: u32, access: u64, flags: u64) -> u64 {
     let base = base as u64;
     let limit = limit as u64;
@@ -208,10 +217,11 @@ pub const DATA_SEGMENT: SegmentState = SegmentState {
     access_rights: descriptor_access_rights(long_mode_gdt()[2]),
 };
 
-/// TR: VM entry into IA-32e mode requires a usable TR of type 11 (busy 64-bit
-/// TSS) even if the guest never loaded one (SDM 26.3.1.2). A ring-0-only guest
-/// uses the TSS only for IST and privilege-change stacks, so a null-selector,
-/// base-0 TSS of the minimum size (0x67) is enough until it loads its own.
+/// TR: VM entry into IA-32e mode requires a usable TR of type 11 (busy 64-bit TSS) even
+/// if the guest never loaded one (SDM Vol. 3C 27.3.1.2 "Checks on Guest Segment
+/// Registers"). A ring-0-only guest uses the TSS only for IST and privilege-change
+/// stacks, so a null-selector, base-0 TSS of the minimum size (0x67) is enough until it
+/// loads its own.
 pub const TR_SEGMENT: SegmentState = SegmentState {
     selector: 0,
     base: 0,
@@ -439,7 +449,8 @@ mod tests {
         assert_eq!(DATA_SEGMENT.access_rights, 0xC093);
         assert_eq!(TR_SEGMENT.access_rights, 0x8B);
         assert_eq!(LDTR_SEGMENT.access_rights, 0x1_0000);
-        // The properties VM entry checks for an IA-32e guest (SDM 26.3.1.2).
+        // The properties VM entry checks for an IA-32e guest (SDM Vol. 3C 27.3.1.2
+        // "Checks on Guest Segment Registers").
         let cs = CODE64_SEGMENT.access_rights;
         assert!(cs & L != 0 && cs & DB == 0, "64-bit CS needs L=1, D=0");
         assert!(matches!(cs & TYPE_MASK, 9 | 11 | 13 | 15));

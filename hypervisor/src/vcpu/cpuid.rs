@@ -8,17 +8,17 @@ use crate::vmx::vmcs::Vmcs;
 use crate::x86::guest_mem::GuestMemory;
 use crate::x86::Cr4;
 
-/// CPUID leaves 15H and 16H (SDM Vol. 2A CPUID, "Time Stamp Counter and Nominal Core
-/// Crystal Clock Information Leaf" and "Processor Frequency Information Leaf") for a
-/// guest whose TSC runs at `tsc_hz`, the rate sluice measured: what the guest really
-/// gets. 15H says TSC = ECX * EBX / EAX with ECX the crystal in Hz; a crystal of half
-/// the TSC rate and a ratio of 2/1 keep ECX within 32 bits up to 8.5 GHz. With it a
-/// guest knows its TSC rate without timing the 8254 through exits (Linux marks the
-/// frequency as known and skips its PIT calibration loops, whose timing checks an
-/// exit per port read can fail). 16H gives the same rate in MHz as base and maximum
-/// frequency; the bus frequency (ECX) is left 0, "not enumerated". Unknown or
-/// unrepresentable rates leave both leaves at 0, which the SDM defines as "not
-/// enumerated".
+/// CPUID leaves 15H and 16H (SDM Vol. 2A "CPUID—CPU Identification", its "Time Stamp
+/// Counter and Nominal Core Crystal Clock Information Leaf" and "Processor Frequency
+/// Information Leaf") for a guest whose TSC runs at `tsc_hz`, the rate sluice measured:
+/// what the guest really gets. 15H says TSC = ECX * EBX / EAX with ECX the crystal in
+/// Hz; a crystal of half the TSC rate and a ratio of 2/1 keep ECX within 32 bits up to
+/// 8.5 GHz. With it a guest knows its TSC rate without timing the 8254 through exits
+/// (Linux marks the frequency as known and skips its PIT calibration loops, whose
+/// timing checks an exit per port read can fail). 16H gives the same rate in MHz as
+/// base and maximum frequency; the bus frequency (ECX) is left 0, "not enumerated".
+/// Unknown or unrepresentable rates leave both leaves at 0, which the SDM defines as
+/// "not enumerated".
 pub fn tsc_frequency_leaf(leaf: u32, tsc_hz: u64) -> [u32; 4] {
     let crystal = tsc_hz / 2;
     let mhz = tsc_hz / 1_000_000;
@@ -80,12 +80,12 @@ pub fn filter_cpuid(
             // PDCM announces IA32_PERF_CAPABILITIES (0x345), which Linux's perf driver
             // reads unguarded; sluice offers no PMU (leaf 0AH below).
             ecx &= !ECX_PDCM;
-            // MONITOR/MWAIT: sluice does not intercept MWAIT, and a guest idling in
-            // it sits in a C-state where the VMX-preemption timer may stop counting
-            // (SDM Vol. 3C 26.5.1: it counts in C0-C2 only), so timer interrupts could
-            // come late. Without it the guest idles in HLT, which sluice handles; and
-            // Linux's intel_idle, which writes the model-specific MSR_POWER_CTL
-            // (0x1FC), stays out.
+            // MONITOR/MWAIT: sluice does not intercept MWAIT, and a guest idling in it
+            // sits in a C-state where the VMX-preemption timer may stop counting
+            // (SDM Vol. 3C 26.5.1 "VMX-Preemption Timer": it counts in C0-C2 only), so
+            // timer interrupts could come late. Without it the guest idles in HLT,
+            // which sluice handles; and Linux's intel_idle, which writes the
+            // model-specific MSR_POWER_CTL (0x1FC), stays out.
             ecx &= !ECX_MONITOR;
             // OSXSAVE mirrors the *guest's* CR4, not the host's.
             ecx &= !ECX_OSXSAVE;
@@ -108,26 +108,29 @@ pub fn filter_cpuid(
         // emulated instructions. The exit handler answers them from the measured rate
         // instead (`tsc_frequency_leaf`).
         0x15 | 0x16 => [0; 4],
-        // Thermal and power management (SDM Vol. 2A CPUID leaf 06H): nearly every bit
-        // announces MSRs sluice does not offer: ECX[0] IA32_MPERF/IA32_APERF (which
-        // Linux reads for frequency scaling), ECX[3] IA32_ENERGY_PERF_BIAS, EAX[0] and
-        // [6] the thermal status MSRs, EAX[4] power-limit notification, EAX[7-11] HWP.
-        // Only ARAT (EAX[2], the APIC timer keeps running in deep C-states) names no
-        // MSR; EBX (interrupt thresholds) goes with the thermal MSRs.
+        // Thermal and power management (SDM Vol. 2A "CPUID—CPU Identification", leaf
+        // 06H): nearly every bit announces MSRs sluice does not offer: ECX[0]
+        // IA32_MPERF/IA32_APERF (which Linux reads for frequency scaling), ECX[3]
+        // IA32_ENERGY_PERF_BIAS, EAX[0] and [6] the thermal status MSRs, EAX[4]
+        // power-limit notification, EAX[7-11] HWP. Only ARAT (EAX[2], the APIC timer
+        // keeps running in deep C-states) names no MSR; EBX (interrupt thresholds) goes
+        // with the thermal MSRs.
         6 => [eax & LEAF6_EAX_ARAT, 0, 0, 0],
-        // MONITOR/MWAIT parameters go with the hidden MONITOR bit (SDM Vol. 2A CPUID
-        // leaf 05H).
+        // MONITOR/MWAIT parameters go with the hidden MONITOR bit (SDM Vol. 2A
+        // "CPUID—CPU Identification", leaf 05H).
         5 => [0; 4],
-        // Architectural performance monitoring (SDM Vol. 2A CPUID leaf 0AH, Vol. 3B
-        // 20.2): version 0 = none. The counters' MSRs (IA32_PMCx, IA32_PERFEVTSELx,
-        // the fixed counters) are not offered, so Linux runs software events only.
+        // Architectural performance monitoring (SDM Vol. 2A "CPUID—CPU Identification",
+        // leaf 0AH; SDM Vol. 3B 20.2 "Architectural Performance Monitoring"):
+        // version 0 = none. The counters' MSRs (IA32_PMCx, IA32_PERFEVTSELx, the fixed
+        // counters) are not offered, so Linux runs software events only.
         0xA => [0; 4],
-        // Processor extended state, sub-leaf 1 (SDM Vol. 2A CPUID leaf 0DH; Vol. 1
-        // 13.2): EAX[3] announces XSAVES/XRSTORS and IA32_XSS, ECX:EDX the IA32_XSS
-        // bits. IA32_XSS is not switched between host and guest by VMX and sluice
-        // refuses it (#GP), so XSAVES is hidden and Linux uses XSAVEC/XSAVEOPT with
-        // user states only. EBX (size for XCR0 | IA32_XSS) stays: the host's IA32_XSS
-        // is 0.
+        // Processor extended state, sub-leaf 1 (SDM Vol. 2A "CPUID—CPU Identification",
+        // leaf 0DH; SDM Vol. 1 13.2 "Enumeration of CPU Support for XSAVE Instructions
+        // and XSAVE-Supported Features"): EAX[3] announces XSAVES/XRSTORS and IA32_XSS,
+        // ECX:EDX the IA32_XSS bits. IA32_XSS is not switched between host and guest by
+        // VMX and sluice refuses it (#GP), so XSAVES is hidden and Linux uses
+        // XSAVEC/XSAVEOPT with user states only. EBX (size for XCR0 | IA32_XSS) stays:
+        // the host's IA32_XSS is 0.
         0xD if subleaf == 1 => [eax & !LEAFD1_EAX_XSAVES, ebx, 0, 0],
         // RDTSCP needs IA32_TSC_AUX, which is not offered.
         0x8000_0001 => [eax, ebx, ecx, edx & !EXT_EDX_RDTSCP],
@@ -138,14 +141,14 @@ pub fn filter_cpuid(
 /// CPUID.(EAX=0DH,ECX=1):EAX[1], XSAVEC (compacted XSAVE format).
 const LEAFD1_EAX_XSAVEC: u32 = 1 << 1;
 
-/// CPUID.(EAX=0DH,ECX=1):EBX, the size of an XSAVE area in the compacted format for
-/// the state components enabled in XCR0 | IA32_XSS (IA32_XSS is 0 for sluice's
-/// guests), computed as SDM Vol. 1 13.4.3 lays the compacted format out: the legacy
-/// region and header (576 bytes), then each enabled component from 2 up in order,
-/// starting on a 64-byte boundary when CPUID.(EAX=0DH,ECX=i):ECX[1] says it is
-/// aligned. `component(i)` gives CPUID.(EAX=0DH,ECX=i) EAX (size) and ECX (flags).
-/// A processor reports this itself; sluice computes it because an emulator (Bochs)
-/// reports the standard-format size there, which Linux then flags as an XSAVE
+/// CPUID.(EAX=0DH,ECX=1):EBX, the size of an XSAVE area in the compacted format for the
+/// state components enabled in XCR0 | IA32_XSS (IA32_XSS is 0 for sluice's guests),
+/// computed as SDM Vol. 1 13.4.3 "Extended Region of an XSAVE Area" lays the compacted
+/// format out: the legacy region and header (576 bytes), then each enabled component
+/// from 2 up in order, starting on a 64-byte boundary when CPUID.(EAX=0DH,ECX=i):ECX[1]
+/// says it is aligned. `component(i)` gives CPUID.(EAX=0DH,ECX=i) EAX (size) and ECX
+/// (flags). A processor reports this itself; sluice computes it because an emulator
+/// (Bochs) reports the standard-format size there, which Linux then flags as an XSAVE
 /// consistency problem.
 pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> (u32, u32)) -> u32 {
     let mut size: u32 = 576;
@@ -162,10 +165,10 @@ pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> (u32, u
     size
 }
 
-/// Whether an XCR0 value is one XSETBV accepts (SDM Vol. 1 13.3 and the
-/// XSETBV reference): x87 set, only bits CPUID.(EAX=0DH,ECX=0) reports, AVX
-/// needs SSE, the AVX-512 trio all or nothing and only with AVX, AMX
-/// TILECFG/TILEDATA together.
+/// Whether an XCR0 value is one XSETBV accepts (SDM Vol. 1 13.3 "Enabling the XSAVE
+/// Feature Set and XSAVE-Enabled Features" and SDM Vol. 2C "XSETBV—Set Extended Control
+/// Register"): x87 set, only bits CPUID.(EAX=0DH,ECX=0) reports, AVX needs SSE, the
+/// AVX-512 trio all or nothing and only with AVX, AMX TILECFG/TILEDATA together.
 pub const fn xcr0_valid(value: u64, supported: u64) -> bool {
     const X87: u64 = 1;
     const SSE: u64 = 1 << 1;

@@ -1,9 +1,9 @@
 //! Control-register accesses: MOV to and from CR0, CR3, CR4 and CR8, CLTS and LMSW
-//! (SDM Vol. 3C Table 28-3 "Exit Qualification for Control-Register Accesses"; Vol. 2
-//! "MOV—Move to/from Control Registers"; Vol. 3A 2.5 "Control Registers"), with the
-//! VMX fixed bits applied to the real registers and the guest's values in the read
-//! shadows, IA-32e mode entered and left as the processor would, and the PAE PDPTEs
-//! loaded into the VMCS.
+//! (SDM Vol. 3C Table 28-3 "Exit Qualification for Control-Register Accesses";
+//! SDM Vol. 2B "MOV—Move to/from Control Registers"; SDM Vol. 3A 2.5 "Control
+//! Registers"), with the VMX fixed bits applied to the real registers and the guest's
+//! values in the read shadows, IA-32e mode entered and left as the processor would, and
+//! the PAE PDPTEs loaded into the VMCS.
 
 use crate::vcpu::exits::{ExitAction, ExitContext, Fault, HostOps};
 use crate::vmx::caps::EntryControls;
@@ -15,7 +15,8 @@ use crate::x86::{Cr0, Cr4, Efer};
 impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
     // Control-register accesses (28)
 
-    /// MOV to/from CR0/CR3/CR4/CR8, CLTS, LMSW (SDM 28.2.1 Table 28-3).
+    /// MOV to/from CR0/CR3/CR4/CR8, CLTS, LMSW (SDM Vol. 3C 28.2.1 "Basic VM-Exit
+    /// Information", Table 28-3 "Exit Qualification for Control-Register Accesses").
     pub(super) fn cr_access(&mut self) -> ExitAction {
         let q = CrAccessQualification::from_qualification(self.exit.qualification);
         let width = if self.long_mode() {
@@ -56,8 +57,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         self.complete(r)
     }
 
-    /// Reads the four PAE PDPTEs at `cr3` (SDM 4.4.1); invalid ones make the
-    /// MOV that loads them fail with #GP.
+    /// Reads the four PAE PDPTEs at `cr3` (SDM Vol. 3A 4.4.1 "PDPTE Registers"); invalid
+    /// ones make the MOV that loads them fail with #GP.
     pub(super) fn read_pdptes(&self, cr3: u64) -> Result<[u64; 4], Fault> {
         let mut out = [0u64; 4];
         let base = cr3 & 0xFFFF_FFE0;
@@ -71,9 +72,9 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         Ok(out)
     }
 
-    /// With EPT the processor loads the PDPTEs from the VMCS on VM entry when
-    /// the guest uses PAE paging (SDM 27.3.2.4), so a MOV that enters or
-    /// refreshes PAE paging must put them there.
+    /// With EPT the processor loads the PDPTEs from the VMCS on VM entry when the guest
+    /// uses PAE paging (SDM Vol. 3C 27.3.2.4 "Loading Page-Directory-Pointer-Table
+    /// Entries"), so a MOV that enters or refreshes PAE paging must put them there.
     pub(super) fn pae_pdptes(
         &self,
         cr0: u64,
@@ -97,11 +98,11 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         }
     }
 
-    /// MOV to CR0 (SDM Vol. 2 "MOV—Move to/from Control Registers", Vol. 3A
-    /// 2.5, 10.8.5): the guest's value goes to the read shadow, the value
-    /// with the VMX fixed bits applied to the real CR0 (PE/PG exempt with
-    /// unrestricted guest). Turning PG on with EFER.LME activates IA-32e mode
-    /// (EFER.LMA and the "IA-32e mode guest" entry control), turning it off
+    /// MOV to CR0 (SDM Vol. 2B "MOV—Move to/from Control Registers"; SDM Vol. 3A 2.5
+    /// "Control Registers", 10.8.5 "Initializing IA-32e Mode"): the guest's value goes
+    /// to the read shadow, the value with the VMX fixed bits applied to the real CR0
+    /// (PE/PG exempt with unrestricted guest). Turning PG on with EFER.LME activates
+    /// IA-32e mode (EFER.LMA and the "IA-32e mode guest" entry control), turning it off
     /// deactivates it.
     pub(super) fn set_cr0(&mut self, v: u64) -> Result<(), Fault> {
         if v >> 32 != 0 {

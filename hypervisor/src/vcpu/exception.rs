@@ -1,6 +1,6 @@
 //! Exceptions the exception bitmap intercepts, and NMIs (SDM Vol. 3C 28.2.2
 //! "Information for VM Exits Due to Vectored Events"): reflected into the guest
-//! unchanged, with the event-injection fields of 27.6 "Event Injection".
+//! unchanged, with the event-injection fields of SDM Vol. 3C 27.6 "Event Injection".
 
 use crate::stats::EndKind;
 use crate::vcpu::exits::{end, ExitAction, ExitContext, HostOps};
@@ -37,8 +37,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             6 => EventType::SoftwareException,
             _ => return end(EndKind::Fatal),
         };
-        // Re-injecting a fault from IRET must restore NMI blocking (SDM
-        // 28.2.3 "NMI unblocking due to IRET").
+        // Re-injecting a fault from IRET must restore NMI blocking (SDM Vol. 3C 28.2.3
+        // "Information About NMI Unblocking Due to IRET").
         if info & (1 << 12) != 0 && vector != 8 {
             let irq = self.read(VmcsField::GuestInterruptibilityState);
             self.vmcs.write(

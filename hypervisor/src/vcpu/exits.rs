@@ -17,8 +17,8 @@
 //!   Single-stepping (RFLAGS.TF) over an emulated instruction does not raise the #DB
 //!   trap the processor would: not modelled yet.
 //! - Exceptions injected in real mode carry no error code: VM entry requires that
-//!   with unrestricted guest and CR0.PE = 0 (SDM Vol. 3C 27.2.1.3 "Checks on VM-Entry
-//!   Control Fields").
+//!   with unrestricted guest and CR0.PE = 0 (SDM Vol. 3C 27.2.1.3 "VM-Entry Control
+//!   Fields", one of the 27.2.1 "Checks on VMX Controls").
 //!
 //! Assumptions about the VMCS the kernel sets up:
 //! - Guest IA32_EFER is loaded on entry; RDMSR/WRMSR of IA32_EFER exit (or "save
@@ -79,10 +79,12 @@ pub struct VcpuConfig {
     /// instructions themselves are not emulated yet.
     pub nested_vmx: bool,
     /// The "unrestricted guest" control is on: CR0.PE and CR0.PG may be 0
-    /// (SDM 27.3.1.1 "Checks on Guest Control Registers ...").
+    /// (SDM Vol. 3C 27.3.1.1 "Checks on Guest Control Registers, Debug Registers, and
+    /// MSRs").
     pub unrestricted_guest: bool,
-    /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM Appendix A.7, A.8):
-    /// bits set in FIXED0 must be 1, bits clear in FIXED1 must be 0.
+    /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM Vol. 3D A.7 "VMX-Fixed Bits
+    /// in CR0", A.8 "VMX-Fixed Bits in CR4"): bits set in FIXED0 must be 1, bits clear
+    /// in FIXED1 must be 0.
     pub cr0_fixed0: u64,
     pub cr0_fixed1: u64,
     pub cr4_fixed0: u64,

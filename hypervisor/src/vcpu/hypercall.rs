@@ -1,7 +1,8 @@
 //! sluice's hypercall ABI: how test and benchmark guests talk to the hypervisor.
 //!
-//! A guest executes VMCALL (SDM Vol. 3C 26.1.3: VMCALL in VMX non-root operation always
-//! causes a VM exit) at CPL 0 with the function number in RAX:
+//! A guest executes VMCALL (SDM Vol. 3C 26.1.2 "Instructions That Cause VM Exits
+//! Unconditionally": VMCALL in VMX non-root operation always causes a VM exit) at CPL 0
+//! with the function number in RAX:
 //!
 //! | RAX | function | arguments | result in RAX |
 //! | --- | --- | --- | --- |

@@ -1,8 +1,9 @@
-//! IN, OUT, INS and OUTS, one instruction per exit (SDM Vol. 2 "IN", "INS/INSB/INSW/
-//! INSD", "OUT", "OUTS/OUTSB/OUTSW/OUTSD"; the exit's facts from Vol. 3C Table 28-5
-//! "Exit Qualification for I/O Instructions" and 28.2.5 "Information for VM Exits Due
-//! to Instruction Execution"). The coalescer takes IO exits first and leaves here what
-//! it cannot prove safe to run.
+//! IN, OUT, INS and OUTS, one instruction per exit (SDM Vol. 2A "IN—Input from Port"
+//! and "INS/INSB/INSW/INSD—Input from Port to String", SDM Vol. 2B "OUT—Output to Port"
+//! and "OUTS/OUTSB/OUTSW/OUTSD—Output String to Port"; the exit's facts from
+//! SDM Vol. 3C Table 28-5 "Exit Qualification for I/O Instructions" and 28.2.5
+//! "Information for VM Exits Due to Instruction Execution"). The coalescer takes IO
+//! exits first and leaves here what it cannot prove safe to run.
 
 use crate::devices::bus::size_mask;
 use crate::stats::EndKind;
@@ -31,7 +32,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         let mask = size_mask(q.size);
         if q.is_in {
             let v = u64::from(self.bus.read(q.port, q.size));
-            // IN AL/AX merges; IN EAX zero-extends into RAX (SDM Vol. 2 "IN").
+            // IN AL/AX merges; IN EAX zero-extends into RAX (SDM Vol. 2A "IN—Input from
+            // Port").
             self.regs.rax = if q.size == 4 {
                 v
             } else {
@@ -44,13 +46,15 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
         self.complete(Ok(()))
     }
 
-    /// INS/OUTS, with or without REP. Up to [`MAX_STRING_ELEMENTS`] elements
-    /// per exit; if RCX is still non-zero then, RIP stays on the instruction so
-    /// it exits again. The address size and (for OUTS) segment come from the
-    /// VM-exit instruction-information field (SDM 28.2.5, Table 28-8); INS
-    /// always writes ES:rDI. Segment limits are not checked. An element whose
-    /// address does not translate to guest RAM gets #GP(0) with the elements
-    /// before it done (RSI/RDI/RCX updated as far as the processor would).
+    /// INS/OUTS, with or without REP. Up to [`MAX_STRING_ELEMENTS`] elements per exit;
+    /// if RCX is still non-zero then, RIP stays on the instruction so it exits again.
+    /// The address size and (for OUTS) segment come from the VM-exit
+    /// instruction-information field (SDM Vol. 3C 28.2.5 "Information for VM Exits Due
+    /// to Instruction Execution", Table 28-8 "Format of the VM-Exit
+    /// Instruction-Information Field as Used for INS and OUTS"); INS always writes
+    /// ES:rDI. Segment limits are not checked. An element whose address does not
+    /// translate to guest RAM gets #GP(0) with the elements before it done (RSI/RDI/RCX
+    /// updated as far as the processor would).
     pub(super) fn io_string(&mut self, q: IoQualification) -> ExitAction {
         let info = self.exit.instruction_info;
         let addr = match (info >> 7) & 7 {
@@ -71,7 +75,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             5 => VmcsField::GuestGsBase,
             _ => return end(EndKind::Fatal),
         };
-        // In 64-bit mode only FS and GS have bases (SDM Vol. 3A 3.4.4).
+        // In 64-bit mode only FS and GS have bases (SDM Vol. 3A 3.4.4 "Segment Loading
+        // Instructions in IA-32e Mode").
         let base = if long && seg < 4 {
             0
         } else {

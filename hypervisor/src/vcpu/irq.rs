@@ -1,5 +1,7 @@
 //! Delivering the virtual PIC's interrupts into the guest (SDM Vol. 3C 27.6 "Event
-//! Injection", 25.4.2 interruptibility state, 26.7.5 interrupt-window exiting).
+//! Injection"; the interruptibility state of 25.4.2 "Guest Non-Register State";
+//! interrupt-window exiting, 27.7.5 "Interrupt-Window Exiting and Virtual-Interrupt
+//! Delivery").
 //!
 //! Before every VM entry the run loop asks the interrupt controller for a pending
 //! vector. If the guest can take an external interrupt now (RFLAGS.IF = 1, no blocking
@@ -62,8 +64,9 @@ pub fn deliver(vmcs: &mut impl Vmcs, pic: &mut impl InterruptController) -> Deli
         VmcsField::EntryInterruptionInfo,
         u64::from(external_interrupt(vector)),
     );
-    // An external interrupt ends the HLT state (SDM 27.3.1.5 allows injecting it into a
-    // halted guest with IF = 1; the guest resumes after the HLT).
+    // An external interrupt ends the HLT state (SDM Vol. 3C 27.3.1.5 "Checks on Guest
+    // Non-Register State" allows injecting it into a halted guest with IF = 1; the
+    // guest resumes after the HLT).
     if vmcs.read(VmcsField::GuestActivityState) == activity::HLT {
         vmcs.write(VmcsField::GuestActivityState, activity::ACTIVE);
     }
@@ -97,15 +100,15 @@ use crate::vcpu::exits::{end, ExitAction, ExitContext, HostOps};
 use crate::x86::guest_mem::GuestMemory;
 
 impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
-    /// HLT ends the guest whether or not interrupts are enabled: no device
-    /// raises interrupts yet. The device models add wake-ups (HLT with
-    /// RFLAGS.IF = 1 then waits for the next interrupt).
-    /// HLT with interrupts off stops the guest for good (nothing but an NMI could
-    /// wake it, and sluice sends none): Linux's power-off ends this way. With
-    /// interrupts on, the guest waits for one: RIP moves past the HLT and the guest
-    /// goes into the HLT activity state (SDM 25.4.2); the run loop injects the next
-    /// interrupt, which wakes it, or arms the preemption timer for the next timer
-    /// event, or ends the guest if no interrupt source could ever wake it.
+    /// HLT ends the guest whether or not interrupts are enabled: no device raises
+    /// interrupts yet. The device models add wake-ups (HLT with RFLAGS.IF = 1 then
+    /// waits for the next interrupt). HLT with interrupts off stops the guest for good
+    /// (nothing but an NMI could wake it, and sluice sends none): Linux's power-off
+    /// ends this way. With interrupts on, the guest waits for one: RIP moves past the
+    /// HLT and the guest goes into the HLT activity state (SDM Vol. 3C 25.4.2 "Guest
+    /// Non-Register State"); the run loop injects the next interrupt, which wakes it,
+    /// or arms the preemption timer for the next timer event, or ends the guest if no
+    /// interrupt source could ever wake it.
     pub(super) fn hlt(&mut self) -> ExitAction {
         if self.read(VmcsField::GuestRflags) & Rflags::IF.bits() == 0 {
             return end(EndKind::Halt);

@@ -8,8 +8,8 @@ use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::GuestMemory;
 use crate::x86::{is_canonical, msr, Cr0, Cr4, Efer};
 
-/// Every PAT entry must be a valid memory type: 0, 1, 4, 5, 6 or 7 (SDM Vol.
-/// 3A 13.12.2).
+/// Every PAT entry must be a valid memory type: 0, 1, 4, 5, 6 or 7 (SDM Vol. 3A 12.12.2
+/// "IA32_PAT MSR").
 pub const fn pat_valid(pat: u64) -> bool {
     let mut i = 0;
     while i < 8 {
@@ -144,7 +144,10 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             field,
             VmcsField::GuestIa32SysenterCs | VmcsField::GuestIa32Pat
         ) {
-            // VM entry requires these to be canonical (SDM 27.3.1.1/27.3.1.2).
+            // VM entry requires these to be canonical (SDM Vol. 3C 27.3.1.1 "Checks on
+            // Guest Control Registers, Debug Registers, and MSRs" for the SYSENTER
+            // ESP/EIP, 27.3.1.2 "Checks on Guest Segment Registers" for the FS/GS
+            // bases).
             self.canonical(v)?;
         }
         self.vmcs.write(field, v);
@@ -153,7 +156,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
 
     /// WRMSR IA32_EFER: SCE, LME, NXE are writable when the host CPU has them;
     /// LMA is kept as it is (the processor sets it from LME and CR0.PG); LME
-    /// cannot change while paging is on (SDM Vol. 3A 10.8.5 / 2.2.1).
+    /// cannot change while paging is on (SDM Vol. 3A 10.8.5 "Initializing IA-32e Mode",
+    /// 2.2.1 "Extended Feature Enable Register").
     pub(super) fn write_efer(&mut self, v: u64) -> Result<(), Fault> {
         const SCE: u64 = 1;
         let ext = self.host.cpuid(0x8000_0001, 0)[3];

@@ -110,7 +110,7 @@ pub fn describe_end(vmcs: &impl Vmcs, kind: EndKind, w: &mut impl Write) -> fmt:
     w.write_char('\n')
 }
 
-/// Exit qualification of a VM-entry failure due to invalid guest state (SDM
+/// Exit qualification of a VM-entry failure due to invalid guest state (SDM Vol. 3C
 /// 27.8 "VM-Entry Failures During or After Loading Guest State").
 pub const fn entry_failure_detail(q: u64) -> &'static str {
     match q {

@@ -3,10 +3,10 @@
 //!
 //! Before every entry: bring the devices to the current time and their interrupt lines
 //! onto the PIC, inject a pending interrupt if the guest can take it (or ask for an
-//! interrupt window, SDM Vol. 3C 26.7.5 "Interrupt-Window Exiting"), and arm the
-//! VMX-preemption timer (26.5.1 "VMX-Preemption Timer") for the next timer edge, so
-//! timer interrupts arrive on time whether the guest runs or sits in HLT. A halted
-//! guest that nothing could ever wake ends the run.
+//! interrupt window, SDM Vol. 3C 27.7.5 "Interrupt-Window Exiting and Virtual-Interrupt
+//! Delivery"), and arm the VMX-preemption timer (26.5.1 "VMX-Preemption Timer") for the
+//! next timer edge, so timer interrupts arrive on time whether the guest runs or sits
+//! in HLT. A halted guest that nothing could ever wake ends the run.
 //!
 //! After every exit: IO-instruction exits go to the coalescer first, which may emulate
 //! the whole burst that follows; whatever it leaves goes to the one-instruction

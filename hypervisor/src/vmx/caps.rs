@@ -1,13 +1,17 @@
 //! VMX capability discovery: decoding of the VMX capability MSRs, adjustment of
 //! VM-execution/exit/entry control values, and the hypervisor's minimum requirement check.
 //!
-//! Sources (Intel SDM):
-//! - Vol. 3D Appendix A "VMX Capability Reporting Facility": A.1 `IA32_VMX_BASIC`;
-//!   A.3-A.5 pin-based / processor-based / VM-exit / VM-entry controls with their
-//!   allowed-0 (low 32 bits: must be 1) and allowed-1 (high 32 bits: may be 1) settings,
-//!   and the `IA32_VMX_TRUE_*` variants (A.2); A.6 `IA32_VMX_MISC`; A.7/A.8 CR0/CR4
-//!   fixed bits; A.10 `IA32_VMX_EPT_VPID_CAP`; A.11 `IA32_VMX_VMFUNC`.
-//! - Vol. 3C 25.6-25.8 (24.6-24.8 in older editions) for the meaning of each control bit.
+//! Sources (Intel SDM, the edition `crate::vmx` pins):
+//! - SDM Vol. 3D Appendix A "VMX Capability Reporting Facility": A.1 "Basic VMX
+//!   Information" (`IA32_VMX_BASIC`); A.3 "VM-Execution Controls", A.4 "VM-Exit
+//!   Controls" and A.5 "VM-Entry Controls", with their allowed-0 (low 32 bits: must
+//!   be 1) and allowed-1 (high 32 bits: may be 1) settings, and the `IA32_VMX_TRUE_*`
+//!   variants (A.2 "Reserved Controls and Default Settings"); A.6 "Miscellaneous Data"
+//!   (`IA32_VMX_MISC`); A.7 "VMX-Fixed Bits in CR0" and A.8 "VMX-Fixed Bits in CR4";
+//!   A.10 "VPID and EPT Capabilities" (`IA32_VMX_EPT_VPID_CAP`); A.11 "VM Functions"
+//!   (`IA32_VMX_VMFUNC`).
+//! - SDM Vol. 3C 25.6 "VM-Execution Control Fields", 25.7 "VM-Exit Control Fields" and
+//!   25.8 "VM-Entry Control Fields" for the meaning of each control bit.
 //! - CPUID.1:ECX[5] reports VMX; `IA32_FEATURE_CONTROL` (MSR 0x3A) bit 0 = lock,
 //!   bit 1 = VMX inside SMX, bit 2 = VMX outside SMX.
 //!
@@ -241,14 +245,15 @@ impl Allowed {
 /// on and unsupported optional bits are dropped. `required` is the subset of `desired`
 /// the hypervisor cannot live without; if any of those bits is not allowed-1 the result is
 /// `ControlError { missing }` listing them. `msr` is the raw capability MSR (use the TRUE
-/// variant when it exists, which lets "default1" controls be cleared; SDM A.2).
+/// variant when it exists, which lets "default1" controls be cleared; SDM Vol. 3D A.2
+/// "Reserved Controls and Default Settings").
 pub const fn adjust_controls(desired: u32, required: u32, msr: u64) -> Result<u32, ControlError> {
     Allowed::from_msr(msr).adjust(desired, required)
 }
 
 // ---------------------------------------------------------------------------------------
-// Control bits (SDM Vol. 3C, "VM-Execution Control Fields", "VM-Exit Control Fields",
-// "VM-Entry Control Fields")
+// Control bits (SDM Vol. 3C 25.6 "VM-Execution Control Fields", 25.7 "VM-Exit Control
+// Fields", 25.8 "VM-Entry Control Fields")
 // ---------------------------------------------------------------------------------------
 
 bitflags::bitflags! {
@@ -851,11 +856,11 @@ pub const fn check_platform(
     Ok(FeatureControlAction::AlreadyEnabled)
 }
 
-/// VM-instruction error 15, "VMXON executed in VMX root operation" (SDM Vol. 3C 31.4,
+/// VM-instruction error 15, "VMXON executed in VMX root operation" (SDM Vol. 3C 31.4
 /// "VM Instruction Error Numbers").
 pub const VMXON_IN_VMX_ROOT: u64 = 15;
 
-/// How a VMXON failed (SDM Vol. 3C 31.2 conventions): CF set, or ZF set with an error
+/// How a VMXON failed (SDM Vol. 3C 31.2 "Conventions"): CF set, or ZF set with an error
 /// number in the current VMCS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmxonFailure {
@@ -865,9 +870,9 @@ pub enum VmxonFailure {
 
 impl fmt::Display for VmxonFailure {
     /// The causes of VMfailInvalid are those of the VMXON operation (SDM Vol. 3C 31.3
-    /// "VMXON"): a region pointer that is not 4-KiB aligned or beyond the physical-address
-    /// width, a wrong VMCS revision identifier, or VMX root operation without a current
-    /// VMCS.
+    /// "VMX Instructions", VMXON—Enter VMX Operation): a region pointer that is not
+    /// 4-KiB aligned or beyond the physical-address width, a wrong VMCS revision
+    /// identifier, or VMX root operation without a current VMCS.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             VmxonFailure::FailInvalid => f.write_str(
@@ -890,13 +895,14 @@ impl core::error::Error for VmxonFailure {}
 /// VMXOFF followed by a second VMXON takes the CPU over.
 ///
 /// VMXON on a correctly prepared region (4-KiB aligned, inside the physical-address
-/// width, with this CPU's VMCS revision) fails in one situation only: the CPU is already
-/// in VMX root operation. It then reports "VMXON executed in VMX root operation",
-/// as VMfailValid when that operation has a current VMCS and as VMfailInvalid when it
-/// has none (SDM Vol. 3C 31.3 "VMXON" operation). CR4.VMXE is fixed to 1 in VMX
-/// operation (SDM Vol. 3C 24.8 "Restrictions on VMX Operation": IA32_VMX_CR4_FIXED0 has
-/// bit 13 set), so when CR4.VMXE was clear as firmware handed over, VMX cannot have been
-/// left on, and the failure is a bad VMXON region: no retry (VMXOFF would #UD).
+/// width, with this CPU's VMCS revision) fails in one situation only: the CPU is
+/// already in VMX root operation. It then reports "VMXON executed in VMX root
+/// operation", as VMfailValid when that operation has a current VMCS and as
+/// VMfailInvalid when it has none (SDM Vol. 3C 31.3 "VMX Instructions", the operation
+/// of VMXON—Enter VMX Operation). CR4.VMXE is fixed to 1 in VMX operation (SDM Vol. 3C
+/// 24.8 "Restrictions on VMX Operation": IA32_VMX_CR4_FIXED0 has bit 13 set), so when
+/// CR4.VMXE was clear as firmware handed over, VMX cannot have been left on, and the
+/// failure is a bad VMXON region: no retry (VMXOFF would #UD).
 pub const fn firmware_left_vmx_on(cr4_vmxe_from_firmware: bool, failure: VmxonFailure) -> bool {
     cr4_vmxe_from_firmware
         && matches!(

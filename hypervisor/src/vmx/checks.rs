@@ -1,10 +1,16 @@
 //! A software pass over the VM-entry checks on the guest-state area, run before
 //! VMLAUNCH so that a bad state is reported as the field at fault, its value and the
 //! rule it breaks, rather than as the processor's bare "VM-entry failure due to
-//! invalid guest state" (exit reason 33). Intel SDM Vol. 3C 27.3.1 "Checks on the
-//! Guest State Area": 27.3.1.1 control registers, debug registers and MSRs,
-//! 27.3.1.2 segment registers, 27.3.1.3 descriptor-table registers, 27.3.1.4 RIP and
-//! RFLAGS, 27.3.1.5 non-register state.
+//! invalid guest state" (exit reason 33). SDM Vol. 3C 27.3.1 "Checks on the Guest State
+//! Area" (the edition `crate::vmx` pins):
+//! - 27.3.1.1 "Checks on Guest Control Registers, Debug Registers, and MSRs";
+//! - 27.3.1.2 "Checks on Guest Segment Registers";
+//! - 27.3.1.3 "Checks on Guest Descriptor-Table Registers";
+//! - 27.3.1.4 "Checks on Guest RIP, RFLAGS, and SSP";
+//! - 27.3.1.5 "Checks on Guest Non-Register State".
+//!
+//! Error messages name the section by its number alone (`(SDM 27.3.1.2)`) to stay on
+//! one line; the titles above say which checks each number holds.
 
 use core::fmt;
 
@@ -21,10 +27,11 @@ use crate::x86::{is_canonical, Cr0, Cr4, Efer, Rflags};
 /// what current server parts report, so a smaller real width can still slip by).
 pub const ASSUMED_PHYS_ADDR_BITS: u32 = 46;
 
-/// One rule of SDM 27.3.1 that the guest state breaks.
+/// One rule of SDM Vol. 3C 27.3.1 "Checks on the Guest State Area" that the guest state
+/// breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestStateRule {
-    // 27.3.1.1 control registers, debug registers and MSRs
+    // 27.3.1.1 "Checks on Guest Control Registers, Debug Registers, and MSRs"
     Cr0FixedBits,
     Cr0PagingWithoutProtection,
     Cr4FixedBits,
@@ -37,7 +44,7 @@ pub enum GuestStateRule {
     EferReservedBits,
     EferLmaMismatch,
     EferLmeMismatch,
-    // 27.3.1.2 segment registers
+    // 27.3.1.2 "Checks on Guest Segment Registers"
     TrSelectorTi,
     LdtrSelectorTi,
     SsRplMismatch,
@@ -65,15 +72,15 @@ pub enum GuestStateRule {
     TrNotSystem,
     LdtrType,
     LdtrNotSystem,
-    // 27.3.1.3 descriptor-table registers
+    // 27.3.1.3 "Checks on Guest Descriptor-Table Registers"
     DescriptorTableLimit,
-    // 27.3.1.4 RIP and RFLAGS
+    // 27.3.1.4 "Checks on Guest RIP, RFLAGS, and SSP"
     RipAbove4G,
     RipNotCanonical,
     RflagsReserved,
     RflagsVm,
     RflagsIfForInterrupt,
-    // 27.3.1.5 non-register state
+    // 27.3.1.5 "Checks on Guest Non-Register State"
     ActivityStateInvalid,
     ActivityStateUnsupported,
     ActivityHltNotCpl0,
@@ -145,7 +152,8 @@ impl GuestStateRule {
         }
     }
 
-    /// The SDM section stating the rule.
+    /// The SDM Vol. 3C section stating the rule (its number; the module documentation
+    /// gives the titles).
     pub const fn section(self) -> &'static str {
         use GuestStateRule::*;
         match self {
@@ -231,7 +239,7 @@ fn ensure(ok: bool, field: VmcsField, value: u64, rule: GuestStateRule) -> Check
 }
 
 /// P, reserved access-rights bits and limit/G consistency: common to every usable
-/// segment (SDM 27.3.1.2).
+/// segment (SDM Vol. 3C 27.3.1.2 "Checks on Guest Segment Registers").
 fn check_present_reserved_granularity(s: &SegmentState, f: SegFields) -> Check {
     let a = s.access_rights;
     ensure(
@@ -256,12 +264,12 @@ fn check_present_reserved_granularity(s: &SegmentState, f: SegFields) -> Check {
     )
 }
 
-/// Checks the guest-state area in `vmcs` against a useful subset of the VM-entry
-/// checks of SDM 27.3.1 (control registers and MSRs, segment registers,
-/// descriptor-table registers, RIP/RFLAGS, non-register state), reading the VM-entry
-/// and secondary controls from the same VMCS. Returns the first violation found, in
-/// the SDM's order. Passing does not guarantee the CPU accepts the state (not every
-/// check is modelled; the physical-address width is assumed to be
+/// Checks the guest-state area in `vmcs` against a useful subset of the VM-entry checks
+/// of SDM Vol. 3C 27.3.1 "Checks on the Guest State Area" (control registers and MSRs,
+/// segment registers, descriptor-table registers, RIP/RFLAGS, non-register state),
+/// reading the VM-entry and secondary controls from the same VMCS. Returns the first
+/// violation found, in the SDM's order. Passing does not guarantee the CPU accepts the
+/// state (not every check is modelled; the physical-address width is assumed to be
 /// [`ASSUMED_PHYS_ADDR_BITS`]), but a failure always names a real problem.
 pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestStateError> {
     use GuestStateRule as R;
@@ -282,7 +290,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         48
     };
 
-    // --- 27.3.1.1: control registers, debug registers, MSRs -----------------------
+    // --- 27.3.1.1 "Checks on Guest Control Registers, Debug Registers, and MSRs" -----
     let cr0v = vmcs.read(F::GuestCr0);
     let forced = cr0_forced_one(caps, ug);
     ensure(
@@ -363,11 +371,12 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         )?;
     }
 
-    // --- 27.3.1.2: segment registers ----------------------------------------------
+    // --- 27.3.1.2 "Checks on Guest Segment Registers" --------------------------------
     let rflags_v = vmcs.read(F::GuestRflags);
     let vm86 = rflags_v & Rflags::VM.bits() != 0;
-    // A 27.3.1.4 check, done here because it decides which segment rules apply: a
-    // stray VM flag is better reported as itself than as eight VM86 segment faults.
+    // A 27.3.1.4 check (RFLAGS.VM), done here because it decides which segment rules
+    // apply: a stray VM flag is better reported as itself than as eight VM86 segment
+    // faults.
     ensure(
         !vm86 || (!ia32e && cr0v & Cr0::PE.bits() != 0),
         F::GuestRflags,
@@ -565,7 +574,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         check_present_reserved_granularity(&ldtr, LDTR)?;
     }
 
-    // --- 27.3.1.3: GDTR, IDTR ------------------------------------------------------
+    // --- 27.3.1.3 "Checks on Guest Descriptor-Table Registers": GDTR, IDTR -----------
     for (base, limit) in [
         (F::GuestGdtrBase, F::GuestGdtrLimit),
         (F::GuestIdtrBase, F::GuestIdtrLimit),
@@ -576,7 +585,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         ensure(l >> 16 == 0, limit, l, R::DescriptorTableLimit)?;
     }
 
-    // --- 27.3.1.4: RIP, RFLAGS -----------------------------------------------------
+    // --- 27.3.1.4 "Checks on Guest RIP, RFLAGS, and SSP" -----------------------------
     let rip = vmcs.read(F::GuestRip);
     if ia32e && cs.access_rights & ar::L != 0 {
         ensure(
@@ -603,7 +612,7 @@ pub fn check_guest_state(vmcs: &impl Vmcs, caps: &VmxCaps) -> Result<(), GuestSt
         R::RflagsIfForInterrupt,
     )?;
 
-    // --- 27.3.1.5: non-register state ---------------------------------------------
+    // --- 27.3.1.5 "Checks on Guest Non-Register State" -------------------------------
     let activity = vmcs.read(F::GuestActivityState);
     ensure(
         activity <= 3,

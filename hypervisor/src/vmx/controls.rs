@@ -3,12 +3,12 @@
 //! (bitmap addresses, EPTP, VPID, exception bitmap, MSR lists), the CR0/CR4 guest/host
 //! masks and read shadows, and the I/O and MSR bitmaps.
 //!
-//! Sources (Intel SDM Vol. 3C unless stated): 25.6 "VM-Execution Control Fields" (I/O
-//! bitmaps 25.6.4 "I/O-Bitmap Addresses", CR masks and shadows 25.6.6 "Guest/Host
-//! Masks and Read Shadows for CR0 and CR4", MSR bitmaps 25.6.9 "MSR-Bitmap Address"),
-//! 25.7.1 "VM-Exit Controls", 25.8.1 "VM-Entry Controls", the VM-entry checks on them
-//! 27.2.1 "Checks on VMX Controls", and the allowed settings in Vol. 3D Appendix A
-//! "VMX Capability Reporting Facility".
+//! Sources (SDM Vol. 3C unless stated, the edition `crate::vmx` pins): 25.6
+//! "VM-Execution Control Fields" (I/O bitmaps 25.6.4 "I/O-Bitmap Addresses", CR masks
+//! and shadows 25.6.6 "Guest/Host Masks and Read Shadows for CR0 and CR4", MSR bitmaps
+//! 25.6.9 "MSR-Bitmap Address"), 25.7.1 "VM-Exit Controls", 25.8.1 "VM-Entry
+//! Controls", the VM-entry checks on them 27.2.1 "Checks on VMX Controls", and the
+//! allowed settings in SDM Vol. 3D Appendix A "VMX Capability Reporting Facility".
 
 use core::fmt;
 
@@ -25,7 +25,8 @@ use crate::x86::Cr0;
 // ---------------------------------------------------------------------------------------
 
 /// The five 32-bit control fields, plus the CR0/CR4 guest/host masks derived from the
-/// same capabilities (they belong to the VM-execution controls, SDM 25.6.6).
+/// same capabilities (they belong to the VM-execution controls, SDM Vol. 3C 25.6.6
+/// "Guest/Host Masks and Read Shadows for CR0 and CR4").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Controls {
     pub pin: u32,
@@ -134,7 +135,8 @@ impl ControlGroup {
 /// Whether the named controls would have to be 1 but may not, or the reverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ControlProblem {
-    /// Allowed-1 setting is 0 (SDM Appendix A).
+    /// Allowed-1 setting is 0 (SDM Vol. 3D Appendix A "VMX Capability Reporting
+    /// Facility").
     CannotSet,
     /// Allowed-0 setting is 1: the CPU forces the control on.
     CannotClear,
@@ -203,21 +205,23 @@ pub fn compute_controls(caps: &VmxCaps, long_mode_guest: bool) -> Result<Control
 
 /// Computes the control fields from the allowed settings in `caps` (which are the
 /// TRUE_* values when the CPU has them, so "default1" controls such as CR3-load
-/// exiting can be cleared; SDM A.2). Every control not asked for below is left at its
-/// must-be-one setting, which is how CR3-load/store, INVLPG, RDTSC, RDPMC, MWAIT and
-/// MONITOR exiting end up clear whenever the CPU allows it.
+/// exiting can be cleared; SDM Vol. 3D A.2 "Reserved Controls and Default Settings").
+/// Every control not asked for below is left at its must-be-one setting, which is how
+/// CR3-load/store, INVLPG, RDTSC, RDPMC, MWAIT and MONITOR exiting end up clear
+/// whenever the CPU allows it. Sections are SDM Vol. 3C:
 ///
-/// - Pin-based (SDM 25.6.1): external-interrupt and NMI exiting (required), the
-///   preemption timer only when asked and available.
-/// - Primary (25.6.2): HLT exiting, use I/O bitmaps, use MSR bitmaps, activate
-///   secondary controls (required).
-/// - Secondary (25.6.2): enable EPT and unrestricted guest (required); enable VPID,
+/// - Pin-based (25.6.1 "Pin-Based VM-Execution Controls"): external-interrupt and NMI
+///   exiting (required), the preemption timer only when asked and available.
+/// - Primary (25.6.2 "Processor-Based VM-Execution Controls"): HLT exiting, use I/O
+///   bitmaps, use MSR bitmaps, activate secondary controls (required).
+/// - Secondary (25.6.2, Table 25-7 "Definitions of Secondary Processor-Based
+///   VM-Execution Controls"): enable EPT and unrestricted guest (required); enable VPID,
 ///   WBINVD exiting, enable RDTSCP, enable INVPCID, enable XSAVES/XRSTORS when allowed
 ///   (without the last three those instructions #UD in the guest).
-/// - VM-exit (25.7.1): host address-space size, acknowledge interrupt on exit,
-///   save/load IA32_EFER, save/load IA32_PAT (all required).
-/// - VM-entry (25.8.1): load IA32_EFER, load IA32_PAT (required), IA-32e mode guest
-///   exactly when `long_mode_guest`.
+/// - VM-exit (25.7.1 "VM-Exit Controls"): host address-space size, acknowledge
+///   interrupt on exit, save/load IA32_EFER, save/load IA32_PAT (all required).
+/// - VM-entry (25.8.1 "VM-Entry Controls"): load IA32_EFER, load IA32_PAT (required),
+///   IA-32e mode guest exactly when `long_mode_guest`.
 pub fn compute_controls_with(
     caps: &VmxCaps,
     opts: &ControlOptions,
@@ -313,11 +317,14 @@ pub struct ControlAddrs {
     pub msr_bitmap: u64,
     pub eptp: Eptp,
     /// The guest's VPID. `None` (or `Some(0)`, which is the host's VPID and not
-    /// allowed in the VMCS; SDM 27.2.1.1) turns "enable VPID" off.
+    /// allowed in the VMCS; SDM Vol. 3C 27.2.1.1 "VM-Execution Control Fields") turns
+    /// "enable VPID" off.
     pub vpid: Option<u16>,
 }
 
-/// Writes the VM-execution, VM-exit and VM-entry control fields (SDM 25.6-25.8):
+/// Writes the VM-execution, VM-exit and VM-entry control fields (SDM Vol. 3C 25.6
+/// "VM-Execution Control Fields", 25.7 "VM-Exit Control Fields", 25.8 "VM-Entry Control
+/// Fields"):
 /// the five control words, bitmap addresses, EPTP and VPID, exception bitmap 0 (no
 /// exception exits), page-fault error-code mask/match 0, CR3-target count 0, empty
 /// MSR store/load lists, no event to inject, VMCS link pointer all ones (no shadow
@@ -351,9 +358,11 @@ pub fn write_controls(vmcs: &mut impl Vmcs, controls: &Controls, addrs: &Control
     vmcs.write(VmcsField::ExitMsrStoreCount, 0);
     vmcs.write(VmcsField::ExitMsrLoadCount, 0);
     vmcs.write(VmcsField::EntryMsrLoadCount, 0);
-    // A stale valid bit from a reused VMCS would inject an event on entry (25.8.3).
+    // A stale valid bit from a reused VMCS would inject an event on entry (SDM Vol. 3C
+    // 25.8.3 "VM-Entry Controls for Event Injection").
     vmcs.write(VmcsField::EntryInterruptionInfo, 0);
-    // Anything but all ones makes VM entry check (and use) a shadow VMCS (27.3.1.5).
+    // Anything but all ones makes VM entry check (and use) a shadow VMCS (SDM Vol. 3C
+    // 27.3.1.5 "Checks on Guest Non-Register State").
     vmcs.write(VmcsField::VmcsLinkPointer, u64::MAX);
 
     vmcs.write(VmcsField::Cr0GuestHostMask, controls.cr0_guest_host_mask);
@@ -361,11 +370,14 @@ pub fn write_controls(vmcs: &mut impl Vmcs, controls: &Controls, addrs: &Control
 }
 
 // ---------------------------------------------------------------------------------------
-// CR0/CR4 masks, shadows and values (SDM 25.6.6; fixed bits A.7, A.8)
+// CR0/CR4 masks, shadows and values (SDM Vol. 3C 25.6.6 "Guest/Host Masks and Read
+// Shadows for CR0 and CR4"; fixed bits SDM Vol. 3D A.7 "VMX-Fixed Bits in CR0", A.8
+// "VMX-Fixed Bits in CR4")
 // ---------------------------------------------------------------------------------------
 
 /// CR0 bits VMX forces to 1 in the guest, honouring the unrestricted-guest exemption
-/// for PE and PG (SDM 27.3.1.1).
+/// for PE and PG (SDM Vol. 3C 27.3.1.1 "Checks on Guest Control Registers, Debug
+/// Registers, and MSRs").
 pub(super) const fn cr0_forced_one(caps: &VmxCaps, unrestricted: bool) -> u64 {
     if unrestricted {
         caps.cr0_fixed0 & !(Cr0::PE.bits() | Cr0::PG.bits())
@@ -412,14 +424,15 @@ pub const fn cr4_read_shadow(caps: &VmxCaps, believed: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Bitmaps (SDM 25.6.4, 25.6.9)
+// Bitmaps (SDM Vol. 3C 25.6.4 "I/O-Bitmap Addresses", 25.6.9 "MSR-Bitmap Address")
 // ---------------------------------------------------------------------------------------
 
 /// Size of each I/O bitmap and of the MSR bitmap.
 pub const BITMAP_BYTES: usize = 4096;
 
 /// Makes every port in the bitmap's half of the port space exit (all bits 1). Used
-/// for both I/O bitmaps: every port access is emulated (SDM 25.6.4).
+/// for both I/O bitmaps: every port access is emulated (SDM Vol. 3C 25.6.4 "I/O-Bitmap
+/// Addresses").
 pub fn fill_io_bitmap(bitmap: &mut [u8; BITMAP_BYTES]) {
     bitmap.fill(0xFF);
 }
@@ -441,7 +454,8 @@ const MSR_HIGH_BASE: u32 = 0xC000_0000;
 const MSR_HIGH_END: u32 = 0xC000_2000;
 
 /// Byte offset (within the read-low/read-high half) and bit of `msr`, or `None` for
-/// MSRs outside both ranges (those always exit, SDM 25.6.9).
+/// MSRs outside both ranges (those always exit, SDM Vol. 3C 25.6.9 "MSR-Bitmap
+/// Address").
 const fn msr_bitmap_slot(msr: u32) -> Option<(usize, u8)> {
     let (base, index) = if msr < MSR_LOW_END {
         (0x000, msr)
@@ -456,10 +470,11 @@ const fn msr_bitmap_slot(msr: u32) -> Option<(usize, u8)> {
 /// Offset of the write bitmaps relative to the read bitmaps.
 const MSR_WRITE_OFFSET: usize = 0x800;
 
-/// Fills the MSR bitmap (SDM 25.6.9): read-low at 0x000 (MSRs 0-0x1FFF), read-high at
-/// 0x400 (0xC0000000-0xC0001FFF), write-low at 0x800, write-high at 0xC00. Every bit is
-/// set (every RDMSR/WRMSR exits) except the read and write bits of `passthrough`;
-/// MSRs outside the two ranges are ignored (they exit regardless).
+/// Fills the MSR bitmap (SDM Vol. 3C 25.6.9 "MSR-Bitmap Address"): read-low at 0x000
+/// (MSRs 0-0x1FFF), read-high at 0x400 (0xC0000000-0xC0001FFF), write-low at 0x800,
+/// write-high at 0xC00. Every bit is set (every RDMSR/WRMSR exits) except the read and
+/// write bits of `passthrough`; MSRs outside the two ranges are ignored (they exit
+/// regardless).
 pub fn fill_msr_bitmap(bitmap: &mut [u8; BITMAP_BYTES], passthrough: &[u32]) {
     bitmap.fill(0xFF);
     for &msr in passthrough {

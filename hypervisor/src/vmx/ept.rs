@@ -2,9 +2,12 @@
 //! and the EPT pointer (EPTP) that the VMCS field 0x201A holds, and walks them
 //! back for tests and for EPT-violation reports.
 //!
-//! Source: Intel SDM Vol 3C 29.3 "The Extended Page Table Mechanism (EPT)" —
-//! Table 29-1 (EPTP format) through Table 29-6 (EPT page-table entry), and
-//! 29.3.7 for the EPT memory-type bits.
+//! Sources (SDM Vol. 3C, the edition `crate::vmx` pins): 29.2 "The Extended Page Table
+//! Mechanism (EPT)", its 29.2.2 "EPT Translation Mechanism" with the entry formats
+//! from Table 29-1 "Format of an EPT PML4 Entry (PML4E) that References an EPT
+//! Page-Directory-Pointer Table" to Table 29-6 "Format of an EPT Page-Table Entry that
+//! Maps a 4-KByte Page", and 29.2.6 "EPT and Memory Typing" for the memory-type bits;
+//! the EPTP is 25.6.11 "Extended-Page-Table Pointer (EPTP)".
 
 use bitflags::bitflags;
 
@@ -39,8 +42,9 @@ pub trait FrameSource {
 }
 
 bitflags! {
-    /// Access-permission bits 2:0 of an EPT entry (Tables 29-2..29-6). An entry
-    /// with all three clear is not present.
+    /// Access-permission bits 2:0 of an EPT entry (SDM Vol. 3C Tables 29-1 to 29-6, the
+    /// entry formats of 29.2.2 "EPT Translation Mechanism"). An entry with all three
+    /// clear is not present.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct EptAccess: u64 {
         const READ = 1 << 0;
@@ -52,8 +56,9 @@ bitflags! {
     }
 }
 
-/// EPT memory types (SDM 29.3.7); the values 2, 3 and 7 are reserved and make
-/// a leaf misconfigured.
+/// EPT memory types (SDM Vol. 3C 29.2.6.2 "Memory Type Used for Translated
+/// Guest-Physical Addresses"); the values 2, 3 and 7 are reserved and make a leaf
+/// misconfigured (29.2.3.1 "EPT Misconfigurations").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MemoryType {
@@ -65,8 +70,9 @@ pub enum MemoryType {
 }
 
 impl MemoryType {
-    /// The EPT/MTRR encoding `bits` (SDM Vol. 3C 29.3.7; Vol. 3A Table 13-8), or `None`
-    /// for the reserved values 2, 3 and 7+.
+    /// The EPT/MTRR encoding `bits` (SDM Vol. 3C 29.2.6.2 "Memory Type Used for
+    /// Translated Guest-Physical Addresses"; SDM Vol. 3A Table 12-8 "Memory Types That
+    /// Can Be Encoded in MTRRs"), or `None` for the reserved values 2, 3 and 7+.
     pub const fn from_bits(bits: u8) -> Option<MemoryType> {
         match bits {
             0 => Some(MemoryType::Uncacheable),
@@ -128,10 +134,10 @@ impl EptCaps {
     }
 }
 
-/// The EPT pointer (Table 29-1): memory type of the paging structures in bits
-/// 2:0 (always write-back here — the tables are ordinary RAM), page-walk length
-/// minus one in bits 5:3 (3 for four levels), A/D enable in bit 6, and the
-/// PML4 physical address in bits 51:12.
+/// The EPT pointer (SDM Vol. 3C 25.6.11 "Extended-Page-Table Pointer (EPTP)"): memory
+/// type of the paging structures in bits 2:0 (always write-back here — the tables are
+/// ordinary RAM), page-walk length minus one in bits 5:3 (3 for four levels), A/D
+/// enable in bit 6, and the PML4 physical address in bits 51:12.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Eptp(pub u64);
 
@@ -291,8 +297,9 @@ fn map_leaf(
     if level > 1 && is_present(*slot) && *slot & LARGE_PAGE == 0 {
         return Err(EptError::TableInTheWay { gpa });
     }
-    // Ignore-PAT stays 0 so the guest's PAT can still pick UC/WC for its own
-    // mappings on top of the EPT write-back type (SDM 29.3.7.2).
+    // Ignore-PAT stays 0 so the guest's PAT can still pick UC/WC for its own mappings
+    // on top of the EPT write-back type (SDM Vol. 3C 29.2.6.2 "Memory Type Used for
+    // Translated Guest-Physical Addresses").
     let mut entry = (hpa & ADDR_MASK) | access.bits() | ((mem_type as u64) << MEMORY_TYPE_SHIFT);
     if level > 1 {
         entry |= LARGE_PAGE;
@@ -317,8 +324,8 @@ pub fn build_identity(
 /// `host_base + ram_bytes`), read/write/execute, write-back. The guest sees RAM at 0
 /// while it really lives in a block the frame allocator handed out, so none of the
 /// hypervisor's own memory is reachable from the guest. Large pages are used where
-/// both the guest and the host address are aligned (SDM 29.3.2: a 2 MiB/1 GiB leaf
-/// maps an aligned host region).
+/// both the guest and the host address are aligned (SDM Vol. 3C 29.2.2 "EPT
+/// Translation Mechanism": a 2 MiB/1 GiB leaf maps an aligned host region).
 pub fn build_guest_ram(
     src: &mut impl FrameSource,
     ram_bytes: u64,

@@ -1,12 +1,14 @@
 //! Event injection: the interruption-information format (vector, type, deliver-error-
 //! code and valid bits) that the VM-entry interruption-information field shares with
 //! the VM-exit interruption-information and IDT-vectoring information fields, and the
-//! writer of the three VM-entry event-injection fields (Intel SDM Vol. 3C 25.8.3
-//! "VM-Entry Controls for Event Injection"; delivery on entry 27.6 "Event Injection").
+//! writer of the three VM-entry event-injection fields (SDM Vol. 3C 25.8.3 "VM-Entry
+//! Controls for Event Injection"; delivery on entry SDM Vol. 3C 27.6 "Event
+//! Injection").
 
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 
-/// Event types for the interruption-information format (bits 10:8; SDM 25.8.3).
+/// Event types for the interruption-information format (bits 10:8; SDM Vol. 3C 25.8.3
+/// "VM-Entry Controls for Event Injection").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
     ExternalInterrupt = 0,

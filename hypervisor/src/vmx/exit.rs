@@ -1,10 +1,10 @@
-//! What the processor reports about a VM exit: the basic exit reasons (Intel SDM
-//! Vol. 3D Appendix C "VMX Basic Exit Reasons"), the full exit-reason field with its
-//! flag bits, and the exit qualifications sluice decodes for I/O instructions,
-//! control-register accesses and EPT violations (Vol. 3C 28.2.1 "Basic VM-Exit
-//! Information").
+//! What the processor reports about a VM exit: the basic exit reasons (SDM Vol. 3D
+//! Appendix C "VMX Basic Exit Reasons"), the full exit-reason field with its flag bits,
+//! and the exit qualifications sluice decodes for I/O instructions, control-register
+//! accesses and EPT violations (SDM Vol. 3C 28.2.1 "Basic VM-Exit Information").
 
-/// Basic exit reasons (bits 15:0 of the exit-reason field), SDM Appendix C.
+/// Basic exit reasons (bits 15:0 of the exit-reason field), SDM Vol. 3D Table C-1
+/// "Basic Exit Reasons".
 pub mod exit_reason {
     pub const EXCEPTION_OR_NMI: u16 = 0;
     pub const EXTERNAL_INTERRUPT: u16 = 1;
@@ -169,7 +169,9 @@ pub fn exit_reason_name(n: u32) -> &'static str {
     }
 }
 
-/// The full 32-bit exit-reason field (SDM Vol 3C 28.2.1, "Format of Exit Reason").
+/// The full 32-bit exit-reason field (the table "Format of Exit Reason" in SDM Vol. 3C
+/// 25.9.1 "Basic VM-Exit Information"; what each bit reports: 28.2.1 "Basic VM-Exit
+/// Information").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitReason(pub u32);
 
@@ -201,8 +203,8 @@ impl ExitReason {
     }
 }
 
-/// Exit qualification for I/O instructions (exit reason 30; SDM Vol 3C
-/// Table 28-5).
+/// Exit qualification for I/O instructions (exit reason 30; SDM Vol. 3C Table 28-5
+/// "Exit Qualification for I/O Instructions").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoQualification {
     /// Access size in bytes: 1, 2 or 4.
@@ -249,8 +251,8 @@ pub enum CrAccessType {
     Lmsw = 3,
 }
 
-/// Exit qualification for control-register accesses (exit reason 28; SDM
-/// Vol 3C Table 28-3).
+/// Exit qualification for control-register accesses (exit reason 28; SDM Vol. 3C
+/// Table 28-3 "Exit Qualification for Control-Register Accesses").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrAccessQualification {
     /// Control register number (bits 3:0): 0, 3, 4 or 8. 0 for CLTS/LMSW.
@@ -283,8 +285,8 @@ impl CrAccessQualification {
     }
 }
 
-/// Exit qualification for EPT violations (exit reason 48; SDM Vol 3C
-/// Table 28-7).
+/// Exit qualification for EPT violations (exit reason 48; SDM Vol. 3C Table 28-7 "Exit
+/// Qualification for EPT Violations").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EptViolationQualification {
     /// The access was a data read (bit 0).

@@ -6,9 +6,12 @@
 //! handlers and the coalescer share: the guest's mode, CPL, IA32_EFER and paging
 //! registers, and the interruptibility update of a retired instruction.
 //!
-//! Sources: Intel SDM Vol. 3C 25.4 "Guest-State Area"; the state after RESET from
-//! Vol. 3A 10.1.1 "Processor State After Reset" (Table 10-1). Starting in real mode
-//! relies on the "unrestricted guest" control (Vol. 3C 25.6.2, checks in 27.3.1).
+//! Sources (the SDM edition `crate::vmx` pins): SDM Vol. 3C 25.4 "Guest-State Area";
+//! the state after RESET from SDM Vol. 3A 10.1.1 "Processor State After Reset"
+//! (Table 10-1 "IA-32 and Intel 64 Processor States Following Power-up, Reset, or
+//! INIT"). Starting in real mode relies on the "unrestricted guest" control
+//! (SDM Vol. 3C 25.6.2 "Processor-Based VM-Execution Controls", 26.6 "Unrestricted
+//! Guests"; checks in 27.3.1 "Checks on the Guest State Area").
 
 use crate::guest::linux_boot;
 use crate::guest::loader::Start;
@@ -26,13 +29,15 @@ use crate::x86::{Cr0, Cr4, Efer, Rflags};
 // Reset values (the architectural bits are in `crate::x86`)
 // ---------------------------------------------------------------------------------------
 
-/// Power-up value of IA32_PAT: WB, WT, UC-, UC in each half (SDM Vol. 3A 13.12.4).
+/// Power-up value of IA32_PAT: WB, WT, UC-, UC in each half (SDM Vol. 3A 12.12.4
+/// "Programming the PAT").
 pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
-/// DR7 after reset: only the reserved bit 10 set (SDM Vol. 3A Table 10-1).
+/// DR7 after reset: only the reserved bit 10 set (SDM Vol. 3A Table 10-1 "IA-32 and
+/// Intel 64 Processor States Following Power-up, Reset, or INIT").
 pub const DR7_DEFAULT: u64 = 0x400;
 
 // ---------------------------------------------------------------------------------------
-// Guest state (SDM 25.4)
+// Guest state (SDM Vol. 3C 25.4 "Guest-State Area")
 // ---------------------------------------------------------------------------------------
 
 /// The VMCS fields of one segment register.
@@ -114,7 +119,7 @@ pub(super) fn read_segment(vmcs: &impl Vmcs, f: SegFields) -> SegmentState {
 const AR_REAL_DATA: u32 = 0x93;
 const AR_REAL_CODE: u32 = 0x9B;
 /// Busy 32-bit TSS, present: the only TR types VM entry accepts outside IA-32e mode
-/// are 3 and 11 (SDM 27.3.1.2).
+/// are 3 and 11 (SDM Vol. 3C 27.3.1.2 "Checks on Guest Segment Registers").
 const AR_BUSY_TSS32: u32 = 0x8B;
 /// LDT, present (type 2).
 const AR_LDT: u32 = 0x82;
@@ -172,7 +177,8 @@ fn write_guest_common(vmcs: &mut impl Vmcs, caps: &VmxCaps, g: &CommonGuest) {
 }
 
 /// Guest state for a real-mode start at `cs:ip` with the stack at `ss:sp`, as a BIOS
-/// leaves things for a boot sector (relies on unrestricted guest, SDM 27.3.1):
+/// leaves things for a boot sector (relies on unrestricted guest, SDM Vol. 3C 26.6
+/// "Unrestricted Guests" and 27.3.1 "Checks on the Guest State Area"):
 ///
 /// - CR0 = ET plus VMX's fixed-1 bits except PE and PG (i.e. NE); the read shadow
 ///   shows NE clear, as the guest never set it. CR4 = VMXE (fixed), shadow 0. CR3 0.
@@ -228,20 +234,24 @@ fn write_descriptor_tables(vmcs: &mut impl Vmcs, gdtr: (u64, u32), idtr: (u64, u
 pub struct ResetGprs;
 
 impl ResetGprs {
-    /// EDX after RESET: the processor signature (type, family, model, stepping),
-    /// which is the value CPUID.01H returns in EAX (SDM Vol. 3A 10.1.2, Table 10-1).
+    /// EDX after RESET: the processor signature (type, family, model, stepping), which
+    /// is the value CPUID.01H returns in EAX (SDM Vol. 3A 10.1.3 "Model and Stepping
+    /// Information", Table 10-1 "IA-32 and Intel 64 Processor States Following
+    /// Power-up, Reset, or INIT").
     pub const fn rdx(self, cpuid_1_eax: u32) -> u64 {
         cpuid_1_eax as u64
     }
 }
 
-/// Guest state of a processor right after RESET (SDM Vol. 3A 10.1.4, Table 10-1), for
-/// firmware images: CS selector 0xF000 with base 0xFFFF0000 and limit 0xFFFF, IP 0xFFF0,
-/// so the first fetch is at 0xFFFFFFF0; the other segments selector 0, base 0, limit
-/// 0xFFFF; GDTR/IDTR base 0 limit 0xFFFF; LDTR a present LDT and TR a busy TSS with
-/// base 0 and limit 0xFFFF; CR0 = 0x60000010 (CD, NW, ET) plus the VMX fixed NE (the
-/// shadow shows the architectural value), CR3/CR4 0 (VMXE fixed, shadowed as 0), EFER 0,
-/// RFLAGS 0x2, DR7 0x400, PAT default. Returns what must go in the GPRs.
+/// Guest state of a processor right after RESET (SDM Vol. 3A 10.1.4 "First Instruction
+/// Executed", Table 10-1 "IA-32 and Intel 64 Processor States Following Power-up,
+/// Reset, or INIT"), for firmware images: CS selector 0xF000 with base 0xFFFF0000 and
+/// limit 0xFFFF, IP 0xFFF0, so the first fetch is at 0xFFFFFFF0; the other segments
+/// selector 0, base 0, limit 0xFFFF; GDTR/IDTR base 0 limit 0xFFFF; LDTR a present LDT
+/// and TR a busy TSS with base 0 and limit 0xFFFF; CR0 = 0x60000010 (CD, NW, ET) plus
+/// the VMX fixed NE (the shadow shows the architectural value), CR3/CR4 0 (VMXE fixed,
+/// shadowed as 0), EFER 0, RFLAGS 0x2, DR7 0x400, PAT default. Returns what must go in
+/// the GPRs.
 pub fn write_guest_reset_vector(vmcs: &mut impl Vmcs, caps: &VmxCaps) -> ResetGprs {
     write_guest_common(
         vmcs,
@@ -349,7 +359,7 @@ pub fn write_guest_long_mode_with(
 /// and 64-bit ELF guests (the first argument register of the System V ABI, so a 64-bit
 /// entry function can take it as a parameter), the zero page in RSI for Linux (its
 /// 64-bit boot protocol), the processor signature in EDX after RESET (`cpuid_1_eax` is
-/// the host's CPUID.1:EAX, SDM Vol. 3A 10.1.4 "First Instruction Executed").
+/// the host's CPUID.1:EAX, SDM Vol. 3A 10.1.3 "Model and Stepping Information").
 pub fn write_guest_start(
     vmcs: &mut impl Vmcs,
     caps: &VmxCaps,
@@ -410,7 +420,7 @@ pub fn guest_lma(vmcs: &impl Vmcs) -> bool {
     vmcs.read(VmcsField::EntryControls) & u64::from(EntryControls::IA32E_MODE_GUEST.bits()) != 0
 }
 
-/// 64-bit mode: IA-32e mode with CS.L set (SDM Vol. 3A 3.4.5).
+/// 64-bit mode: IA-32e mode with CS.L set (SDM Vol. 3A 3.4.5 "Segment Descriptors").
 pub fn guest_long_mode(vmcs: &impl Vmcs) -> bool {
     guest_lma(vmcs) && vmcs.read(VmcsField::GuestCsAccessRights) & u64::from(access_rights::L) != 0
 }
@@ -420,7 +430,8 @@ pub fn guest_cs_32bit(vmcs: &impl Vmcs) -> bool {
     vmcs.read(VmcsField::GuestCsAccessRights) & u64::from(access_rights::DB) != 0
 }
 
-/// CPL is SS.DPL (SDM 27.3.1.2 / 25.4.1).
+/// CPL is SS.DPL (SDM Vol. 3C 25.4.1 "Guest Register State"; checked by 27.3.1.2
+/// "Checks on Guest Segment Registers").
 pub fn guest_cpl(vmcs: &impl Vmcs) -> u8 {
     ((vmcs.read(VmcsField::GuestSsAccessRights) >> 5) & 3) as u8
 }
@@ -445,8 +456,8 @@ pub fn guest_paging(vmcs: &impl Vmcs) -> PagingContext {
     }
 }
 
-/// An instruction retired: blocking by STI and by MOV SS ends with it (SDM Vol. 3C 25.4.2
-/// "Guest Non-Register State").
+/// An instruction retired: blocking by STI and by MOV SS ends with it (SDM Vol. 3C
+/// 25.4.2 "Guest Non-Register State").
 /// Shared by every path that moves the guest past instructions (one-instruction
 /// exit handlers, the coalescer's write-back).
 pub fn retire_interrupt_shadow(vmcs: &mut impl Vmcs) {

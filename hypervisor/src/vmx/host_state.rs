@@ -1,7 +1,9 @@
 //! The host-state area: what the processor loads on every VM exit (control
 //! registers, selectors, bases, MSRs, and the RSP/RIP the exit handler starts with).
-//! Intel SDM Vol. 3C 25.5 "Host-State Area"; VM entry checks it (27.2.2, 27.2.3) and
-//! every VM exit loads it (28.5 "Loading Host State").
+//! SDM Vol. 3C 25.5 "Host-State Area"; VM entry checks it (SDM Vol. 3C 27.2.2 "Checks
+//! on Host Control Registers, MSRs, and SSP", 27.2.3 "Checks on Host Segment and
+//! Descriptor-Table Registers") and every VM exit loads it (28.5 "Loading Host
+//! State").
 
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 
@@ -33,11 +35,12 @@ pub struct HostState {
     pub rip: u64,
 }
 
-/// Writes the host-state area. Selectors are written with RPL and TI cleared: VM
-/// entry requires both to be 0 in every host selector field (SDM 27.2.3), and a
-/// VM exit loads the selectors as ring-0 GDT selectors anyway, so a selector read
-/// from the running kernel (whose RPL is 0 already) is unchanged. The host's LDTR is
-/// always null after a VM exit; there is no field for it.
+/// Writes the host-state area. Selectors are written with RPL and TI cleared: VM entry
+/// requires both to be 0 in every host selector field (SDM Vol. 3C 27.2.3 "Checks on
+/// Host Segment and Descriptor-Table Registers"), and a VM exit loads the selectors as
+/// ring-0 GDT selectors anyway, so a selector read from the running kernel (whose RPL
+/// is 0 already) is unchanged. The host's LDTR is always null after a VM exit; there is
+/// no field for it.
 pub fn write_host_state(vmcs: &mut impl Vmcs, h: &HostState) {
     let sel = |s: u16| u64::from(s & !7);
     vmcs.write(VmcsField::HostCr0, h.cr0);

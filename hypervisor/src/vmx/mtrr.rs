@@ -1,17 +1,19 @@
-//! The host's memory-type range registers (SDM Vol. 3A 13.11 "Memory Type Range
-//! Registers"), read once at boot, so that the EPT maps guest RAM with the memory type
-//! the firmware gave that host memory.
+//! The host's memory-type range registers (SDM Vol. 3A 12.11 "Memory Type Range
+//! Registers (MTRRs)"), read once at boot, so that the EPT maps guest RAM with the
+//! memory type the firmware gave that host memory.
 //!
 //! With EPT, the type a guest access uses is the EPT entry's type combined with the
-//! guest's PAT (SDM Vol. 3C 29.3.7.2); the host MTRRs no longer apply to guest accesses.
-//! Mapping a range the firmware made uncacheable as write-back would let the guest
-//! cache memory that must not be cached, and mapping write-back RAM as UC makes a guest
-//! crawl, so each EPT leaf takes the MTRR type of the host range behind it. Ranges
-//! whose type is mixed inside one large page are mapped with smaller pages.
+//! guest's PAT (SDM Vol. 3C 29.2.6.2 "Memory Type Used for Translated Guest-Physical
+//! Addresses"); the host MTRRs no longer apply to guest accesses. Mapping a range the
+//! firmware made uncacheable as write-back would let the guest cache memory that must
+//! not be cached, and mapping write-back RAM as UC makes a guest crawl, so each EPT
+//! leaf takes the MTRR type of the host range behind it. Ranges whose type is mixed
+//! inside one large page are mapped with smaller pages.
 
 use crate::x86::msr::{IA32_MTRRCAP, IA32_MTRR_DEF_TYPE, IA32_MTRR_FIXED, IA32_MTRR_PHYSBASE0};
 
-/// Memory types as the MTRRs (and the EPT) encode them (Table 13-8).
+/// Memory types as the MTRRs (and the EPT) encode them (SDM Vol. 3A Table 12-8 "Memory
+/// Types That Can Be Encoded in MTRRs").
 pub const UC: u8 = 0;
 pub const WC: u8 = 1;
 pub const WT: u8 = 4;
@@ -111,12 +113,13 @@ impl Mtrrs {
     }
 
     /// The memory type the MTRRs give the byte at physical `addr` (SDM Vol. 3A
-    /// 13.11.4.1 "MTRR Precedences").
+    /// 12.11.4.1 "MTRR Precedences").
     pub fn type_at(&self, addr: u64) -> u8 {
         if !self.present {
             return WB;
         }
-        // MTRRs disabled: all of physical memory is UC (13.11.2.1).
+        // MTRRs disabled: all of physical memory is UC (SDM Vol. 3A 12.11.2.1
+        // "IA32_MTRR_DEF_TYPE MSR").
         if !self.enabled {
             return UC;
         }

@@ -1,14 +1,15 @@
-//! The VMCS as software sees it: the field encodings (Intel SDM Vol. 3D Appendix B
-//! "Field Encoding in VMCS"), the [`Vmcs`] access seam with its in-memory double
+//! The VMCS as software sees it: the field encodings (SDM Vol. 3D Appendix B "Field
+//! Encoding in VMCS"), the [`Vmcs`] access seam with its in-memory double
 //! [`SoftVmcs`], the encodings of the guest-state fields that are more than a number
-//! (access rights, interruptibility and activity state; Vol. 3C 25.4 "Guest-State
-//! Area"), and the texts of the VM-instruction error numbers (Vol. 3C 31.4 "VM
+//! (access rights, interruptibility and activity state; SDM Vol. 3C 25.4 "Guest-State
+//! Area"), and the texts of the VM-instruction error numbers (SDM Vol. 3C 31.4 "VM
 //! Instruction Error Numbers").
 //!
 //! What a VM exit reports lives in [`super::exit`], event injection in
 //! [`super::event`].
 
-/// Width of a VMCS field, encoded in bits 14:13 of its encoding (SDM Appendix B).
+/// Width of a VMCS field, encoded in bits 14:13 of its encoding (SDM Vol. 3D Appendix B
+/// "Field Encoding in VMCS").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldWidth {
     Bits16 = 0,
@@ -18,7 +19,8 @@ pub enum FieldWidth {
     Natural = 3,
 }
 
-/// Type of a VMCS field, encoded in bits 11:10 of its encoding (SDM Appendix B).
+/// Type of a VMCS field, encoded in bits 11:10 of its encoding (SDM Vol. 3D Appendix B
+/// "Field Encoding in VMCS").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
     Control = 0,
@@ -46,7 +48,8 @@ impl FieldWidth {
 /// what catches a mistyped hex constant.
 macro_rules! vmcs_fields {
     ($( ($width:ident, $ty:ident) { $( $variant:ident = $enc:literal => $name:literal, )* } )*) => {
-        /// A VMCS field, with its SDM Appendix B encoding as the discriminant.
+        /// A VMCS field, with its encoding as the discriminant (SDM Vol. 3D Appendix B
+        /// "Field Encoding in VMCS").
         /// 64-bit fields are named by their "full" encoding (bit 0 = 0).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u32)]
@@ -372,8 +375,9 @@ pub mod activity {
     pub const WAIT_FOR_SIPI: u64 = 3;
 }
 
-/// SDM meaning of a VM-instruction error number (VMCS field 0x4400), as listed
-/// in Vol 3C 31.4. Numbers 14, 21 and 27 are not assigned.
+/// SDM meaning of a VM-instruction error number (VMCS field 0x4400), as listed in SDM
+/// Vol. 3C 31.4 "VM Instruction Error Numbers" (Table 31-1 "VM-Instruction Error
+/// Numbers"). Numbers 14, 21 and 27 are not assigned.
 pub fn vm_instruction_error_text(n: u64) -> &'static str {
     match n {
         1 => "VMCALL executed in VMX root operation",

@@ -11,8 +11,9 @@
 use bitflags::bitflags;
 
 bitflags! {
-    /// CR0 (SDM Vol. 3A 2.5 "Control Registers", Figure 2-7). Every defined bit is
-    /// named, so `Cr0::all()` is the set a MOV to CR0 may write without #GP.
+    /// CR0 (SDM Vol. 3A 2.5 "Control Registers", Figure 2-7 "Control Registers"). Every
+    /// defined bit is named, so `Cr0::all()` is the set a MOV to CR0 may write without
+    /// #GP.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct Cr0: u64 {
         /// Protection Enable.
@@ -41,8 +42,9 @@ bitflags! {
 }
 
 bitflags! {
-    /// CR4 (SDM Vol. 3A 2.5 "Control Registers", Figure 2-7). Every defined bit is
-    /// named, so `Cr4::all()` is the set a MOV to CR4 may write without #GP.
+    /// CR4 (SDM Vol. 3A 2.5 "Control Registers", Figure 2-7 "Control Registers"). Every
+    /// defined bit is named, so `Cr4::all()` is the set a MOV to CR4 may write without
+    /// #GP.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct Cr4: u64 {
         const VME = 1 << 0;

@@ -5,10 +5,11 @@
 //! [`SliceMemory`] implements it over one contiguous byte block (the kernel's
 //! guest RAM is one host allocation identity-mapped by EPT; tests use a `Vec`).
 //!
-//! [`translate`] walks the guest's paging structures for every paging mode of
-//! Intel SDM Vol. 3A chapter 4 "Paging": no paging (4.1), 32-bit paging (4.3),
-//! PAE paging (4.4) and 4-level / 5-level paging (4.5), with the access-rights
-//! rules of 4.6 and the page-fault error code of 4.7.
+//! [`translate`] walks the guest's paging structures for every paging mode of SDM Vol.
+//! 3A chapter 4 "Paging": no paging (4.1 "Paging Modes and Control Bits"), 32-bit
+//! paging (4.3 "32-Bit Paging"), PAE paging (4.4 "PAE Paging") and 4-level / 5-level
+//! paging (4.5 "4-Level Paging and 5-Level Paging"), with the access-rights rules of
+//! 4.6 "Access Rights" and the page-fault error code of 4.7 "Page-Fault Exceptions".
 //!
 //! Known differences to the hardware walk (all deliberate, all documented):
 //! - Accessed and dirty flags are never set. sluice's emulation (string IO,
@@ -16,9 +17,9 @@
 //!   tables without the side effects a real access has. A guest that relies on
 //!   A/D bits for memory the *hypervisor* touched on its behalf (swap-out
 //!   heuristics) sees them as they were.
-//! - PAE paging reads the four PDPTEs from memory at CR3 on every walk; the
-//!   processor uses the copies it loaded at the last MOV to CR3/CR0/CR4 (SDM
-//!   4.4.1). They differ only if the guest edits its PDPT without reloading CR3.
+//! - PAE paging reads the four PDPTEs from memory at CR3 on every walk; the processor
+//!   uses the copies it loaded at the last MOV to CR3/CR0/CR4 (SDM Vol. 3A 4.4.1 "PDPTE
+//!   Registers"). They differ only if the guest edits its PDPT without reloading CR3.
 //! - Reserved bits above MAXPHYADDR are not checked (MAXPHYADDR is not known
 //!   here); addresses are taken from bits 51:12 and an address past guest RAM
 //!   yields [`TranslateError::Memory`] instead of a reserved-bit fault.
@@ -144,8 +145,9 @@ impl GuestMemory for SliceMemory<'_> {
     }
 }
 
-/// The guest state that selects and drives the paging mode (SDM 4.1.1, Table
-/// 4-1): guest CR0, CR3, CR4 and IA32_EFER as held in the VMCS.
+/// The guest state that selects and drives the paging mode (SDM Vol. 3A 4.1.1 "Four
+/// Paging Modes", Table 4-1 "Properties of Different Paging Modes"): guest CR0, CR3,
+/// CR4 and IA32_EFER as held in the VMCS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PagingContext {
     pub cr0: u64,
@@ -155,7 +157,7 @@ pub struct PagingContext {
     pub efer: u64,
 }
 
-/// Paging mode, SDM Vol. 3A Table 4-1.
+/// Paging mode, SDM Vol. 3A Table 4-1 "Properties of Different Paging Modes".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PagingMode {
     None,
@@ -180,7 +182,8 @@ impl PagingContext {
         }
     }
 
-    /// XD bits are honoured (SDM 4.6: only with PAE/IA-32e paging and EFER.NXE).
+    /// XD bits are honoured (SDM Vol. 3A 4.6 "Access Rights": only with PAE/IA-32e
+    /// paging and EFER.NXE).
     const fn nx_enabled(&self) -> bool {
         self.cr4 & Cr4::PAE.bits() != 0 && self.efer & Efer::NXE.bits() != 0
     }
@@ -195,7 +198,7 @@ pub enum AccessKind {
 }
 
 /// An access: its kind and the privilege it is made with. CPL 3 is a user-mode
-/// access, CPL 0–2 a supervisor-mode one (SDM 4.6).
+/// access, CPL 0–2 a supervisor-mode one (SDM Vol. 3A 4.6 "Access Rights").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
     pub kind: AccessKind,
@@ -226,7 +229,8 @@ impl Access {
     }
 }
 
-/// Page-fault error code bits (SDM Vol. 3A 4.7, Figure 4-12).
+/// Page-fault error code bits (SDM Vol. 3A 4.7 "Page-Fault Exceptions", Figure 4-12
+/// "Page-Fault Error Code").
 pub mod pf {
     /// 0: not-present page; 1: protection violation (or reserved bit).
     pub const PRESENT: u32 = 1 << 0;
@@ -276,21 +280,23 @@ impl core::error::Error for TranslateError {
     }
 }
 
-// Paging-entry bits common to all modes (SDM Tables 4-4..4-6, 4-8..4-11, 4-14..4-20).
+// Paging-entry bits common to all modes (SDM Vol. 3A Tables 4-4 to 4-6, 4-8 to 4-11
+// and 4-14 to 4-20, the entry formats of 4.3 "32-Bit Paging", 4.4 "PAE Paging" and
+// 4.5 "4-Level Paging and 5-Level Paging").
 const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const XD: u64 = 1 << 63;
-/// Accessed and dirty flags (SDM Vol. 3A 4.8).
+/// Accessed and dirty flags (SDM Vol. 3A 4.8 "Accessed and Dirty Flags").
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 /// Physical-address bits 51:12 of a 64-bit entry.
 const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
-/// Rights accumulated along a walk (SDM 4.6: the effective right is the AND of
-/// R/W and U/S, and the OR of XD, over every level), and the accessed and dirty
-/// flags the walk found (SDM 4.8).
+/// Rights accumulated along a walk (SDM Vol. 3A 4.6 "Access Rights": the effective
+/// right is the AND of R/W and U/S, and the OR of XD, over every level), and the
+/// accessed and dirty flags the walk found (4.8 "Accessed and Dirty Flags").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rights {
     pub writable: bool,
@@ -358,7 +364,7 @@ pub fn translate_with_rights(
     }
 }
 
-/// Page-fault error code for an access (SDM 4.7).
+/// Page-fault error code for an access (SDM Vol. 3A 4.7 "Page-Fault Exceptions").
 fn fault(ctx: &PagingContext, linear: u64, access: Access, bits: u32) -> TranslateError {
     let mut code = bits;
     match access.kind {
@@ -377,7 +383,7 @@ fn fault(ctx: &PagingContext, linear: u64, access: Access, bits: u32) -> Transla
     }
 }
 
-/// The access-rights check after a successful walk (SDM 4.6).
+/// The access-rights check after a successful walk (SDM Vol. 3A 4.6 "Access Rights").
 fn check_rights(
     ctx: &PagingContext,
     linear: u64,
@@ -409,8 +415,8 @@ fn check_rights(
     Ok(())
 }
 
-/// 32-bit paging (SDM 4.3): 4-byte entries, 4 KiB pages or, with CR4.PSE,
-/// 4 MiB pages (PSE-36: PDE bits 20:13 are physical bits 39:32).
+/// 32-bit paging (SDM Vol. 3A 4.3 "32-Bit Paging"): 4-byte entries, 4 KiB pages or,
+/// with CR4.PSE, 4 MiB pages (PSE-36: PDE bits 20:13 are physical bits 39:32).
 fn walk_32bit(
     mem: &impl GuestMemory,
     ctx: &PagingContext,
@@ -426,7 +432,8 @@ fn walk_32bit(
     }
     rights.add(pde, true);
     if pde & PS != 0 && ctx.cr4 & Cr4::PSE.bits() != 0 {
-        // Bit 21 is reserved in a 4 MiB PDE (Table 4-4).
+        // Bit 21 is reserved in a 4 MiB PDE (SDM Vol. 3A Table 4-4 "Format of a 32-Bit
+        // Page-Directory Entry that Maps a 4-MByte Page").
         if pde & (1 << 21) != 0 {
             return Err(fault(ctx, linear, access, pf::PRESENT | pf::RESERVED));
         }
@@ -446,10 +453,11 @@ fn walk_32bit(
     Ok(((pte & 0xFFFF_F000) | (linear & 0xFFF), rights))
 }
 
-/// Reserved bits of a present 64-bit entry at `level` (1 = PTE .. 5 = PML5E)
-/// that can be checked without knowing MAXPHYADDR (SDM Tables 4-8..4-11,
-/// 4-14..4-20): XD without EFER.NXE, PS where it must be 0, and the low
-/// address bits of large pages.
+/// Reserved bits of a present 64-bit entry at `level` (1 = PTE .. 5 = PML5E) that can
+/// be checked without knowing MAXPHYADDR (SDM Vol. 3A Tables 4-8 to 4-11 and 4-14 to
+/// 4-20, the entry formats of 4.4 "PAE Paging" and 4.5 "4-Level Paging and 5-Level
+/// Paging"): XD without EFER.NXE, PS where it must be 0, and the low address bits of
+/// large pages.
 fn reserved_bits(ctx: &PagingContext, entry: u64, level: u8) -> bool {
     if !ctx.nx_enabled() && entry & XD != 0 {
         return true;
@@ -503,7 +511,8 @@ fn walk_from(
     }
 }
 
-/// PAE paging (SDM 4.4): four PDPTEs at CR3 bits 31:5, then 2 MiB or 4 KiB pages.
+/// PAE paging (SDM Vol. 3A 4.4 "PAE Paging"): four PDPTEs at CR3 bits 31:5, then 2 MiB
+/// or 4 KiB pages.
 fn walk_pae(
     mem: &impl GuestMemory,
     ctx: &PagingContext,
@@ -518,18 +527,20 @@ fn walk_pae(
     if pdpte_reserved(pdpte) {
         return Err(fault(ctx, linear, access, pf::PRESENT | pf::RESERVED));
     }
-    // PAE PDPTEs carry no R/W, U/S or XD (SDM Table 4-8).
+    // PAE PDPTEs carry no R/W, U/S or XD (SDM Vol. 3A Table 4-8 "Format of a PAE
+    // Page-Directory-Pointer-Table Entry (PDPTE)").
     walk_from(mem, ctx, linear, access, pdpte, 2, Rights::ALL)
 }
 
-/// Reserved bits of a present PAE PDPTE (SDM Table 4-8): 2:1, 8:5 and 63:52
-/// (bits 51:MAXPHYADDR are not checked). A MOV to CR3 with such a PDPTE would
-/// raise #GP on the processor.
+/// Reserved bits of a present PAE PDPTE (SDM Vol. 3A Table 4-8 "Format of a PAE
+/// Page-Directory-Pointer-Table Entry (PDPTE)"): 2:1, 8:5 and 63:52 (bits 51:MAXPHYADDR
+/// are not checked). A MOV to CR3 with such a PDPTE would raise #GP on the processor.
 pub const fn pdpte_reserved(pdpte: u64) -> bool {
     pdpte & (0b110 | 0x1E0 | 0xFFF0_0000_0000_0000) != 0
 }
 
-/// 4-level and 5-level paging (SDM 4.5): canonical check, then the walk.
+/// 4-level and 5-level paging (SDM Vol. 3A 4.5 "4-Level Paging and 5-Level Paging"):
+/// canonical check, then the walk.
 fn walk_ia32e(
     mem: &impl GuestMemory,
     ctx: &PagingContext,

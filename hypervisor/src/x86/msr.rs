@@ -29,14 +29,14 @@ pub const IA32_PAT: u32 = 0x277;
 /// 12.11.2.1 "IA32_MTRR_DEF_TYPE MSR").
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
 
-// The VMX capability MSRs (SDM Vol. 3D Appendix A).
+// The VMX capability MSRs (SDM Vol. 3D Appendix A "VMX Capability Reporting Facility").
 /// A.1 "Basic VMX Information".
 pub const IA32_VMX_BASIC: u32 = 0x480;
 /// A.3.1 "Pin-Based VM-Execution Controls".
 pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
 /// A.3.2 "Primary Processor-Based VM-Execution Controls".
 pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-/// A.4.1 "Primary VM-Exit Controls".
+/// A.4 "VM-Exit Controls".
 pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
 /// A.5 "VM-Entry Controls".
 pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
@@ -54,7 +54,8 @@ pub const IA32_VMX_VMCS_ENUM: u32 = 0x48A;
 pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48B;
 /// A.10 "VPID and EPT Capabilities".
 pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48C;
-/// The TRUE_* controls (A.3.1, A.3.2, A.4.1, A.5): the default1 bits software may clear.
+/// The TRUE_* controls (A.3.1, A.3.2, A.4, A.5; A.2 "Reserved Controls and Default
+/// Settings"): the default1 bits software may clear.
 pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48D;
 pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48E;
 pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48F;

@@ -1,8 +1,9 @@
 //! The guest's general-purpose registers as the VM-exit stub saves them. RSP, RIP and
-//! RFLAGS are not here: the VMCS guest-state area holds them (SDM Vol. 3C 25.4.1), and
-//! a VM exit does not save the other registers at all, hence this file.
+//! RFLAGS are not here: the VMCS guest-state area holds them (SDM Vol. 3C 25.4.1 "Guest
+//! Register State"), and a VM exit does not save the other registers at all, hence this
+//! file.
 
-/// Layout shared with the assembly entry/exit stub in `boot/src/vmx.rs`: do not reorder.
+/// Layout shared with the assembly entry/exit stub in `boot/src/vmexit.rs`: do not reorder.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestRegs {
@@ -25,8 +26,9 @@ pub struct GuestRegs {
 
 impl GuestRegs {
     /// Register by its x86 encoding number (0 = RAX ... 15 = R15), as exit
-    /// qualifications name them (SDM Table 28-3). 4 (RSP) lives in the VMCS and is
-    /// returned as `None`.
+    /// qualifications name them (SDM Vol. 3C Table 28-3 "Exit Qualification for
+    /// Control-Register Accesses"). 4 (RSP) lives in the VMCS and is returned as
+    /// `None`.
     pub fn get(&self, index: u8) -> Option<u64> {
         Some(match index {
             0 => self.rax,

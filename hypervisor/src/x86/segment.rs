@@ -1,9 +1,9 @@
 //! A segment register as VMX holds it in the guest-state area: selector, base, limit
 //! and access rights. The access rights are the descriptor's type, S, DPL, P, AVL, L,
 //! D/B and G bits (SDM Vol. 3A 3.4.5 "Segment Descriptors") packed the way the
-//! processor loads them into the segment register's hidden part, as Vol. 3C 25.4.1
-//! "Guest Register State", Table 25-2 "Format of Access Rights" lays them out, plus
-//! the "unusable" bit. Shared by the guest layouts (`guest::long_mode`,
+//! processor loads them into the segment register's hidden part, as SDM Vol. 3C 25.4.1
+//! "Guest Register State", Table 25-2 "Format of Access Rights" lays them out, plus the
+//! "unusable" bit. Shared by the guest layouts (`guest::long_mode`,
 //! `guest::linux_boot`) and the VMCS writers and checks (`vmx`).
 
 /// Access-rights fields of the guest segment registers (SDM Vol. 3C 25.4.1 "Guest

@@ -1,5 +1,7 @@
 //! Operand and address sizes (SDM Vol. 1 3.6 "Operand-Size and Address-Size
-//! Attributes"; Vol. 2 2.2.1.3 for the 64-bit forms).
+//! Attributes"; for the 64-bit forms 3.6.1 "Operand Size and Address Size in 64-Bit
+//! Mode", and 3.4.1.1 "General-Purpose Registers in 64-Bit Mode" for the
+//! zero-extension of 32-bit results).
 
 /// An operand or address size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
