@@ -3,7 +3,7 @@
 //! VMX structures (VMXON region, VMCS, EPT tables, bitmaps) and guest RAM all live for
 //! the whole run, so a bump allocator over the usable regions is enough: nothing is ever
 //! freed. Guest RAM needs one physically contiguous, 2 MiB-aligned block so EPT can map
-//! it with large pages (SDM Vol. 3C 29.2.2 "EPT Translation Mechanism"), hence
+//! it with large pages (SDM Vol. 3C 29.3.2 "EPT Translation Mechanism"), hence
 //! `alloc_contiguous`.
 
 /// 4-KiB page frame size (SDM Vol. 3A 4.1 "Paging Modes and Control Bits").

@@ -2,11 +2,11 @@
 //! and the EPT pointer (EPTP) that the VMCS field 0x201A holds, and walks them
 //! back for tests and for EPT-violation reports.
 //!
-//! Sources (SDM Vol. 3C, the edition `crate::vmx` pins): 29.2 "The Extended Page Table
-//! Mechanism (EPT)", its 29.2.2 "EPT Translation Mechanism" with the entry formats
+//! Sources (SDM Vol. 3C, the edition `crate::vmx` pins): 29.3 "The Extended Page Table
+//! Mechanism (EPT)", its 29.3.2 "EPT Translation Mechanism" with the entry formats
 //! from Table 29-1 "Format of an EPT PML4 Entry (PML4E) that References an EPT
 //! Page-Directory-Pointer Table" to Table 29-6 "Format of an EPT Page-Table Entry that
-//! Maps a 4-KByte Page", and 29.2.6 "EPT and Memory Typing" for the memory-type bits;
+//! Maps a 4-KByte Page", and 29.3.7 "EPT and Memory Typing" for the memory-type bits;
 //! the EPTP is 25.6.11 "Extended-Page-Table Pointer (EPTP)".
 
 use bitflags::bitflags;
@@ -43,7 +43,7 @@ pub trait FrameSource {
 
 bitflags! {
     /// Access-permission bits 2:0 of an EPT entry (SDM Vol. 3C Tables 29-1 to 29-6, the
-    /// entry formats of 29.2.2 "EPT Translation Mechanism"). An entry with all three
+    /// entry formats of 29.3.2 "EPT Translation Mechanism"). An entry with all three
     /// clear is not present.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct EptAccess: u64 {
@@ -56,9 +56,9 @@ bitflags! {
     }
 }
 
-/// EPT memory types (SDM Vol. 3C 29.2.6.2 "Memory Type Used for Translated
+/// EPT memory types (SDM Vol. 3C 29.3.7.2 "Memory Type Used for Translated
 /// Guest-Physical Addresses"); the values 2, 3 and 7 are reserved and make a leaf
-/// misconfigured (29.2.3.1 "EPT Misconfigurations").
+/// misconfigured (29.3.3.1 "EPT Misconfigurations").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MemoryType {
@@ -70,7 +70,7 @@ pub enum MemoryType {
 }
 
 impl MemoryType {
-    /// The EPT/MTRR encoding `bits` (SDM Vol. 3C 29.2.6.2 "Memory Type Used for
+    /// The EPT/MTRR encoding `bits` (SDM Vol. 3C 29.3.7.2 "Memory Type Used for
     /// Translated Guest-Physical Addresses"; SDM Vol. 3A Table 12-8 "Memory Types That
     /// Can Be Encoded in MTRRs"), or `None` for the reserved values 2, 3 and 7+.
     pub const fn from_bits(bits: u8) -> Option<MemoryType> {
@@ -298,7 +298,7 @@ fn map_leaf(
         return Err(EptError::TableInTheWay { gpa });
     }
     // Ignore-PAT stays 0 so the guest's PAT can still pick UC/WC for its own mappings
-    // on top of the EPT write-back type (SDM Vol. 3C 29.2.6.2 "Memory Type Used for
+    // on top of the EPT write-back type (SDM Vol. 3C 29.3.7.2 "Memory Type Used for
     // Translated Guest-Physical Addresses").
     let mut entry = (hpa & ADDR_MASK) | access.bits() | ((mem_type as u64) << MEMORY_TYPE_SHIFT);
     if level > 1 {
@@ -324,7 +324,7 @@ pub fn build_identity(
 /// `host_base + ram_bytes`), read/write/execute, write-back. The guest sees RAM at 0
 /// while it really lives in a block the frame allocator handed out, so none of the
 /// hypervisor's own memory is reachable from the guest. Large pages are used where
-/// both the guest and the host address are aligned (SDM Vol. 3C 29.2.2 "EPT
+/// both the guest and the host address are aligned (SDM Vol. 3C 29.3.2 "EPT
 /// Translation Mechanism": a 2 MiB/1 GiB leaf maps an aligned host region).
 pub fn build_guest_ram(
     src: &mut impl FrameSource,

@@ -3,7 +3,7 @@
 //! memory type the firmware gave that host memory.
 //!
 //! With EPT, the type a guest access uses is the EPT entry's type combined with the
-//! guest's PAT (SDM Vol. 3C 29.2.6.2 "Memory Type Used for Translated Guest-Physical
+//! guest's PAT (SDM Vol. 3C 29.3.7.2 "Memory Type Used for Translated Guest-Physical
 //! Addresses"); the host MTRRs no longer apply to guest accesses. Mapping a range the
 //! firmware made uncacheable as write-back would let the guest cache memory that must
 //! not be cached, and mapping write-back RAM as UC makes a guest crawl, so each EPT
