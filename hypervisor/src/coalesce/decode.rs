@@ -399,12 +399,20 @@ fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Op
 
 /// Forms with a memory operand (64-bit mode): MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU
 /// group with a memory destination or source, and the register forms of MOVZX/MOVSX.
-/// LOCK, REP/REPNE and an operand of another width than the instruction's make it
-/// unsupported.
+/// REP/REPNE, LOCK on anything but a read-modify-write of memory, and an operand of
+/// another width than the instruction's make it unsupported.
 fn map_mem(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -> Option<Op> {
-    if has_prefix(insn, 0xF0) || has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
+    if has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
         return None;
     }
+    let op = map_mem_forms(insn, mode, modrm_reg)?;
+    if has_prefix(insn, 0xF0) && !lockable(&op) {
+        return None;
+    }
+    Some(op)
+}
+
+fn map_mem_forms(insn: &Instruction<VisibleOperands>, mode: CodeMode, modrm_reg: u8) -> Option<Op> {
     let ops = insn.operands();
     let opw = width_bits(insn.operand_width)?;
     let m0 = || mem_operand(ops.first(), mode, insn.address_width);
@@ -637,17 +645,61 @@ fn rm_operand(
 /// XCHG, BSWAP, CBW/CWDE/CDQE, CWD/CDQ/CQO, the one-flag instructions, the bit tests,
 /// IMUL (two and three operands), MUL/IMUL/DIV/IDIV, and the indirect near CALL/JMP
 /// of 64-bit code (SDM Vol. 2, Tables; groups 3, 5 and 8 in Table A-6).
-/// The memory forms exist in 64-bit code only (see [`mem_operand`]). LOCK, REP and
-/// REPNE make them unsupported (XCHG with memory locks itself: see docs/COALESCING.md).
+/// The memory forms exist in 64-bit code only (see [`mem_operand`]). REP and REPNE make
+/// them unsupported; LOCK is accepted on the memory read-modify-writes (XCHG with
+/// memory locks itself; why an emulated locked access is atomic: docs/COALESCING.md).
+/// Also CMPXCHG, XADD, PUSHFQ/POPFQ, CLI and STI.
 fn map_more(
     insn: &Instruction<VisibleOperands>,
     bytes: &[u8],
     mode: CodeMode,
     modrm_reg: u8,
 ) -> Option<Op> {
-    if has_prefix(insn, 0xF0) || has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
+    if has_prefix(insn, 0xF2) || has_prefix(insn, 0xF3) {
         return None;
     }
+    let lock = has_prefix(insn, 0xF0);
+    let op = map_more_forms(insn, bytes, mode, modrm_reg)?;
+    // LOCK on a memory read-modify-write (SDM Vol. 2A "LOCK"); zydis has already
+    // refused it everywhere else (#UD).
+    if lock && !lockable(&op) {
+        return None;
+    }
+    Some(op)
+}
+
+/// Whether `op` is a memory read-modify-write that LOCK may prefix.
+fn lockable(op: &Op) -> bool {
+    match *op {
+        Op::Xchg { other, .. } => matches!(other, Rm::Mem(_)),
+        Op::Cmpxchg { dst, .. } | Op::Xadd { dst, .. } => matches!(dst, Rm::Mem(_)),
+        Op::AluMem { op, .. } => matches!(
+            op,
+            AluOp::Add
+                | AluOp::Adc
+                | AluOp::Sub
+                | AluOp::Sbb
+                | AluOp::And
+                | AluOp::Or
+                | AluOp::Xor
+                | AluOp::Inc
+                | AluOp::Dec
+                | AluOp::Neg
+                | AluOp::Not
+                | AluOp::Bts
+                | AluOp::Btr
+                | AluOp::Btc
+        ),
+        _ => false,
+    }
+}
+
+fn map_more_forms(
+    insn: &Instruction<VisibleOperands>,
+    bytes: &[u8],
+    mode: CodeMode,
+    modrm_reg: u8,
+) -> Option<Op> {
     let ops = insn.operands();
     let opw = width_bits(insn.operand_width);
     let rm = |n: usize, w: Width| rm_operand(ops.get(n), mode, insn.address_width, w);
@@ -694,6 +746,17 @@ fn map_more(
                     }),
                 }
             }
+            // CMPXCHG r/m, r (B0, B1) and XADD r/m, r (C0, C1).
+            0xB0 | 0xB1 | 0xC0 | 0xC1 => {
+                let w = if opc & 1 == 0 { Width::W8 } else { opw? };
+                let src = reg_operand(ops.get(1)).filter(|r| r.width == w)?;
+                let dst = rm(0, w)?;
+                Some(if opc <= 0xB1 {
+                    Op::Cmpxchg { dst, src }
+                } else {
+                    Op::Xadd { dst, src }
+                })
+            }
             // BSWAP of a 16-bit register is undefined: left to the CPU.
             0xC8..=0xCF => {
                 let reg = reg_operand(ops.first())?;
@@ -717,6 +780,12 @@ fn map_more(
             0x98 => Some(Op::Widen { width: opw? }),
             0x99 => Some(Op::SignDx { width: opw? }),
             0xF5 => Some(Op::Flag { op: FlagOp::Cmc }),
+            0xFA => Some(Op::Cli),
+            0xFB => Some(Op::Sti),
+            // PUSHFQ / POPFQ (64-bit mode, without 66h).
+            0x9C | 0x9D if mode == CodeMode::Bits64 && !has_prefix(insn, 0x66) => {
+                Some(if opc == 0x9C { Op::Pushf } else { Op::Popf })
+            }
             0xF8 => Some(Op::Flag { op: FlagOp::Clc }),
             0xF9 => Some(Op::Flag { op: FlagOp::Stc }),
             0xFC => Some(Op::Flag { op: FlagOp::Cld }),
@@ -2088,26 +2157,25 @@ mod tests {
 
     #[test]
     fn other_instructions_are_unsupported_with_their_length() {
-        // hlt; cli; sti; pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
-        // disp32 in 32-bit code); lock add [rax], eax; rep ret; call [eax] in 32-bit
+        // hlt; popfd and 16-bit pushf (the stack outside 64-bit code); pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
+        // disp32 in 32-bit code); lock cmp [rax], eax is #UD (not a read-modify-write);
+        // rep ret; call [eax] in 32-bit
         // code (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code pop ax (58);
         // movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66 FF D0); bswap
-        // ax (66 0F C8); lock bts [rax], eax (F0 0F AB 00).
+        // ax (66 0F C8).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
-            (&[0xFA], Bits32),
-            (&[0xFB], Bits64),
+            (&[0x9D], Bits32),
+            (&[0x66, 0x9C], Bits64),
             (&[0x9C], Bits16),
             (&[0xCF], Bits32),
             (&[0xCD, 0x10], Bits16),
             (&[0x0F, 0xA2], Bits64),
             (&[0x8B, 0x05, 0, 0, 0, 0], Bits32),
-            (&[0xF0, 0x01, 0x00], Bits64),
             (&[0xF3, 0xC3], Bits64),
             (&[0xFF, 0x10], Bits32),
             (&[0x66, 0xFF, 0xD0], Bits64),
             (&[0x66, 0x0F, 0xC8], Bits32),
-            (&[0xF0, 0x0F, 0xAB, 0x00], Bits64),
             (&[0x66, 0x6A, 0x01], Bits64),
             (&[0x0F, 0x31], Bits64),
             (&[0x58], Bits16),
@@ -2258,6 +2326,37 @@ mod tests {
                 other: Rm::Mem(mem(Some(3), None, 1, 0))
             }
         );
+        // LOCK on memory read-modify-writes: lock bts [rax], eax; lock cmpxchg [rbx],
+        // ecx (F0 0F B1 0B); lock xadd [rbx], rax (F0 48 0F C1 03); lock add [rax], eax.
+        assert!(matches!(
+            op(&[0xF0, 0x0F, 0xAB, 0x00], Bits64),
+            Op::AluMem { op: AluOp::Bts, .. }
+        ));
+        assert_eq!(
+            op(&[0xF0, 0x0F, 0xB1, 0x0B], Bits64),
+            Op::Cmpxchg {
+                dst: Rm::Mem(mem(Some(3), None, 1, 0)),
+                src: r(1, W32)
+            }
+        );
+        assert_eq!(
+            op(&[0xF0, 0x48, 0x0F, 0xC1, 0x03], Bits64),
+            Op::Xadd {
+                dst: Rm::Mem(mem(Some(3), None, 1, 0)),
+                src: r(0, W64)
+            }
+        );
+        assert!(matches!(
+            op(&[0xF0, 0x01, 0x00], Bits64),
+            Op::AluMem { op: AluOp::Add, .. }
+        ));
+        // cli, sti in every mode; pushfq/popfq in 64-bit code.
+        for m in ALL {
+            assert_eq!(op(&[0xFA], m), Op::Cli);
+            assert_eq!(op(&[0xFB], m), Op::Sti);
+        }
+        assert_eq!(op(&[0x9C], Bits64), Op::Pushf);
+        assert_eq!(op(&[0x9D], Bits64), Op::Popf);
         // Memory forms outside 64-bit code stay with the CPU: cmovz ax, [bx].
         unsupported(&[0x0F, 0x44, 0x07], Bits16);
     }

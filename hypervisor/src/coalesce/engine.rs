@@ -16,7 +16,7 @@ use crate::vmx::exit::IoQualification;
 use crate::vmx::guest_state::{
     guest_cpl, guest_cs_32bit, guest_long_mode, guest_paging, retire_interrupt_shadow,
 };
-use crate::vmx::vmcs::{Vmcs, VmcsField};
+use crate::vmx::vmcs::{interruptibility, Vmcs, VmcsField};
 use crate::x86::guest_mem::{translate, Access, GuestMemory};
 use crate::x86::regs::GuestRegs;
 use crate::x86::Width;
@@ -166,6 +166,8 @@ impl<'c> Coalescer<'c> {
             cpl: guest_cpl(vmcs),
             paging: guest_paging(vmcs),
             quiet: 0,
+            // Any shadow at the exit covered the exiting instruction, which retires.
+            sti_shadow: false,
         }
     }
 
@@ -332,8 +334,17 @@ impl<'c> Coalescer<'c> {
         vmcs.write(VmcsField::GuestRip, state.rip);
         vmcs.write(VmcsField::GuestRsp, state.rsp);
         vmcs.write(VmcsField::GuestRflags, state.rflags);
-        // At least one instruction retired.
+        // At least one instruction retired; a run that ends right after an STI that
+        // set IF leaves the CPU in its shadow (blocking by STI, SDM Vol. 3C 25.4.2
+        // "Guest Non-Register State").
         retire_interrupt_shadow(vmcs);
+        if state.sti_shadow {
+            let irq = vmcs.read(VmcsField::GuestInterruptibilityState);
+            vmcs.write(
+                VmcsField::GuestInterruptibilityState,
+                irq | interruptibility::STI,
+            );
+        }
         io.instructions = io.instructions.saturating_add(u64::from(io_insns));
         io.string_elements = io.string_elements.saturating_add(u64::from(elements));
         io.emulated = io.emulated.saturating_add(u64::from(executed));

@@ -120,6 +120,11 @@ pub struct CpuState {
     /// with `Limit` at [`Limits::max_quiet`]: nothing is gained by emulating code
     /// without IO).
     pub quiet: u32,
+    /// The last instruction executed was an STI that set IF: the next one runs with
+    /// interrupts blocked (SDM Vol. 2B "STI"). A run that stops here leaves blocking by
+    /// STI in the VMCS interruptibility state (SDM Vol. 3C 25.4.2 "Guest Non-Register
+    /// State").
+    pub sti_shadow: bool,
 }
 
 /// The devices and the interrupt controller as the executor sees them.
@@ -657,6 +662,27 @@ enum Dest {
     Follow,
 }
 
+/// RFLAGS after POPFQ pops `v` at privilege level `cpl` from `old` (SDM Vol. 2B
+/// "POPF", protected and 64-bit mode): CF PF AF ZF SF TF DF OF NT AC ID come from `v`;
+/// IOPL only at CPL 0; IF only at CPL <= IOPL; RF is cleared; VM, VIF, VIP and the
+/// reserved bits keep their values (bit 1 is always set).
+pub const fn popf_rflags(old: u64, v: u64, cpl: u8) -> u64 {
+    let iopl = (old & Rflags::IOPL.bits()) >> 12;
+    let mut take = STATUS
+        | Rflags::TF.bits()
+        | Rflags::DF.bits()
+        | Rflags::NT.bits()
+        | Rflags::AC.bits()
+        | Rflags::ID.bits();
+    if cpl == 0 {
+        take |= Rflags::IOPL.bits();
+    }
+    if cpl as u64 <= iopl {
+        take |= Rflags::IF.bits();
+    }
+    ((old & !take) | (v & take)) & !Rflags::RF.bits()
+}
+
 /// The width whose sign-extension CBW/CWDE/CDQE make `width` of.
 const fn half_width(width: Width) -> Option<Width> {
     match width {
@@ -779,7 +805,21 @@ pub fn run_following(
         }
         let insn = ex.insns[idx];
         let (before, io_before) = (ex.res.executed, ex.res.io_insns);
-        let flow = ex.step(insn, first);
+        let shadowed = ex.state.sti_shadow;
+        // A string instruction in the STI shadow: where the CPU may first take an
+        // interrupt (after its first iteration or only after it completes) is not
+        // worth modelling; the CPU runs it.
+        if shadowed && matches!(insn.op, Op::Ins { .. } | Op::Outs { .. }) {
+            return ex.stop(StopReason::Unsupported);
+        }
+        let mut flow = ex.step(insn, first);
+        if shadowed && ex.res.executed != before {
+            // The instruction in the shadow retired: interrupts can be taken now.
+            ex.state.sti_shadow = false;
+            if !matches!(flow, Flow::Stop(_)) && ex.interrupt_now() {
+                flow = Flow::Stop(StopReason::InterruptPending);
+            }
+        }
         if ex.res.io_insns != io_before {
             ex.state.quiet = 0;
         } else {
@@ -1224,6 +1264,143 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 let (r, f) = alu(AluOp::Imul, dst.width, v, imm, self.state.rflags);
                 write_reg(&mut self.state.regs, dst, r);
                 self.state.rflags = f;
+                self.retire(insn)
+            }
+            Op::Cli | Op::Sti => {
+                // CPL > IOPL: #GP (or, with CR4.PVI at CPL 3, a VIF update); in
+                // virtual-8086 mode the VME rules apply: the CPU does those.
+                let iopl = (self.state.rflags & Rflags::IOPL.bits()) >> 12;
+                if u64::from(self.state.cpl) > iopl || self.state.rflags & Rflags::VM.bits() != 0 {
+                    return Flow::Stop(StopReason::Fault);
+                }
+                let if_ = Rflags::IF.bits();
+                if matches!(insn.op, Op::Cli) {
+                    self.state.rflags &= !if_;
+                } else if self.state.rflags & if_ == 0 {
+                    self.state.rflags |= if_;
+                    self.state.sti_shadow = true;
+                }
+                self.retire(insn)
+            }
+            Op::Pushf => {
+                if mode != CodeMode::Bits64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                // The image has VM and RF cleared (SDM Vol. 2B "PUSHF").
+                let v = self.state.rflags & !(Rflags::VM.bits() | Rflags::RF.bits());
+                if let Err(stop) = self.push(v) {
+                    return Flow::Stop(stop);
+                }
+                self.retire(insn)
+            }
+            Op::Popf => {
+                if mode != CodeMode::Bits64 {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let v = match self.stack_read() {
+                    Ok(v) => v,
+                    Err(stop) => return Flow::Stop(stop),
+                };
+                self.state.rsp = self.state.rsp.wrapping_add(8);
+                let old = self.state.rflags;
+                let new = popf_rflags(old, v, self.state.cpl);
+                self.state.rflags = new;
+                let flow = self.retire(insn);
+                let if_ = Rflags::IF.bits();
+                // IF set by POPF: an interrupt may be taken right after it (no shadow).
+                if old & if_ == 0 && self.interrupt_now() {
+                    return Flow::Stop(StopReason::InterruptPending);
+                }
+                flow
+            }
+            Op::Cmpxchg { dst, src } => {
+                let w = src.width;
+                if !reg_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let acc = RegRef::new(0, w);
+                match dst {
+                    // The register form's 32-bit destination on the not-equal path: the
+                    // SDM says the destination is written back (zero-extending it),
+                    // Bochs leaves it; left to the CPU.
+                    Rm::Reg(d) if w == Width::W32 && mode == CodeMode::Bits64 => {
+                        let _ = d;
+                        return Flow::Stop(StopReason::Unsupported);
+                    }
+                    Rm::Reg(d) => {
+                        if !reg_ok(mode, d) || d.width != w {
+                            return Flow::Stop(StopReason::Unsupported);
+                        }
+                        let a = read_reg(&self.state.regs, acc);
+                        let old = read_reg(&self.state.regs, d);
+                        let (_, f) = alu(AluOp::Cmp, w, a, old, self.state.rflags);
+                        if a == old {
+                            let v = read_reg(&self.state.regs, src);
+                            write_reg(&mut self.state.regs, d, v);
+                        } else {
+                            write_reg(&mut self.state.regs, acc, old);
+                        }
+                        self.state.rflags = f;
+                    }
+                    Rm::Mem(m) => {
+                        // A write access either way (the processor writes the old value
+                        // back when they differ).
+                        let p = match self.access(insn, m, w, true) {
+                            Ok(p) => p,
+                            Err(stop) => return Flow::Stop(stop),
+                        };
+                        let Some(old) = memory::read_pieces(&*self.mem, &p) else {
+                            return Flow::Stop(StopReason::Memory);
+                        };
+                        let a = read_reg(&self.state.regs, acc);
+                        let (_, f) = alu(AluOp::Cmp, w, a, old, self.state.rflags);
+                        if a == old {
+                            let v = read_reg(&self.state.regs, src);
+                            if !memory::write_pieces(&mut *self.mem, &p, v) {
+                                return Flow::Stop(StopReason::Memory);
+                            }
+                        } else {
+                            write_reg(&mut self.state.regs, acc, old);
+                        }
+                        self.state.rflags = f;
+                    }
+                }
+                self.retire(insn)
+            }
+            Op::Xadd { dst, src } => {
+                let w = src.width;
+                if !reg_ok(mode, src) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let b = read_reg(&self.state.regs, src);
+                match dst {
+                    Rm::Reg(d) => {
+                        if !reg_ok(mode, d) || d.width != w {
+                            return Flow::Stop(StopReason::Unsupported);
+                        }
+                        let a = read_reg(&self.state.regs, d);
+                        let (r, f) = alu(AluOp::Add, w, a, b, self.state.rflags);
+                        // The sum is written last: `xadd eax, eax` leaves the sum.
+                        write_reg(&mut self.state.regs, src, a);
+                        write_reg(&mut self.state.regs, d, r);
+                        self.state.rflags = f;
+                    }
+                    Rm::Mem(m) => {
+                        let p = match self.access(insn, m, w, true) {
+                            Ok(p) => p,
+                            Err(stop) => return Flow::Stop(stop),
+                        };
+                        let Some(a) = memory::read_pieces(&*self.mem, &p) else {
+                            return Flow::Stop(StopReason::Memory);
+                        };
+                        let (r, f) = alu(AluOp::Add, w, a, b, self.state.rflags);
+                        if !memory::write_pieces(&mut *self.mem, &p, r) {
+                            return Flow::Stop(StopReason::Memory);
+                        }
+                        write_reg(&mut self.state.regs, src, a);
+                        self.state.rflags = f;
+                    }
+                }
                 self.retire(insn)
             }
             Op::Ins { width, rep, addr } => self.string(insn, first, width, rep, addr, None),
@@ -1764,6 +1941,7 @@ mod tests {
                     cpl: 0,
                     paging: PagingContext::default(),
                     quiet: 0,
+                    sti_shadow: false,
                 },
                 ram: vec![0; RAM],
                 env: Env::default(),
@@ -2467,6 +2645,97 @@ mod tests {
         let res = t.run(&b, 0);
         assert_eq!((res.executed, res.stop), (1, StopReason::Fault));
         assert_eq!((t.st.regs.rax, t.st.rip), (5, 1));
+    }
+
+    #[test]
+    fn sti_shadow_popf_rules_and_cli_sti_privilege() {
+        let if_ = Rflags::IF.bits();
+        // out; sti; nop; nop with an interrupt pending: the nop in the shadow runs,
+        // then the run stops for the interrupt.
+        let mut t = T::new(CodeMode::Bits64);
+        t.env.irq_after = Some(0);
+        let b = [out_dx(W8), i(Op::Sti, 1), nop(), nop()];
+        assert_eq!(t.run(&b, 0), res(3, 1, 0, StopReason::InterruptPending));
+        assert!(!t.st.sti_shadow && t.st.rflags & if_ != 0);
+        // A run that ends right after the STI keeps the shadow for the CPU.
+        let mut t = T::new(CodeMode::Bits32);
+        let b = [out_dx(W8), i(Op::Sti, 1)];
+        assert_eq!(t.run(&b, 0).executed, 2);
+        assert!(t.st.sti_shadow);
+        // STI with IF already set opens no shadow.
+        let mut t = T::new(CodeMode::Bits32);
+        t.st.rflags |= if_;
+        t.run(&b, 0);
+        assert!(!t.st.sti_shadow);
+        // CPL 3 with IOPL 0: CLI faults (#GP): the run stops before it.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.cpl = 3;
+        t.st.rflags |= if_;
+        let b = [out_dx(W8), i(Op::Cli, 1)];
+        // (The exiting OUT itself was permission-checked by the CPU.)
+        assert_eq!(t.run(&b, 0).stop, StopReason::Fault);
+        assert!(t.st.rflags & if_ != 0);
+        // POPF: IOPL only at CPL 0, IF only at CPL <= IOPL, RF cleared, VM kept.
+        let all = STATUS | Rflags::TF.bits() | if_ | Rflags::IOPL.bits() | Rflags::AC.bits();
+        assert_eq!(popf_rflags(0x2, all, 0), 0x2 | all);
+        assert_eq!(
+            popf_rflags(0x2 | 0x1000, all, 1),
+            0x2 | 0x1000 | (all & !0x3000)
+        );
+        assert_eq!(popf_rflags(0x2, all, 3), 0x2 | (all & !0x3000 & !if_));
+        assert_eq!(
+            popf_rflags(0x2 | Rflags::VM.bits() | Rflags::RF.bits(), 0, 0),
+            0x2 | Rflags::VM.bits()
+        );
+    }
+
+    #[test]
+    fn cmpxchg_and_xadd() {
+        let mut t = T::new(CodeMode::Bits64);
+        // cmpxchg cl, dl: AL == CL -> CL = DL, ZF; then AL != CL -> AL = CL.
+        t.st.regs.rax = 0x11;
+        t.st.regs.rcx = 0x11;
+        t.st.regs.rdx = 0x22;
+        let cx = |d: u8, s: u8| {
+            i(
+                Op::Cmpxchg {
+                    dst: Rm::Reg(r(d, W8)),
+                    src: r(s, W8),
+                },
+                3,
+            )
+        };
+        t.run(&[out_dx(W8), cx(1, 2)], 0);
+        assert_eq!((t.st.regs.rcx, t.st.rflags & ZF), (0x22, ZF));
+        t.run(&[out_dx(W8), cx(1, 2)], 0);
+        assert_eq!((t.st.regs.rax, t.st.rflags & ZF), (0x22, 0));
+        // xadd eax, eax: the sum is what stays.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.regs.rax = 0xFFFF_FFFF_0000_0003;
+        let b = [
+            out_dx(W8),
+            i(
+                Op::Xadd {
+                    dst: Rm::Reg(r(0, W32)),
+                    src: r(0, W32),
+                },
+                3,
+            ),
+        ];
+        t.run(&b, 0);
+        assert_eq!(t.st.regs.rax, 6);
+        // A 32-bit register CMPXCHG in 64-bit code is left to the CPU.
+        let b = [
+            out_dx(W8),
+            i(
+                Op::Cmpxchg {
+                    dst: Rm::Reg(r(1, W32)),
+                    src: r(2, W32),
+                },
+                3,
+            ),
+        ];
+        assert_eq!(t.run(&b, 0).stop, StopReason::Unsupported);
     }
 
     #[test]

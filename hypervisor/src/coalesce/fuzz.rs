@@ -275,6 +275,14 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
         (Op::CallInd { src }, RefOp::CallInd { src: s2 })
         | (Op::JmpInd { src }, RefOp::JmpInd { src: s2 }) => rm_eq(src, s2, ip, insn.len),
         (Op::Flag { op }, RefOp::Flag { op: o2 }) => op == o2,
+        (Op::Cli, RefOp::Cli)
+        | (Op::Sti, RefOp::Sti)
+        | (Op::Pushf, RefOp::Pushf)
+        | (Op::Popf, RefOp::Popf) => true,
+        (Op::Cmpxchg { dst, src }, RefOp::Cmpxchg { dst: d2, src: s2 })
+        | (Op::Xadd { dst, src }, RefOp::Xadd { dst: d2, src: s2 }) => {
+            rm_eq(dst, d2, ip, insn.len) && reg_eq(src, s2)
+        }
         (
             Op::Cmov { cond, dst, src },
             RefOp::Cmov {
@@ -559,9 +567,19 @@ fn check_engine(
                     "RIP {rip:#x} (linear {end:#x}) outside the extent {lo:#x}..={hi:#x}"
                 ));
             }
-            // The status flags, and DF (CLD/STD), are all an emulated run may change.
-            if v.read(VmcsField::GuestRflags) & !0xCD5 != case.rflags & !0xCD5 {
-                return Err("a flag other than the status flags and DF changed".into());
+            // VM, VIF, VIP and the reserved bits are never changed by an emulated run
+            // (POPF keeps them; RF only ever goes to 0).
+            let fixed = !(0x8D5
+                | 0x100
+                | 0x200
+                | 0x400
+                | 0x3000
+                | 0x4000
+                | 0x1_0000
+                | 0x4_0000
+                | 0x20_0000);
+            if v.read(VmcsField::GuestRflags) & fixed != case.rflags & fixed {
+                return Err("a flag no emulated instruction may change changed".into());
             }
         }
     }

@@ -422,6 +422,25 @@ pub enum Op {
         src: Rm,
         imm: u64,
     },
+    /// CMPXCHG r/m, r (SDM Vol. 2A "CMPXCHG"): compares rAX with `dst`; equal: `dst`
+    /// <- `src`, else rAX <- `dst`. Flags as CMP rAX, `dst`.
+    Cmpxchg {
+        dst: Rm,
+        src: RegRef,
+    },
+    /// XADD r/m, r (SDM Vol. 2C "XADD"): `src` <- `dst`, `dst` <- the sum.
+    Xadd {
+        dst: Rm,
+        src: RegRef,
+    },
+    /// PUSHFQ (64-bit mode): RFLAGS with VM and RF cleared.
+    Pushf,
+    /// POPFQ (64-bit mode), with the CPL/IOPL rules for IF and IOPL (SDM Vol. 2B
+    /// "POPF").
+    Popf,
+    /// CLI / STI (SDM Vol. 2A "CLI", Vol. 2B "STI"); CPL > IOPL faults (#GP).
+    Cli,
+    Sti,
 }
 
 /// A register-or-memory operand.

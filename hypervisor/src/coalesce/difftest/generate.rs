@@ -142,8 +142,24 @@ impl Gen<'_> {
 
     /// Emits one instruction. `supported`: the coalescer must take it.
     fn emit(&mut self, bytes: &[u8], supported: bool) {
+        // A string instruction right after STI runs in its shadow: the coalescer
+        // leaves it to the CPU.
+        let after_sti = self
+            .starts
+            .last()
+            .is_some_and(|&s| self.bytes[s..] == [0xFB]);
+        let string = bytes
+            .iter()
+            .find(|b| {
+                !matches!(
+                    b,
+                    0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF2 | 0xF3 | 0x40
+                        ..=0x4F
+                )
+            })
+            .is_some_and(|&b| (0x6C..=0x6F).contains(&b));
         self.starts.push(self.bytes.len());
-        if supported {
+        if supported && !(after_sti && string) {
             self.must_support.push(self.bytes.len() as u64);
         }
         self.bytes.extend_from_slice(bytes);
@@ -487,7 +503,16 @@ impl Gen<'_> {
             let op8 = self.rng.below(8) as u8;
             // The register of ModRM.reg: RSP there is left to the CPU.
             let mut used = None;
-            let b = match self.rng.below(15) {
+            // LOCK on the read-modify-write forms, now and then.
+            let mut lockable = false;
+            let b = match self.rng.below(16) {
+                15 => {
+                    // CMPXCHG / XADD m, r.
+                    used = Some(reg);
+                    lockable = true;
+                    let opc = if self.rng.chance(1, 2) { 0xB0 } else { 0xC0 } + wide;
+                    self.head_mem(size, &[0x0F, opc], Some(reg), None)
+                }
                 // MOV r, m / MOV m, r
                 0 => {
                     let load = self.rng.chance(1, 2);
@@ -504,11 +529,13 @@ impl Gen<'_> {
                 // ALU m, r / ALU r, m
                 2 => {
                     let dir = 2 * u8::from(self.rng.chance(1, 2));
+                    lockable = dir == 0 && op8 != 7;
                     used = Some(reg);
                     self.head_mem(size, &[op8 * 8 + dir + wide], Some(reg), None)
                 }
                 // Group 1 m, imm
                 3 => {
+                    lockable = op8 != 7;
                     let (opc, n) = if w8 {
                         (0x80, 1)
                     } else if self.rng.chance(1, 2) {
@@ -540,6 +567,7 @@ impl Gen<'_> {
                 },
                 // INC/DEC m
                 5 => {
+                    lockable = true;
                     let ext = u8::from(self.rng.chance(1, 2));
                     self.head_mem(size, &[0xFE + wide], None, Some(ext))
                 }
@@ -630,7 +658,10 @@ impl Gen<'_> {
                     self.head_mem(size, &[0x8D], Some(reg), None)
                 }
             };
-            if let Some(b) = b {
+            if let Some(mut b) = b {
+                if lockable && self.rng.chance(1, 4) {
+                    b.insert(0, 0xF0);
+                }
                 self.emit(&b, !used.is_some_and(|r| r.rsp));
                 return;
             }
@@ -657,7 +688,29 @@ impl Gen<'_> {
             let src = self.reg(size);
             let both = !dst.rsp && !src.rsp;
             let cc = self.rng.below(16) as u8;
-            let (enc, ok) = match self.rng.below(12) {
+            let (enc, ok) = match self.rng.below(15) {
+                12 => (vec![self.rng.pick(&[0xFAu8, 0xFB, 0xFB])], true),
+                13 => {
+                    // PUSHFQ / POPFQ (64-bit), else STI again.
+                    if !self.long() {
+                        (vec![0xFB], true)
+                    } else {
+                        (vec![self.rng.pick(&[0x9Cu8, 0x9D])], true)
+                    }
+                }
+                14 => {
+                    // CMPXCHG / XADD r, r (0F B0/B1, C0/C1). A 32-bit register CMPXCHG
+                    // in 64-bit code stays with the CPU.
+                    let sz = if self.rng.chance(1, 4) { 1 } else { size };
+                    let (a, c) = (self.reg(sz), self.reg(sz));
+                    let xadd = self.rng.chance(1, 2);
+                    let opc = if xadd { 0xC0 } else { 0xB0 } + u8::from(sz != 1);
+                    let Some(b) = self.head(sz, &[0x0F, opc], Some(c), Some((a, None))) else {
+                        continue;
+                    };
+                    let must = !a.rsp && !c.rsp && (xadd || !(self.long() && sz == 4));
+                    (b, must)
+                }
                 0 => {
                     let Some(b) = self.head(size, &[0x0F, 0x40 + cc], Some(dst), Some((src, None)))
                     else {

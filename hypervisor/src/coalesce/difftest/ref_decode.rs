@@ -171,6 +171,19 @@ pub(in crate::coalesce) enum RefOp {
         src: RefRm,
         imm: u64,
     },
+    Cmpxchg {
+        dst: RefRm,
+        src: GReg,
+    },
+    Xadd {
+        dst: RefRm,
+        src: GReg,
+    },
+    Cli,
+    Sti,
+    /// PUSHFQ / POPFQ.
+    Pushf,
+    Popf,
 }
 
 /// A memory operand as iced reads it: base, index, scale, displacement (for
@@ -304,7 +317,12 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
     use Mnemonic as M;
     let m = i.mnemonic();
     let long = i.code_size() == iced_x86::CodeSize::Code64;
-    let prefixed = i.has_lock_prefix() || i.has_rep_prefix() || i.has_repne_prefix();
+    let rep = i.has_rep_prefix() || i.has_repne_prefix();
+    // LOCK is allowed on a memory destination of the instructions that may take it
+    // (iced has refused it elsewhere).
+    let lock_ok = i.op_count() > 0 && i.op_kind(0) == OpKind::Memory
+        || (m == M::Xchg && i.op_count() > 1 && i.op_kind(1) == OpKind::Memory);
+    let prefixed = rep || (i.has_lock_prefix() && !lock_ok);
     let size_of = |n: u32| -> u8 {
         if i.op_kind(n) == OpKind::Memory {
             mem_bytes(i.memory_size())
@@ -336,6 +354,24 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
                 _ => 8,
             },
         },
+        M::Cli => RefOp::Cli,
+        M::Sti => RefOp::Sti,
+        M::Pushfq | M::Popfq if long => {
+            if m == M::Pushfq {
+                RefOp::Pushf
+            } else {
+                RefOp::Popf
+            }
+        }
+        M::Cmpxchg | M::Xadd => {
+            let dst = ref_rm(i, 0)?;
+            let src = greg(i.op_register(1))?;
+            if m == M::Cmpxchg {
+                RefOp::Cmpxchg { dst, src }
+            } else {
+                RefOp::Xadd { dst, src }
+            }
+        }
         M::Bswap => {
             let reg = greg(i.op_register(0))?;
             if reg.size < 4 {
@@ -447,7 +483,8 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
             greg(i.op_register(n)).map_or(0, |g| g.size)
         }
     };
-    let locked = i.has_lock_prefix() || i.has_rep_prefix() || i.has_repne_prefix();
+    let rep = i.has_rep_prefix() || i.has_repne_prefix();
+    let locked = rep || i.has_lock_prefix();
     let op = match m {
         M::Movzx | M::Movsx | M::Movsxd => {
             let dst = reg0()?;
@@ -513,7 +550,9 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
                 }
                 _ => src_of(i, 1, size)?,
             };
-            if locked {
+            // LOCK on a read-modify-write of memory is fine: one vCPU.
+            let rmw = !matches!(op, AluOp::Cmp | AluOp::Test) && !op.is_shift();
+            if rep || (i.has_lock_prefix() && !rmw) {
                 return Some(None);
             }
             RefOp::AluMem {

@@ -153,6 +153,8 @@ pub(super) struct Reference<'a, 'b> {
     pub(super) in_rep: bool,
     /// A mandatory stop reached after the last step.
     pub(super) pending: Option<String>,
+    /// The last instruction was an STI that set IF (its one-instruction shadow).
+    pub(super) shadow: bool,
     /// Model a coalescer that does not sync IRQ lines with IF = 0 (the bug this checker
     /// once found; kept so the reference can still demonstrate it): with IF = 0 the
     /// device lines are not brought onto the PIC after an access.
@@ -461,6 +463,32 @@ impl Reference<'_, '_> {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        let shadowed = self.shadow;
+        let before = self.executed;
+        self.step_one()?;
+        if shadowed && self.executed != before {
+            // The instruction after STI retired: an interrupt can be taken now.
+            self.shadow = false;
+            if self.pending.is_none() && self.board.poll() && self.rflags() & RF_IF != 0 {
+                self.pending = Some("interrupt deliverable after the STI shadow".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// CLI/STI/POPF's privilege check: CPL > IOPL raises #GP (or changes VIF).
+    fn if_allowed(&self, what: &str) -> Result<(), String> {
+        let cpl = u64::from(crate::vmx::guest_state::guest_cpl(&self.vmcs));
+        let iopl = (self.rflags() >> 12) & 3;
+        if cpl > iopl || self.rflags() & (1 << 17) != 0 {
+            return Err(format!(
+                "the coalescer ran past `{what}` at CPL {cpl} > IOPL {iopl} (#GP)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn step_one(&mut self) -> Result<(), String> {
         let first = self.executed == 0;
         let boundary = !self.in_rep;
         let rflags = self.rflags();
@@ -836,6 +864,100 @@ impl Reference<'_, '_> {
                 let v = self.rm_read(src, dst.size, &i)?;
                 let (r, f) = ref_alu(AluOp::Imul, dst.size, v, imm, rflags);
                 self.set(dst, r);
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Cli | RefOp::Sti => {
+                self.if_allowed(&text())?;
+                let f = if op == RefOp::Cli {
+                    rflags & !RF_IF
+                } else {
+                    if rflags & RF_IF == 0 {
+                        self.shadow = true;
+                    }
+                    rflags | RF_IF
+                };
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Pushf => {
+                // VM (17) and RF (16) read as 0 in the pushed image.
+                let v = rflags & !0x3_0000;
+                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
+                self.ref_write(rsp, 8, v)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Popf => {
+                let rsp = self.vmcs.read(VmcsField::GuestRsp);
+                let v = self.ref_read(rsp, 8)?;
+                self.vmcs.write(VmcsField::GuestRsp, rsp.wrapping_add(8));
+                let cpl = u64::from(crate::vmx::guest_state::guest_cpl(&self.vmcs));
+                let iopl = (rflags >> 12) & 3;
+                // Always from the stack: the status flags, TF, DF, NT, AC, ID; IOPL at
+                // CPL 0; IF at CPL <= IOPL. RF is cleared; VM, VIF, VIP are kept.
+                let mut from_stack: u64 = 0x8D5 | 0x100 | 0x400 | 0x4000 | 0x4_0000 | 0x20_0000;
+                if cpl == 0 {
+                    from_stack |= 0x3000;
+                }
+                if cpl <= iopl {
+                    from_stack |= RF_IF;
+                }
+                let f = ((rflags & !from_stack) | (v & from_stack)) & !0x1_0000;
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+                if rflags & RF_IF == 0 && f & RF_IF != 0 && self.board.poll() {
+                    self.pending = Some("interrupt deliverable after POPF".into());
+                }
+            }
+            RefOp::Cmpxchg { dst, src } => {
+                let size = src.size;
+                if let RefRm::Mem(m) = dst {
+                    self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                }
+                let acc = GReg {
+                    index: 0,
+                    size,
+                    high: false,
+                };
+                let old = self.rm_read(dst, size, &i)?;
+                let a = self.get(acc);
+                let (_, f) = ref_alu(AluOp::Cmp, size, a, old, rflags);
+                if a == old {
+                    let v = self.get(src);
+                    self.rm_write(dst, size, v, &i)?;
+                } else {
+                    self.set(acc, old);
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Xadd { dst, src } => {
+                let size = src.size;
+                if let RefRm::Mem(m) = dst {
+                    self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                }
+                let a = self.rm_read(dst, size, &i)?;
+                let b = self.get(src);
+                let (r, f) = ref_alu(AluOp::Add, size, a, b, rflags);
+                // The destination's address is computed before SRC is written (it may
+                // be one of its registers); with two registers the sum is written last.
+                match dst {
+                    RefRm::Mem(m) => {
+                        let lin = self.ref_linear(m, &i);
+                        self.ref_write(lin, size, r)?;
+                        self.set(src, a);
+                    }
+                    RefRm::Reg(d) => {
+                        self.set(src, a);
+                        self.set(d, r);
+                    }
+                }
                 self.vmcs.write(VmcsField::GuestRflags, f);
                 self.advance(len);
                 self.executed += 1;
