@@ -1028,8 +1028,10 @@ fn alu_ext() -> Regs {
 /// (register pairs, 90+r, byte registers), BSWAP, BT/BTS/BTR/BTC by register and
 /// immediate offsets past the width, IMUL with two and three operands, MUL/IMUL/DIV/
 /// IDIV at every width (the double-width results folded with a flag-neutral LEA),
-/// CBW..CQO, CLC/STC/CMC/CLD/STD, and CALL/JMP through a register and through memory
-/// (a stack slot, like a function pointer). Ends with an AND.
+/// CBW..CQO, CLC/STC/CMC/CLD/STD, PUSHFQ/POPFQ, STI (its shadow covering a CLI, so no
+/// interrupt can come), CMPXCHG and XADD on registers and, locked, on a stack slot,
+/// LOCK ADD/NEG/BTS on memory, and CALL/JMP through a register and through memory (a
+/// stack slot, like a function pointer). Ends with an AND.
 #[inline(never)]
 fn alu_more() -> Regs {
     burst!(
@@ -1096,6 +1098,22 @@ fn alu_more() -> Regs {
         check!("stc\n cmc", "rax"),
         check!("cmp eax, eax\n clc", "rax"),
         check!("std\n cld", "rax"),
+        // PUSHFQ/POPFQ, STI (its shadow covers the CLI: no interrupt window), CLI
+        check!("mov eax, 1\n cmp eax, 2\n pushfq\n pop rax", "rax"),
+        check!("mov rax, 0x8d7\n push rax\n popfq", "rax"),
+        check!("mov rax, 0x2\n push rax\n popfq\n pushfq\n pop rdx", "rdx"),
+        check!("sti\n cli", "rax"),
+        // CMPXCHG and XADD, on registers and (locked) on a stack slot
+        check!("mov rax, 5\n mov rcx, 5\n mov rdx, 9\n cmpxchg rcx, rdx", "rcx"),
+        check!("mov rax, 6\n mov rcx, 5\n mov rdx, 9\n cmpxchg rcx, rdx", "rax"),
+        check!("mov ax, 0x8000\n mov bx, 1\n cmpxchg bx, cx", "rax"),
+        check!("mov qword ptr [rsp - 16], 7\n mov rax, 7\n mov rcx, 3\n lock cmpxchg [rsp - 16], rcx\n mov rdx, [rsp - 16]", "rdx"),
+        check!("mov dword ptr [rsp - 16], 8\n mov eax, 7\n mov ecx, 3\n lock cmpxchg [rsp - 16], ecx", "rax"),
+        check!("mov eax, 1\n mov ecx, 2\n xadd eax, ecx\n lea rax, [rax + rcx*4]", "rax"),
+        check!("mov qword ptr [rsp - 16], -1\n mov rcx, 1\n lock xadd [rsp - 16], rcx\n mov rdx, [rsp - 16]\n lea rdx, [rdx + rcx*2]", "rdx"),
+        check!("mov qword ptr [rsp - 16], 0x7f\n lock add byte ptr [rsp - 16], 1\n mov rdx, [rsp - 16]", "rdx"),
+        check!("mov qword ptr [rsp - 16], 1\n lock neg qword ptr [rsp - 16]\n mov rdx, [rsp - 16]", "rdx"),
+        check_some!("mov qword ptr [rsp - 16], 0\n mov ecx, 70\n lock bts [rsp - 16], rcx\n mov rdx, [rsp - 8]", "rdx", bt),
         // CALL/JMP through a register and through memory (a stack slot)
         check!("mov ecx, 1\n lea rax, [rip + 8f]\n call rax\n jmp 9f\n 8:\n add ecx, 2\n ret\n 9:", "rcx"),
         check!("mov ecx, 1\n lea rax, [rip + 8f]\n mov [rsp - 16], rax\n call qword ptr [rsp - 16]\n jmp 9f\n 8:\n add ecx, 4\n ret\n 9:", "rcx"),
