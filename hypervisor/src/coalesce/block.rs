@@ -1,7 +1,8 @@
 //! The scanner: from the exiting instruction onwards, decode the run of supported
 //! instructions that lies inside the configured *extent* into a [`Block`].
 //!
-//! Extent policies (DESIGN "Extent policies"): the guest code page as the guest's
+//! Extent policies (docs/COALESCING.md, "The algorithm", step 2): the guest code page
+//! as the guest's
 //! paging maps it (hardware), the processor's cache line (processor-reported), or a
 //! configured number of bytes or instructions (software). Code is read through
 //! [`CodeFetch`]; [`GuestCode`] implements it over guest RAM and the guest's paging

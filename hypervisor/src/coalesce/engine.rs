@@ -220,7 +220,8 @@ impl<'c> Coalescer<'c> {
         }
         // A barren site goes straight to the one-instruction handler, before any page
         // walk, cache lookup or register copy: there the coalescer must cost no more
-        // than coalescing off (docs/COALESCING.md, "Site memory").
+        // than coalescing off (docs/COALESCING.md, "Site memory: coalescing only where
+        // it pays").
         let slot = Self::site_slot(exit_linear);
         let site = &mut self.sites[slot];
         if site.rip == exit_linear && site.skip() {

@@ -1,5 +1,5 @@
 //! Executing a decoded block exactly as the CPU would (docs/COALESCING.md, "The
-//! coalescing contract").
+//! contract").
 //!
 //! [`run`] follows RIP through the decoded instructions of one block, starting at the
 //! exiting IO instruction, and stops *before* anything it cannot prove it executes
