@@ -1,11 +1,13 @@
 //! The scanner: from the exiting instruction onwards, decode the run of supported
 //! instructions that lies inside the configured *extent* into a [`Block`].
 //!
-//! Extent policies (DESIGN "Extent policies"): the guest code page as the guest's
+//! Extent policies (docs/COALESCING.md, "The algorithm", step 2): the guest code page
+//! as the guest's
 //! paging maps it (hardware), the processor's cache line (processor-reported), or a
 //! configured number of bytes or instructions (software). Code is read through
 //! [`CodeFetch`]; [`GuestCode`] implements it over guest RAM and the guest's paging
-//! structures (SDM Vol. 3A chapter 4). The block's code bytes are hashed with FNV-1a
+//! structures (SDM Vol. 3A chapter 4 "Paging"). The block's code bytes are hashed with
+//! FNV-1a
 //! so the block cache can tell when the code changed.
 
 use core::fmt;
@@ -206,7 +208,8 @@ impl<M: GuestMemory> CodeFetch for GuestCode<'_, M> {
 }
 
 /// Bytes from instruction pointer `ip` that code of `mode` can use before IP wraps or
-/// passes `limit` (SDM Vol. 3A 5.3: a fetch past the CS limit raises #GP; 64-bit mode
+/// passes `limit` (SDM Vol. 3A 5.3 "Limit Checking": a fetch past the CS limit raises
+/// #GP; 64-bit mode
 /// has no limit check).
 pub fn ip_room(ip: u64, limit: u32, mode: CodeMode) -> u64 {
     let (ip, wrap) = match mode {

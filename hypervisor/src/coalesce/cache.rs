@@ -1,6 +1,6 @@
 //! The block cache: decoded blocks remembered by the guest-physical address of the
 //! exiting instruction, so the next exit at the same site replays the block without
-//! decoding (DESIGN "Block cache").
+//! decoding (docs/COALESCING.md, "The algorithm", step 3).
 //!
 //! Organisation: 2-way set-associative, [`CACHE_SETS`] sets of [`CACHE_WAYS`] entries,
 //! set chosen by a multiplicative hash of the GPA, least-recently-used way replaced.

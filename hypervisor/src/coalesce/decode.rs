@@ -5,7 +5,7 @@
 //! LOCK legality), instruction length, register selection (AH..BH without REX versus
 //! SPL..DIL with any REX) and immediate sign extension. This file then accepts only the
 //! small subset the emulator implements, checked by opcode map, opcode byte and ModRM
-//! fields (SDM Vol. 2, Appendix A opcode maps), and maps zydis's operands to [`Op`].
+//! fields (SDM Vol. 2D Appendix A "Opcode Map"), and maps zydis's operands to [`Op`].
 //!
 //! Everything outside the subset, and every form of a subset instruction with a memory
 //! operand, is [`DecodeError::Unsupported`] with the instruction's length; bytes that do
@@ -25,7 +25,9 @@ use super::insn::{
 };
 use crate::x86::Width;
 
-/// The longest x86 instruction (SDM Vol. 2, 2.3.11): longer ones raise #GP.
+/// The longest x86 instruction (SDM Vol. 2A 2.3.11 "AVX Instruction Length": 15 bytes):
+/// longer ones raise #GP (SDM Vol. 3A 6.15 "Exception and Interrupt Reference",
+/// "Interrupt 13—General Protection Exception (#GP)").
 pub const MAX_INSN_LEN: usize = 15;
 
 /// Why bytes did not become an [`Insn`].
@@ -116,7 +118,8 @@ fn has_prefix(insn: &Instruction<VisibleOperands>, byte: u8) -> bool {
 }
 
 /// The segment a string instruction's source uses: the last segment-override prefix,
-/// or DS. In 64-bit mode CS/SS/DS/ES overrides are ignored (SDM Vol. 1, 3.3.7.1).
+/// or DS. In 64-bit mode CS/SS/DS/ES overrides are ignored (SDM Vol. 3A 3.2.4
+/// "Segmentation in IA-32e Mode": their segment bases are treated as zero).
 fn source_segment(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Seg {
     let mut seg = Seg::Ds;
     for p in prefixes(insn) {
@@ -136,7 +139,8 @@ fn source_segment(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Seg {
     seg
 }
 
-/// A general-purpose register operand, in encoding order (SDM Vol. 2, Table 2-2).
+/// A general-purpose register operand, in encoding order (SDM Vol. 2A Table 3-1
+/// "Register Codes Associated With +rb, +rw, +rd, +ro").
 fn gpr(reg: Register) -> Option<RegRef> {
     let n = reg as u32;
     let (first, width) = match n {
@@ -205,8 +209,9 @@ fn width_bits(bits: u8) -> Option<Width> {
 }
 
 /// The width a near branch truncates the new instruction pointer to: the operand
-/// size, which 66h cannot change in 64-bit mode on Intel processors (SDM Vol. 2, JMP
-/// and Jcc: "In 64-bit mode, operand size is fixed at 64 bits").
+/// size, which 66h cannot change in 64-bit mode on Intel processors (SDM Vol. 2A
+/// "JMP—Jump" and "Jcc—Jump if Condition Is Met": "In 64-bit mode, operand size is
+/// fixed at 64 bits").
 fn branch_width(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Width> {
     match mode {
         CodeMode::Bits64 => Some(Width::W64),
@@ -335,8 +340,9 @@ fn rex_b(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
         && matches!(bytes.get(n - 1), Some(&b) if b & 0xF1 == 0x41)
 }
 
-/// A memory operand of 64-bit code (SDM Vol. 2 2.2.1: ModRM/SIB with REX, RIP-relative
-/// with mod 00 r/m 101). Segment: DS/SS (base 0 in 64-bit mode) or an FS/GS override.
+/// A memory operand of 64-bit code (SDM Vol. 2A 2.2.1 "REX Prefixes": ModRM/SIB with
+/// REX; 2.2.1.6 "RIP-Relative Addressing": mod 00 r/m 101). Segment: DS/SS (base 0 in
+/// 64-bit mode) or an FS/GS override.
 /// `None` outside 64-bit mode or for anything but a plain memory operand.
 fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Option<MemRef> {
     if mode != CodeMode::Bits64 {
@@ -584,7 +590,9 @@ fn with_width(op: Op, w: Width) -> Op {
     }
 }
 
-/// PUSH/POP/CALL/RET of 64-bit code (SDM Vol. 2 "PUSH", "POP", "CALL", "RET"): 8-byte
+/// PUSH/POP/CALL/RET of 64-bit code (SDM Vol. 2B "PUSH—Push Word, Doubleword, or
+/// Quadword Onto the Stack", "POP—Pop a Value From the Stack", "RET—Return From
+/// Procedure"; Vol. 2A "CALL—Call Procedure"): 8-byte
 /// stack slots; the 66h forms (2-byte slots) are left to the CPU.
 fn map_stack(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
     if mode != CodeMode::Bits64
@@ -644,7 +652,9 @@ fn rm_operand(
 /// Instructions whose register and memory forms are decoded together: CMOVcc, SETcc,
 /// XCHG, BSWAP, CBW/CWDE/CDQE, CWD/CDQ/CQO, the one-flag instructions, the bit tests,
 /// IMUL (two and three operands), MUL/IMUL/DIV/IDIV, and the indirect near CALL/JMP
-/// of 64-bit code (SDM Vol. 2, Tables A-2 and A-3; groups 3, 5 and 8 in Table A-6).
+/// of 64-bit code (SDM Vol. 2D Table A-2 "One-byte Opcode Map" and Table A-3 "Two-byte
+/// Opcode Map"; groups 3, 5 and 8 in Table A-6 "Opcode Extensions for One- and
+/// Two-byte Opcodes by Group Number").
 /// The memory forms exist in 64-bit code only (see [`mem_operand`]). REP and REPNE make
 /// them unsupported; LOCK is accepted on the memory read-modify-writes (XCHG with
 /// memory locks itself; why an emulated locked access is atomic: docs/COALESCING.md).
@@ -853,7 +863,9 @@ fn xchg(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
     }
 }
 
-/// The subset, by opcode (SDM Vol. 2, Tables A-2 and A-3; group encodings Table A-6).
+/// The subset, by opcode (SDM Vol. 2D Table A-2 "One-byte Opcode Map" and Table A-3
+/// "Two-byte Opcode Map"; group encodings Table A-6 "Opcode Extensions for One- and
+/// Two-byte Opcodes by Group Number").
 fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Option<Op> {
     let (mod_, modrm_reg) = modrm(insn, bytes)?;
     let reg_form = mod_ == 3;

@@ -128,7 +128,8 @@ impl<'c> Coalescer<'c> {
         (rip_linear.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % SITE_MEMORY
     }
 
-    /// The guest's code mode from CR0.PE, EFER.LMA/CS.L and CS.D (SDM Vol. 3A 3.4.5).
+    /// The guest's code mode from CR0.PE, EFER.LMA/CS.L and CS.D (SDM Vol. 3A 3.4.5
+    /// "Segment Descriptors").
     fn code_mode(vmcs: &impl Vmcs) -> CodeMode {
         if guest_long_mode(vmcs) {
             CodeMode::Bits64
@@ -151,7 +152,8 @@ impl<'c> Coalescer<'c> {
             base(VmcsField::GuestGsBase),
         ];
         if mode == CodeMode::Bits64 {
-            // Only FS and GS have bases in 64-bit mode (SDM Vol. 3A 3.4.4).
+            // Only FS and GS have bases in 64-bit mode (SDM Vol. 3A 3.2.4 "Segmentation
+            // in IA-32e Mode").
             for b in &mut seg_base[..4] {
                 *b = 0;
             }
@@ -222,7 +224,8 @@ impl<'c> Coalescer<'c> {
         }
         // A barren site goes straight to the one-instruction handler, before any page
         // walk, cache lookup or register copy: there the coalescer must cost no more
-        // than coalescing off (docs/COALESCING.md, "Site memory").
+        // than coalescing off (docs/COALESCING.md, "Site memory: coalescing only where
+        // it pays").
         let slot = Self::site_slot(exit_linear);
         let site = &mut self.sites[slot];
         if site.rip == exit_linear && site.skip() {
@@ -465,7 +468,8 @@ fn code_linear(mode: CodeMode, cs_base: u64, rip: u64) -> u64 {
 }
 
 /// Whether a decoded IO instruction is the one the exit qualification describes
-/// (SDM Table 28-5): direction, size, string, REP, port encoding and port.
+/// (SDM Vol. 3C Table 28-5 "Exit Qualification for I/O Instructions"): direction,
+/// size, string, REP, port encoding and port.
 fn matches_exit(op: &Op, q: &IoQualification) -> bool {
     let size = |w: Width| w.bytes() == q.size;
     match *op {

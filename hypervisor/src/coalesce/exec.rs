@@ -1,5 +1,5 @@
 //! Executing a decoded block exactly as the CPU would (docs/COALESCING.md, "The
-//! coalescing contract").
+//! contract").
 //!
 //! [`run`] follows RIP through the decoded instructions of one block, starting at the
 //! exiting IO instruction, and stops *before* anything it cannot prove it executes
@@ -8,7 +8,8 @@
 //! between two iterations of a REP string instruction, with RIP still on it).
 //!
 //! Architectural rules followed (Intel SDM):
-//! - Register writes (Vol. 1 3.4.1.1): 8- and 16-bit destinations (AL..R15B, AH..BH,
+//! - Register writes (Vol. 1 3.4.1.1 "General-Purpose Registers in 64-Bit Mode"):
+//!   8- and 16-bit destinations (AL..R15B, AH..BH,
 //!   AX..R15W) merge into the register; 32-bit destinations zero-extend to 64 bits;
 //!   64-bit ones are written whole. Outside 64-bit mode the upper 32 bits are not
 //!   visible and are undefined after a mode switch; they are zeroed there too, which is
@@ -16,7 +17,10 @@
 //! - IN EAX zero-extends into RAX in every mode, for the same reason and to match the
 //!   single-instruction handler in `exits.rs` (one exit per IO instruction must leave
 //!   the same registers). IN AL / IN AX merge.
-//! - INS/OUTS (Vol. 2 "INS", "OUTS", "REP"): the address is the segment base plus rSI
+//! - INS/OUTS (Vol. 2A "INS/INSB/INSW/INSD—Input from Port to String"; Vol. 2B
+//!   "OUTS/OUTSB/OUTSW/OUTSD—Output String to Port",
+//!   "REP/REPE/REPZ/REPNE/REPNZ—Repeat String Operation Prefix"): the address is the
+//!   segment base plus rSI
 //!   or rDI truncated to the address size (ES:rDI for INS, `seg`:rSI for OUTS; in
 //!   64-bit mode only FS and GS have a base), and is truncated to 32 bits outside
 //!   64-bit mode. rSI/rDI step by the element size, down if RFLAGS.DF. Register updates
@@ -25,8 +29,9 @@
 //!   REP tests rCX before each element (rCX = 0 at the start does nothing and
 //!   retires the instruction) and decrements it after each one.
 //! - LOOP/LOOPE/LOOPNE decrement rCX of the address size (same masking rules), flags
-//!   untouched; Jcc conditions follow Vol. 1 Table B-1.
-//! - ALU status flags (Vol. 1 3.4.3.1, Vol. 2 per instruction), computed at the
+//!   untouched; Jcc conditions follow Vol. 1 Table B-1 "EFLAGS Condition Codes".
+//! - ALU status flags (Vol. 1 3.4.3.1 "Status Flags"; Vols. 2A-2C, "Flags Affected"
+//!   on each instruction's page), computed at the
 //!   operation width; PF is the even parity of the low result byte; AF is the carry
 //!   or borrow out of bit 3.
 //!
@@ -56,7 +61,8 @@
 //!   `max_string_elements` INS/OUTS elements were done in this run (RIP stays on a REP
 //!   instruction with elements left; with a budget of 0 nothing is done at all).
 //! - `IoPermission`: an IO instruction other than the first (which the processor
-//!   permission-checked before the VM exit, SDM Vol. 3C 26.1.1) with CPL > IOPL or
+//!   permission-checked before the VM exit, SDM Vol. 3C 26.1.1 "Relative Priority of
+//!   Faults and VM Exits") with CPL > IOPL or
 //!   RFLAGS.VM = 1.
 //! - `InterruptPending`: after an IO access, RFLAGS.IF = 1 and [`IoEnv::interrupt_pending`]
 //!   says yes. The instruction is completed (a REP instruction only up to the element
@@ -110,7 +116,8 @@ pub struct CpuState {
     pub rflags: u64,
     pub mode: CodeMode,
     /// Segment bases indexed by `Seg as usize` (ES, CS, SS, DS, FS, GS). In 64-bit mode
-    /// the ES, CS, SS and DS bases are ignored (treated as 0, SDM Vol. 3A 3.4.4).
+    /// the ES, CS, SS and DS bases are ignored (treated as 0, SDM Vol. 3A 3.2.4
+    /// "Segmentation in IA-32e Mode").
     pub seg_base: [u64; 6],
     /// Current privilege level (SS.DPL).
     pub cpl: u8,
@@ -161,7 +168,7 @@ pub struct RunResult {
 
 /// The IP range of a code size: IP, EIP or RIP.
 /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check (SDM Vol. 1
-/// 19.5), so the emulator may perform it without asking the CPU.
+/// 19.5 "Protected-Mode I/O"), so the emulator may perform it without asking the CPU.
 pub fn io_permitted(state: &CpuState) -> bool {
     let iopl = ((state.rflags & Rflags::IOPL.bits()) >> Rflags::IOPL_SHIFT) as u8;
     state.rflags & Rflags::VM.bits() == 0 && state.cpl <= iopl
@@ -196,7 +203,7 @@ pub const fn shift_count(width: Width, src: u64) -> u32 {
 
 /// The rotate count as the processor uses it: the masked count, reduced modulo the
 /// width for ROL/ROR and modulo width + 1 for RCL/RCR on 8- and 16-bit operands (SDM
-/// Vol. 2B "RCL/RCR/ROL/ROR", the tempCOUNT of the operation).
+/// Vol. 2B "RCL/RCR/ROL/ROR—Rotate", the tempCOUNT of the operation).
 pub const fn rotate_count(op: AluOp, width: Width, src: u64) -> u32 {
     let count = shift_count(width, src);
     match (op, width) {
@@ -307,7 +314,8 @@ pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u
             (r, keep | cf | of | af | szp(width, r))
         }
         AluOp::Sub | AluOp::Sbb | AluOp::Cmp | AluOp::Dec | AluOp::Neg => {
-            // NEG is 0 - a (SDM Vol. 2B "NEG": CF = (a != 0), flags as for SUB).
+            // NEG is 0 - a (SDM Vol. 2B "NEG—Two's Complement Negation": CF = (a != 0),
+            // flags as for SUB).
             let (a, b) = match op {
                 AluOp::Dec => (a, 1),
                 AluOp::Neg => (0, a),
@@ -385,7 +393,7 @@ pub const fn alu(op: AluOp, width: Width, dst: u64, src: u64, rflags: u64) -> (u
             // RCL/RCR of an 8/16-bit operand by a multiple of width + 1 rotate nothing
             // and keep CF; OF is undefined (a masked count above 1) and kept, as the
             // emulated CPU (Bochs) keeps it. ROL/ROR by a multiple of the width still
-            // set CF and OF from the operand (SDM Vol. 2B "RCL/RCR/ROL/ROR").
+            // set CF and OF from the operand (SDM Vol. 2B "RCL/RCR/ROL/ROR—Rotate").
             if t == 0 && matches!(op, AluOp::Rcl | AluOp::Rcr) {
                 return (a, rflags);
             }
@@ -543,7 +551,7 @@ pub const fn flags_of(op: AluOp, width: Width, dst: u64, src: u64) -> (u64, u64)
     (r, f & STATUS)
 }
 
-/// Jcc / SETcc / CMOVcc condition (SDM Vol. 1 Table B-1).
+/// Jcc / SETcc / CMOVcc condition (SDM Vol. 1 Table B-1 "EFLAGS Condition Codes").
 pub const fn condition(cond: Cond, rflags: u64) -> bool {
     let cf = rflags & CF != 0;
     let zf = rflags & ZF != 0;
@@ -615,7 +623,8 @@ fn read_operand(regs: &GuestRegs, o: Operand) -> u64 {
     }
 }
 
-/// Writes `value` to `r` with the merge / zero-extension rules of SDM Vol. 1 3.4.1.1.
+/// Writes `value` to `r` with the merge / zero-extension rules of SDM Vol. 1 3.4.1.1
+/// "General-Purpose Registers in 64-Bit Mode".
 fn write_reg(regs: &mut GuestRegs, r: RegRef, value: u64) {
     let old = regs.get(r.index).unwrap_or(0);
     let new = if r.high8 {
@@ -881,7 +890,8 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 self.retire(insn)
             }
             // ADD/SUB/CMP RSP, imm or reg: every stack frame's set-up and tear-down. RSP
-            // is an ordinary register to the ALU (SDM Vol. 1 3.4.1); it lives in the run
+            // is an ordinary register to the ALU (SDM Vol. 1 3.4.1 "General-Purpose
+            // Registers"); it lives in the run
             // state (the VMCS guest RSP), not in `GuestRegs`. 64-bit mode only, like the
             // other stack forms.
             Op::Alu { op, dst, src }
@@ -1008,7 +1018,8 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 }
                 // BT* m, r: the register is a signed bit offset from the operand's
                 // address, so the accessed unit is `offset DIV width` units away (SDM
-                // Vol. 2A "BT": bit-string addressing); an immediate offset stays in
+                // Vol. 2A "BT—Bit Test": bit-string addressing); an immediate offset
+                // stays in
                 // the operand (taken modulo the width).
                 let shift = match (op.is_bit(), src) {
                     (true, Operand::Reg(r)) => {
@@ -1472,7 +1483,8 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     /// Whether a taken transfer to `target` outside this block may be executed, the
     /// caller continuing at the target: inside the follow range, or (with `leave`)
     /// anywhere a 64-bit transfer can go without faulting on the branch itself, i.e. a
-    /// canonical target (SDM Vol. 1 3.3.7.1: a non-canonical target raises #GP at the
+    /// canonical target (SDM Vol. 1 3.3.7.1 "Canonical Addressing": a non-canonical
+    /// target raises #GP at the
     /// branch). Fetching at the target is the caller's business: a target that does
     /// not translate faults there on the CPU too, after the branch retired.
     fn may_follow(&self, target: u64) -> bool {
@@ -1514,7 +1526,8 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         }
     }
 
-    /// The effective address of `m` (SDM Vol. 1 3.7.5), truncated to the address
+    /// The effective address of `m` (SDM Vol. 1 3.7.5 "Specifying an Offset"), truncated
+    /// to the address
     /// size; RIP-relative addresses count from the end of the instruction.
     fn effective_address(&self, insn: Insn, m: MemRef) -> u64 {
         let mut a = m.disp as i64 as u64;
@@ -1849,7 +1862,8 @@ const fn io_width_ok(w: Width) -> bool {
     !matches!(w, Width::W64)
 }
 
-/// Address sizes that exist in `mode` (SDM Vol. 1 3.6): 16/32 outside 64-bit mode,
+/// Address sizes that exist in `mode` (SDM Vol. 1 3.6 "Operand-Size and Address-Size
+/// Attributes"): 16/32 outside 64-bit mode,
 /// 32/64 in it.
 fn addr_ok(mode: CodeMode, w: Width) -> bool {
     match mode {

@@ -9,7 +9,8 @@
 use crate::x86::Width;
 
 /// A general register as an operand: encoding number 0-15 (RAX, RCX, RDX, RBX, RSP,
-/// RBP, RSI, RDI, R8-R15; SDM Vol. 2 Table 2-2), its width, and for 8-bit operands
+/// RBP, RSI, RDI, R8-R15; SDM Vol. 2A Table 3-1
+/// "Register Codes Associated With +rb, +rw, +rd, +ro"), its width, and for 8-bit operands
 /// whether it is one of AH, CH, DH, BH (bits 15:8 of registers 0-3, only without REX).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RegRef {
@@ -54,7 +55,8 @@ pub enum PortSrc {
     Dx,
 }
 
-/// Segment registers (SDM encoding order).
+/// Segment registers (SDM encoding order: Vol. 2D Table B-8 "Encoding of the Segment
+/// Register (sreg) Field").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Seg {
     Es,
@@ -65,7 +67,8 @@ pub enum Seg {
     Gs,
 }
 
-/// A memory operand `seg:[base + index * scale + disp]` (SDM Vol. 1 3.7.5), 64-bit
+/// A memory operand `seg:[base + index * scale + disp]` (SDM Vol. 1 3.7.5 "Specifying
+/// an Offset"), 64-bit
 /// mode only. `base` and `index` are register encodings 0-15 (`index` never 4);
 /// `rip_rel` makes the base the address of the next instruction (RIP-relative), so
 /// the form stays position-independent. `seg` is DS or SS (both base 0 in 64-bit
@@ -84,10 +87,10 @@ pub struct MemRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AluOp {
     Add,
-    /// ADD with the carry in (SDM Vol. 2A "ADC").
+    /// ADD with the carry in (SDM Vol. 2A "ADC—Add With Carry").
     Adc,
     Sub,
-    /// SUB with the borrow in (SDM Vol. 2B "SBB").
+    /// SUB with the borrow in (SDM Vol. 2B "SBB—Integer Subtraction With Borrow").
     Sbb,
     And,
     Or,
@@ -99,29 +102,34 @@ pub enum AluOp {
     /// Source ignored; CF unchanged.
     Inc,
     Dec,
-    /// Two's complement negation; source ignored (SDM Vol. 2B "NEG").
+    /// Two's complement negation; source ignored (SDM Vol. 2B "NEG—Two's Complement
+    /// Negation").
     Neg,
-    /// One's complement; source ignored, no flag changes (SDM Vol. 2B "NOT").
+    /// One's complement; source ignored, no flag changes (SDM Vol. 2B "NOT—One's
+    /// Complement Negation").
     Not,
     /// Shift count in the source (masked to 5 bits, 6 for 64-bit, as the CPU does).
     Shl,
     Shr,
-    /// Arithmetic right shift (SDM Vol. 2B "SAL/SAR/SHL/SHR").
+    /// Arithmetic right shift (SDM Vol. 2B "SAL/SAR/SHL/SHR—Shift").
     Sar,
-    /// Rotates by the masked count in the source (SDM Vol. 2B "RCL/RCR/ROL/ROR"); RCL
+    /// Rotates by the masked count in the source (SDM Vol. 2B
+    /// "RCL/RCR/ROL/ROR—Rotate"); RCL
     /// and RCR rotate through CF.
     Rol,
     Ror,
     Rcl,
     Rcr,
-    /// Bit test, and set / reset / complement (SDM Vol. 2A "BT", "BTS", "BTR", "BTC"):
+    /// Bit test, and set / reset / complement (SDM Vol. 2A "BT—Bit Test", "BTS—Bit Test
+    /// and Set", "BTR—Bit Test and Reset", "BTC—Bit Test and Complement"):
     /// the source is the bit offset, taken modulo the width for a register operand.
     /// CF = the bit; ZF unchanged. No 8-bit form.
     Bt,
     Bts,
     Btr,
     Btc,
-    /// Two-operand IMUL (SDM Vol. 2A "IMUL", `0F AF /r`): the low half of the signed
+    /// Two-operand IMUL (SDM Vol. 2A "IMUL—Signed Multiply", `0F AF /r`): the low half
+    /// of the signed
     /// product; CF = OF = the product does not fit. No 8-bit form.
     Imul,
 }
@@ -187,7 +195,9 @@ impl AluOp {
     }
 }
 
-/// One-flag instructions (SDM Vol. 2A/2B "CLC", "STC", "CMC", "CLD", "STD").
+/// One-flag instructions (SDM Vol. 2A "CLC—Clear Carry Flag", "CMC—Complement Carry
+/// Flag", "CLD—Clear Direction Flag"; Vol. 2B "STC—Set Carry Flag", "STD—Set Direction
+/// Flag").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlagOp {
     Clc,
@@ -197,8 +207,9 @@ pub enum FlagOp {
     Std,
 }
 
-/// The one-operand multiply and divide group (SDM Vol. 2A "MUL", "IMUL", "DIV",
-/// "IDIV", group 3 /4 to /7): rDX:rAX (AX for bytes) against the operand.
+/// The one-operand multiply and divide group (SDM Vol. 2B "MUL—Unsigned Multiply";
+/// Vol. 2A "IMUL—Signed Multiply", "DIV—Unsigned Divide", "IDIV—Signed Divide";
+/// group 3 /4 to /7): rDX:rAX (AX for bytes) against the operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MulOp {
     Mul,
@@ -207,7 +218,8 @@ pub enum MulOp {
     Idiv,
 }
 
-/// Condition codes of Jcc (SDM Vol. 1 Table B-1), in encoding order (the low nibble
+/// Condition codes of Jcc (SDM Vol. 1 Table B-1 "EFLAGS Condition Codes"), in encoding
+/// order (the low nibble
 /// of 0x70-0x7F / 0x0F 0x80-0x8F).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cond {
@@ -379,7 +391,8 @@ pub enum Op {
     Flag {
         op: FlagOp,
     },
-    /// CMOVcc r, r/m (SDM Vol. 2A "CMOVcc"): the source is read whatever the
+    /// CMOVcc r, r/m (SDM Vol. 2A "CMOVcc—Conditional Move"): the source is read
+    /// whatever the
     /// condition, and a 32-bit destination is zero-extended even when it is false.
     Cmov {
         cond: Cond,

@@ -7,21 +7,27 @@
 //! executes it natively (raising the fault itself, or setting the flags itself):
 //!
 //! - the linear address must translate for the access kind at the CPL (present,
-//!   writable with CR0.WP or at CPL 3, user/supervisor; SDM Vol. 3A 4.6) and be
-//!   canonical (Vol. 1 3.3.7.1; [`translate`] checks it), every byte in guest RAM;
-//! - accessed and dirty flags (SDM Vol. 3A 4.8): the processor sets A in every
+//!   writable with CR0.WP or at CPL 3, user/supervisor; SDM Vol. 3A 4.6 "Access
+//!   Rights") and be canonical (Vol. 1 3.3.7.1 "Canonical Addressing"; [`translate`]
+//!   checks it), every byte in guest RAM;
+//! - accessed and dirty flags (SDM Vol. 3A 4.8 "Accessed and Dirty Flags"): the
+//!   processor sets A in every
 //!   paging-structure entry it uses, and D in the entry that maps the page for a
 //!   write. The emulator does not set them; it only emulates an access whose entries
 //!   already have A (and D on the leaf for a write), where the processor would write
-//!   nothing. PAE PDPTEs have no A flag (Table 4-8);
+//!   nothing. PAE PDPTEs have no A flag (Table 4-8 "Format of a PAE
+//!   Page-Directory-Pointer-Table Entry (PDPTE)");
 //! - SMAP and protection keys are not modelled here, so a supervisor access to a
 //!   user-mode page with CR4.SMAP, any access to a user-mode page with CR4.PKE, and
-//!   any access at all with CR4.PKS stop (SDM Vol. 3A 4.6.1, 4.6.2);
-//! - alignment checking (CR0.AM, RFLAGS.AC at CPL 3; SDM Vol. 3A 6.15 #AC): a
+//!   any access at all with CR4.PKS stop (SDM Vol. 3A 4.6.1 "Determination of Access
+//!   Rights", 4.6.2 "Protection Keys");
+//! - alignment checking (CR0.AM, RFLAGS.AC at CPL 3; SDM Vol. 3A 6.15 "Exception and
+//!   Interrupt Reference", "Interrupt 17—Alignment Check Exception (#AC)"): a
 //!   misaligned access stops.
 //!
 //! TLBs are not modelled: the walk reads the paging structures as they are now, which
-//! is what a processor does after INVLPG or a CR3 write (SDM Vol. 3A 4.10.4.3).
+//! is what a processor does after INVLPG or a CR3 write (SDM Vol. 3A 4.10.4.1
+//! "Operations that Invalidate TLBs and Paging-Structure Caches").
 
 use crate::x86::guest_mem::{
     translate_with_rights, Access, GuestMemory, PagingContext, PagingMode, PAGE_SIZE,

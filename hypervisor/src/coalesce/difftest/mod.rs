@@ -1,4 +1,4 @@
-//! Differential tests of the coalescer (DESIGN "The coalescing contract").
+//! Differential tests of the coalescer (docs/COALESCING.md, "The contract").
 //!
 //! The *coalesced* side runs [`Coalescer::handle`] on an IO exit exactly as the kernel
 //! does: a [`SoftVmcs`] holding the guest state and the exit fields of the first

@@ -8,7 +8,9 @@ use crate::coalesce::insn::AluOp;
 use crate::x86::Width;
 
 /// Status flags whose value after the operation is architecturally defined (SDM
-/// Vol. 2, "Flags Affected" of each instruction); unchanged flags count as defined.
+/// Vols. 2A-2C, "Flags Affected" on each instruction's page; quoted below from
+/// "SAL/SAR/SHL/SHR—Shift", "RCL/RCR/ROL/ROR—Rotate", "BT—Bit Test" and
+/// "IMUL—Signed Multiply"); unchanged flags count as defined.
 fn sdm_defined(op: AluOp, size: u8, src: u64) -> u64 {
     let count = src & if size == 8 { 63 } else { 31 };
     match op {

@@ -645,7 +645,7 @@ impl Reference<'_, '_> {
             }
             RefOp::AluMem { op, mem, src, size } => {
                 // BT* m, r: the register is a signed bit offset; the byte address moves
-                // by whole operands (SDM Vol. 2A "BT", bit-string addressing).
+                // by whole operands (SDM Vol. 2A "BT—Bit Test", bit-string addressing).
                 let plus = match (op, src) {
                     (AluOp::Bt | AluOp::Bts | AluOp::Btr | AluOp::Btc, Src::Reg(r)) => {
                         let bits = 8 * i64::from(size);
