@@ -75,8 +75,8 @@ impl<V: Vmcs, M: GuestMemory, H: HostOps> ExitContext<'_, '_, V, M, H> {
             5 => VmcsField::GuestGsBase,
             _ => return end(EndKind::Fatal),
         };
-        // In 64-bit mode only FS and GS have bases (SDM Vol. 3A 3.4.4 "Segment Loading
-        // Instructions in IA-32e Mode").
+        // In 64-bit mode only FS and GS have bases (SDM Vol. 3A 3.2.4 "Segmentation in
+        // IA-32e Mode").
         let base = if long && seg < 4 {
             0
         } else {
