@@ -332,6 +332,28 @@ fn modrm(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> Option<(u8, u8)> 
     Some((m >> 6, (m >> 3) & 7))
 }
 
+/// Whether the instruction has a SIB byte whose base field says "no base" (mod 00,
+/// base 101: a disp32 without base, whatever REX.B says; SDM Vol. 2A 2.2.1.2 "More
+/// on REX Prefix Fields", Table 2-3 "32-Bit Addressing Forms with the SIB Byte") while
+/// zydis reports a base register for it. zydis 4.1 does that for 67h + REX.B forms; such
+/// an instruction is left to the CPU.
+fn sib_base_misread(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
+    let mut at = usize::from(insn.raw.prefix_count);
+    if insn.opcode_map == OpcodeMap::_0F {
+        at += 1;
+    }
+    let (Some(&m), Some(&sib)) = (bytes.get(at + 1), bytes.get(at + 2)) else {
+        return false;
+    };
+    let no_base = m >> 6 == 0 && m & 7 == 4 && sib & 7 == 5;
+    no_base
+        && insn.attributes.contains(InstructionAttributes::HAS_SIB)
+        && insn
+            .operands()
+            .iter()
+            .any(|o| matches!(&o.kind, DecodedOperandKind::Mem(mem) if mem.base != Register::NONE))
+}
+
 /// Whether the byte before the opcode is a REX prefix with B set (64-bit mode).
 fn rex_b(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
     let n = usize::from(insn.raw.prefix_count);
@@ -340,14 +362,14 @@ fn rex_b(insn: &Instruction<VisibleOperands>, bytes: &[u8]) -> bool {
         && matches!(bytes.get(n - 1), Some(&b) if b & 0xF1 == 0x41)
 }
 
-/// A memory operand of 64-bit code (SDM Vol. 2A 2.2.1 "REX Prefixes": ModRM/SIB with
-/// REX; 2.2.1.6 "RIP-Relative Addressing": mod 00 r/m 101). Segment: DS/SS (base 0 in
-/// 64-bit mode) or an FS/GS override.
-/// `None` outside 64-bit mode or for anything but a plain memory operand.
+/// A memory operand (SDM Vol. 2A 2.1.5 "Addressing-Mode Encoding of ModR/M and SIB
+/// Bytes": the 16-bit forms `[bx+si]` .. `[bx]` of Table 2-1 and the 32-bit ModRM/SIB
+/// forms; 2.2.1 "REX Prefixes" in 64-bit code; 2.2.1.6 "RIP-Relative Addressing": mod
+/// 00 r/m 101). The segment is the one the processor uses: an override, else SS for a
+/// BP/EBP/ESP base, else DS (zydis resolves it); in 64-bit mode only FS and GS matter
+/// (the others are DS here). `None` for anything but a plain memory operand.
 fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Option<MemRef> {
-    if mode != CodeMode::Bits64 {
-        return None;
-    }
+    let long = mode == CodeMode::Bits64;
     let addr = width_bits(addr_bits)?;
     let DecodedOperandKind::Mem(m) = &op?.kind else {
         return None;
@@ -355,7 +377,11 @@ fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Op
     let seg = match m.segment {
         Register::FS => Seg::Fs,
         Register::GS => Seg::Gs,
-        Register::DS | Register::SS | Register::ES | Register::CS => Seg::Ds,
+        Register::DS | Register::SS | Register::ES | Register::CS if long => Seg::Ds,
+        Register::DS => Seg::Ds,
+        Register::SS => Seg::Ss,
+        Register::ES => Seg::Es,
+        Register::CS => Seg::Cs,
         _ => return None,
     };
     let (base, rip_rel, base_w) = match m.base {
@@ -378,7 +404,14 @@ fn mem_operand(op: Option<&DecodedOperand>, mode: CodeMode, addr_bits: u8) -> Op
     if base_w.is_some_and(|w| w != addr) || index_w.is_some_and(|w| w != addr) {
         return None;
     }
-    if !matches!(addr, Width::W32 | Width::W64) || index == Some(4) {
+    // 16-bit addressing outside 64-bit mode, 32-bit everywhere, 64-bit in 64-bit mode.
+    let sizes_ok = match addr {
+        Width::W16 => !long,
+        Width::W32 => true,
+        Width::W64 => long,
+        Width::W8 => false,
+    };
+    if !sizes_ok || index == Some(4) {
         return None;
     }
     let scale = match (index, m.scale) {
@@ -868,6 +901,9 @@ fn xchg(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
 /// Two-byte Opcodes by Group Number").
 fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Option<Op> {
     let (mod_, modrm_reg) = modrm(insn, bytes)?;
+    if sib_base_misread(insn, bytes) {
+        return None;
+    }
     let reg_form = mod_ == 3;
     let ops = insn.operands();
     // F2 (REPNE/BND) is only meaningful on string compares and MPX branches; where the
@@ -1023,6 +1059,23 @@ mod tests {
                 len: bytes.len() as u8
             }),
             "{bytes:02x?} in {mode:?}"
+        );
+    }
+
+    /// `bytes` decode (in `mode`) to an instruction with a memory operand.
+    fn mem_form(bytes: &[u8], mode: CodeMode) {
+        let o = op(bytes, mode);
+        assert!(
+            matches!(
+                o,
+                Op::Load {
+                    src: Rm::Mem(_),
+                    ..
+                } | Op::Store { .. }
+                    | Op::AluMem { .. }
+                    | Op::AluLoad { .. }
+            ),
+            "{bytes:02x?} in {mode:?}: {o:?}"
         );
     }
 
@@ -1460,8 +1513,8 @@ mod tests {
             }
         );
         // Memory destinations: C6 00 05 mov byte [eax], 5; C7 03 imm32 mov dword [ebx], imm.
-        unsupported(&[0xC6, 0x00, 5], Bits32);
-        unsupported(&[0xC7, 0x03, 1, 0, 0, 0], Bits32);
+        mem_form(&[0xC6, 0x00, 5], Bits32);
+        mem_form(&[0xC7, 0x03, 1, 0, 0, 0], Bits32);
     }
 
     #[test]
@@ -1517,9 +1570,9 @@ mod tests {
                 len: 2
             })
         ));
-        unsupported(&[0x8B, 0x03], Bits32);
+        mem_form(&[0x8B, 0x03], Bits32);
         // mov [ebx], eax (89 03); mov ax, es (8C C0); mov eax, cr0 (0F 20 C0).
-        unsupported(&[0x89, 0x03], Bits32);
+        mem_form(&[0x89, 0x03], Bits32);
         unsupported(&[0x8C, 0xC0], Bits16);
         unsupported(&[0x0F, 0x20, 0xC0], Bits64);
         // mov al, [0x1234] (A0 moffs16).
@@ -1560,8 +1613,8 @@ mod tests {
             alu(AluOp::Xor, r(0, Width::W16), Operand::Reg(r(0, Width::W16)))
         );
         // add eax, [ebx] (03 03), add [ebx], eax (01 03): memory forms.
-        unsupported(&[0x03, 0x03], Bits32);
-        unsupported(&[0x01, 0x03], Bits32);
+        mem_form(&[0x03, 0x03], Bits32);
+        mem_form(&[0x01, 0x03], Bits32);
         // adc eax, ebx (11 D8) and sbb eax, ebx (19 D8).
         assert_eq!(
             op(&[0x11, 0xD8], Bits32),
@@ -1663,7 +1716,7 @@ mod tests {
             alu(AluOp::Sbb, r(0, Width::W32), Operand::Imm(1))
         );
         // 83 00 01: add dword [eax], 1 (memory).
-        unsupported(&[0x83, 0x00, 0x01], Bits32);
+        mem_form(&[0x83, 0x00, 0x01], Bits32);
     }
 
     #[test]
@@ -1709,7 +1762,7 @@ mod tests {
             )
         );
         // 84 03 test [ebx], al (memory, 32-bit code); F6 D0 not al; F7 D8 neg eax.
-        unsupported(&[0x84, 0x03], Bits32);
+        mem_form(&[0x84, 0x03], Bits32);
         assert_eq!(
             op(&[0xF6, 0xD0], Bits32),
             alu(AluOp::Not, RegRef::AL, Operand::Imm(0))
@@ -1757,8 +1810,8 @@ mod tests {
             op(&[0xFF, 0xC3], Bits16),
             alu(AluOp::Inc, r(3, Width::W16), one)
         );
-        // FF 00 inc dword [eax]; FF D0 call eax.
-        unsupported(&[0xFF, 0x00], Bits32);
+        // FF 00 inc dword [eax]; FF D0 call eax (indirect branches: 64-bit code only).
+        mem_form(&[0xFF, 0x00], Bits32);
         unsupported(&[0xFF, 0xD0], Bits32);
     }
 
@@ -1816,7 +1869,7 @@ mod tests {
             );
         }
         assert!(decode(&[0xC1, 0xF0, 0x01], Bits32).is_err());
-        unsupported(&[0xC1, 0x20, 0x01], Bits32);
+        mem_form(&[0xC1, 0x20, 0x01], Bits32);
     }
 
     #[test]
@@ -2098,8 +2151,8 @@ mod tests {
                 "{bytes:02x?}"
             );
         }
-        // F0 01 03: lock add [ebx], eax is valid but touches memory.
-        unsupported(&[0xF0, 0x01, 0x03], Bits32);
+        // F0 01 03: lock add [ebx], eax is a locked memory read-modify-write.
+        mem_form(&[0xF0, 0x01, 0x03], Bits32);
     }
 
     #[test]
@@ -2169,12 +2222,11 @@ mod tests {
 
     #[test]
     fn other_instructions_are_unsupported_with_their_length() {
-        // hlt; popfd and 16-bit pushf (the stack outside 64-bit code); pushf; iret; int 0x10 (CD 10); cpuid (0F A2); mov eax, [0] (8B 05
-        // disp32 in 32-bit code); lock cmp [rax], eax is #UD (not a read-modify-write);
-        // rep ret; call [eax] in 32-bit
-        // code (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code pop ax (58);
-        // movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66 FF D0); bswap
-        // ax (66 0F C8).
+        // hlt; popfd, 66h pushfq and 16-bit pushf (the stack outside 64-bit code); iret;
+        // int 0x10 (CD 10); cpuid (0F A2); lgdt [eax] (0F 01 10); rep ret; call [eax] in
+        // 32-bit code (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code pop ax
+        // (58); movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66 FF D0);
+        // bswap ax (66 0F C8).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
             (&[0x9D], Bits32),
@@ -2183,7 +2235,7 @@ mod tests {
             (&[0xCF], Bits32),
             (&[0xCD, 0x10], Bits16),
             (&[0x0F, 0xA2], Bits64),
-            (&[0x8B, 0x05, 0, 0, 0, 0], Bits32),
+            (&[0x0F, 0x01, 0x10], Bits32),
             (&[0xF3, 0xC3], Bits64),
             (&[0xFF, 0x10], Bits32),
             (&[0x66, 0xFF, 0xD0], Bits64),
@@ -2195,6 +2247,24 @@ mod tests {
         ] {
             unsupported(bytes, m);
         }
+    }
+
+    #[test]
+    fn a_sib_without_base_is_never_read_with_one() {
+        // adc [r10*8 + disp32], r11b with 67h: SIB base 101 with mod 00 has no base
+        // even with REX.B; zydis reads R13D there, so the instruction is left to the
+        // CPU. Without 67h zydis reads it right.
+        unsupported(
+            &[0x67, 0x4F, 0x10, 0x1C, 0xD5, 0x5A, 0x32, 0xA0, 0xE7],
+            Bits64,
+        );
+        assert!(matches!(
+            op(&[0x4F, 0x10, 0x1C, 0xD5, 0x5A, 0x32, 0xA0, 0xE7], Bits64),
+            Op::AluMem {
+                mem: MemRef { base: None, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -2369,8 +2439,52 @@ mod tests {
         }
         assert_eq!(op(&[0x9C], Bits64), Op::Pushf);
         assert_eq!(op(&[0x9D], Bits64), Op::Popf);
-        // Memory forms outside 64-bit code stay with the CPU: cmovz ax, [bx].
-        unsupported(&[0x0F, 0x44, 0x07], Bits16);
+        // Memory forms in 16-bit code: cmovz ax, [bx] (DS), mov ax, [bp+si+2] (SS:
+        // the BP base), mov eax, es:[bx+di] (the override), add [si-1], dx.
+        assert_eq!(
+            op(&[0x0F, 0x44, 0x07], Bits16),
+            Op::Cmov {
+                cond: Cond::E,
+                dst: r(0, W16),
+                src: Rm::Mem(MemRef {
+                    addr: W16,
+                    ..mem(Some(3), None, 1, 0)
+                })
+            }
+        );
+        assert_eq!(
+            op(&[0x8B, 0x42, 0x02], Bits16),
+            Op::Load {
+                dst: r(0, W16),
+                src: Rm::Mem(MemRef {
+                    addr: W16,
+                    seg: Seg::Ss,
+                    ..mem(Some(5), Some(6), 1, 2)
+                }),
+                width: W16,
+                signed: false
+            }
+        );
+        assert!(matches!(
+            op(&[0x26, 0x66, 0x8B, 0x01], Bits16),
+            Op::Load {
+                src: Rm::Mem(MemRef { seg: Seg::Es, .. }),
+                ..
+            }
+        ));
+        mem_form(&[0x01, 0x54, 0xFF], Bits16);
+        // 32-bit addressing in 16-bit code (67h): mov ax, [esp+4] (SS).
+        assert!(matches!(
+            op(&[0x67, 0x8B, 0x44, 0x24, 0x04], Bits16),
+            Op::Load {
+                src: Rm::Mem(MemRef {
+                    seg: Seg::Ss,
+                    addr: W32,
+                    ..
+                }),
+                ..
+            }
+        ));
     }
 
     fn mem(base: Option<u8>, index: Option<u8>, scale: u8, disp: i32) -> MemRef {

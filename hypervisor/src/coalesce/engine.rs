@@ -11,6 +11,7 @@ use crate::coalesce::block::{self, CodeFetch, Extent, GuestCode};
 use crate::coalesce::cache::BlockCache;
 use crate::coalesce::exec::{self, io_permitted, CpuState, IoEnv, Limits};
 use crate::coalesce::insn::{CodeMode, Op, PortSrc, Seg, StopReason};
+use crate::coalesce::segment::SegRegs;
 use crate::coalesce::stats::IoStats;
 use crate::vmx::exit::IoQualification;
 use crate::vmx::guest_state::{
@@ -142,19 +143,53 @@ impl<'c> Coalescer<'c> {
 
     fn cpu_state(vmcs: &impl Vmcs, regs: &GuestRegs) -> CpuState {
         let mode = Self::code_mode(vmcs);
-        let base = |f| vmcs.read(f);
-        let mut seg_base = [
-            base(VmcsField::GuestEsBase),
-            base(VmcsField::GuestCsBase),
-            base(VmcsField::GuestSsBase),
-            base(VmcsField::GuestDsBase),
-            base(VmcsField::GuestFsBase),
-            base(VmcsField::GuestGsBase),
+        let f = |x| vmcs.read(x);
+        let fields = [
+            (
+                VmcsField::GuestEsBase,
+                VmcsField::GuestEsLimit,
+                VmcsField::GuestEsAccessRights,
+            ),
+            (
+                VmcsField::GuestCsBase,
+                VmcsField::GuestCsLimit,
+                VmcsField::GuestCsAccessRights,
+            ),
+            (
+                VmcsField::GuestSsBase,
+                VmcsField::GuestSsLimit,
+                VmcsField::GuestSsAccessRights,
+            ),
+            (
+                VmcsField::GuestDsBase,
+                VmcsField::GuestDsLimit,
+                VmcsField::GuestDsAccessRights,
+            ),
+            (
+                VmcsField::GuestFsBase,
+                VmcsField::GuestFsLimit,
+                VmcsField::GuestFsAccessRights,
+            ),
+            (
+                VmcsField::GuestGsBase,
+                VmcsField::GuestGsLimit,
+                VmcsField::GuestGsAccessRights,
+            ),
         ];
+        let mut segs = SegRegs {
+            base: [0; 6],
+            limit: [0; 6],
+            ar: [0; 6],
+        };
+        for (k, (b, l, a)) in fields.into_iter().enumerate() {
+            segs.base[k] = f(b);
+            segs.limit[k] = f(l) as u32;
+            segs.ar[k] = f(a) as u32;
+        }
         if mode == CodeMode::Bits64 {
             // Only FS and GS have bases in 64-bit mode (SDM Vol. 3A 3.2.4 "Segmentation
             // in IA-32e Mode").
-            for b in &mut seg_base[..4] {
+            for b in &mut segs.base[..4] {
                 *b = 0;
             }
         }
@@ -164,7 +199,7 @@ impl<'c> Coalescer<'c> {
             rip: vmcs.read(VmcsField::GuestRip),
             rflags: vmcs.read(VmcsField::GuestRflags),
             mode,
-            seg_base,
+            segs,
             cpl: guest_cpl(vmcs),
             paging: guest_paging(vmcs),
             quiet: 0,
@@ -376,7 +411,7 @@ impl<'c> Coalescer<'c> {
         if mode != CodeMode::Bits64 {
             // IP wraps at 64 KiB (16-bit) or 4 GiB and must stay inside CS: the scan
             // never runs past what the CPU could fetch.
-            code = code.with_cs(state.seg_base[Seg::Cs as usize], cs_limit);
+            code = code.with_cs(state.segs.base[Seg::Cs as usize], cs_limit);
         }
         // By reference: a block is over a kilobyte, and a chained run looks up
         // several.
@@ -441,7 +476,7 @@ fn follow_range<M: GuestMemory>(
     if state.mode == CodeMode::Bits64 {
         return Some((start, end));
     }
-    let base = state.seg_base[Seg::Cs as usize];
+    let base = state.segs.base[Seg::Cs as usize];
     let lo = start.wrapping_sub(base) & 0xFFFF_FFFF;
     let hi = lo + size;
     let ip_end = match state.mode {
@@ -454,7 +489,7 @@ fn follow_range<M: GuestMemory>(
 
 /// The linear address of the instruction at `state.rip`.
 fn linear_rip(state: &CpuState) -> u64 {
-    code_linear(state.mode, state.seg_base[Seg::Cs as usize], state.rip)
+    code_linear(state.mode, state.segs.base[Seg::Cs as usize], state.rip)
 }
 
 /// The linear address of code at `rip` in `mode` with CS base `cs_base` (64-bit mode

@@ -88,6 +88,7 @@ use super::insn::{
     Seg, StopReason,
 };
 use super::memory::{self, Pieces};
+use super::segment::{self, AddressingMode, SegRegs};
 use crate::x86::guest_mem::{
     check_linear, read_linear_as, translate, write_linear, Access, GuestMemory, PagingContext,
     PAGE_SIZE,
@@ -115,10 +116,10 @@ pub struct CpuState {
     pub rip: u64,
     pub rflags: u64,
     pub mode: CodeMode,
-    /// Segment bases indexed by `Seg as usize` (ES, CS, SS, DS, FS, GS). In 64-bit mode
-    /// the ES, CS, SS and DS bases are ignored (treated as 0, SDM Vol. 3A 3.2.4
-    /// "Segmentation in IA-32e Mode").
-    pub seg_base: [u64; 6],
+    /// Segment bases, limits and access rights indexed by `Seg as usize` (ES, CS, SS,
+    /// DS, FS, GS). In 64-bit mode the ES, CS, SS and DS bases are ignored (treated as
+    /// 0, SDM Vol. 3A 3.2.4 "Segmentation in IA-32e Mode") and no limit applies.
+    pub segs: SegRegs,
     /// Current privilege level (SS.DPL).
     pub cpl: u8,
     /// For the string-IO memory accesses.
@@ -1061,7 +1062,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 self.retire(insn)
             }
             Op::Lea { dst, mem } => {
-                if !reg_ok(mode, dst) || mode != CodeMode::Bits64 {
+                if !reg_ok(mode, dst) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let ea = self.effective_address(insn, mem);
@@ -1566,18 +1567,35 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         write: bool,
         shift: u64,
     ) -> Result<Pieces, StopReason> {
-        if self.mode() != CodeMode::Bits64 {
-            return Err(StopReason::Unsupported);
-        }
         let ea = self.effective_address(insn, m).wrapping_add(shift) & m.addr.mask();
-        let mut lin = ea;
-        if matches!(m.seg, Seg::Fs | Seg::Gs) {
-            lin = lin.wrapping_add(self.state.seg_base[m.seg as usize]);
+        let n = width.bytes();
+        let lin = self
+            .seg_linear(m.seg, ea, u64::from(n), write)
+            .ok_or(StopReason::Memory)?;
+        self.checked(lin, usize::from(n), write)
+    }
+
+    /// How the processor addresses memory now (for the segment checks).
+    fn addressing(&self) -> AddressingMode {
+        AddressingMode {
+            mode: self.mode(),
+            real: self.state.paging.cr0 & crate::x86::Cr0::PE.bits() == 0,
+            v86: self.state.rflags & Rflags::VM.bits() != 0,
         }
-        self.checked(lin, usize::from(width.bytes()), write)
+    }
+
+    /// The linear address of an `n`-byte access at offset `ea` through `seg`, if the
+    /// segment allows it (`segment::data_linear`).
+    fn seg_linear(&self, seg: Seg, ea: u64, n: u64, write: bool) -> Option<u64> {
+        segment::data_linear(self.addressing(), &self.state.segs, seg, ea, n, write)
     }
 
     fn checked(&mut self, lin: u64, n: usize, write: bool) -> Result<Pieces, StopReason> {
+        // Outside 64-bit mode linear addresses wrap at 4 GiB; an access across the wrap
+        // is left to the CPU.
+        if self.mode() != CodeMode::Bits64 && lin.saturating_add(n as u64) > 1 << 32 {
+            return Err(StopReason::Memory);
+        }
         let st = &*self.state;
         let p = memory::data_access(&*self.mem, &st.paging, st.cpl, st.rflags, lin, n, write)
             .ok_or(StopReason::Memory)?;
@@ -1673,7 +1691,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         let base = if long && !matches!(seg, Seg::Fs | Seg::Gs) {
             0
         } else {
-            self.state.seg_base[seg as usize]
+            self.state.segs.base[seg as usize]
         };
         let lin = base.wrapping_add(reg & addr.mask());
         if long {
@@ -1822,7 +1840,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         let cs_base = if long {
             0
         } else {
-            self.state.seg_base[Seg::Cs as usize]
+            self.state.segs.base[Seg::Cs as usize]
         };
         let mut lin = cs_base.wrapping_add(self.block_rip);
         if !long {
@@ -1951,7 +1969,7 @@ mod tests {
                     rip: 0,
                     rflags: 0x2,
                     mode,
-                    seg_base: [0; 6],
+                    segs: SegRegs::FLAT,
                     cpl: 0,
                     paging: PagingContext::default(),
                     quiet: 0,
@@ -1976,7 +1994,7 @@ mod tests {
 
         fn run_raw(&mut self, insns: &[Insn], offsets: &[u16], len: u16, rip: u64) -> RunResult {
             let gpa = self.gpa.unwrap_or_else(|| {
-                let lin = self.st.seg_base[Seg::Cs as usize].wrapping_add(rip);
+                let lin = self.st.segs.base[Seg::Cs as usize].wrapping_add(rip);
                 lin & 0xFFFF_FFFF
             });
             let mut mem = SliceMemory::new(&mut self.ram);
@@ -3321,7 +3339,7 @@ mod tests {
     #[test]
     fn string_io_16_bit_address_size_wraps_and_keeps_upper_bits_with_segment_base() {
         let mut t = T::new(CodeMode::Bits16);
-        t.st.seg_base[Seg::Es as usize] = 0x2000 << 4;
+        t.st.segs.base[Seg::Es as usize] = 0x2000 << 4;
         t.st.regs.rdi = 0xDEAD_0000_0000_FFFE;
         t.st.regs.rcx = 0xBEEF_0000_0000_0002;
         t.st.regs.rdx = 0x60;
@@ -3355,7 +3373,7 @@ mod tests {
         // The 32-bit offset ignores RSI's upper half, then the 64-bit FS base is
         // added; stepping down from 0 wraps ESI and zero-extends.
         let mut t = T::new(CodeMode::Bits64);
-        t.st.seg_base[Seg::Fs as usize] = 0x10_0000;
+        t.st.segs.base[Seg::Fs as usize] = 0x10_0000;
         t.ram[0x10_0000] = 0x11;
         t.st.regs.rsi = 0xFFFF_FFFF_0000_0000;
         t.st.rflags |= Rflags::DF.bits();
@@ -3388,8 +3406,8 @@ mod tests {
     fn outs_segment_override_and_64_bit_mode_base_rules() {
         // 32-bit code: DS base and an FS override both apply.
         let mut t = T::new(CodeMode::Bits32);
-        t.st.seg_base[Seg::Ds as usize] = 0x4_0000;
-        t.st.seg_base[Seg::Fs as usize] = 0x5_0000;
+        t.st.segs.base[Seg::Ds as usize] = 0x4_0000;
+        t.st.segs.base[Seg::Fs as usize] = 0x5_0000;
         t.ram[0x4_0010] = 0xD5;
         t.ram[0x5_0010] = 0xF5;
         t.st.regs.rsi = 0x10;
@@ -3399,8 +3417,8 @@ mod tests {
         assert_eq!(t.env.log, [Io::Out(0, W8, 0xD5), Io::Out(0, W8, 0xF5)]);
         // 64-bit code: the DS (and ES) base is ignored, GS applies.
         let mut t = T::new(CodeMode::Bits64);
-        t.st.seg_base = [0x1_0000; 6];
-        t.st.seg_base[Seg::Gs as usize] = 0x6_0000;
+        t.st.segs.base = [0x1_0000; 6];
+        t.st.segs.base[Seg::Gs as usize] = 0x6_0000;
         t.ram[0x10] = 0x0D;
         t.ram[0x6_0010] = 0x6D;
         t.st.regs.rsi = 0x10;
@@ -3723,7 +3741,7 @@ mod tests {
             t.st.rflags = 0x2
                 | (rnd() & (STATUS | Rflags::DF.bits() | Rflags::IF.bits() | Rflags::IOPL.bits()));
             t.st.cpl = (rnd() % 4) as u8;
-            t.st.seg_base = [rnd(), rnd(), rnd(), rnd(), rnd(), rnd()];
+            t.st.segs.base = [rnd(), rnd(), rnd(), rnd(), rnd(), rnd()];
             if rnd() % 2 == 0 {
                 t.st.paging = paging_4level(&mut t.ram);
             }

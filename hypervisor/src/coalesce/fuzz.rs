@@ -28,7 +28,7 @@ use super::difftest::ref_decode::{ref_op, BranchKind, GReg, RefMem, RefOp, RefRm
 use super::difftest::rng::Rng;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
-use super::insn::{CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, Seg};
+use super::insn::{CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm};
 use crate::stats::Stats;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::SliceMemory;
@@ -344,11 +344,7 @@ fn mem_eq(a: MemRef, b: RefMem, ip: u64, len: u8) -> bool {
     } else {
         disp
     };
-    let seg = match a.seg {
-        Seg::Fs => 4,
-        Seg::Gs => 5,
-        _ => 3,
-    };
+    let seg = a.seg as u8;
     a.base == b.base
         && a.index == b.index
         && (a.index.is_none() || a.scale == b.scale)

@@ -68,11 +68,12 @@ pub enum Seg {
 }
 
 /// A memory operand `seg:[base + index * scale + disp]` (SDM Vol. 1 3.7.5 "Specifying
-/// an Offset"), 64-bit
-/// mode only. `base` and `index` are register encodings 0-15 (`index` never 4);
-/// `rip_rel` makes the base the address of the next instruction (RIP-relative), so
-/// the form stays position-independent. `seg` is DS or SS (both base 0 in 64-bit
-/// mode) or an FS/GS override; `addr` is the address size (W32 with 67h).
+/// an Offset"). `base` and `index` are register encodings 0-15 (`index` never 4);
+/// `rip_rel` makes the base the address of the next instruction (RIP-relative, 64-bit
+/// mode), so the form stays position-independent. `seg` is the segment the processor
+/// uses (in 64-bit mode DS for all but FS/GS, whose bases alone count); `addr` is the
+/// address size: the effective address is computed with the full registers and
+/// truncated to it (16-bit addressing: `[bx+si+disp]` wraps at 64 KiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MemRef {
     pub base: Option<u8>,

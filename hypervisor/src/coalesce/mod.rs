@@ -18,4 +18,5 @@ mod fuzz;
 mod host_alu;
 pub mod insn;
 pub mod memory;
+pub mod segment;
 pub mod stats;

@@ -32,6 +32,10 @@ pub(in crate::coalesce) struct Case {
     pub ip: u64,
     /// ES, CS, SS, DS, FS, GS bases (the VMCS fields; 64-bit mode ignores the first 4).
     pub seg_base: [u64; 6],
+    /// Their limits (byte-granular, as the VMCS holds them) and access rights (VMCS
+    /// format; CS and SS get the CPL as DPL when built).
+    pub seg_limit: [u32; 6],
+    pub seg_ar: [u32; 6],
     pub regs: GuestRegs,
     pub rsp: u64,
     pub rflags: u64,
@@ -65,11 +69,23 @@ impl Case {
             CodeMode::Bits16 => (CODE - 0x7000, [DATA, 0x7000, DATA, DATA, DATA, DATA]),
             _ => (CODE, [0; 6]),
         };
+        // Present, accessed read/write data segments and an execute/read code segment:
+        // 64 KiB in real mode, flat 4 GiB (B = 1, G = 1) in 32-bit code.
+        let (seg_limit, seg_ar) = match mode {
+            CodeMode::Bits16 => ([0xFFFF; 6], [0x93, 0x9B, 0x93, 0x93, 0x93, 0x93]),
+            CodeMode::Bits32 => (
+                [u32::MAX; 6],
+                [0xC093, 0xC09B, 0xC093, 0xC093, 0xC093, 0xC093],
+            ),
+            CodeMode::Bits64 => ([u32::MAX; 6], [0x93, 0xA09B, 0x93, 0x93, 0x93, 0x93]),
+        };
         Case {
             mode,
             code,
             ip,
             seg_base,
+            seg_limit,
+            seg_ar,
             regs: GuestRegs::default(),
             rsp: 0x7000,
             rflags: 0x2,
@@ -103,17 +119,30 @@ impl Case {
     pub(in crate::coalesce) fn build(&self) -> (SoftVmcs, GuestRegs, Vec<u8>) {
         let mut ram = vec![0u8; RAM];
         let mut v = SoftVmcs::new();
-        let dpl = u64::from(self.cpl) << 5;
-        // Present, accessed code / data segments.
-        let (cs_ar, cr0, limit) = match self.mode {
-            CodeMode::Bits16 => (0x9B, 0x10, 0xFFFF),
-            CodeMode::Bits32 => (0xC09B, 0x11, 0xFFFF_FFFF),
-            CodeMode::Bits64 => (0xA09B, 0x8001_0011, 0xFFFF_FFFF),
+        let dpl = u32::from(self.cpl) << 5;
+        let cr0 = match self.mode {
+            CodeMode::Bits16 => 0x10,
+            CodeMode::Bits32 => 0x11,
+            CodeMode::Bits64 => 0x8001_0011,
         };
         v.write(VmcsField::GuestCr0, cr0);
-        v.write(VmcsField::GuestCsAccessRights, cs_ar | dpl);
-        v.write(VmcsField::GuestSsAccessRights, 0x93 | dpl);
-        v.write(VmcsField::GuestCsLimit, limit);
+        let fields = [
+            (VmcsField::GuestEsLimit, VmcsField::GuestEsAccessRights),
+            (VmcsField::GuestCsLimit, VmcsField::GuestCsAccessRights),
+            (VmcsField::GuestSsLimit, VmcsField::GuestSsAccessRights),
+            (VmcsField::GuestDsLimit, VmcsField::GuestDsAccessRights),
+            (VmcsField::GuestFsLimit, VmcsField::GuestFsAccessRights),
+            (VmcsField::GuestGsLimit, VmcsField::GuestGsAccessRights),
+        ];
+        for (k, (l, a)) in fields.into_iter().enumerate() {
+            let ar = if k == 1 || k == 2 {
+                (self.seg_ar[k] & !0x60) | dpl
+            } else {
+                self.seg_ar[k]
+            };
+            v.write(l, u64::from(self.seg_limit[k]));
+            v.write(a, u64::from(ar));
+        }
         if self.mode == CodeMode::Bits64 {
             v.write(
                 VmcsField::EntryControls,
@@ -155,14 +184,24 @@ impl Case {
             };
             v.write(VmcsField::GuestCr0, cr0 | 0x8001_0000);
             v.write(VmcsField::GuestCr3, 0x1000);
+            // Accessed and dirty flags set (0x60), except on `ad_clear` pages.
             if self.large_pages {
                 v.write(VmcsField::GuestCr4, Cr4::PSE.bits());
-                put(&mut ram, 0x1000, 0x80 | 7);
+                put(&mut ram, 0x1000, 0x80 | 0x67);
             } else {
-                put(&mut ram, 0x1000, 0x2000 | 7);
+                put(&mut ram, 0x1000, 0x2000 | 0x67);
                 for page in 0..(RAM as u32 / 4096) {
+                    let ad = if self.ad_clear.contains(&(u64::from(page) * 4096)) {
+                        0
+                    } else {
+                        0x60
+                    };
                     if !self.unmap.contains(&(u64::from(page) * 4096)) {
-                        put(&mut ram, 0x2000 + u64::from(page) * 4, (page * 4096) | 7);
+                        put(
+                            &mut ram,
+                            0x2000 + u64::from(page) * 4,
+                            (page * 4096) | 7 | ad,
+                        );
                     }
                 }
             }

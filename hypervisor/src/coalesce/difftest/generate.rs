@@ -26,7 +26,7 @@ struct EncReg {
 pub(in crate::coalesce) enum Mix {
     /// Everything in proportion: IO, strings, moves, ALU, branches, memory forms.
     Any,
-    /// Half the instructions are memory forms (where the mode has them).
+    /// Half the instructions are memory forms.
     Memory,
 }
 
@@ -438,29 +438,79 @@ impl Gen<'_> {
         self.emit(&[0x90], true);
     }
 
-    /// A 64-bit memory operand: ModRM mod and r/m, the SIB and displacement bytes, and
-    /// REX.X/REX.B. Mostly [rsi|rdi + disp8] and [rsi|rdi + rcx*s + disp8] (the case
-    /// points RSI and RDI into the data area and keeps RCX small), sometimes [rsp +
-    /// disp8], [rip + disp32] near the code, or a base holding a random value (a fault
-    /// or a non-canonical address: a stop before the instruction).
-    fn mem_operand(&mut self) -> (u8, u8, Vec<u8>, u8) {
+    /// A memory operand: ModRM mod and r/m, the SIB and displacement bytes, REX.X/REX.B,
+    /// and the prefixes it needs (a segment override, 67h). 64-bit code: mostly
+    /// [rsi|rdi + disp8] and [rsi|rdi + rcx*s + disp8] (the case points RSI and RDI into
+    /// the data area and keeps RCX small), sometimes [rsp + disp8], [rip + disp32] near
+    /// the code, or a base holding a random value (a fault or a non-canonical address:
+    /// a stop before the instruction). 16- and 32-bit code: the same through ESI/EDI
+    /// or SI/DI/BX/BP (16-bit addressing, the BP forms through SS), absolute
+    /// displacements, the other address size with 67h now and then, and segment
+    /// overrides (CS and SS too: read-only or expand-up checks, writes into the code).
+    fn mem_operand(&mut self) -> (u8, u8, Vec<u8>, u8, Vec<u8>) {
         let disp = self.rng.pick(&[0u8, 1, 4, 8, 0x10, 0x3F, 0xF8, 0xFC]);
-        match self.rng.below(10) {
-            0..=3 => (1, 6 + self.rng.below(2) as u8, vec![disp], 0),
-            4 | 5 => {
-                let scale = self.rng.below(4) as u8;
-                let base = 6 + self.rng.below(2) as u8;
-                (1, 4, vec![(scale << 6) | (1 << 3) | base, disp], 0)
-            }
-            6 => (1, 4, vec![0x24, disp], 0),
-            7 => {
-                // [rip + disp32]: into the code just behind or ahead.
-                let d = (self.rng.below(96) as i32 - 48).to_le_bytes();
-                (0, 5, d.to_vec(), 0)
-            }
-            8 => (0, 3, Vec::new(), 0),
-            _ => (1, 6, vec![disp], 1),
+        if self.long() {
+            let (m, r, t, xb) = match self.rng.below(10) {
+                0..=3 => (1, 6 + self.rng.below(2) as u8, vec![disp], 0),
+                4 | 5 => {
+                    let scale = self.rng.below(4) as u8;
+                    let base = 6 + self.rng.below(2) as u8;
+                    (1, 4, vec![(scale << 6) | (1 << 3) | base, disp], 0)
+                }
+                6 => (1, 4, vec![0x24, disp], 0),
+                7 => {
+                    // [rip + disp32]: into the code just behind or ahead.
+                    let d = (self.rng.below(96) as i32 - 48).to_le_bytes();
+                    (0, 5, d.to_vec(), 0)
+                }
+                8 => (0, 3, Vec::new(), 0),
+                _ => (1, 6, vec![disp], 1),
+            };
+            return (m, r, t, xb, Vec::new());
         }
+        let mut pfx = Vec::new();
+        if self.rng.chance(1, 5) {
+            pfx.push(self.rng.pick(&[0x26u8, 0x2E, 0x36, 0x3E, 0x64, 0x65]));
+        }
+        let native16 = self.mode == CodeMode::Bits16;
+        let alt = self.rng.chance(1, 4);
+        if alt {
+            pfx.push(0x67);
+        }
+        let addr16 = native16 != alt;
+        let (m, r, t) = if addr16 {
+            match self.rng.below(8) {
+                0 => (1, 4, vec![disp]),                       // [si + d8]
+                1 => (1, 5, vec![disp]),                       // [di + d8]
+                2 => (1, 7, vec![disp]),                       // [bx + d8]
+                3 => (1, 6, vec![disp]),                       // [bp + d8] (SS)
+                4 => (1, self.rng.below(4) as u8, vec![disp]), // [bx|bp + si|di + d8]
+                5 => {
+                    // [disp16]
+                    let d = (self.rng.below(0x3000) as u16).to_le_bytes();
+                    (0, 6, d.to_vec())
+                }
+                _ => (0, 4 + self.rng.below(2) as u8, Vec::new()), // [si] / [di]
+            }
+        } else {
+            match self.rng.below(8) {
+                0..=2 => (1, 6 + self.rng.below(2) as u8, vec![disp]),
+                3 => {
+                    let scale = self.rng.below(4) as u8;
+                    let base = 6 + self.rng.below(2) as u8;
+                    (1, 4, vec![(scale << 6) | (1 << 3) | base, disp])
+                }
+                4 => (1, 4, vec![0x24, disp]), // [esp + d8] (SS)
+                5 => (1, 5, vec![disp]),       // [ebp + d8] (SS)
+                6 => {
+                    // [disp32]: into the data area.
+                    let d = (DATA as u32 + self.rng.below(0x4000) as u32).to_le_bytes();
+                    (0, 5, d.to_vec())
+                }
+                _ => (0, 3, Vec::new()), // [ebx]
+            }
+        };
+        (m, r, t, 0, pfx)
     }
 
     /// Prefix, REX, opcode, ModRM and the operand bytes of a memory form; `reg` in
@@ -472,13 +522,12 @@ impl Gen<'_> {
         reg: Option<EncReg>,
         ext: Option<u8>,
     ) -> Option<Vec<u8>> {
-        let (mod_, rm, tail, xb) = self.mem_operand();
+        let (mod_, rm, tail, xb, mut out) = self.mem_operand();
         let (pfx, w) = self.opsize(size);
         let needed = w || xb != 0 || reg.is_some_and(|r| r.rex_needed);
         if needed && reg.is_some_and(|r| r.rex_forbidden) {
             return None;
         }
-        let mut out = Vec::new();
         out.extend(pfx);
         if needed {
             let r = reg.map_or(0, |r| r.num >> 3);
@@ -491,8 +540,7 @@ impl Gen<'_> {
         Some(out)
     }
 
-    /// A memory form of the subset (64-bit mode only: the coalescer leaves memory
-    /// operands of 16- and 32-bit code to the CPU).
+    /// A memory form of the subset.
     fn mem(&mut self) {
         for _ in 0..8 {
             let size = self.size();
@@ -587,7 +635,8 @@ impl Gen<'_> {
                 }
                 // MOVZX/MOVSX r, m8/m16 ; MOVSXD r64, m32
                 7 => {
-                    let size = self.rng.pick(&[2u8, 4, 8]);
+                    let sizes: &[u8] = if self.long() { &[2, 4, 8] } else { &[2, 4] };
+                    let size = self.rng.pick(sizes);
                     let reg = self.reg(size);
                     used = Some(reg);
                     if size == 8 && self.rng.chance(1, 3) {
@@ -646,13 +695,14 @@ impl Gen<'_> {
                     }
                 },
                 // CALL/JMP [m] (the target is whatever the memory holds).
-                14 if self.rng.chance(1, 3) => {
+                14 if self.long() && self.rng.chance(1, 3) => {
                     let ext = if self.rng.chance(1, 2) { 2 } else { 4 };
                     self.head_mem(4, &[0xFF], None, Some(ext))
                 }
                 // LEA
                 _ => {
-                    let size = self.rng.pick(&[2u8, 4, 8]);
+                    let sizes: &[u8] = if self.long() { &[2, 4, 8] } else { &[2, 4] };
+                    let size = self.rng.pick(sizes);
                     let reg = self.reg(size);
                     used = Some(reg);
                     self.head_mem(size, &[0x8D], Some(reg), None)
@@ -1069,7 +1119,7 @@ pub(in crate::coalesce) fn gen_program_mix(
         let mut planned = 0;
         while planned < n {
             let here = g.starts.len();
-            if mix == Mix::Memory && g.mode == CodeMode::Bits64 && g.rng.chance(1, 2) {
+            if mix == Mix::Memory && g.rng.chance(1, 2) {
                 g.mem();
                 planned += 1;
                 continue;
@@ -1083,8 +1133,7 @@ pub(in crate::coalesce) fn gen_program_mix(
                 }
                 6..=8 => g.mov(),
                 9 | 10 => g.alu(),
-                11 | 12 if g.mode == CodeMode::Bits64 => g.mem(),
-                11 | 12 => g.alu(),
+                11 | 12 => g.mem(),
                 13 => g.nop(),
                 14 | 15 => {
                     // Forward branch within the next few instructions or to the end.
@@ -1251,6 +1300,21 @@ pub(super) fn random_case(mode: CodeMode, mix: Mix, seed: u64) -> Case {
             }
             CodeMode::Bits32 => regs.rdi = target - c.seg_base[0],
             CodeMode::Bits64 => regs.rdi = target,
+        }
+    }
+    // Segment limits and types the processor checks on data accesses: a short limit,
+    // a read-only or execute-only or expand-down or unusable segment, a 4 GiB limit in
+    // real mode ("unreal" mode).
+    if mode != CodeMode::Bits64 && rng.chance(1, 3) {
+        let k = rng.pick(&[0usize, 2, 3, 3, 4, 5]);
+        match rng.below(6) {
+            0 => c.seg_limit[k] = rng.pick(&[0, 0xFF, 0xFFF, 0x3FFF, 0x8000]),
+            1 => c.seg_ar[k] = (c.seg_ar[k] & !0xF) | 0x1,
+            2 => c.seg_ar[k] = (c.seg_ar[k] & !0xF) | 0x7,
+            3 => c.seg_ar[k] |= 1 << 16,
+            4 => c.seg_ar[k] = (c.seg_ar[k] & !0xF) | 0xB,
+            _ if mode == CodeMode::Bits16 => c.seg_limit[k] = u32::MAX,
+            _ => c.seg_limit[k] = 0xFFFF,
         }
     }
     if rng.chance(2, 3) {

@@ -188,7 +188,8 @@ pub(in crate::coalesce) enum RefOp {
 
 /// A memory operand as iced reads it: base, index, scale, displacement (for
 /// RIP-relative operands iced has already added the next RIP: `base` is None and
-/// `disp` the address), segment (4 FS, 5 GS, else 3), address size in bytes.
+/// `disp` the address), segment (0 ES .. 5 GS, as iced resolves the default: SS for a
+/// BP/EBP/ESP base; in 64-bit code only 4 FS and 5 GS, else 3), address size in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::coalesce) struct RefMem {
     pub base: Option<u8>,
@@ -205,12 +206,10 @@ pub(in crate::coalesce) enum RefRm {
     Mem(RefMem),
 }
 
-/// iced's memory operand of `i` (64-bit code only; `None` otherwise).
+/// iced's memory operand of `i`.
 fn ref_mem(i: &Instruction) -> Option<RefMem> {
     use iced_x86::Register as R;
-    if i.code_size() != iced_x86::CodeSize::Code64 {
-        return None;
-    }
+    let long = i.code_size() == iced_x86::CodeSize::Code64;
     let reg = |r: R| -> Option<Option<(u8, u8)>> {
         if r == R::None {
             return Some(None);
@@ -230,14 +229,21 @@ fn ref_mem(i: &Instruction) -> Option<RefMem> {
             }
         }
         // Without registers: iced reports a 32-bit displacement as 4 bytes only
-        // under a 32-bit address size (67h), else as 8 (sign-extended).
+        // under a 32-bit address size (67h), else as 8 (sign-extended), in 64-bit code;
+        // outside it the displacement's size is the address size.
+        4 if !long && base.is_none() && index.is_none() => 4,
+        2 if !long && base.is_none() && index.is_none() => 2,
         4 if base.is_none() && index.is_none() => 4,
         _ => base.or(index).map_or(8, |(_, size)| size),
     };
-    let seg = match i.memory_segment() {
-        R::FS => 4,
-        R::GS => 5,
-        _ => 3,
+    let seg = if long {
+        match i.memory_segment() {
+            R::FS => 4,
+            R::GS => 5,
+            _ => 3,
+        }
+    } else {
+        seg_index(i.memory_segment())
     };
     Some(RefMem {
         base: base.map(|b| b.0),

@@ -234,24 +234,109 @@ impl Reference<'_, '_> {
         a & size_mask(m.addr)
     }
 
-    fn ref_linear(&self, m: RefMem, i: &Instruction) -> u64 {
-        self.ref_linear_plus(m, i, 0)
-    }
-
     /// The linear address of `m` with `plus` added to the effective address (within
-    /// the address size), for bit-string addressing.
+    /// the address size), for bit-string addressing. Segment checks come with the
+    /// access ([`Self::seg_check`]).
     fn ref_linear_plus(&self, m: RefMem, i: &Instruction, plus: u64) -> u64 {
         let ea = self.ref_ea(m, i).wrapping_add(plus) & size_mask(m.addr);
-        match m.seg {
-            4 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestFsBase)),
-            5 => ea.wrapping_add(self.vmcs.read(VmcsField::GuestGsBase)),
-            _ => ea,
+        self.seg_base(m.seg).wrapping_add(ea) & self.linear_mask()
+    }
+
+    fn linear_mask(&self) -> u64 {
+        if self.mode == CodeMode::Bits64 {
+            u64::MAX
+        } else {
+            0xFFFF_FFFF
         }
+    }
+
+    /// The base the processor adds for segment `seg` (0 ES .. 5 GS).
+    fn seg_base(&self, seg: u8) -> u64 {
+        let f = [
+            VmcsField::GuestEsBase,
+            VmcsField::GuestCsBase,
+            VmcsField::GuestSsBase,
+            VmcsField::GuestDsBase,
+            VmcsField::GuestFsBase,
+            VmcsField::GuestGsBase,
+        ][usize::from(seg.min(5))];
+        if self.mode == CodeMode::Bits64 && seg < 4 {
+            0
+        } else {
+            self.vmcs.read(f)
+        }
+    }
+
+    /// What the processor checks on a data access of `size` bytes at offset `ea`
+    /// through `seg` outside 64-bit mode (SDM Vol. 3A 5.3 "Limit Checking", 5.4 "Type
+    /// Checking"): a violation is a fault (#GP/#SS), a mandatory stop; expand-down
+    /// segments and virtual-8086 mode are outside the reference's subset (a stop too).
+    fn seg_check(&self, seg: u8, ea: u64, size: u8, write: bool) -> Result<(), String> {
+        if self.mode == CodeMode::Bits64 {
+            return Ok(());
+        }
+        let (lf, af) = [
+            (VmcsField::GuestEsLimit, VmcsField::GuestEsAccessRights),
+            (VmcsField::GuestCsLimit, VmcsField::GuestCsAccessRights),
+            (VmcsField::GuestSsLimit, VmcsField::GuestSsAccessRights),
+            (VmcsField::GuestDsLimit, VmcsField::GuestDsAccessRights),
+            (VmcsField::GuestFsLimit, VmcsField::GuestFsAccessRights),
+            (VmcsField::GuestGsLimit, VmcsField::GuestGsAccessRights),
+        ][usize::from(seg.min(5))];
+        let stop = |why: String| {
+            Err(format!(
+                "the coalescer ran past a mandatory stop: {why} (segment {seg}, offset {ea:#x}, {size} bytes, write {write})"
+            ))
+        };
+        let limit = self.vmcs.read(lf);
+        let ar = self.vmcs.read(af);
+        if self.rflags() & (1 << 17) != 0 {
+            return stop("virtual-8086 mode".into());
+        }
+        if ar & (1 << 16) != 0 {
+            return stop("an unusable segment".into());
+        }
+        let protected = self.vmcs.read(VmcsField::GuestCr0) & 1 != 0;
+        if protected {
+            let ty = ar & 0xF;
+            if ar & 0x80 == 0 || ar & 0x10 == 0 {
+                return stop("a segment not present, or not code or data".into());
+            }
+            let code = ty & 8 != 0;
+            if code && (write || ty & 2 == 0) {
+                return stop("a write to code, or a read of an execute-only segment".into());
+            }
+            if !code && write && ty & 2 == 0 {
+                return stop("a write to a read-only segment".into());
+            }
+            if !code && ty & 4 != 0 {
+                return stop("an expand-down segment".into());
+            }
+        }
+        if ea + u64::from(size) - 1 > limit {
+            return stop(format!("beyond the limit {limit:#x}"));
+        }
+        Ok(())
+    }
+
+    /// The linear address of an access through `m` (with `plus`), checked.
+    fn mem_linear(
+        &self,
+        m: RefMem,
+        i: &Instruction,
+        plus: u64,
+        size: u8,
+        write: bool,
+    ) -> Result<u64, String> {
+        let ea = self.ref_ea(m, i).wrapping_add(plus) & size_mask(m.addr);
+        self.seg_check(m.seg, ea, size, write)?;
+        Ok(self.ref_linear_plus(m, i, plus))
     }
 
     /// The guest-physical address of each byte of an access, as a CPU that must not
     /// fault and must not set an accessed or dirty flag sees it; anything else is a
-    /// mandatory stop (4-level paging, walked here by hand).
+    /// mandatory stop. Paging off (linear = physical), 32-bit paging with 4 MiB pages
+    /// (CR4.PSE) and 4-level paging, walked here by hand.
     fn ref_gpas(&self, lin: u64, size: u8, write: bool) -> Result<Vec<u64>, String> {
         let stop = |why: &str| {
             Err(format!(
@@ -261,53 +346,96 @@ impl Reference<'_, '_> {
         let cpl = crate::vmx::guest_state::guest_cpl(&self.vmcs);
         let paging = crate::vmx::guest_state::guest_paging(&self.vmcs);
         let mem_ram = &self.ram;
-        let rd = |at: u64| -> Option<u64> {
+        let rd = |at: u64, n: usize| -> Option<u64> {
             let at = at as usize;
-            mem_ram
-                .get(at..at + 8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            let b = mem_ram.get(at..at + n)?;
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(b);
+            Some(u64::from_le_bytes(v))
         };
+        let paged = paging.cr0 & (1 << 31) != 0;
+        let pae = paging.cr4 & (1 << 5) != 0;
+        if paged && pae && paging.efer & (1 << 10) == 0 {
+            return stop("PAE paging (outside the reference)");
+        }
         let mut out = Vec::new();
         for k in 0..u64::from(size) {
-            let l = lin.wrapping_add(k);
-            // The top 17 bits equal: canonical for 48-bit linear addresses.
-            if ((l as i64) << 16 >> 16) as u64 != l {
-                return stop("non-canonical address");
-            }
-            let mut table = paging.cr3 & 0x000F_FFFF_FFFF_F000;
+            let l = if self.mode == CodeMode::Bits64 {
+                lin.wrapping_add(k)
+            } else {
+                lin.wrapping_add(k) & 0xFFFF_FFFF
+            };
             let (mut writable, mut user) = (true, true);
             let mut gpa = None;
-            for level in (1..=4u32).rev() {
-                let shift = 12 + 9 * (level - 1);
-                let Some(e) = rd(table + ((l >> shift) & 0x1FF) * 8) else {
-                    return stop("paging structure outside RAM");
-                };
-                if e & 1 == 0 {
-                    return stop("page not present");
-                }
-                if e & 0x20 == 0 {
-                    return stop("the CPU would set an accessed flag");
-                }
-                writable &= e & 2 != 0;
-                user &= e & 4 != 0;
-                let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
-                if leaf {
-                    if write && e & 0x40 == 0 {
-                        return stop("the CPU would set a dirty flag");
+            if !paged {
+                gpa = Some(l);
+            } else if !pae {
+                // 32-bit paging: a page directory of 1024 4-byte entries, 4 MiB pages
+                // with CR4.PSE.
+                let pse = paging.cr4 & (1 << 4) != 0;
+                let mut table = paging.cr3 & 0xFFFF_F000;
+                for level in [2u32, 1] {
+                    let shift = 12 + 10 * (level - 1);
+                    let Some(e) = rd(table + ((l >> shift) & 0x3FF) * 4, 4) else {
+                        return stop("paging structure outside RAM");
+                    };
+                    if e & 1 == 0 {
+                        return stop("page not present");
                     }
-                    let page = (1u64 << shift) - 1;
-                    gpa = Some((e & 0x000F_FFFF_FFFF_F000 & !page) | (l & page));
-                    break;
+                    if e & 0x20 == 0 {
+                        return stop("the CPU would set an accessed flag");
+                    }
+                    writable &= e & 2 != 0;
+                    user &= e & 4 != 0;
+                    let leaf = level == 1 || (pse && e & 0x80 != 0);
+                    if leaf {
+                        if write && e & 0x40 == 0 {
+                            return stop("the CPU would set a dirty flag");
+                        }
+                        let page = (1u64 << shift) - 1;
+                        gpa = Some((e & 0xFFFF_F000 & !page) | (l & page));
+                        break;
+                    }
+                    table = e & 0xFFFF_F000;
                 }
-                table = e & 0x000F_FFFF_FFFF_F000;
+            } else {
+                // The top 17 bits equal: canonical for 48-bit linear addresses.
+                if ((l as i64) << 16 >> 16) as u64 != l {
+                    return stop("non-canonical address");
+                }
+                let mut table = paging.cr3 & 0x000F_FFFF_FFFF_F000;
+                for level in (1..=4u32).rev() {
+                    let shift = 12 + 9 * (level - 1);
+                    let Some(e) = rd(table + ((l >> shift) & 0x1FF) * 8, 8) else {
+                        return stop("paging structure outside RAM");
+                    };
+                    if e & 1 == 0 {
+                        return stop("page not present");
+                    }
+                    if e & 0x20 == 0 {
+                        return stop("the CPU would set an accessed flag");
+                    }
+                    writable &= e & 2 != 0;
+                    user &= e & 4 != 0;
+                    let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
+                    if leaf {
+                        if write && e & 0x40 == 0 {
+                            return stop("the CPU would set a dirty flag");
+                        }
+                        let page = (1u64 << shift) - 1;
+                        gpa = Some((e & 0x000F_FFFF_FFFF_F000 & !page) | (l & page));
+                        break;
+                    }
+                    table = e & 0x000F_FFFF_FFFF_F000;
+                }
             }
             let Some(g) = gpa else {
                 return stop("no leaf");
             };
-            if cpl == 3 && !user {
+            if paged && cpl == 3 && !user {
                 return stop("user access to a supervisor page");
             }
-            if write && !writable && (cpl == 3 || paging.cr0 & (1 << 16) != 0) {
+            if paged && write && !writable && (cpl == 3 || paging.cr0 & (1 << 16) != 0) {
                 return stop("write to a read-only page");
             }
             if g >= self.ram.len() as u64 {
@@ -339,7 +467,7 @@ impl Reference<'_, '_> {
     fn rm_read(&self, rm: RefRm, size: u8, i: &Instruction) -> Result<u64, String> {
         match rm {
             RefRm::Reg(r) => Ok(self.get(r)),
-            RefRm::Mem(m) => self.ref_read(self.ref_linear(m, i), size),
+            RefRm::Mem(m) => self.ref_read(self.mem_linear(m, i, 0, size, false)?, size),
         }
     }
 
@@ -350,7 +478,7 @@ impl Reference<'_, '_> {
                 Ok(())
             }
             RefRm::Mem(m) => {
-                let lin = self.ref_linear(m, i);
+                let lin = self.mem_linear(m, i, 0, size, true)?;
                 self.ref_write(lin, size, v)
             }
         }
@@ -622,7 +750,7 @@ impl Reference<'_, '_> {
                 let v = match src {
                     RefRm::Reg(r) => self.get(r),
                     RefRm::Mem(m) => {
-                        let lin = self.ref_linear(m, &i);
+                        let lin = self.mem_linear(m, &i, 0, size, false)?;
                         self.ref_read(lin, size)?
                     }
                 };
@@ -638,7 +766,7 @@ impl Reference<'_, '_> {
             }
             RefOp::Store { mem, src, size } => {
                 let v = self.src(src);
-                let lin = self.ref_linear(mem, &i);
+                let lin = self.mem_linear(mem, &i, 0, size, true)?;
                 self.ref_write(lin, size, v)?;
                 self.advance(len);
                 self.executed += 1;
@@ -660,7 +788,7 @@ impl Reference<'_, '_> {
                     }
                     _ => 0,
                 };
-                let lin = self.ref_linear_plus(mem, &i, plus);
+                let lin = self.mem_linear(mem, &i, plus, size, exec::writes_dst(op))?;
                 if exec::writes_dst(op) {
                     // The CPU checks the write access before doing anything.
                     self.ref_gpas(lin, size, true)?;
@@ -675,7 +803,7 @@ impl Reference<'_, '_> {
                 self.executed += 1;
             }
             RefOp::AluLoad { op, dst, mem } => {
-                let lin = self.ref_linear(mem, &i);
+                let lin = self.mem_linear(mem, &i, 0, dst.size, false)?;
                 let b = self.ref_read(lin, dst.size)?;
                 let (r, f) = ref_alu(op, dst.size, self.get(dst), b, rflags);
                 if exec::writes_dst(op) {
@@ -780,7 +908,7 @@ impl Reference<'_, '_> {
                 for rm in [a, b] {
                     if let RefRm::Mem(m) = rm {
                         // The CPU checks the write access before either write.
-                        self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                        self.ref_gpas(self.mem_linear(m, &i, 0, size, true)?, size, true)?;
                     }
                 }
                 let va = self.rm_read(a, size, &i)?;
@@ -917,7 +1045,7 @@ impl Reference<'_, '_> {
             RefOp::Cmpxchg { dst, src } => {
                 let size = src.size;
                 if let RefRm::Mem(m) = dst {
-                    self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                    self.ref_gpas(self.mem_linear(m, &i, 0, size, true)?, size, true)?;
                 }
                 let acc = GReg {
                     index: 0,
@@ -940,7 +1068,7 @@ impl Reference<'_, '_> {
             RefOp::Xadd { dst, src } => {
                 let size = src.size;
                 if let RefRm::Mem(m) = dst {
-                    self.ref_gpas(self.ref_linear(m, &i), size, true)?;
+                    self.ref_gpas(self.mem_linear(m, &i, 0, size, true)?, size, true)?;
                 }
                 let a = self.rm_read(dst, size, &i)?;
                 let b = self.get(src);
@@ -949,7 +1077,7 @@ impl Reference<'_, '_> {
                 // be one of its registers); with two registers the sum is written last.
                 match dst {
                     RefRm::Mem(m) => {
-                        let lin = self.ref_linear(m, &i);
+                        let lin = self.mem_linear(m, &i, 0, size, true)?;
                         self.ref_write(lin, size, r)?;
                         self.set(src, a);
                     }

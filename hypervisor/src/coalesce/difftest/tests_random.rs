@@ -74,3 +74,13 @@ fn random_programs_64_bit() {
 fn random_memory_programs_64_bit() {
     run_random(CodeMode::Bits64, Mix::Memory, 0x6440_0000, 5000);
 }
+
+#[test]
+fn random_memory_programs_16_bit() {
+    run_random(CodeMode::Bits16, Mix::Memory, 0x1640_0000, 5000);
+}
+
+#[test]
+fn random_memory_programs_32_bit() {
+    run_random(CodeMode::Bits32, Mix::Memory, 0x3240_0000, 5000);
+}
