@@ -847,8 +847,8 @@ pub const PAIRS: &[PairCase] = &[
     PairCase {
         // The firmware-style workloads once each (bench-real with guest.arg 0): register
         // and result-buffer checksums and the putc banner must not change with coalescing.
-        // The coalescer emulates memory operands, the stack and non-IO string
-        // instructions in 64-bit code only, so no exit count is required of 16-bit
+        // The coalescer emulates memory operands, the stack and CALL/RET in 64-bit code
+        // only (and LODS/STOS/MOVS in no mode), so no exit count is required of 16-bit
         // firmware code (beyond not more than off); the IO each workload executes is
         // fixed by its tables, and is.
         name: "coalesce-bench-real",
