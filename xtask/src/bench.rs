@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: the exit-reduction report. Every workload of the `bench64`
-//! guest runs in Bochs with coalescing off and on, for each extent policy; the run's
+//! `cargo xtask bench`: the exit-reduction report. Every workload of the benchmark
+//! guests (`bench64`, 64-bit; `bench-real`, firmware-style 16-bit code) runs in Bochs
+//! with coalescing off and on, for each extent policy; the run's
 //! `sluice-stats` line gives the exits, instructions, block lengths, stop reasons, cache
 //! behaviour and the TSC cycles sluice spent on IO exits. Bochs counts emulated
 //! instructions, so those cycles are stable path lengths, not wall time. A modeled
@@ -16,9 +17,12 @@ use crate::image::Firmware;
 use crate::stats_line::{self, Lines, StopInsn, StopSite};
 use crate::{guest_input, image};
 
-/// The `bench64` workloads: number (bits 7:0 of `guest.arg`), name, and how many
-/// iterations the benchmark runs (bits 31:8).
-pub const WORKLOADS: &[(u8, &str, u32)] = &[
+/// A workload of a benchmark guest: its number (bits 7:0 of `guest.arg`), name, and how
+/// many iterations the benchmark runs (bits 31:8).
+pub type Workload = (u8, &'static str, u32);
+
+/// The `bench64` workloads.
+pub const WORKLOADS: &[Workload] = &[
     (1, "pic-init", 20),
     (2, "pit-program", 50),
     (3, "pit-poll", 20),
@@ -34,6 +38,49 @@ pub const WORKLOADS: &[(u8, &str, u32)] = &[
     (13, "rust-cmos-read", 20),
 ];
 
+/// The `bench-real` workloads: the same kinds of IO in 16-bit code as firmware writes it
+/// (tables and buffers in memory, CALL/RET, PUSH/POP, string instructions).
+pub const REAL_WORKLOADS: &[Workload] = &[
+    (1, "fw-init-table", 20),
+    (2, "fw-kbc", 20),
+    (3, "fw-cmos-read", 10),
+    (4, "fw-pci-scan", 10),
+    (5, "fw-vga-setup", 10),
+    (6, "fw-uart-puts", 4),
+    (7, "fw-post", 2),
+];
+
+/// A benchmark guest and its workloads; each workload is one boot of the guest per
+/// policy, with `guest.arg` selecting it.
+pub struct BenchGuest {
+    pub guest: &'static str,
+    pub workloads: &'static [Workload],
+    /// What `--quick` runs without `--workload`: every workload (`None`) or these.
+    pub quick: Option<&'static [&'static str]>,
+}
+
+/// The benchmark guests, in the order of the tables.
+pub const GUESTS: &[BenchGuest] = &[
+    BenchGuest {
+        guest: "bench64",
+        workloads: WORKLOADS,
+        quick: None,
+    },
+    BenchGuest {
+        guest: "bench-real",
+        workloads: REAL_WORKLOADS,
+        // fw-post runs every other workload once: five boots instead of thirty-five.
+        quick: Some(&["fw-post"]),
+    },
+];
+
+/// Every workload with the guest it runs in, in table order.
+fn all_workloads() -> impl Iterator<Item = (&'static str, &'static Workload)> {
+    GUESTS
+        .iter()
+        .flat_map(|g| g.workloads.iter().map(move |w| (g.guest, w)))
+}
+
 /// The Linux boot (Debian's kernel to the initramfs marker): measured with coalescing
 /// off and with the main policy only, since one boot takes minutes in Bochs.
 pub const LINUX: &str = "linux-boot";
@@ -44,6 +91,8 @@ pub const POLICIES: &[&str] = &["off", "page", "line", "bytes:64", "insns:8"];
 /// One workload under one policy, per iteration where it says so.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measurement {
+    /// The guest as the stats line names it.
+    pub guest: String,
     pub workload: String,
     pub policy: String,
     pub iterations: u32,
@@ -72,7 +121,7 @@ impl Measurement {
     ) -> Result<Self, String> {
         let stats = stats_line::from_console(console, Lines::First)
             .map_err(|e| format!("{workload} ({policy}): {e}"))?;
-        // bench64 ends through the exit hypercall, Linux by halting (poweroff -f).
+        // The bench guests end through the exit hypercall, Linux by halting (poweroff -f).
         let clean = (stats.end == "hypercall" || stats.end == "halt") && stats.exit_code == 0;
         if !clean {
             return Err(format!(
@@ -84,6 +133,7 @@ impl Measurement {
         let mut stops: Vec<(String, u64)> = io.stops.into_iter().collect();
         stops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         Ok(Measurement {
+            guest: stats.guest,
             workload: workload.into(),
             policy: policy.into(),
             iterations,
@@ -182,20 +232,17 @@ fn coalesce_for(policy: &str) -> CoalesceArgs {
     }
 }
 
-/// Boots `bench64` once for one workload and policy.
+/// Boots `guest` once for one of its workloads and a policy.
 fn measure(
     kernel: &Path,
+    guest: &str,
     number: u8,
     name: &str,
     iterations: u32,
     policy: &str,
     release: bool,
 ) -> Result<Measurement, String> {
-    let mut guest = if name == LINUX {
-        guest_input::prepare(Some("linux"), None, None, release)?
-    } else {
-        guest_input::prepare(Some("bench64"), None, None, release)?
-    };
+    let mut guest = guest_input::prepare(Some(guest), None, None, release)?;
     guest.arg = workload_arg(number, iterations);
     let flags = coalesce_for(policy);
     let payload = image::payload_bytes(
@@ -326,15 +373,16 @@ pub fn policy_table(results: &[Measurement], policies: &[&str]) -> String {
     out
 }
 
-/// Total IO exits per policy over all workloads (lower is better): picks the default.
-pub fn totals(results: &[Measurement], policies: &[&str]) -> Vec<(String, f64)> {
+/// Total IO exits per policy over the workloads of one bench guest (lower is better):
+/// bench64's pick the default. The Linux boot runs under two policies only and is never
+/// totalled; it would skew the comparison.
+pub fn totals(results: &[Measurement], policies: &[&str], guest: &str) -> Vec<(String, f64)> {
     policies
         .iter()
         .map(|p| {
-            // The Linux boot runs under two policies only; it would skew the comparison.
             let sum = results
                 .iter()
-                .filter(|m| m.policy == *p && m.workload != LINUX)
+                .filter(|m| m.policy == *p && m.guest == guest && m.workload != LINUX)
                 .map(|m| m.per_iter(m.io_exits))
                 .sum();
             (p.to_string(), sum)
@@ -435,7 +483,7 @@ fn json(
         .iter()
         .map(|m| {
             serde_json::json!({
-                "workload": m.workload, "policy": m.policy, "iterations": m.iterations,
+                "guest": m.guest, "workload": m.workload, "policy": m.policy, "iterations": m.iterations,
                 "io_instructions": m.io_instructions, "io_exits": m.io_exits,
                 "emulated": m.emulated, "string_elements": m.string_elements,
                 "cache_hits": m.cache_hits, "cache_misses": m.cache_misses,
@@ -494,13 +542,10 @@ fn microbench(out: &Path, quick: bool) -> Result<serde_json::Value, String> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<u8, String> {
-    let workloads: Vec<&(u8, &str, u32)> = WORKLOADS
-        .iter()
-        .filter(|(_, name, _)| args.workload.as_deref().is_none_or(|w| *name == w))
-        .collect();
+    let workloads = selected(args.workload.as_deref(), args.quick);
     let with_linux = !args.quick && args.workload.as_deref().is_none_or(|w| w == LINUX);
     if workloads.is_empty() && !with_linux {
-        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.1).collect();
+        let names: Vec<&str> = all_workloads().map(|(_, w)| w.1).chain([LINUX]).collect();
         return Err(format!(
             "--workload: no workload named that (workloads: {})",
             names.join(", ")
@@ -514,19 +559,23 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     let default_policy = hypervisor::config::COALESCE_EXTENT_DEFAULT;
     let main_policy = args.policy.as_deref().unwrap_or(default_policy);
     let kernel = image::build_kernel(args.release)?;
-    crate::guests::build("bench64", args.release)?;
+    let mut guests: Vec<&str> = workloads.iter().map(|(g, _)| *g).collect();
+    guests.dedup();
+    for guest in guests {
+        crate::guests::build(guest, args.release)?;
+    }
 
     // Two boots at a time: this machine has two cores and Bochs uses one.
-    let mut jobs: Vec<(u8, &str, u32, &str)> = Vec::new();
+    let mut jobs: Vec<(&str, u8, &str, u32, &str)> = Vec::new();
     if with_linux {
         // First, so the two long boots overlap with the short runs.
-        jobs.push((0, LINUX, 1, "off"));
-        jobs.push((0, LINUX, 1, main_policy));
+        jobs.push((crate::cli::LINUX_GUEST, 0, LINUX, 1, "off"));
+        jobs.push((crate::cli::LINUX_GUEST, 0, LINUX, 1, main_policy));
     }
-    jobs.extend(workloads.iter().flat_map(|(n, name, it)| {
+    jobs.extend(workloads.iter().flat_map(|(guest, (n, name, it))| {
         policies
             .iter()
-            .map(move |p| (*n, *name, if args.quick { 1 } else { *it }, *p))
+            .map(move |p| (*guest, *n, *name, if args.quick { 1 } else { *it }, *p))
     }));
     println!(
         "xtask: bench: {} runs in Bochs ({} workloads x {} policies)",
@@ -541,10 +590,10 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
         for _ in 0..2 {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&(n, name, it, policy)) = jobs.get(i) else {
+                let Some(&(guest, n, name, it, policy)) = jobs.get(i) else {
                     break;
                 };
-                match measure(&kernel, n, name, it, policy, args.release) {
+                match measure(&kernel, guest, n, name, it, policy, args.release) {
                     Ok(m) => {
                         println!(
                             "  {name:<15} {policy:<9} {:>8} IO instructions, {:>8} IO exits",
@@ -567,9 +616,8 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     let mut results = results.into_inner().expect("results");
     let order = |m: &Measurement| {
         (
-            WORKLOADS
-                .iter()
-                .position(|w| w.1 == m.workload)
+            all_workloads()
+                .position(|(_, w)| w.1 == m.workload)
                 .unwrap_or(usize::MAX),
             policies
                 .iter()
@@ -616,13 +664,18 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     println!();
     print!("{}", policy_table(&results, &policies));
     println!();
-    // Only the bench64 workloads are totalled (see `totals`); a Linux-only run has none.
-    let workloads = results.iter().any(|m| m.workload != LINUX);
-    for (p, sum) in totals(&results, &policies)
-        .into_iter()
-        .filter(|_| workloads)
+    // Each bench guest's workloads are totalled on their own (see `totals`); a Linux-only
+    // run has none.
+    for guest in GUESTS
+        .iter()
+        .filter(|g| results.iter().any(|m| m.guest == g.guest))
     {
-        println!("total exits per iteration of every workload, {p:<9}: {sum:.1}");
+        for (p, sum) in totals(&results, &policies, guest.guest) {
+            println!(
+                "total exits per iteration of the {} workloads, {p:<9}: {sum:.1}",
+                guest.guest
+            );
+        }
     }
     let data = json(&results, args, &commit, micro);
     // A filtered run writes its own files, so it never replaces the full results.
@@ -657,6 +710,25 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
         svg_path.display()
     );
     Ok(0)
+}
+
+/// The workloads a run measures, with their guests: the one `--workload` names (none
+/// when it names the Linux boot or nothing known), else with `--quick` each guest's
+/// quick set, else all.
+fn selected(workload: Option<&str>, quick: bool) -> Vec<(&'static str, &'static Workload)> {
+    GUESTS
+        .iter()
+        .flat_map(|g| {
+            g.workloads
+                .iter()
+                .filter(move |w| match (workload, g.quick) {
+                    (Some(name), _) => w.1 == name,
+                    (None, Some(set)) if quick => set.contains(&w.1),
+                    (None, _) => true,
+                })
+                .map(move |w| (g.guest, w))
+        })
+        .collect()
 }
 
 fn write(path: &PathBuf, text: &str) -> Result<(), String> {
@@ -773,8 +845,13 @@ mod tests {
         let p = policy_table(&rows, &["off", "page"]);
         assert!(p.contains("24.0") && p.contains("1.0"), "{p}");
         assert_eq!(
-            totals(&rows, &["off", "page"]),
+            totals(&rows, &["off", "page"], "bench64"),
             vec![("off".into(), 24.0), ("page".into(), 1.0)]
+        );
+        // Another guest's workloads are totalled on their own.
+        assert_eq!(
+            totals(&rows, &["off"], "bench-real"),
+            vec![("off".into(), 0.0)]
         );
         let chart = svg(&rows, "page", "t <&>");
         assert!(
@@ -787,9 +864,113 @@ mod tests {
     #[test]
     fn workload_arg_packs_number_and_iterations() {
         assert_eq!(workload_arg(5, 4), 0x405);
-        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.1).collect();
-        let mut sorted = names.clone();
-        sorted.dedup();
-        assert_eq!(names.len(), sorted.len());
+        // `--workload` selects by name alone, so names are unique across the guests.
+        let mut names: Vec<&str> = all_workloads().map(|(_, w)| w.1).collect();
+        names.push(LINUX);
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count);
+        // A guest numbers its workloads 1.. in table order (its arg's bits 7:0).
+        for g in GUESTS {
+            for (i, w) in g.workloads.iter().enumerate() {
+                assert_eq!(usize::from(w.0), i + 1, "{} {}", g.guest, w.1);
+                assert!(w.2 > 0, "{}: iterations", w.1);
+            }
+        }
+    }
+
+    fn guest_source(rel: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guest")
+            .join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The first double-quoted string in `line`.
+    fn quoted(line: &str) -> Option<&str> {
+        let (_, rest) = line.split_once('"')?;
+        rest.split_once('"').map(|(s, _)| s)
+    }
+
+    /// The workload names as bench64.rs lists them, in number order.
+    fn bench64_names() -> Vec<String> {
+        let src = guest_source("src/bin/bench64.rs");
+        let table = src
+            .split_once("const WORKLOADS")
+            .expect("bench64 has a WORKLOADS table")
+            .1;
+        let table = table.split_once("];").expect("the table ends").0;
+        table
+            .lines()
+            .filter(|l| l.contains("Workload::new("))
+            .filter_map(quoted)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The workload names as bench-real.asm's `workloads` table lists them: each entry's
+    /// first word is the label of its name string.
+    fn bench_real_names() -> Vec<String> {
+        let src = guest_source("real/bench-real.asm");
+        let mut lines = src.lines().map(str::trim);
+        lines
+            .by_ref()
+            .find(|l| *l == "workloads:")
+            .expect("bench-real has a workloads table");
+        let labels: Vec<&str> = lines
+            .map_while(|l| l.strip_prefix("dw "))
+            .filter_map(|l| l.split(',').next())
+            .map(str::trim)
+            .collect();
+        labels
+            .iter()
+            .map(|label| {
+                let line = src
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{label}:")))
+                    .unwrap_or_else(|| panic!("no string {label}"));
+                quoted(line).expect("a quoted name").to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tables_match_the_guests_own() {
+        let names = |ws: &[Workload]| ws.iter().map(|w| w.1.to_string()).collect::<Vec<_>>();
+        assert_eq!(bench64_names(), names(WORKLOADS));
+        assert_eq!(bench_real_names(), names(REAL_WORKLOADS));
+        for g in GUESTS {
+            assert!(crate::guests::is_builtin(g.guest), "{}", g.guest);
+            for q in g.quick.into_iter().flatten() {
+                assert!(g.workloads.iter().any(|w| w.1 == *q), "quick {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn selection_by_name_quick_and_all() {
+        let picked = |w: Option<&str>, quick: bool| -> Vec<(&str, &str)> {
+            selected(w, quick)
+                .into_iter()
+                .map(|(g, w)| (g, w.1))
+                .collect()
+        };
+        let every = WORKLOADS.len() + REAL_WORKLOADS.len();
+        assert_eq!(picked(None, false).len(), every);
+        // --quick: every bench64 workload, of bench-real only the one that runs them all.
+        let quick = picked(None, true);
+        assert_eq!(quick.len(), WORKLOADS.len() + 1);
+        assert_eq!(quick.last(), Some(&("bench-real", "fw-post")));
+        assert!(quick[..WORKLOADS.len()]
+            .iter()
+            .all(|(g, _)| *g == "bench64"));
+        // A named workload runs with or without --quick, in its own guest.
+        for quick in [false, true] {
+            assert_eq!(picked(Some("fw-kbc"), quick), [("bench-real", "fw-kbc")]);
+            assert_eq!(picked(Some("pic-init"), quick), [("bench64", "pic-init")]);
+        }
+        assert!(picked(Some(LINUX), false).is_empty());
+        assert!(picked(Some("no-such"), false).is_empty());
     }
 }

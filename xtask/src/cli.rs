@@ -178,7 +178,8 @@ pub struct BenchArgs {
     /// micro-benchmark measures)
     #[arg(long, value_name = "CYCLES", default_value_t = EMULATE_COST_DEFAULT)]
     pub emulate_cost: u64,
-    /// One iteration per workload, short micro-benchmark
+    /// One iteration per workload (of bench-real only fw-post, which runs the others),
+    /// no Linux boot, short micro-benchmark
     #[arg(long)]
     pub quick: bool,
     /// Skip the host micro-benchmark
@@ -256,9 +257,9 @@ enum Sub {
     /// docs/HARDWARE.md
     #[command(after_help = extent_policies("--extent"))]
     Usb(UsbCli),
-    /// The exit-reduction report: every workload of the bench64 guest in Bochs, coalescing
-    /// off and on per extent policy, plus the host micro-benchmark of the coalescer;
-    /// writes results/bench.json and results/bench.svg
+    /// The exit-reduction report: every workload of the bench64 and bench-real guests in
+    /// Bochs, coalescing off and on per extent policy, plus the host micro-benchmark of
+    /// the coalescer; writes results/bench.json and results/bench.svg
     #[command(after_help = extent_policies("--policy"))]
     Bench(BenchArgs),
     /// This text, or the options of one command

@@ -844,6 +844,30 @@ pub const PAIRS: &[PairCase] = &[
         same_io_count: true,
         on_lines: &[],
     },
+    PairCase {
+        // The firmware-style workloads once each (bench-real with guest.arg 0): register
+        // and result-buffer checksums and the putc banner must not change with coalescing.
+        // The coalescer emulates memory operands, the stack and CALL/RET in 64-bit code
+        // only (and LODS/STOS/MOVS in no mode), so no exit count is required of 16-bit
+        // firmware code (beyond not more than off); the IO each workload executes is
+        // fixed by its tables, and is.
+        name: "coalesce-bench-real",
+        guest: "bench-real",
+        firmware: Firmware::Bios,
+        compare: &["checksum ", "bench-real"],
+        max_exits_on: None,
+        same_io_count: true,
+        on_lines: &[
+            "workload fw-init-table: iterations 1, io instructions 48, io exits ",
+            "workload fw-kbc: iterations 1, io instructions 37, io exits ",
+            "workload fw-cmos-read: iterations 1, io instructions 95, io exits ",
+            "workload fw-pci-scan: iterations 1, io instructions 64, io exits ",
+            "workload fw-vga-setup: iterations 1, io instructions 89, io exits ",
+            "workload fw-uart-puts: iterations 1, io instructions 128, io exits ",
+            "workload fw-post: iterations 1, io instructions 461, io exits ",
+            "bench-real: done",
+        ],
+    },
 ];
 
 /// The guest's own lines: what is not sluice's, the capability report or xtask's.

@@ -19,7 +19,13 @@ pub const NASM: Requirement = Requirement {
 };
 
 /// Real-mode guests: `guest/real/<name>.asm`, entered at 0000:7C00.
-pub const REAL_GUESTS: &[&str] = &["hello-real", "triple-real", "bursts-real", "reset-rom"];
+pub const REAL_GUESTS: &[&str] = &[
+    "hello-real",
+    "triple-real",
+    "bursts-real",
+    "bench-real",
+    "reset-rom",
+];
 /// Real-mode guests that are firmware images started at the reset vector
 /// (`guest.entry = firmware`) rather than boot sectors at 0x7c00.
 pub const FIRMWARE_GUESTS: &[&str] = &["reset-rom"];
