@@ -630,16 +630,26 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
     let out_dir = image::workspace_root().join("results");
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    // A filtered run writes its own files, so it never replaces the full results.
+    let stem = match (&args.workload, &args.policy) {
+        (None, None) if !args.quick => "bench".to_string(),
+        (w, p) => format!(
+            "bench{}{}{}",
+            w.as_deref().map(|w| format!("-{w}")).unwrap_or_default(),
+            p.as_deref()
+                .map(|p| format!("-{}", p.replace(':', "-")))
+                .unwrap_or_default(),
+            if args.quick { "-quick" } else { "" }
+        ),
+    };
     let micro = if args.no_micro {
         None
     } else {
-        // A quick run's figures never replace the full run's.
-        let name = if args.quick {
-            "microbench-quick.json"
-        } else {
-            "microbench.json"
-        };
-        Some(microbench(&out_dir.join(name), args.quick)?)
+        // A quick or filtered run's figures never replace the full run's.
+        Some(microbench(
+            &out_dir.join(format!("micro{stem}.json")),
+            args.quick,
+        )?)
     };
     let commit = commit();
     println!();
@@ -678,18 +688,6 @@ pub fn run(args: &BenchArgs) -> Result<u8, String> {
         }
     }
     let data = json(&results, args, &commit, micro);
-    // A filtered run writes its own files, so it never replaces the full results.
-    let stem = match (&args.workload, &args.policy) {
-        (None, None) if !args.quick => "bench".to_string(),
-        (w, p) => format!(
-            "bench{}{}{}",
-            w.as_deref().map(|w| format!("-{w}")).unwrap_or_default(),
-            p.as_deref()
-                .map(|p| format!("-{}", p.replace(':', "-")))
-                .unwrap_or_default(),
-            if args.quick { "-quick" } else { "" }
-        ),
-    };
     let json_path = out_dir.join(format!("{stem}.json"));
     let svg_path = out_dir.join(format!("{stem}.svg"));
     write(
