@@ -623,14 +623,17 @@ fn with_width(op: Op, w: Width) -> Op {
     }
 }
 
-/// PUSH/POP/CALL/RET of 64-bit code (SDM Vol. 2B "PUSH—Push Word, Doubleword, or
-/// Quadword Onto the Stack", "POP—Pop a Value From the Stack", "RET—Return From
-/// Procedure"; Vol. 2A "CALL—Call Procedure"): 8-byte
-/// stack slots; the 66h forms (2-byte slots) are left to the CPU.
+/// The stack forms: PUSH r / imm, POP r, CALL rel, RET [imm16], LEAVE, PUSHF/POPF
+/// (SDM Vol. 2B "PUSH—Push Word, Doubleword, or Quadword Onto the Stack", "POP—Pop a
+/// Value From the Stack", "RET—Return From Procedure", "PUSHF/PUSHFD/PUSHFQ—Push
+/// EFLAGS Register Onto the Stack", "POPF/POPFD/POPFQ—Pop Stack Into EFLAGS
+/// Register"; Vol. 2A "CALL—Call Procedure", "LEAVE—High Level Procedure Exit"). The
+/// operand size is the slot size: 8 bytes in 64-bit mode (its 66h forms, 2-byte slots,
+/// are left to the CPU), 2 or 4 otherwise.
 fn map_stack(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> {
-    if mode != CodeMode::Bits64
-        || insn.opcode_map != OpcodeMap::DEFAULT
-        || has_prefix(insn, 0x66)
+    let long = mode == CodeMode::Bits64;
+    if insn.opcode_map != OpcodeMap::DEFAULT
+        || (long && has_prefix(insn, 0x66))
         || has_prefix(insn, 0xF0)
         || has_prefix(insn, 0xF2)
         || has_prefix(insn, 0xF3)
@@ -638,27 +641,46 @@ fn map_stack(insn: &Instruction<VisibleOperands>, mode: CodeMode) -> Option<Op> 
         return None;
     }
     let ops = insn.operands();
+    let w = width_bits(insn.operand_width)?;
+    let slot_ok = if long {
+        w == Width::W64
+    } else {
+        matches!(w, Width::W16 | Width::W32)
+    };
+    if !slot_ok && matches!(insn.opcode, 0x50..=0x5F | 0x68 | 0x6A | 0x9C | 0x9D | 0xC9) {
+        return None;
+    }
     match insn.opcode {
         0x50..=0x57 => {
-            let r = reg_operand(ops.first()).filter(|r| r.width == Width::W64)?;
+            let r = reg_operand(ops.first()).filter(|r| r.width == w)?;
             Some(Op::Push {
                 src: Operand::Reg(r),
+                width: w,
             })
         }
         0x58..=0x5F => {
-            let r = reg_operand(ops.first()).filter(|r| r.width == Width::W64)?;
+            let r = reg_operand(ops.first()).filter(|r| r.width == w)?;
             Some(Op::Pop { dst: r })
         }
-        // PUSH imm8/imm32, sign-extended to 64 bits.
+        // PUSH imm8/imm16/imm32, sign-extended to the operand size.
         0x68 | 0x6A => Some(Op::Push {
-            src: Operand::Imm(imm_operand(ops.first(), Width::W64)?),
+            src: Operand::Imm(imm_operand(ops.first(), w)?),
+            width: w,
         }),
+        0x9C => Some(Op::Pushf { width: w }),
+        0x9D => Some(Op::Popf { width: w }),
+        0xC9 => Some(Op::Leave { width: w }),
         0xE8 => Some(Op::Call {
             rel: rel_operand(ops.first())?,
+            width: branch_width(insn, mode)?,
         }),
-        0xC3 => Some(Op::Ret { pop: 0 }),
+        0xC3 => Some(Op::Ret {
+            pop: 0,
+            width: branch_width(insn, mode)?,
+        }),
         0xC2 => Some(Op::Ret {
             pop: u16::try_from(imm_operand(ops.first(), Width::W16)?).ok()?,
+            width: branch_width(insn, mode)?,
         }),
         _ => None,
     }
@@ -691,7 +713,7 @@ fn rm_operand(
 /// The memory forms exist in 64-bit code only (see [`mem_operand`]). REP and REPNE make
 /// them unsupported; LOCK is accepted on the memory read-modify-writes (XCHG with
 /// memory locks itself; why an emulated locked access is atomic: docs/COALESCING.md).
-/// Also CMPXCHG, XADD, PUSHFQ/POPFQ, CLI and STI.
+/// Also CMPXCHG, XADD, CLI and STI.
 fn map_more(
     insn: &Instruction<VisibleOperands>,
     bytes: &[u8],
@@ -825,10 +847,6 @@ fn map_more_forms(
             0xF5 => Some(Op::Flag { op: FlagOp::Cmc }),
             0xFA => Some(Op::Cli),
             0xFB => Some(Op::Sti),
-            // PUSHFQ / POPFQ (64-bit mode, without 66h).
-            0x9C | 0x9D if mode == CodeMode::Bits64 && !has_prefix(insn, 0x66) => {
-                Some(if opc == 0x9C { Op::Pushf } else { Op::Popf })
-            }
             0xF8 => Some(Op::Flag { op: FlagOp::Clc }),
             0xF9 => Some(Op::Flag { op: FlagOp::Stc }),
             0xFC => Some(Op::Flag { op: FlagOp::Cld }),
@@ -848,17 +866,17 @@ fn map_more_forms(
                     width: w,
                 })
             }
-            // Group 5 /2 CALL r/m64, /4 JMP r/m64 (near, 64-bit mode; the 66h forms
-            // differ between vendors and are left to the CPU).
-            0xFF if mode == CodeMode::Bits64
-                && matches!(modrm_reg, 2 | 4)
-                && !has_prefix(insn, 0x66) =>
+            // Group 5 /2 CALL r/m, /4 JMP r/m (near; in 64-bit mode with a 64-bit
+            // operand only: the 66h forms differ between vendors, left to the CPU).
+            0xFF if matches!(modrm_reg, 2 | 4)
+                && !(mode == CodeMode::Bits64 && has_prefix(insn, 0x66)) =>
             {
-                let src = rm(0, Width::W64)?;
+                let width = branch_width(insn, mode)?;
+                let src = rm(0, width)?;
                 Some(if modrm_reg == 2 {
-                    Op::CallInd { src }
+                    Op::CallInd { src, width }
                 } else {
-                    Op::JmpInd { src }
+                    Op::JmpInd { src, width }
                 })
             }
             _ => None,
@@ -1810,9 +1828,9 @@ mod tests {
             op(&[0xFF, 0xC3], Bits16),
             alu(AluOp::Inc, r(3, Width::W16), one)
         );
-        // FF 00 inc dword [eax]; FF D0 call eax (indirect branches: 64-bit code only).
+        // FF 00 inc dword [eax]; FF D0 call eax.
         mem_form(&[0xFF, 0x00], Bits32);
-        unsupported(&[0xFF, 0xD0], Bits32);
+        assert!(matches!(op(&[0xFF, 0xD0], Bits32), Op::CallInd { .. }));
     }
 
     #[test]
@@ -1960,7 +1978,7 @@ mod tests {
         unsupported(&[0xF2, 0xE9, 0, 0, 0, 0], Bits64);
         // Far and indirect jumps: EA ptr16:16, FF E0 jmp eax.
         unsupported(&[0xEA, 0, 0, 0, 0], Bits16);
-        unsupported(&[0xFF, 0xE0], Bits32);
+        assert!(matches!(op(&[0xFF, 0xE0], Bits32), Op::JmpInd { .. }));
     }
 
     #[test]
@@ -2222,27 +2240,22 @@ mod tests {
 
     #[test]
     fn other_instructions_are_unsupported_with_their_length() {
-        // hlt; popfd, 66h pushfq and 16-bit pushf (the stack outside 64-bit code); iret;
-        // int 0x10 (CD 10); cpuid (0F A2); lgdt [eax] (0F 01 10); rep ret; call [eax] in
-        // 32-bit code (FF 10); push word 1 (66 6A 01); rdtsc (0F 31); 16-bit code pop ax
-        // (58); movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66 FF D0);
-        // bswap ax (66 0F C8).
+        // hlt; 66h pushf in 64-bit code (a 2-byte slot); iret; int 0x10 (CD 10); cpuid
+        // (0F A2); lgdt [eax] (0F 01 10); rep ret; push word 1 in 64-bit code (66 6A 01);
+        // rdtsc (0F 31); movsxd ax, eax (66 63 C0); call ax with 66h in 64-bit code (66
+        // FF D0); bswap ax (66 0F C8).
         for (bytes, m) in [
             (&[0xF4][..], Bits16),
-            (&[0x9D], Bits32),
             (&[0x66, 0x9C], Bits64),
-            (&[0x9C], Bits16),
             (&[0xCF], Bits32),
             (&[0xCD, 0x10], Bits16),
             (&[0x0F, 0xA2], Bits64),
             (&[0x0F, 0x01, 0x10], Bits32),
             (&[0xF3, 0xC3], Bits64),
-            (&[0xFF, 0x10], Bits32),
             (&[0x66, 0xFF, 0xD0], Bits64),
             (&[0x66, 0x0F, 0xC8], Bits32),
             (&[0x66, 0x6A, 0x01], Bits64),
             (&[0x0F, 0x31], Bits64),
-            (&[0x58], Bits16),
             (&[0x66, 0x63, 0xC0], Bits64),
         ] {
             unsupported(bytes, m);
@@ -2368,19 +2381,24 @@ mod tests {
         assert_eq!(
             op(&[0xFF, 0xD0], Bits64),
             Op::CallInd {
-                src: Rm::Reg(r(0, W64))
+                src: Rm::Reg(r(0, W64)),
+                width: W64
             }
         );
         let mut rip = mem(None, None, 1, 8);
         rip.rip_rel = true;
         assert_eq!(
             op(&[0xFF, 0x25, 8, 0, 0, 0], Bits64),
-            Op::JmpInd { src: Rm::Mem(rip) }
+            Op::JmpInd {
+                src: Rm::Mem(rip),
+                width: W64
+            }
         );
         assert_eq!(
             op(&[0xFF, 0x53, 0x10], Bits64),
             Op::CallInd {
-                src: Rm::Mem(mem(Some(3), None, 1, 0x10))
+                src: Rm::Mem(mem(Some(3), None, 1, 0x10)),
+                width: W64
             }
         );
         assert_eq!(
@@ -2437,8 +2455,10 @@ mod tests {
             assert_eq!(op(&[0xFA], m), Op::Cli);
             assert_eq!(op(&[0xFB], m), Op::Sti);
         }
-        assert_eq!(op(&[0x9C], Bits64), Op::Pushf);
-        assert_eq!(op(&[0x9D], Bits64), Op::Popf);
+        assert_eq!(op(&[0x9C], Bits64), Op::Pushf { width: W64 });
+        assert_eq!(op(&[0x9D], Bits64), Op::Popf { width: W64 });
+        assert_eq!(op(&[0x9C], Bits16), Op::Pushf { width: W16 });
+        assert_eq!(op(&[0x66, 0x9D], Bits16), Op::Popf { width: W32 });
         // Memory forms in 16-bit code: cmovz ax, [bx] (DS), mov ax, [bp+si+2] (SS:
         // the BP base), mov eax, es:[bx+di] (the override), add [si-1], dx.
         assert_eq!(
@@ -2679,33 +2699,75 @@ mod tests {
     }
 
     #[test]
-    fn stack_forms_in_64_bit_code() {
+    fn stack_forms_in_every_mode() {
         let r = RegRef::new;
+        use Width::{W16, W32, W64};
         assert_eq!(
             op(&[0x53], Bits64),
             Op::Push {
-                src: Operand::Reg(r(3, Width::W64))
+                src: Operand::Reg(r(3, W64)),
+                width: W64
             }
         );
-        assert_eq!(
-            op(&[0x41, 0x5C], Bits64),
-            Op::Pop {
-                dst: r(12, Width::W64)
-            }
-        );
+        assert_eq!(op(&[0x41, 0x5C], Bits64), Op::Pop { dst: r(12, W64) });
         assert_eq!(
             op(&[0x6A, 0xFF], Bits64),
             Op::Push {
-                src: Operand::Imm(u64::MAX)
+                src: Operand::Imm(u64::MAX),
+                width: W64
             }
         );
-        assert_eq!(op(&[0xE8, 0x10, 0, 0, 0], Bits64), Op::Call { rel: 0x10 });
-        assert_eq!(op(&[0xC3], Bits64), Op::Ret { pop: 0 });
-        assert_eq!(op(&[0xC2, 0x08, 0x00], Bits64), Op::Ret { pop: 8 });
-        for m in [Bits16, Bits32] {
-            unsupported(&[0xC3], m);
-            unsupported(&[0x53], m);
-        }
+        assert_eq!(
+            op(&[0xE8, 0x10, 0, 0, 0], Bits64),
+            Op::Call {
+                rel: 0x10,
+                width: W64
+            }
+        );
+        assert_eq!(op(&[0xC3], Bits64), Op::Ret { pop: 0, width: W64 });
+        assert_eq!(
+            op(&[0xC2, 0x08, 0x00], Bits64),
+            Op::Ret { pop: 8, width: W64 }
+        );
+        // 16-bit code: push bx, pop ax, push 0x1234, call rel16, ret, leave; with 66h
+        // the 32-bit forms.
+        assert_eq!(
+            op(&[0x53], Bits16),
+            Op::Push {
+                src: Operand::Reg(r(3, W16)),
+                width: W16
+            }
+        );
+        assert_eq!(op(&[0x58], Bits16), Op::Pop { dst: r(0, W16) });
+        assert_eq!(op(&[0x66, 0x58], Bits16), Op::Pop { dst: r(0, W32) });
+        assert_eq!(
+            op(&[0x68, 0x34, 0x12], Bits16),
+            Op::Push {
+                src: Operand::Imm(0x1234),
+                width: W16
+            }
+        );
+        assert_eq!(
+            op(&[0xE8, 0x10, 0x00], Bits16),
+            Op::Call {
+                rel: 0x10,
+                width: W16
+            }
+        );
+        assert_eq!(op(&[0xC3], Bits16), Op::Ret { pop: 0, width: W16 });
+        assert_eq!(op(&[0xC9], Bits16), Op::Leave { width: W16 });
+        assert_eq!(op(&[0xC9], Bits32), Op::Leave { width: W32 });
+        assert_eq!(op(&[0x66, 0xC3], Bits32), Op::Ret { pop: 0, width: W16 });
+        assert_eq!(
+            op(&[0xFF, 0xD3], Bits32),
+            Op::CallInd {
+                src: Rm::Reg(r(3, W32)),
+                width: W32
+            }
+        );
+        // 64-bit code: the 66h (2-byte slot) forms are left to the CPU.
+        unsupported(&[0x66, 0x53], Bits64);
+        unsupported(&[0x66, 0xC9], Bits64);
     }
 
     /// Every byte pattern of a few lengths decodes to something without panicking.

@@ -1069,64 +1069,94 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 write_reg(&mut self.state.regs, dst, ea);
                 self.retire(insn)
             }
-            Op::Push { src } => {
-                if mode != CodeMode::Bits64 || !operand_ok(mode, src) {
+            Op::Push { src, width } => {
+                if !operand_ok(mode, src) || !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let v = read_operand(&self.state.regs, src);
-                if let Err(stop) = self.push(v) {
+                if let Err(stop) = self.push(v, width) {
                     return Flow::Stop(stop);
                 }
                 self.retire(insn)
             }
             Op::Pop { dst } => {
-                if mode != CodeMode::Bits64 || !reg_ok(mode, dst) || dst.width != Width::W64 {
+                if !reg_ok(mode, dst) || !self.slot_ok(dst.width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = match self.stack_read() {
+                let v = match self.stack_read(dst.width) {
                     Ok(v) => v,
                     Err(stop) => return Flow::Stop(stop),
                 };
-                self.state.rsp = self.state.rsp.wrapping_add(8);
+                self.stack_pop(u64::from(dst.width.bytes()));
                 write_reg(&mut self.state.regs, dst, v);
                 self.retire(insn)
             }
-            Op::Call { rel } => {
-                if mode != CodeMode::Bits64 || self.shadow_stack() {
+            Op::Leave { width } => {
+                if !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let next = self.state.rip.wrapping_add(u64::from(insn.len));
-                let target = next.wrapping_add(rel as i64 as u64);
+                // rSP <- rBP at the stack's address size, then POP rBP.
+                let saved = self.state.rsp;
+                let sw = self.stack_width();
+                self.state.rsp = (saved & !sw.mask()) | (self.state.regs.rbp & sw.mask());
+                if sw == Width::W32 {
+                    self.state.rsp &= sw.mask();
+                }
+                let v = match self.stack_read(width) {
+                    Ok(v) => v,
+                    Err(stop) => {
+                        self.state.rsp = saved;
+                        return Flow::Stop(stop);
+                    }
+                };
+                self.stack_pop(u64::from(width.bytes()));
+                write_reg(&mut self.state.regs, RegRef::new(5, width), v);
+                self.retire(insn)
+            }
+            Op::Call { rel, width } => {
+                if self.shadow_stack() || !self.slot_ok(width) {
+                    return Flow::Stop(StopReason::Unsupported);
+                }
+                let next = self.state.rip.wrapping_add(u64::from(insn.len)) & ip_mask(mode);
+                let target = next.wrapping_add(rel as i64 as u64) & width.mask();
                 let Some(dest) = self.destination(target) else {
                     return Flow::Stop(StopReason::BranchOut);
                 };
-                if let Err(stop) = self.push(next) {
+                if let Err(stop) = self.push(next, width) {
                     return Flow::Stop(stop);
                 }
                 self.jump(target, dest)
             }
-            Op::Ret { pop } => {
-                if mode != CodeMode::Bits64 || self.shadow_stack() {
+            Op::Ret { pop, width } => {
+                if self.shadow_stack() || !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let target = match self.stack_read() {
+                let target = match self.stack_read(width) {
                     Ok(v) => v,
                     Err(stop) => return Flow::Stop(stop),
                 };
                 let Some(dest) = self.destination(target) else {
                     return Flow::Stop(StopReason::BranchOut);
                 };
-                self.state.rsp = self.state.rsp.wrapping_add(8 + u64::from(pop));
+                self.stack_pop(u64::from(width.bytes()) + u64::from(pop));
                 self.jump(target, dest)
             }
-            Op::CallInd { src } | Op::JmpInd { src } => {
-                if mode != CodeMode::Bits64 || self.shadow_stack() {
+            Op::CallInd { src, width } | Op::JmpInd { src, width } => {
+                if self.shadow_stack() || !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let target = match src {
-                    Rm::Reg(r) if r.width == Width::W64 && !r.high8 => self.gpr64(r.index),
+                    Rm::Reg(r) if r.width == width && !r.high8 && r.index == 4 => {
+                        if mode != CodeMode::Bits64 {
+                            return Flow::Stop(StopReason::Unsupported);
+                        }
+                        self.state.rsp
+                    }
+                    Rm::Reg(r) if r.width == width && reg_ok(mode, r) => {
+                        read_reg(&self.state.regs, r)
+                    }
                     Rm::Reg(_) => return Flow::Stop(StopReason::Unsupported),
-                    Rm::Mem(m) => match self.load(insn, m, Width::W64) {
+                    Rm::Mem(m) => match self.load(insn, m, width) {
                         Ok(v) => v,
                         Err(stop) => return Flow::Stop(stop),
                     },
@@ -1135,8 +1165,8 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     return Flow::Stop(StopReason::BranchOut);
                 };
                 if matches!(insn.op, Op::CallInd { .. }) {
-                    let next = self.state.rip.wrapping_add(u64::from(insn.len));
-                    if let Err(stop) = self.push(next) {
+                    let next = self.state.rip.wrapping_add(u64::from(insn.len)) & ip_mask(mode);
+                    if let Err(stop) = self.push(next, width) {
                         return Flow::Stop(stop);
                     }
                 }
@@ -1294,29 +1324,35 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 }
                 self.retire(insn)
             }
-            Op::Pushf => {
-                if mode != CodeMode::Bits64 {
+            Op::Pushf { width } => {
+                if !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                // The image has VM and RF cleared (SDM Vol. 2B "PUSHF").
+                // The image has VM and RF cleared (SDM Vol. 2B "PUSHF/PUSHFD/PUSHFQ—Push
+                // EFLAGS Register Onto the Stack"); a 16-bit PUSHF stores FLAGS.
                 let v = self.state.rflags & !(Rflags::VM.bits() | Rflags::RF.bits());
-                if let Err(stop) = self.push(v) {
+                if let Err(stop) = self.push(v & width.mask(), width) {
                     return Flow::Stop(stop);
                 }
                 self.retire(insn)
             }
-            Op::Popf => {
-                if mode != CodeMode::Bits64 {
+            Op::Popf { width } => {
+                if !self.slot_ok(width) || self.state.rflags & Rflags::VM.bits() != 0 {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = match self.stack_read() {
+                let v = match self.stack_read(width) {
                     Ok(v) => v,
                     Err(stop) => return Flow::Stop(stop),
                 };
-                self.state.rsp = self.state.rsp.wrapping_add(8);
+                self.stack_pop(u64::from(width.bytes()));
                 let old = self.state.rflags;
-                let new = popf_rflags(old, v, self.state.cpl);
-                self.state.rflags = new;
+                let new = popf_rflags(old, v & width.mask(), self.state.cpl);
+                // A 16-bit POPF loads FLAGS only: bits 63:16 (RF included) stay.
+                self.state.rflags = if width == Width::W16 {
+                    (old & !0xFFFF) | (new & 0xFFFF)
+                } else {
+                    new
+                };
                 let flow = self.retire(insn);
                 let if_ = Rflags::IF.bits();
                 // IF set by POPF: an interrupt may be taken right after it (no shadow).
@@ -1441,6 +1477,9 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         }
         let next_ip = self.state.rip.wrapping_add(u64::from(insn.len)) & ip_mask(mode);
         let target = next_ip.wrapping_add(rel as i64 as u64) & width.mask();
+        if taken && self.beyond_cs_limit(target) {
+            return Flow::Stop(StopReason::BranchOut);
+        }
         let dest = if taken {
             match self.locate(target) {
                 Some(i) => Some(i),
@@ -1474,11 +1513,22 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     /// Where a taken CALL or RET to `target` goes: an instruction of this block, or
     /// code in the follow range (the caller continues there); `None`: out of reach.
     fn destination(&self, target: u64) -> Option<Dest> {
+        if self.beyond_cs_limit(target) {
+            return None;
+        }
         match self.locate(target) {
             Some(i) => Some(Dest::Here(i)),
             None if self.may_follow(target) => Some(Dest::Follow),
             None => None,
         }
+    }
+
+    /// Outside 64-bit mode a transfer beyond the CS limit raises #GP on the branch
+    /// (SDM Vol. 2A "JMP—Jump", "CALL—Call Procedure": "If the target address is beyond
+    /// the code segment limit").
+    fn beyond_cs_limit(&self, target: u64) -> bool {
+        self.mode() != CodeMode::Bits64
+            && target > u64::from(self.state.segs.limit[Seg::Cs as usize])
     }
 
     /// Whether a taken transfer to `target` outside this block may be executed, the
@@ -1646,21 +1696,62 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         }
     }
 
-    /// PUSH of 8 bytes at RSP - 8 (SS base 0 in 64-bit mode).
-    fn push(&mut self, v: u64) -> Result<(), StopReason> {
-        let at = self.state.rsp.wrapping_sub(8);
-        let p = self.checked(at, 8, true)?;
+    /// The stack's address size: 64 bits in 64-bit mode, else SS.B (SDM Vol. 3A 3.4.5
+    /// "Segment Descriptors", the D/B flag of a stack segment).
+    fn stack_width(&self) -> Width {
+        if self.mode() == CodeMode::Bits64 {
+            Width::W64
+        } else if self.state.segs.ar[Seg::Ss as usize] & crate::x86::segment::access_rights::DB != 0
+        {
+            Width::W32
+        } else {
+            Width::W16
+        }
+    }
+
+    /// Stack slots of `width` exist: 8 bytes in 64-bit mode (the 66h forms are never
+    /// decoded), 2 or 4 otherwise.
+    fn slot_ok(&self, width: Width) -> bool {
+        if self.mode() == CodeMode::Bits64 {
+            width == Width::W64
+        } else {
+            matches!(width, Width::W16 | Width::W32)
+        }
+    }
+
+    /// PUSH of `width` bytes at SS:rSP - `width` (the stack's address size wraps rSP; a
+    /// 16-bit stack keeps bits 63:16 of RSP).
+    fn push(&mut self, v: u64, width: Width) -> Result<(), StopReason> {
+        let n = width.bytes();
+        let sw = self.stack_width();
+        let sp = update_addr_reg(self.state.rsp, u64::from(n).wrapping_neg(), sw);
+        let lin = self
+            .seg_linear(Seg::Ss, sp & sw.mask(), u64::from(n), true)
+            .ok_or(StopReason::Memory)?;
+        let p = self.checked(lin, usize::from(n), true)?;
         if !memory::write_pieces(&mut *self.mem, &p, v) {
             return Err(StopReason::Memory);
         }
-        self.state.rsp = at;
+        self.state.rsp = sp;
         Ok(())
     }
 
-    /// The 8 bytes at RSP.
-    fn stack_read(&mut self) -> Result<u64, StopReason> {
-        let p = self.checked(self.state.rsp, 8, false)?;
-        memory::read_pieces(&*self.mem, &p).ok_or(StopReason::Memory)
+    /// The `width` bytes at SS:rSP.
+    fn stack_read(&mut self, width: Width) -> Result<u64, StopReason> {
+        let n = width.bytes();
+        let sw = self.stack_width();
+        let lin = self
+            .seg_linear(Seg::Ss, self.state.rsp & sw.mask(), u64::from(n), false)
+            .ok_or(StopReason::Memory)?;
+        let p = self.checked(lin, usize::from(n), false)?;
+        memory::read_pieces(&*self.mem, &p)
+            .map(|v| v & width.mask())
+            .ok_or(StopReason::Memory)
+    }
+
+    /// rSP += `n` at the stack's address size.
+    fn stack_pop(&mut self, n: u64) {
+        self.state.rsp = update_addr_reg(self.state.rsp, n, self.stack_width());
     }
 
     /// CPL <= IOPL outside virtual-8086 mode: IO needs no TSS bitmap check.
@@ -2719,6 +2810,76 @@ mod tests {
             popf_rflags(0x2 | Rflags::VM.bits() | Rflags::RF.bits(), 0, 0),
             0x2 | Rflags::VM.bits()
         );
+    }
+
+    #[test]
+    fn real_mode_stack_wraps_sp_and_keeps_the_upper_bits() {
+        // Real mode: SS base 0x1000, a 16-bit stack; SP = 2 with garbage above bit 15.
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.paging.cr0 = 0;
+        t.st.segs.base[Seg::Ss as usize] = 0x1000;
+        t.st.segs.limit = [0xFFFF; 6];
+        t.st.segs.ar = [0x93; 6];
+        t.st.rsp = 0xABCD_0000_0000_0002;
+        t.st.regs.rax = 0x1111;
+        t.st.regs.rbx = 0x2222;
+        let push = |r| {
+            i(
+                Op::Push {
+                    src: Operand::Reg(RegRef::new(r, W16)),
+                    width: W16,
+                },
+                1,
+            )
+        };
+        let b = [
+            out_dx(W8),
+            push(0),
+            push(3),
+            i(Op::Pop { dst: r(1, W16) }, 1),
+        ];
+        t.run(&b, 0);
+        // AX at SS:0000, BX at SS:FFFE (SP wrapped), popped into CX.
+        assert_eq!(&t.ram[0x1000..0x1002], &[0x11, 0x11]);
+        assert_eq!(&t.ram[0x10FFE..0x11000], &[0x22, 0x22]);
+        assert_eq!(t.st.regs.rcx & 0xFFFF, 0x2222);
+        assert_eq!(t.st.rsp, 0xABCD_0000_0000_0000);
+        // call +1 (over a nop) pushes IP 4, ret comes back to it; leave restores BP.
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.paging.cr0 = 0;
+        t.st.segs.limit = [0xFFFF; 6];
+        t.st.segs.ar = [0x93; 6];
+        t.st.rsp = 0x8000;
+        t.st.regs.rbp = 0x7FF0;
+        let b = [
+            out_dx(W8),
+            i(Op::Call { rel: 1, width: W16 }, 3),
+            nop(),
+            i(Op::Ret { pop: 0, width: W16 }, 1),
+        ];
+        // out(1) call(3) -> ret at 5; ret -> 4 (the nop); nop; ret again pops 0.
+        let res = t.run(&b, 0);
+        assert!(res.executed >= 4, "{res:?}");
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.paging.cr0 = 0;
+        t.st.segs.limit = [0xFFFF; 6];
+        t.st.segs.ar = [0x93; 6];
+        t.st.regs.rbp = 0x1234_0000_0000_7FF0;
+        t.ram[0x7FF0] = 0x55;
+        t.ram[0x7FF1] = 0x66;
+        t.run(&[out_dx(W8), i(Op::Leave { width: W16 }, 1)], 0);
+        assert_eq!(
+            (t.st.rsp & 0xFFFF, t.st.regs.rbp),
+            (0x7FF2, 0x1234_0000_0000_6655)
+        );
+        // A push beyond the SS limit (SP = 0 with a limit below 0xFFFE): #SS, stop.
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.paging.cr0 = 0;
+        t.st.segs.limit = [0xFFF; 6];
+        t.st.segs.ar = [0x93; 6];
+        t.st.rsp = 0;
+        let res = t.run(&[out_dx(W8), push(0)], 0);
+        assert_eq!((res.executed, res.stop), (1, StopReason::Memory));
     }
 
     #[test]

@@ -266,19 +266,25 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
         (Op::Lea { dst, mem }, RefOp::Lea { dst: d2, mem: m2 }) => {
             reg_eq(dst, d2) && mem_eq(mem, m2, ip, insn.len)
         }
-        (Op::Push { src }, RefOp::Push { src: s2 }) => src_eq(src, s2, None),
-        (Op::Pop { dst }, RefOp::Pop { dst: d2 }) => reg_eq(dst, d2),
-        (Op::Call { rel }, RefOp::Call { target: t }) => {
-            target(mode, ip, insn.len, rel, Width::W64) == t
+        (Op::Push { src, width }, RefOp::Push { src: s2, size: z2 }) => {
+            src_eq(src, s2, None) && width.bytes() == z2
         }
-        (Op::Ret { pop }, RefOp::Ret { pop: p2 }) => pop == p2,
-        (Op::CallInd { src }, RefOp::CallInd { src: s2 })
-        | (Op::JmpInd { src }, RefOp::JmpInd { src: s2 }) => rm_eq(src, s2, ip, insn.len),
+        (Op::Pop { dst }, RefOp::Pop { dst: d2 }) => reg_eq(dst, d2),
+        (Op::Call { rel, width }, RefOp::Call { target: t, size }) => {
+            target(mode, ip, insn.len, rel, width) == t && width.bytes() == size
+        }
+        (Op::Ret { pop, width }, RefOp::Ret { pop: p2, size }) => {
+            pop == p2 && width.bytes() == size
+        }
+        (Op::Leave { width }, RefOp::Leave { size }) => width.bytes() == size,
+        (Op::CallInd { src, width }, RefOp::CallInd { src: s2, size })
+        | (Op::JmpInd { src, width }, RefOp::JmpInd { src: s2, size }) => {
+            rm_eq(src, s2, ip, insn.len) && width.bytes() == size
+        }
         (Op::Flag { op }, RefOp::Flag { op: o2 }) => op == o2,
-        (Op::Cli, RefOp::Cli)
-        | (Op::Sti, RefOp::Sti)
-        | (Op::Pushf, RefOp::Pushf)
-        | (Op::Popf, RefOp::Popf) => true,
+        (Op::Cli, RefOp::Cli) | (Op::Sti, RefOp::Sti) => true,
+        (Op::Pushf { width }, RefOp::Pushf { size })
+        | (Op::Popf { width }, RefOp::Popf { size }) => width.bytes() == size,
         (Op::Cmpxchg { dst, src }, RefOp::Cmpxchg { dst: d2, src: s2 })
         | (Op::Xadd { dst, src }, RefOp::Xadd { dst: d2, src: s2 }) => {
             rm_eq(dst, d2, ip, insn.len) && reg_eq(src, s2)

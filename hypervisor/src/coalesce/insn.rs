@@ -364,29 +364,40 @@ pub enum Op {
         dst: RegRef,
         mem: MemRef,
     },
-    /// PUSH r64 / imm (64-bit mode, 8 bytes).
+    /// PUSH r / imm of `width` (the operand size: 8 bytes in 64-bit mode, 2 or 4
+    /// otherwise) through SS:rSP at the stack's address size.
     Push {
         src: Operand,
+        width: Width,
     },
-    /// POP r64 (64-bit mode).
+    /// POP r (the register's width is the operand size).
     Pop {
         dst: RegRef,
     },
-    /// CALL rel32 (64-bit mode): pushes the return address.
+    /// CALL rel16/rel32: pushes the return address (`width` bytes), IP at `width`.
     Call {
         rel: i32,
+        width: Width,
     },
-    /// RET / RET imm16 (near, 64-bit mode): pops the return address, then `pop` bytes.
+    /// RET / RET imm16 (near): pops the return address (`width` bytes), then `pop`
+    /// bytes.
     Ret {
         pop: u16,
+        width: Width,
     },
-    /// CALL r/m64 (FF /2, 64-bit mode): pushes the return address, jumps to the value.
+    /// CALL r/m (FF /2): pushes the return address, jumps to the value (`width`).
     CallInd {
         src: Rm,
+        width: Width,
     },
-    /// JMP r/m64 (FF /4, 64-bit mode).
+    /// JMP r/m (FF /4).
     JmpInd {
         src: Rm,
+        width: Width,
+    },
+    /// LEAVE: rSP <- rBP (at the stack's address size), then POP rBP of `width`.
+    Leave {
+        width: Width,
     },
     /// CLC, STC, CMC, CLD, STD.
     Flag {
@@ -436,23 +447,31 @@ pub enum Op {
         src: Rm,
         imm: u64,
     },
-    /// CMPXCHG r/m, r (SDM Vol. 2A "CMPXCHG"): compares rAX with `dst`; equal: `dst`
+    /// CMPXCHG r/m, r (SDM Vol. 2A "CMPXCHG—Compare and Exchange"): compares rAX with `dst`; equal: `dst`
     /// <- `src`, else rAX <- `dst`. Flags as CMP rAX, `dst`.
     Cmpxchg {
         dst: Rm,
         src: RegRef,
     },
-    /// XADD r/m, r (SDM Vol. 2C "XADD"): `src` <- `dst`, `dst` <- the sum.
+    /// XADD r/m, r (SDM Vol. 2C "XADD—Exchange and Add"): `src` <- `dst`, `dst` <- the
+    /// sum.
     Xadd {
         dst: Rm,
         src: RegRef,
     },
-    /// PUSHFQ (64-bit mode): RFLAGS with VM and RF cleared.
-    Pushf,
-    /// POPFQ (64-bit mode), with the CPL/IOPL rules for IF and IOPL (SDM Vol. 2B
-    /// "POPF").
-    Popf,
-    /// CLI / STI (SDM Vol. 2A "CLI", Vol. 2B "STI"); CPL > IOPL faults (#GP).
+    /// PUSHF/PUSHFD/PUSHFQ: (E/R)FLAGS with VM and RF cleared, `width` bytes (SDM Vol.
+    /// 2B "PUSHF/PUSHFD/PUSHFQ—Push EFLAGS Register Onto the Stack").
+    Pushf {
+        width: Width,
+    },
+    /// POPF/POPFD/POPFQ, with the CPL/IOPL rules for IF and IOPL (SDM Vol. 2B
+    /// "POPF/POPFD/POPFQ—Pop Stack Into EFLAGS Register"); a 16-bit POPF changes FLAGS
+    /// (bits 15:0) only.
+    Popf {
+        width: Width,
+    },
+    /// CLI / STI (SDM Vol. 2A "CLI—Clear Interrupt Flag", Vol. 2B "STI—Set Interrupt
+    /// Flag"); CPL > IOPL faults (#GP).
     Cli,
     Sti,
 }

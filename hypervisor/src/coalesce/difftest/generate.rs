@@ -922,6 +922,121 @@ impl Gen<'_> {
         self.emit(&[0x90], true);
     }
 
+    /// A stack form: PUSH r / imm, POP r, PUSHF, POPF, LEAVE (slots of the operand
+    /// size: 2 or 4 bytes in 16- and 32-bit code, 8 in 64-bit code).
+    fn stack(&mut self) {
+        let size = if self.long() {
+            8
+        } else if self.rng.chance(1, 2) {
+            2
+        } else {
+            4
+        };
+        for _ in 0..8 {
+            let r = self.reg(size);
+            let (enc, ok) = match self.rng.below(8) {
+                0 | 1 => {
+                    let Some(b) = self.head_opreg(size, 0x50 + (r.num & 7), r) else {
+                        continue;
+                    };
+                    (b, !r.rsp)
+                }
+                2 | 3 => {
+                    let Some(b) = self.head_opreg(size, 0x58 + (r.num & 7), r) else {
+                        continue;
+                    };
+                    (b, !r.rsp)
+                }
+                4 => {
+                    let v = self.value();
+                    let acc = EncReg {
+                        num: 0,
+                        rex_needed: false,
+                        rex_forbidden: false,
+                        rsp: false,
+                    };
+                    let imm8 = self.rng.chance(1, 2);
+                    let Some(mut b) = self.head_opreg(size, if imm8 { 0x6A } else { 0x68 }, acc)
+                    else {
+                        continue;
+                    };
+                    // REX.W is meaningless on PUSH imm: drop it.
+                    b.retain(|&x| x != 0x48);
+                    let n = if imm8 { 1 } else { usize::from(size.min(4)) };
+                    b.extend_from_slice(&v.to_le_bytes()[..n]);
+                    (b, true)
+                }
+                5 | 6 => {
+                    let acc = EncReg {
+                        num: 0,
+                        rex_needed: false,
+                        rex_forbidden: false,
+                        rsp: false,
+                    };
+                    let op = self.rng.pick(&[0x9Cu8, 0x9D]);
+                    let Some(mut b) = self.head_opreg(size, op, acc) else {
+                        continue;
+                    };
+                    b.retain(|&x| x != 0x48);
+                    (b, true)
+                }
+                _ => {
+                    let acc = EncReg {
+                        num: 0,
+                        rex_needed: false,
+                        rex_forbidden: false,
+                        rsp: false,
+                    };
+                    let Some(mut b) = self.head_opreg(size, 0xC9, acc) else {
+                        continue;
+                    };
+                    b.retain(|&x| x != 0x48);
+                    (b, true)
+                }
+            };
+            self.emit(&enc, ok);
+            return;
+        }
+        self.emit(&[0x90], true);
+    }
+
+    /// `call L; jmp E; L: <an IO or ALU instruction>; ret; E:` with the operand size
+    /// of the code (sometimes the other one, 66h, in 16- and 32-bit code).
+    fn call_ret(&mut self) {
+        let other = !self.long() && self.rng.chance(1, 4);
+        let pfx: Vec<u8> = if other { vec![0x66] } else { Vec::new() };
+        let rel = match (self.mode, other) {
+            (CodeMode::Bits16, false) | (CodeMode::Bits32, true) => 2,
+            _ => 4,
+        };
+        let mut call = pfx.clone();
+        call.push(0xE8);
+        self.emit(&call, true);
+        self.bytes.extend(std::iter::repeat_n(0, rel));
+        let call_end = self.bytes.len();
+        let call_fix = self.fixups.len();
+        self.fixups.push((call_end - rel, rel, call_end, 0, 0));
+        self.emit(&[0xEB], true);
+        self.bytes.push(0);
+        let jmp_end = self.bytes.len();
+        let jmp_fix = self.fixups.len();
+        self.fixups.push((jmp_end - 1, 1, jmp_end, 0, 0));
+        self.fixups[call_fix].3 = self.starts.len();
+        if self.rng.chance(1, 2) {
+            self.io();
+        } else {
+            self.alu();
+        }
+        let mut ret = pfx;
+        if self.rng.chance(1, 4) {
+            ret.extend_from_slice(&[0xC2, 0x00, 0x00]);
+        } else {
+            ret.push(0xC3);
+        }
+        self.emit(&ret, true);
+        self.fixups[jmp_fix].3 = self.starts.len();
+    }
+
     fn nop(&mut self) {
         let long_nops: &[&[u8]] = &[
             &[0x90],
@@ -1166,6 +1281,8 @@ pub(in crate::coalesce) fn gen_program_mix(
                     g.fixups.push((end - 1, 1, end, body, 0));
                 }
                 18 if g.rng.chance(1, 4) => g.stopper(),
+                18 if g.rng.chance(1, 2) => g.stack(),
+                19 if g.rng.chance(1, 2) => g.call_ret(),
                 20 | 21 => {
                     let t = here + 1 + g.rng.below(4) as usize;
                     g.more(t.min(here + (n - planned) + 1));
@@ -1300,6 +1417,20 @@ pub(super) fn random_case(mode: CodeMode, mix: Mix, seed: u64) -> Case {
             }
             CodeMode::Bits32 => regs.rdi = target - c.seg_base[0],
             CodeMode::Bits64 => regs.rdi = target,
+        }
+    }
+    // The stack: RSP's upper bits (a 16-bit stack keeps them), SS.B (a 16-bit stack in
+    // 32-bit code, a 32-bit one in 16-bit code).
+    if mode != CodeMode::Bits64 {
+        if rng.chance(1, 4) {
+            // SP about to wrap at 64 KiB, odd, or at the top.
+            c.rsp = rng.pick(&[0x0002u64, 0x0004, 0x0001, 0xFFFE]);
+        }
+        if rng.chance(1, 3) {
+            c.rsp |= rng.next() & !0xFFFF;
+        }
+        if rng.chance(1, 5) {
+            c.seg_ar[2] ^= 1 << 14;
         }
     }
     // Segment limits and types the processor checks on data accesses: a short limit,

@@ -115,24 +115,33 @@ pub(in crate::coalesce) enum RefOp {
         dst: GReg,
         mem: RefMem,
     },
+    /// The stack forms with their slot size in bytes.
     Push {
         src: Src,
+        size: u8,
     },
     Pop {
         dst: GReg,
     },
     Call {
         target: u64,
+        size: u8,
     },
     Ret {
         pop: u16,
+        size: u8,
     },
-    /// CALL r/m64, JMP r/m64.
+    /// CALL r/m, JMP r/m (near).
     CallInd {
         src: RefRm,
+        size: u8,
     },
     JmpInd {
         src: RefRm,
+        size: u8,
+    },
+    Leave {
+        size: u8,
     },
     Flag {
         op: FlagOp,
@@ -181,9 +190,13 @@ pub(in crate::coalesce) enum RefOp {
     },
     Cli,
     Sti,
-    /// PUSHFQ / POPFQ.
-    Pushf,
-    Popf,
+    /// PUSHF/PUSHFD/PUSHFQ, POPF/POPFD/POPFQ.
+    Pushf {
+        size: u8,
+    },
+    Popf {
+        size: u8,
+    },
 }
 
 /// A memory operand as iced reads it: base, index, scale, displacement (for
@@ -362,11 +375,28 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
         },
         M::Cli => RefOp::Cli,
         M::Sti => RefOp::Sti,
-        M::Pushfq | M::Popfq if long => {
-            if m == M::Pushfq {
-                RefOp::Pushf
-            } else {
-                RefOp::Popf
+        M::Pushf | M::Pushfd | M::Pushfq => RefOp::Pushf {
+            size: match m {
+                M::Pushf => 2,
+                M::Pushfd => 4,
+                _ => 8,
+            },
+        },
+        M::Popf | M::Popfd | M::Popfq => RefOp::Popf {
+            size: match m {
+                M::Popf => 2,
+                M::Popfd => 4,
+                _ => 8,
+            },
+        },
+        M::Leave => {
+            use iced_x86::Code as C;
+            RefOp::Leave {
+                size: match i.code() {
+                    C::Leavew => 2,
+                    C::Leaved => 4,
+                    _ => 8,
+                },
             }
         }
         M::Cmpxchg | M::Xadd => {
@@ -436,20 +466,19 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
             size: size_of(0),
         },
         M::Call | M::Jmp if matches!(i.op_kind(0), OpKind::Register | OpKind::Memory) => {
-            // Near indirect branches with a 64-bit operand only.
-            if !long
-                || !matches!(
-                    i.code(),
-                    iced_x86::Code::Call_rm64 | iced_x86::Code::Jmp_rm64
-                )
-            {
-                return Some(None);
-            }
+            use iced_x86::Code as C;
+            // Near indirect branches; in 64-bit code with a 64-bit operand only.
+            let size = match i.code() {
+                C::Call_rm16 | C::Jmp_rm16 if !long => 2,
+                C::Call_rm32 | C::Jmp_rm32 if !long => 4,
+                C::Call_rm64 | C::Jmp_rm64 if long => 8,
+                _ => return Some(None),
+            };
             let src = ref_rm(i, 0)?;
             if m == M::Call {
-                RefOp::CallInd { src }
+                RefOp::CallInd { src, size }
             } else {
-                RefOp::JmpInd { src }
+                RefOp::JmpInd { src, size }
             }
         }
         _ => {
@@ -579,41 +608,82 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
                 mem: ref_mem(i)?,
             }
         }
-        M::Push if long && !mem0 => {
+        M::Push if !mem0 => {
+            use iced_x86::Code as C;
+            // The slot size: 8 in 64-bit code (the 66h forms are outside the subset),
+            // 2 or 4 otherwise.
+            let slot_ok = |size: u8| {
+                if long {
+                    size == 8
+                } else {
+                    matches!(size, 2 | 4)
+                }
+            };
             if i.op_kind(0) == OpKind::Register {
                 let r = greg(i.op_register(0))?;
-                if r.size != 8 {
+                if !slot_ok(r.size) {
                     return Some(None);
                 }
-                RefOp::Push { src: Src::Reg(r) }
-            } else if is_imm(i.op_kind(0)) && format!("{:?}", i.code()).starts_with("Pushq") {
                 RefOp::Push {
-                    src: Src::Imm(i.immediate(0)),
+                    src: Src::Reg(r),
+                    size: r.size,
+                }
+            } else if is_imm(i.op_kind(0)) {
+                let size = match i.code() {
+                    C::Pushw_imm8 | C::Push_imm16 => 2,
+                    C::Pushd_imm8 | C::Pushd_imm32 => 4,
+                    C::Pushq_imm8 | C::Pushq_imm32 => 8,
+                    _ => return Some(None),
+                };
+                if !slot_ok(size) {
+                    return Some(None);
+                }
+                RefOp::Push {
+                    src: Src::Imm(i.immediate(0) & size_mask(size)),
+                    size,
                 }
             } else {
                 return Some(None);
             }
         }
-        M::Pop if long && !mem0 => {
+        M::Pop if !mem0 => {
             let r = reg0()?;
-            if r.size != 8 {
+            if (long && r.size != 8) || (!long && !matches!(r.size, 2 | 4)) {
                 return Some(None);
             }
             RefOp::Pop { dst: r }
         }
-        M::Call if long && i.op_kind(0) == OpKind::NearBranch64 => {
+        M::Call
+            if matches!(
+                i.op_kind(0),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            ) =>
+        {
             if i.has_repne_prefix() {
                 return Some(None);
             }
+            let size = match i.op_kind(0) {
+                OpKind::NearBranch16 => 2,
+                OpKind::NearBranch32 => 4,
+                _ => 8,
+            };
             RefOp::Call {
                 target: i.near_branch_target(),
+                size,
             }
         }
-        M::Ret if long => {
-            if i.has_repne_prefix()
-                || i.has_rep_prefix()
-                || !format!("{:?}", i.code()).starts_with("Retnq")
-            {
+        M::Ret => {
+            use iced_x86::Code as C;
+            if i.has_repne_prefix() || i.has_rep_prefix() {
+                return Some(None);
+            }
+            let size = match i.code() {
+                C::Retnw | C::Retnw_imm16 => 2,
+                C::Retnd | C::Retnd_imm16 => 4,
+                C::Retnq | C::Retnq_imm16 => 8,
+                _ => return Some(None),
+            };
+            if long && size != 8 {
                 return Some(None);
             }
             RefOp::Ret {
@@ -622,6 +692,7 @@ fn ref_mem_op(i: &Instruction) -> Option<Option<RefOp>> {
                 } else {
                     0
                 },
+                size,
             }
         }
         _ => return None,

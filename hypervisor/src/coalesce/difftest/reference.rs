@@ -484,16 +484,76 @@ impl Reference<'_, '_> {
         }
     }
 
-    /// An indirect CALL/JMP target: a non-canonical one raises #GP on the branch.
-    fn indirect_target(&self, src: RefRm, i: &Instruction) -> Result<u64, String> {
-        let t = self.rm_read(src, 8, i)?;
-        if !crate::x86::is_canonical(t, 48) {
-            return Err(format!(
-                "the coalescer ran past `{}` to a non-canonical address (#GP)",
-                fmt_insn(i)
-            ));
+    /// The stack's address size in bytes: 8 in 64-bit mode, else SS.B.
+    fn stack_size(&self) -> u8 {
+        if self.mode == CodeMode::Bits64 {
+            8
+        } else if self.vmcs.read(VmcsField::GuestSsAccessRights) & (1 << 14) != 0 {
+            4
+        } else {
+            2
         }
-        Ok(t)
+    }
+
+    /// rSP plus `delta` within the stack's address size (a 16-bit stack keeps bits
+    /// 63:16 of RSP).
+    fn sp_plus(&self, delta: u64) -> u64 {
+        let rsp = self.vmcs.read(VmcsField::GuestRsp);
+        let v = rsp.wrapping_add(delta);
+        match self.stack_size() {
+            2 => (rsp & !0xFFFF) | (v & 0xFFFF),
+            4 => v & 0xFFFF_FFFF,
+            _ => v,
+        }
+    }
+
+    fn ref_sp_add(&mut self, delta: u64) {
+        let v = self.sp_plus(delta);
+        self.vmcs.write(VmcsField::GuestRsp, v);
+    }
+
+    /// The linear address of `size` stack bytes at offset `sp`, checked (SS).
+    fn stack_linear(&self, sp: u64, size: u8, write: bool) -> Result<u64, String> {
+        let off = sp & size_mask(self.stack_size());
+        self.seg_check(2, off, size, write)?;
+        Ok(self.seg_base(2).wrapping_add(off) & self.linear_mask())
+    }
+
+    fn ref_push(&mut self, v: u64, size: u8) -> Result<(), String> {
+        let sp = self.sp_plus(u64::from(size).wrapping_neg());
+        let lin = self.stack_linear(sp, size, true)?;
+        self.ref_write(lin, size, v)?;
+        self.vmcs.write(VmcsField::GuestRsp, sp);
+        Ok(())
+    }
+
+    fn ref_stack_read(&self, size: u8) -> Result<u64, String> {
+        let lin = self.stack_linear(self.vmcs.read(VmcsField::GuestRsp), size, false)?;
+        self.ref_read(lin, size)
+    }
+
+    fn ref_pop(&mut self, size: u8) -> Result<u64, String> {
+        let v = self.ref_stack_read(size)?;
+        self.ref_sp_add(u64::from(size));
+        Ok(v)
+    }
+
+    /// A transfer target the processor accepts: canonical in 64-bit mode, within the
+    /// CS limit otherwise (#GP on the branch).
+    fn check_target(&self, target: u64, i: &Instruction) -> Result<(), String> {
+        let ok = if self.mode == CodeMode::Bits64 {
+            crate::x86::is_canonical(target, 48)
+        } else {
+            target <= self.vmcs.read(VmcsField::GuestCsLimit)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "the coalescer ran past `{}` to {target:#x}: non-canonical or beyond the CS limit (#GP)",
+                fmt_insn(i)
+            ))
+        }
     }
 
     fn advance(&mut self, len: usize) {
@@ -819,55 +879,72 @@ impl Reference<'_, '_> {
                 self.advance(len);
                 self.executed += 1;
             }
-            RefOp::Push { src } => {
+            RefOp::Push { src, size } => {
                 let v = self.src(src);
-                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
-                self.ref_write(rsp, 8, v)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                self.ref_push(v, size)?;
                 self.advance(len);
                 self.executed += 1;
             }
             RefOp::Pop { dst } => {
-                let rsp = self.vmcs.read(VmcsField::GuestRsp);
-                let v = self.ref_read(rsp, 8)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp.wrapping_add(8));
+                let v = self.ref_pop(dst.size)?;
                 self.set(dst, v);
                 self.advance(len);
                 self.executed += 1;
             }
-            RefOp::Call { target } => {
-                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
-                let next = rip.wrapping_add(len as u64);
-                self.ref_write(rsp, 8, next)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp);
-                self.vmcs.write(VmcsField::GuestRip, target);
-                self.executed += 1;
-            }
-            RefOp::Ret { pop } => {
+            RefOp::Leave { size } => {
+                // rSP <- rBP at the stack's address size, then POP rBP.
+                let rbp = self.regs.rbp;
                 let rsp = self.vmcs.read(VmcsField::GuestRsp);
-                let target = self.ref_read(rsp, 8)?;
-                if !crate::x86::is_canonical(target, 48) {
-                    return Err(format!(
-                        "the coalescer ran past `{}` to a non-canonical address (#GP)",
-                        text()
-                    ));
-                }
-                self.vmcs
-                    .write(VmcsField::GuestRsp, rsp.wrapping_add(8 + u64::from(pop)));
+                let new = match self.stack_size() {
+                    2 => (rsp & !0xFFFF) | (rbp & 0xFFFF),
+                    4 => rbp & 0xFFFF_FFFF,
+                    _ => rbp,
+                };
+                self.vmcs.write(VmcsField::GuestRsp, new);
+                let v = match self.ref_pop(size) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.vmcs.write(VmcsField::GuestRsp, rsp);
+                        return Err(e);
+                    }
+                };
+                self.set(
+                    GReg {
+                        index: 5,
+                        size,
+                        high: false,
+                    },
+                    v,
+                );
+                self.advance(len);
+                self.executed += 1;
+            }
+            RefOp::Call { target, size } => {
+                self.check_target(target, &i)?;
+                let next = rip.wrapping_add(len as u64) & ip_mask(self.mode);
+                self.ref_push(next & size_mask(size), size)?;
                 self.vmcs.write(VmcsField::GuestRip, target);
                 self.executed += 1;
             }
-            RefOp::CallInd { src } => {
-                let target = self.indirect_target(src, &i)?;
-                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
-                let next = rip.wrapping_add(len as u64);
-                self.ref_write(rsp, 8, next)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp);
+            RefOp::Ret { pop, size } => {
+                let target = self.ref_stack_read(size)?;
+                self.check_target(target, &i)?;
+                self.ref_pop(size)?;
+                self.ref_sp_add(u64::from(pop));
                 self.vmcs.write(VmcsField::GuestRip, target);
                 self.executed += 1;
             }
-            RefOp::JmpInd { src } => {
-                let target = self.indirect_target(src, &i)?;
+            RefOp::CallInd { src, size } => {
+                let target = self.rm_read(src, size, &i)?;
+                self.check_target(target, &i)?;
+                let next = rip.wrapping_add(len as u64) & ip_mask(self.mode);
+                self.ref_push(next & size_mask(size), size)?;
+                self.vmcs.write(VmcsField::GuestRip, target);
+                self.executed += 1;
+            }
+            RefOp::JmpInd { src, size } => {
+                let target = self.rm_read(src, size, &i)?;
+                self.check_target(target, &i)?;
                 self.vmcs.write(VmcsField::GuestRip, target);
                 self.executed += 1;
             }
@@ -1010,23 +1087,23 @@ impl Reference<'_, '_> {
                 self.advance(len);
                 self.executed += 1;
             }
-            RefOp::Pushf => {
+            RefOp::Pushf { size } => {
                 // VM (17) and RF (16) read as 0 in the pushed image.
-                let v = rflags & !0x3_0000;
-                let rsp = self.vmcs.read(VmcsField::GuestRsp).wrapping_sub(8);
-                self.ref_write(rsp, 8, v)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp);
+                let v = rflags & !0x3_0000 & size_mask(size);
+                self.ref_push(v, size)?;
                 self.advance(len);
                 self.executed += 1;
             }
-            RefOp::Popf => {
-                let rsp = self.vmcs.read(VmcsField::GuestRsp);
-                let v = self.ref_read(rsp, 8)?;
-                self.vmcs.write(VmcsField::GuestRsp, rsp.wrapping_add(8));
+            RefOp::Popf { size } => {
+                if rflags & (1 << 17) != 0 {
+                    return Err("the coalescer ran past a POPF in virtual-8086 mode".into());
+                }
+                let v = self.ref_pop(size)?;
                 let cpl = u64::from(crate::vmx::guest_state::guest_cpl(&self.vmcs));
                 let iopl = (rflags >> 12) & 3;
                 // Always from the stack: the status flags, TF, DF, NT, AC, ID; IOPL at
-                // CPL 0; IF at CPL <= IOPL. RF is cleared; VM, VIF, VIP are kept.
+                // CPL 0; IF at CPL <= IOPL. RF is cleared; VM, VIF, VIP are kept. A
+                // 16-bit POPF loads bits 15:0 only.
                 let mut from_stack: u64 = 0x8D5 | 0x100 | 0x400 | 0x4000 | 0x4_0000 | 0x20_0000;
                 if cpl == 0 {
                     from_stack |= 0x3000;
@@ -1034,7 +1111,11 @@ impl Reference<'_, '_> {
                 if cpl <= iopl {
                     from_stack |= RF_IF;
                 }
-                let f = ((rflags & !from_stack) | (v & from_stack)) & !0x1_0000;
+                let f = if size == 2 {
+                    (rflags & !(from_stack & 0xFFFF)) | (v & from_stack & 0xFFFF)
+                } else {
+                    ((rflags & !from_stack) | (v & from_stack)) & !0x1_0000
+                };
                 self.vmcs.write(VmcsField::GuestRflags, f);
                 self.advance(len);
                 self.executed += 1;
