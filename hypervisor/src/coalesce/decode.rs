@@ -20,8 +20,8 @@ use zydis::{
 };
 
 use super::insn::{
-    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef, Rm,
-    Seg,
+    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef,
+    Repeat, Rm, Seg, StrKind,
 };
 use crate::x86::Width;
 
@@ -996,6 +996,37 @@ fn map(insn: &Instruction<VisibleOperands>, bytes: &[u8], mode: CodeMode) -> Opt
             rel: rel_operand(ops.first())?,
             width: branch_width(insn, mode)?,
         }),
+        // MOVS A4/A5, CMPS A6/A7, STOS AA/AB, LODS AC/AD, SCAS AE/AF.
+        0xA4..=0xA7 | 0xAA..=0xAF => {
+            let kind = match opc {
+                0xA4 | 0xA5 => StrKind::Movs,
+                0xA6 | 0xA7 => StrKind::Cmps,
+                0xAA | 0xAB => StrKind::Stos,
+                0xAC | 0xAD => StrKind::Lods,
+                _ => StrKind::Scas,
+            };
+            let width = if opc & 1 == 0 {
+                Width::W8
+            } else {
+                width_bits(insn.operand_width)?
+            };
+            let compares = matches!(kind, StrKind::Cmps | StrKind::Scas);
+            // F2 on MOVS/STOS/LODS is not defined: left to the CPU. The last of F2/F3
+            // counts (zydis reports both; the processor uses the last one).
+            let rep = match prefixes(insn).filter(|&p| p == 0xF2 || p == 0xF3).last() {
+                None => Repeat::Once,
+                Some(0xF3) => Repeat::Rep,
+                Some(_) if compares => Repeat::Repne,
+                Some(_) => return None,
+            };
+            Some(Op::Str {
+                kind,
+                width,
+                rep,
+                addr: width_bits(insn.address_width)?,
+                seg: source_segment(insn, mode),
+            })
+        }
         // Group 1 with a register operand.
         0x80 | 0x81 | 0x83 if reg_form => alu_two(insn),
         0x84 | 0x85 if reg_form => alu_two(insn),

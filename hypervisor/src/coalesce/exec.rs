@@ -84,8 +84,8 @@
 //! element does not), so `executed == 0` means the state was not changed at all.
 
 use super::insn::{
-    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef, Rm,
-    Seg, StopReason,
+    AluOp, CodeMode, Cond, FlagOp, Insn, LoopKind, MemRef, MulOp, Op, Operand, PortSrc, RegRef,
+    Repeat, Rm, Seg, StopReason, StrKind,
 };
 use super::memory::{self, Pieces};
 use super::segment::{self, AddressingMode, SegRegs};
@@ -819,7 +819,7 @@ pub fn run_following(
         // A string instruction in the STI shadow: where the CPU may first take an
         // interrupt (after its first iteration or only after it completes) is not
         // worth modelling; the CPU runs it.
-        if shadowed && matches!(insn.op, Op::Ins { .. } | Op::Outs { .. }) {
+        if shadowed && matches!(insn.op, Op::Ins { .. } | Op::Outs { .. } | Op::Str { .. }) {
             return ex.stop(StopReason::Unsupported);
         }
         let mut flow = ex.step(insn, first);
@@ -1451,6 +1451,13 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 }
                 self.retire(insn)
             }
+            Op::Str {
+                kind,
+                width,
+                rep,
+                addr,
+                seg,
+            } => self.mem_string(insn, kind, width, rep, addr, seg),
             Op::Ins { width, rep, addr } => self.string(insn, first, width, rep, addr, None),
             Op::Outs {
                 width,
@@ -1870,6 +1877,142 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
         }
         self.res.io_insns += 1;
         self.retire(insn)
+    }
+
+    /// MOVS, STOS, LODS, CMPS or SCAS, element by element: each element's accesses go
+    /// through the segment and paging checks of any data access (a fault, or an A/D
+    /// flag the CPU would set, ends the run before that element with RIP on the
+    /// instruction); REP tests rCX before each element and decrements it after, REPE /
+    /// REPNE also stop on ZF; the element budget is the one string IO uses.
+    fn mem_string(
+        &mut self,
+        insn: Insn,
+        kind: StrKind,
+        width: Width,
+        rep: Repeat,
+        addr: Width,
+        seg: Seg,
+    ) -> Flow {
+        let mode = self.mode();
+        if !addr_ok(mode, addr) || (width == Width::W64 && mode != CodeMode::Bits64) {
+            return Flow::Stop(StopReason::Unsupported);
+        }
+        let n = width.bytes();
+        let size = u64::from(n);
+        let step = if self.state.rflags & Rflags::DF.bits() != 0 {
+            size.wrapping_neg()
+        } else {
+            size
+        };
+        let repeats = rep != Repeat::Once;
+        let reads_src = matches!(kind, StrKind::Movs | StrKind::Lods | StrKind::Cmps);
+        let uses_dst = !matches!(kind, StrKind::Lods);
+        let mut started = false;
+        let partial = |ex: &mut Self, started: bool, reason: StopReason| {
+            if started {
+                ex.res.executed += 1;
+            }
+            Flow::Stop(reason)
+        };
+        loop {
+            if repeats && self.state.regs.rcx & addr.mask() == 0 {
+                break;
+            }
+            if self.res.string_elements >= self.limits.max_string_elements {
+                return partial(self, started, StopReason::Limit);
+            }
+            let regs = self.state.regs;
+            // The source (seg:rSI) and destination (ES:rDI) of this element.
+            let src = if reads_src {
+                let Some(v) = self.string_read(seg, regs.rsi & addr.mask(), width) else {
+                    return partial(self, started, StopReason::Memory);
+                };
+                Some(v)
+            } else {
+                None
+            };
+            let dst_write = matches!(kind, StrKind::Movs | StrKind::Stos);
+            let dst_pieces = if uses_dst {
+                let ea = regs.rdi & addr.mask();
+                let Some(lin) = self.seg_linear(Seg::Es, ea, size, dst_write) else {
+                    return partial(self, started, StopReason::Memory);
+                };
+                match self.checked(lin, usize::from(n), dst_write) {
+                    Ok(p) => Some(p),
+                    Err(stop) => return partial(self, started, stop),
+                }
+            } else {
+                None
+            };
+            let acc = regs.rax & width.mask();
+            match kind {
+                StrKind::Movs | StrKind::Stos => {
+                    let v = if kind == StrKind::Movs {
+                        src.unwrap_or(0)
+                    } else {
+                        acc
+                    };
+                    let Some(p) = dst_pieces else {
+                        return partial(self, started, StopReason::Memory);
+                    };
+                    if !memory::write_pieces(&mut *self.mem, &p, v) {
+                        return partial(self, started, StopReason::Memory);
+                    }
+                }
+                StrKind::Lods => {
+                    write_reg(
+                        &mut self.state.regs,
+                        RegRef::new(0, width),
+                        src.unwrap_or(0),
+                    );
+                }
+                StrKind::Cmps | StrKind::Scas => {
+                    let Some(b) = dst_pieces.and_then(|p| memory::read_pieces(&*self.mem, &p))
+                    else {
+                        return partial(self, started, StopReason::Memory);
+                    };
+                    let a = if kind == StrKind::Cmps {
+                        src.unwrap_or(0)
+                    } else {
+                        acc
+                    };
+                    let (_, f) = alu(AluOp::Cmp, width, a, b & width.mask(), self.state.rflags);
+                    self.state.rflags = f;
+                }
+            }
+            started = true;
+            self.res.string_elements += 1;
+            let regs = &mut self.state.regs;
+            if reads_src {
+                regs.rsi = update_addr_reg(regs.rsi, step, addr);
+            }
+            if uses_dst {
+                regs.rdi = update_addr_reg(regs.rdi, step, addr);
+            }
+            if !repeats {
+                break;
+            }
+            regs.rcx = update_addr_reg(regs.rcx, u64::MAX, addr);
+            let zf = self.state.rflags & ZF != 0;
+            let ended = match (kind, rep) {
+                (StrKind::Cmps | StrKind::Scas, Repeat::Rep) => !zf,
+                (StrKind::Cmps | StrKind::Scas, Repeat::Repne) => zf,
+                _ => false,
+            };
+            if ended {
+                break;
+            }
+        }
+        self.retire(insn)
+    }
+
+    /// A string element's read of `width` bytes at `seg`:`ea` (checked like any data
+    /// access), or `None`.
+    fn string_read(&mut self, seg: Seg, ea: u64, width: Width) -> Option<u64> {
+        let n = width.bytes();
+        let lin = self.seg_linear(seg, ea, u64::from(n), false)?;
+        let p = self.checked(lin, usize::from(n), false).ok()?;
+        memory::read_pieces(&*self.mem, &p).map(|v| v & width.mask())
     }
 
     /// One INS element to `lin`; false (nothing done, no port read) if the destination

@@ -28,7 +28,7 @@ use super::difftest::ref_decode::{ref_op, BranchKind, GReg, RefMem, RefOp, RefRm
 use super::difftest::rng::Rng;
 use super::engine::{Coalescer, Outcome, Settings};
 use super::exec::Limits;
-use super::insn::{CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm};
+use super::insn::{CodeMode, Insn, LoopKind, MemRef, Op, Operand, PortSrc, RegRef, Rm, StrKind};
 use crate::stats::Stats;
 use crate::vmx::vmcs::{Vmcs, VmcsField};
 use crate::x86::guest_mem::SliceMemory;
@@ -44,11 +44,12 @@ const PREFIXES: [u8; 13] = [
     0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x48, 0x41,
 ];
 /// Opcodes of the subset and their neighbours.
-const OPCODES: [u8; 58] = [
+const OPCODES: [u8; 66] = [
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x09, 0x10, 0x13, 0x15, 0x18, 0x1B, 0x1D, 0x20, 0x21,
     0x28, 0x2B, 0x30, 0x31, 0x38, 0x3B, 0x3D, 0x40, 0x48, 0x4F, 0x6C, 0x6D, 0x6E, 0x6F, 0x70, 0x7F,
-    0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x88, 0x8B, 0x90, 0xA8, 0xA9, 0xB0, 0xBF, 0xC0, 0xC1, 0xC6,
-    0xC7, 0xD0, 0xD1, 0xD2, 0xD3, 0xE0, 0xE2, 0xEF, 0xF6, 0xF7,
+    0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x88, 0x8B, 0x90, 0xA4, 0xA5, 0xA6, 0xA8, 0xA9, 0xAA, 0xAB,
+    0xAC, 0xAE, 0xAF, 0xB0, 0xBF, 0xC0, 0xC1, 0xC6, 0xC7, 0xD0, 0xD1, 0xD2, 0xD3, 0xE0, 0xE2, 0xEF,
+    0xF6, 0xF7,
 ];
 
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
@@ -282,6 +283,35 @@ fn same_meaning(insn: &Insn, i: &Instruction, r: &RefOp, mode: CodeMode, ip: u64
             rm_eq(src, s2, ip, insn.len) && width.bytes() == size
         }
         (Op::Flag { op }, RefOp::Flag { op: o2 }) => op == o2,
+        (
+            Op::Str {
+                kind,
+                width,
+                rep,
+                addr,
+                seg,
+            },
+            RefOp::MemStr {
+                kind: k2,
+                size,
+                rep: r2,
+                addr: a2,
+                seg: s2,
+            },
+        ) => {
+            // The segment only matters for the instructions that read seg:rSI.
+            let src = matches!(kind, StrKind::Movs | StrKind::Lods | StrKind::Cmps);
+            let s1 = if long && (seg as u8) < 4 {
+                3
+            } else {
+                seg as u8
+            };
+            kind == k2
+                && width.bytes() == size
+                && rep == r2
+                && addr.bytes() == a2
+                && (!src || s1 == s2)
+        }
         (Op::Cli, RefOp::Cli) | (Op::Sti, RefOp::Sti) => true,
         (Op::Pushf { width }, RefOp::Pushf { size })
         | (Op::Popf { width }, RefOp::Popf { size }) => width.bytes() == size,

@@ -474,6 +474,44 @@ pub enum Op {
     /// Flag"); CPL > IOPL faults (#GP).
     Cli,
     Sti,
+    /// MOVS, STOS, LODS, CMPS, SCAS of `width` at address size `addr`; `seg` is the
+    /// source's segment (DS unless overridden; the destination is always ES).
+    Str {
+        kind: StrKind,
+        width: Width,
+        rep: Repeat,
+        addr: Width,
+        seg: Seg,
+    },
+}
+
+/// The string instructions that move or compare memory (SDM Vol. 2B "MOVS/MOVSB/MOVSW/
+/// MOVSD/MOVSQ—Move Data From String to String", "STOS/STOSB/STOSW/STOSD/STOSQ—Store
+/// String", "LODS/LODSB/LODSW/LODSD/LODSQ—Load String"; Vol. 2A "CMPS/CMPSB/CMPSW/
+/// CMPSD/CMPSQ—Compare String Operands", Vol. 2B "SCAS/SCASB/SCASW/SCASD—Scan String").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StrKind {
+    /// ES:[rDI] <- seg:[rSI].
+    Movs,
+    /// ES:[rDI] <- rAX.
+    Stos,
+    /// rAX <- seg:[rSI].
+    Lods,
+    /// Flags of CMP seg:[rSI], ES:[rDI].
+    Cmps,
+    /// Flags of CMP rAX, ES:[rDI].
+    Scas,
+}
+
+/// The repeat prefix of a string instruction (SDM Vol. 2B "REP/REPE/REPZ/REPNE/REPNZ—
+/// Repeat String Operation Prefix").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Repeat {
+    Once,
+    /// F3: REP (MOVS/STOS/LODS), REPE (CMPS/SCAS: also while ZF = 1).
+    Rep,
+    /// F2 on CMPS/SCAS: REPNE (while ZF = 0).
+    Repne,
 }
 
 /// A register-or-memory operand.

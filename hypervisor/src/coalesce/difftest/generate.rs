@@ -157,7 +157,7 @@ impl Gen<'_> {
                         ..=0x4F
                 )
             })
-            .is_some_and(|&b| (0x6C..=0x6F).contains(&b));
+            .is_some_and(|&b| matches!(b, 0x6C..=0x6F | 0xA4..=0xA7 | 0xAA..=0xAF));
         self.starts.push(self.bytes.len());
         if supported && !(after_sti && string) {
             self.must_support.push(self.bytes.len() as u64);
@@ -1115,7 +1115,44 @@ impl Gen<'_> {
         self.emit(&p, true);
     }
 
-    /// A branch to instruction `target` (resolved later); `kind`: 0 jmp short,
+    /// MOVS/STOS/LODS/CMPS/SCAS with random prefixes: REP, REPE/REPNE (F2 on
+    /// MOVS/STOS/LODS is left to the CPU), 67h, segment overrides, the operand size.
+    fn mem_string(&mut self) {
+        let op = self
+            .rng
+            .pick(&[0xA4u8, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF]);
+        let compares = matches!(op, 0xA6 | 0xA7 | 0xAE | 0xAF);
+        let mut p: Vec<u8> = Vec::new();
+        let mut supported = true;
+        match self.rng.below(5) {
+            0 | 1 => p.push(0xF3),
+            2 => {
+                p.push(0xF2);
+                supported = compares;
+            }
+            _ => {}
+        }
+        if self.rng.chance(1, 4) {
+            p.push(0x67);
+        }
+        if self.rng.chance(1, 3) {
+            p.push(self.rng.pick(&[0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65]));
+        }
+        if op & 1 == 1 && self.rng.chance(1, 3) {
+            p.push(0x66);
+        }
+        for k in (1..p.len()).rev() {
+            let j = self.rng.below(k as u64 + 1) as usize;
+            p.swap(k, j);
+        }
+        if self.long() && op & 1 == 1 && self.rng.chance(1, 4) {
+            p.push(0x48);
+        }
+        p.push(op);
+        self.emit(&p, supported);
+    }
+
+    /// A branch to instruction `target` (resolved later); `kind`: 0 jmp short,    /// A branch to instruction `target` (resolved later); `kind`: 0 jmp short,
     /// 1 jmp near, 2 jcc short, 3 jcc near, 4 loop.
     fn branch(&mut self, target: usize) {
         let kind = self.rng.below(5);
@@ -1241,7 +1278,8 @@ pub(in crate::coalesce) fn gen_program_mix(
             }
             match g.rng.below(22) {
                 0..=2 => g.io(),
-                3 | 4 => g.string(),
+                3 => g.string(),
+                4 => g.mem_string(),
                 5 => {
                     let p = g.rng.pick(&DX_PORTS);
                     g.set_dx(p)

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 
 use super::case::bitness;
-use crate::coalesce::insn::{AluOp, CodeMode, FlagOp, MulOp};
+use crate::coalesce::insn::{AluOp, CodeMode, FlagOp, MulOp, Repeat, StrKind};
 
 /// A general register operand: encoding 0-15, size in bytes, AH..BH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +190,15 @@ pub(in crate::coalesce) enum RefOp {
     },
     Cli,
     Sti,
+    /// MOVS/STOS/LODS/CMPS/SCAS: element size, repeat, address size in bytes, source
+    /// segment (0 ES .. 5 GS).
+    MemStr {
+        kind: StrKind,
+        size: u8,
+        rep: Repeat,
+        addr: u8,
+        seg: u8,
+    },
     /// PUSHF/PUSHFD/PUSHFQ, POPF/POPFD/POPFQ.
     Pushf {
         size: u8,
@@ -373,6 +382,82 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
                 _ => 8,
             },
         },
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq
+            if (0..i.op_count()).any(|k| is_string_operand(i.op_kind(k))) =>
+        {
+            let name = format!("{m:?}");
+            let kind = match &name[..4] {
+                "Movs" => StrKind::Movs,
+                "Stos" => StrKind::Stos,
+                "Lods" => StrKind::Lods,
+                "Cmps" => StrKind::Cmps,
+                _ => StrKind::Scas,
+            };
+            let size = match name.as_bytes()[4] {
+                b'b' => 1,
+                b'w' => 2,
+                b'd' => 4,
+                _ => 8,
+            };
+            let compares = matches!(kind, StrKind::Cmps | StrKind::Scas);
+            let rep = if i.has_rep_prefix() {
+                Repeat::Rep
+            } else if i.has_repne_prefix() {
+                if !compares {
+                    return Some(None);
+                }
+                Repeat::Repne
+            } else {
+                Repeat::Once
+            };
+            if i.has_lock_prefix() {
+                return Some(None);
+            }
+            // The address size from the string operand's registers.
+            let k = if matches!(kind, StrKind::Stos | StrKind::Scas) {
+                i.op_kind(if kind == StrKind::Stos { 0 } else { 1 })
+            } else if kind == StrKind::Lods {
+                i.op_kind(1)
+            } else {
+                i.op_kind(0)
+            };
+            let addr = match k {
+                OpKind::MemoryESDI | OpKind::MemorySegSI => 2,
+                OpKind::MemoryESEDI | OpKind::MemorySegESI => 4,
+                _ => 8,
+            };
+            let seg = if matches!(kind, StrKind::Movs | StrKind::Lods | StrKind::Cmps) {
+                seg_index(i.memory_segment())
+            } else {
+                3
+            };
+            RefOp::MemStr {
+                kind,
+                size,
+                rep,
+                addr,
+                seg: if long && seg < 4 { 3 } else { seg },
+            }
+        }
         M::Cli => RefOp::Cli,
         M::Sti => RefOp::Sti,
         M::Pushf | M::Pushfd | M::Pushfq => RefOp::Pushf {
@@ -496,7 +581,7 @@ fn ref_more_op(i: &Instruction) -> Option<Option<RefOp>> {
             }
         }
     };
-    if prefixed {
+    if prefixed && !matches!(op, RefOp::MemStr { .. }) {
         return Some(None);
     }
     Some(Some(op))
@@ -733,6 +818,19 @@ fn jcc_cond(m: Mnemonic) -> Option<u8> {
         M::Jg => 15,
         _ => return None,
     })
+}
+
+/// The implicit memory operands of the string instructions (not SSE MOVSD/CMPSD).
+fn is_string_operand(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
+            | OpKind::MemoryESDI
+            | OpKind::MemoryESEDI
+            | OpKind::MemoryESRDI
+    )
 }
 
 fn is_imm(k: OpKind) -> bool {

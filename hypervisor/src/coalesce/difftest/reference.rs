@@ -10,7 +10,7 @@ use super::ref_alu::ref_alu;
 use super::ref_decode::{ref_op, size_mask, BranchKind, GReg, RefMem, RefOp, RefRm, Src};
 use crate::coalesce::exec::{self, Limits};
 use crate::coalesce::insn::CodeMode;
-use crate::coalesce::insn::{AluOp, FlagOp, MulOp};
+use crate::coalesce::insn::{AluOp, FlagOp, MulOp, Repeat, StrKind};
 use crate::devices::bus::IoBus;
 use crate::stats::Stats;
 use crate::vcpu::exit::VmExit;
@@ -785,6 +785,109 @@ impl Reference<'_, '_> {
             RefOp::Nop => {
                 self.advance(len);
                 self.executed += 1;
+            }
+            RefOp::MemStr {
+                kind,
+                size,
+                rep,
+                addr,
+                seg,
+            } => {
+                let am = size_mask(addr);
+                let repeats = rep != Repeat::Once;
+                if repeats && self.regs.rcx & am == 0 {
+                    // Nothing to do: the instruction retires.
+                    self.advance(len);
+                    self.executed += 1;
+                    return Ok(());
+                }
+                if self.elements >= u64::from(self.limits.max_string_elements) {
+                    return Err(format!(
+                        "the coalescer ran past max_string_elements = {}",
+                        self.limits.max_string_elements
+                    ));
+                }
+                let upd = |reg: u64, delta: u64| match addr {
+                    2 => (reg & !0xFFFF) | (reg.wrapping_add(delta) & 0xFFFF),
+                    4 => reg.wrapping_add(delta) & 0xFFFF_FFFF,
+                    _ => reg.wrapping_add(delta),
+                };
+                let step = if rflags & 0x400 != 0 {
+                    u64::from(size).wrapping_neg()
+                } else {
+                    u64::from(size)
+                };
+                let reads_src = matches!(kind, StrKind::Movs | StrKind::Lods | StrKind::Cmps);
+                let uses_dst = kind != StrKind::Lods;
+                let src = if reads_src {
+                    let off = self.regs.rsi & am;
+                    self.seg_check(seg, off, size, false)?;
+                    let lin = self.seg_base(seg).wrapping_add(off) & self.linear_mask();
+                    Some(self.ref_read(lin, size)?)
+                } else {
+                    None
+                };
+                let dst_lin = if uses_dst {
+                    let off = self.regs.rdi & am;
+                    let write = matches!(kind, StrKind::Movs | StrKind::Stos);
+                    self.seg_check(0, off, size, write)?;
+                    Some(self.seg_base(0).wrapping_add(off) & self.linear_mask())
+                } else {
+                    None
+                };
+                let acc = self.regs.rax & size_mask(size);
+                let mut f = rflags;
+                match kind {
+                    StrKind::Movs => {
+                        self.ref_write(dst_lin.unwrap_or(0), size, src.unwrap_or(0))?
+                    }
+                    StrKind::Stos => self.ref_write(dst_lin.unwrap_or(0), size, acc)?,
+                    StrKind::Lods => self.set(
+                        GReg {
+                            index: 0,
+                            size,
+                            high: false,
+                        },
+                        src.unwrap_or(0),
+                    ),
+                    StrKind::Cmps | StrKind::Scas => {
+                        let b = self.ref_read(dst_lin.unwrap_or(0), size)?;
+                        let a = if kind == StrKind::Cmps {
+                            src.unwrap_or(0)
+                        } else {
+                            acc
+                        };
+                        f = ref_alu(AluOp::Cmp, size, a, b, rflags).1;
+                    }
+                }
+                self.vmcs.write(VmcsField::GuestRflags, f);
+                if reads_src {
+                    self.regs.rsi = upd(self.regs.rsi, step);
+                }
+                if uses_dst {
+                    self.regs.rdi = upd(self.regs.rdi, step);
+                }
+                if !self.in_rep {
+                    self.executed += 1;
+                }
+                self.elements += 1;
+                if repeats {
+                    self.regs.rcx = upd(self.regs.rcx, u64::MAX);
+                    let zf = f & 0x40 != 0;
+                    let compares = matches!(kind, StrKind::Cmps | StrKind::Scas);
+                    let ended = self.regs.rcx & am == 0
+                        || (compares && rep == Repeat::Rep && !zf)
+                        || (compares && rep == Repeat::Repne && zf);
+                    if ended {
+                        self.in_rep = false;
+                        self.advance(len);
+                    } else {
+                        // Elements left: RIP stays on the instruction.
+                        self.in_rep = true;
+                    }
+                } else {
+                    self.advance(len);
+                }
             }
             RefOp::Mov { dst, src } => {
                 let v = self.src(src);
