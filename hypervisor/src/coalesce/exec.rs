@@ -72,12 +72,15 @@
 //!   INS element that would write into the block's own code bytes. Nothing of that
 //!   element is done, no port is accessed.
 //! - `SingleStep`: RFLAGS.TF = 1, before any instruction after the first.
-//! - `Unsupported`: an instruction the executor cannot carry out exactly: an operand
-//!   naming RSP/SPL (RSP lives in the VMCS, not in [`GuestRegs`]), a register or
-//!   width that does not exist in the code mode, a 64-bit IO width.
+//! - `Unsupported`: an instruction the executor cannot carry out exactly: a register
+//!   or width that does not exist in the code mode, a 64-bit IO width, a form left
+//!   to the CPU (see docs/COALESCING.md).
+//! - `Fault`: the instruction would raise an exception that is not about memory
+//!   (#DE, CLI/STI at CPL > IOPL).
 //!
-//! Not modelled: segment limits and segment access rights (as in `exits.rs`): a block
-//! is only coalesced from the flat or real-mode segments a guest runs IO loops in.
+//! Memory operands, the stack and the non-IO string instructions go through the
+//! segment checks of `segment` and the paging rules of `memory`. String IO, like the
+//! one-instruction handler in `exits.rs`, does not check data-segment limits.
 //!
 //! Counting: [`RunResult::executed`] counts instructions executed wholly or in part (a
 //! REP instruction stopped between elements counts once; one stopped before its first
@@ -110,8 +113,8 @@ use crate::x86::{update_addr_reg, Cr4, Rflags};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuState {
     pub regs: GuestRegs,
-    /// RSP (the VMCS guest RSP field): used by PUSH/POP/CALL/RET and as an address
-    /// register; never a register operand of the subset.
+    /// RSP (the VMCS guest RSP field, not in [`GuestRegs`]): the stack pointer and an
+    /// ordinary register operand (index 4) too.
     pub rsp: u64,
     pub rip: u64,
     pub rflags: u64,
@@ -583,15 +586,16 @@ pub const fn condition(cond: Cond, rflags: u64) -> bool {
 // Registers
 // ---------------------------------------------------------------------------
 
-/// Whether `r` names a register the executor can access in `mode`: not RSP/SPL
-/// (in the VMCS), R8-R15 and 64-bit or SPL..DIL-style byte registers only in 64-bit
-/// mode, AH..BH only as bits 15:8 of registers 0-3.
+/// Whether `r` names a register that exists in `mode`: R8-R15, 64-bit registers and
+/// SPL..DIL-style byte registers only in 64-bit mode, AH..BH only as bits 15:8 of
+/// registers 0-3. RSP (index 4) lives in [`CpuState::rsp`] (the VMCS guest RSP),
+/// the others in [`GuestRegs`].
 fn reg_ok(mode: CodeMode, r: RegRef) -> bool {
     let long = mode == CodeMode::Bits64;
     if r.high8 {
         return r.index <= 3 && r.width == Width::W8;
     }
-    if r.index > 15 || r.index == 4 || (r.index >= 8 && !long) {
+    if r.index > 15 || (r.index >= 8 && !long) {
         return false;
     }
     match r.width {
@@ -608,8 +612,17 @@ fn operand_ok(mode: CodeMode, o: Operand) -> bool {
     }
 }
 
-fn read_reg(regs: &GuestRegs, r: RegRef) -> u64 {
-    let v = regs.get(r.index).unwrap_or(0);
+/// The full 64-bit register `index` (RSP from the run state).
+fn full_reg(st: &CpuState, index: u8) -> u64 {
+    if index == 4 {
+        st.rsp
+    } else {
+        st.regs.get(index).unwrap_or(0)
+    }
+}
+
+fn read_reg(st: &CpuState, r: RegRef) -> u64 {
+    let v = full_reg(st, r.index);
     if r.high8 {
         (v >> 8) & 0xFF
     } else {
@@ -617,17 +630,17 @@ fn read_reg(regs: &GuestRegs, r: RegRef) -> u64 {
     }
 }
 
-fn read_operand(regs: &GuestRegs, o: Operand) -> u64 {
+fn read_operand(st: &CpuState, o: Operand) -> u64 {
     match o {
-        Operand::Reg(r) => read_reg(regs, r),
+        Operand::Reg(r) => read_reg(st, r),
         Operand::Imm(v) => v,
     }
 }
 
 /// Writes `value` to `r` with the merge / zero-extension rules of SDM Vol. 1 3.4.1.1
 /// "General-Purpose Registers in 64-Bit Mode".
-fn write_reg(regs: &mut GuestRegs, r: RegRef, value: u64) {
-    let old = regs.get(r.index).unwrap_or(0);
+fn write_reg(st: &mut CpuState, r: RegRef, value: u64) {
+    let old = full_reg(st, r.index);
     let new = if r.high8 {
         (old & !0xFF00) | ((value & 0xFF) << 8)
     } else {
@@ -636,7 +649,11 @@ fn write_reg(regs: &mut GuestRegs, r: RegRef, value: u64) {
             Width::W32 | Width::W64 => value & r.width.mask(),
         }
     };
-    regs.set(r.index, new);
+    if r.index == 4 && !r.high8 {
+        st.rsp = new;
+    } else {
+        st.regs.set(r.index, new);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -886,37 +903,19 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 if !reg_ok(mode, dst) || !operand_ok(mode, src) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = read_operand(&self.state.regs, src);
-                write_reg(&mut self.state.regs, dst, v);
-                self.retire(insn)
-            }
-            // ADD/SUB/CMP RSP, imm or reg: every stack frame's set-up and tear-down. RSP
-            // is an ordinary register to the ALU (SDM Vol. 1 3.4.1 "General-Purpose
-            // Registers"); it lives in the run
-            // state (the VMCS guest RSP), not in `GuestRegs`. 64-bit mode only, like the
-            // other stack forms.
-            Op::Alu { op, dst, src }
-                if mode == CodeMode::Bits64
-                    && dst == RegRef::new(4, Width::W64)
-                    && operand_ok(mode, src) =>
-            {
-                let b = read_operand(&self.state.regs, src);
-                let (r, f) = alu(op, Width::W64, self.state.rsp, b, self.state.rflags);
-                if writes_dst(op) {
-                    self.state.rsp = r;
-                }
-                self.state.rflags = f;
+                let v = read_operand(self.state, src);
+                write_reg(self.state, dst, v);
                 self.retire(insn)
             }
             Op::Alu { op, dst, src } => {
                 if !reg_ok(mode, dst) || !operand_ok(mode, src) || !op.has_width(dst.width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let a = read_reg(&self.state.regs, dst);
-                let b = read_operand(&self.state.regs, src);
+                let a = read_reg(self.state, dst);
+                let b = read_operand(self.state, src);
                 let (r, f) = alu(op, dst.width, a, b, self.state.rflags);
                 if writes_dst(op) {
-                    write_reg(&mut self.state.regs, dst, r);
+                    write_reg(self.state, dst, r);
                 }
                 self.state.rflags = f;
                 self.retire(insn)
@@ -956,7 +955,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 if matches!(insn.op, Op::In { .. }) {
                     let v = u64::from(self.env.io_read(port, width)) & width.mask();
                     let r = RegRef::new(0, width);
-                    write_reg(&mut self.state.regs, r, v);
+                    write_reg(self.state, r, v);
                 } else {
                     let v = (self.state.regs.rax & width.mask()) as u32;
                     self.env.io_write(port, width, v);
@@ -982,7 +981,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                         if !reg_ok(mode, r) {
                             return Flow::Stop(StopReason::Unsupported);
                         }
-                        read_reg(&self.state.regs, r)
+                        read_reg(self.state, r)
                     }
                     Rm::Mem(m) => match self.load(insn, m, width) {
                         Ok(v) => v,
@@ -990,14 +989,14 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     },
                 };
                 let v = if signed { sign_extend(v, width) } else { v };
-                write_reg(&mut self.state.regs, dst, v);
+                write_reg(self.state, dst, v);
                 self.retire(insn)
             }
             Op::Store { mem, src, width } => {
                 if !operand_ok(mode, src) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = read_operand(&self.state.regs, src);
+                let v = read_operand(self.state, src);
                 match self.access(insn, mem, width, true) {
                     Ok(p) => {
                         if !memory::write_pieces(&mut *self.mem, &p, v) {
@@ -1024,7 +1023,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 // the operand (taken modulo the width).
                 let shift = match (op.is_bit(), src) {
                     (true, Operand::Reg(r)) => {
-                        let off = sign_extend(read_reg(&self.state.regs, r), r.width) as i64;
+                        let off = sign_extend(read_reg(self.state, r), r.width) as i64;
                         let units = off.div_euclid(i64::from(width.bits()));
                         units.wrapping_mul(i64::from(width.bytes())) as u64
                     }
@@ -1037,7 +1036,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 let Some(a) = memory::read_pieces(&*self.mem, &p) else {
                     return Flow::Stop(StopReason::Memory);
                 };
-                let b = read_operand(&self.state.regs, src);
+                let b = read_operand(self.state, src);
                 let (r, f) = alu(op, width, a, b, self.state.rflags);
                 if writes_dst(op) && !memory::write_pieces(&mut *self.mem, &p, r) {
                     return Flow::Stop(StopReason::Memory);
@@ -1053,10 +1052,10 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     Ok(v) => v,
                     Err(stop) => return Flow::Stop(stop),
                 };
-                let a = read_reg(&self.state.regs, dst);
+                let a = read_reg(self.state, dst);
                 let (r, f) = alu(op, dst.width, a, b, self.state.rflags);
                 if writes_dst(op) {
-                    write_reg(&mut self.state.regs, dst, r);
+                    write_reg(self.state, dst, r);
                 }
                 self.state.rflags = f;
                 self.retire(insn)
@@ -1066,14 +1065,14 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let ea = self.effective_address(insn, mem);
-                write_reg(&mut self.state.regs, dst, ea);
+                write_reg(self.state, dst, ea);
                 self.retire(insn)
             }
             Op::Push { src, width } => {
                 if !operand_ok(mode, src) || !self.slot_ok(width) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = read_operand(&self.state.regs, src);
+                let v = read_operand(self.state, src);
                 if let Err(stop) = self.push(v, width) {
                     return Flow::Stop(stop);
                 }
@@ -1088,7 +1087,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     Err(stop) => return Flow::Stop(stop),
                 };
                 self.stack_pop(u64::from(dst.width.bytes()));
-                write_reg(&mut self.state.regs, dst, v);
+                write_reg(self.state, dst, v);
                 self.retire(insn)
             }
             Op::Leave { width } => {
@@ -1110,7 +1109,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     }
                 };
                 self.stack_pop(u64::from(width.bytes()));
-                write_reg(&mut self.state.regs, RegRef::new(5, width), v);
+                write_reg(self.state, RegRef::new(5, width), v);
                 self.retire(insn)
             }
             Op::Call { rel, width } => {
@@ -1146,15 +1145,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let target = match src {
-                    Rm::Reg(r) if r.width == width && !r.high8 && r.index == 4 => {
-                        if mode != CodeMode::Bits64 {
-                            return Flow::Stop(StopReason::Unsupported);
-                        }
-                        self.state.rsp
-                    }
-                    Rm::Reg(r) if r.width == width && reg_ok(mode, r) => {
-                        read_reg(&self.state.regs, r)
-                    }
+                    Rm::Reg(r) if r.width == width && reg_ok(mode, r) => read_reg(self.state, r),
                     Rm::Reg(_) => return Flow::Stop(StopReason::Unsupported),
                     Rm::Mem(m) => match self.load(insn, m, width) {
                         Ok(v) => v,
@@ -1196,10 +1187,10 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 let v = if condition(cond, self.state.rflags) {
                     v
                 } else {
-                    read_reg(&self.state.regs, dst)
+                    read_reg(self.state, dst)
                 };
                 // A false condition still writes a 32-bit destination (zero-extends).
-                write_reg(&mut self.state.regs, dst, v);
+                write_reg(self.state, dst, v);
                 self.retire(insn)
             }
             Op::Setcc { cond, dst } => {
@@ -1213,15 +1204,15 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 if !reg_ok(mode, reg) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let a = read_reg(&self.state.regs, reg);
+                let a = read_reg(self.state, reg);
                 match other {
                     Rm::Reg(o) => {
                         if !reg_ok(mode, o) || o.width != reg.width {
                             return Flow::Stop(StopReason::Unsupported);
                         }
-                        let b = read_reg(&self.state.regs, o);
-                        write_reg(&mut self.state.regs, o, a);
-                        write_reg(&mut self.state.regs, reg, b);
+                        let b = read_reg(self.state, o);
+                        write_reg(self.state, o, a);
+                        write_reg(self.state, reg, b);
                     }
                     Rm::Mem(m) => {
                         let p = match self.access(insn, m, reg.width, true) {
@@ -1234,7 +1225,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                         if !memory::write_pieces(&mut *self.mem, &p, a) {
                             return Flow::Stop(StopReason::Memory);
                         }
-                        write_reg(&mut self.state.regs, reg, b);
+                        write_reg(self.state, reg, b);
                     }
                 }
                 self.retire(insn)
@@ -1243,13 +1234,13 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 if !reg_ok(mode, reg) || !matches!(reg.width, Width::W32 | Width::W64) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let v = read_reg(&self.state.regs, reg);
+                let v = read_reg(self.state, reg);
                 let v = if reg.width == Width::W32 {
                     u64::from((v as u32).swap_bytes())
                 } else {
                     v.swap_bytes()
                 };
-                write_reg(&mut self.state.regs, reg, v);
+                write_reg(self.state, reg, v);
                 self.retire(insn)
             }
             Op::Widen { width } => {
@@ -1260,7 +1251,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     return Flow::Stop(StopReason::Unsupported);
                 }
                 let v = sign_extend(self.state.regs.rax, half);
-                write_reg(&mut self.state.regs, RegRef::new(0, width), v);
+                write_reg(self.state, RegRef::new(0, width), v);
                 self.retire(insn)
             }
             Op::SignDx { width } => {
@@ -1269,7 +1260,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 }
                 let negative = (self.state.regs.rax >> (width.bits() - 1)) & 1 != 0;
                 let v = if negative { u64::MAX } else { 0 };
-                write_reg(&mut self.state.regs, RegRef::new(2, width), v);
+                write_reg(self.state, RegRef::new(2, width), v);
                 self.retire(insn)
             }
             Op::MulDiv { op, src, width } => {
@@ -1280,17 +1271,17 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     Ok(v) => v,
                     Err(stop) => return Flow::Stop(stop),
                 };
-                let regs = &mut self.state.regs;
-                let Some((d, a, f)) = mul_div(op, width, regs.rdx, regs.rax, b, self.state.rflags)
+                let st = &mut *self.state;
+                let Some((d, a, f)) = mul_div(op, width, st.regs.rdx, st.regs.rax, b, st.rflags)
                 else {
                     // #DE: the CPU raises it.
                     return Flow::Stop(StopReason::Fault);
                 };
                 if width == Width::W8 {
-                    write_reg(regs, RegRef::new(0, Width::W16), a);
+                    write_reg(st, RegRef::new(0, Width::W16), a);
                 } else {
-                    write_reg(regs, RegRef::new(0, width), a);
-                    write_reg(regs, RegRef::new(2, width), d);
+                    write_reg(st, RegRef::new(0, width), a);
+                    write_reg(st, RegRef::new(2, width), d);
                 }
                 self.state.rflags = f;
                 self.retire(insn)
@@ -1304,7 +1295,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     Err(stop) => return Flow::Stop(stop),
                 };
                 let (r, f) = alu(AluOp::Imul, dst.width, v, imm, self.state.rflags);
-                write_reg(&mut self.state.regs, dst, r);
+                write_reg(self.state, dst, r);
                 self.state.rflags = f;
                 self.retire(insn)
             }
@@ -1379,14 +1370,14 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                         if !reg_ok(mode, d) || d.width != w {
                             return Flow::Stop(StopReason::Unsupported);
                         }
-                        let a = read_reg(&self.state.regs, acc);
-                        let old = read_reg(&self.state.regs, d);
+                        let a = read_reg(self.state, acc);
+                        let old = read_reg(self.state, d);
                         let (_, f) = alu(AluOp::Cmp, w, a, old, self.state.rflags);
                         if a == old {
-                            let v = read_reg(&self.state.regs, src);
-                            write_reg(&mut self.state.regs, d, v);
+                            let v = read_reg(self.state, src);
+                            write_reg(self.state, d, v);
                         } else {
-                            write_reg(&mut self.state.regs, acc, old);
+                            write_reg(self.state, acc, old);
                         }
                         self.state.rflags = f;
                     }
@@ -1400,15 +1391,15 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                         let Some(old) = memory::read_pieces(&*self.mem, &p) else {
                             return Flow::Stop(StopReason::Memory);
                         };
-                        let a = read_reg(&self.state.regs, acc);
+                        let a = read_reg(self.state, acc);
                         let (_, f) = alu(AluOp::Cmp, w, a, old, self.state.rflags);
                         if a == old {
-                            let v = read_reg(&self.state.regs, src);
+                            let v = read_reg(self.state, src);
                             if !memory::write_pieces(&mut *self.mem, &p, v) {
                                 return Flow::Stop(StopReason::Memory);
                             }
                         } else {
-                            write_reg(&mut self.state.regs, acc, old);
+                            write_reg(self.state, acc, old);
                         }
                         self.state.rflags = f;
                     }
@@ -1420,17 +1411,17 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                 if !reg_ok(mode, src) {
                     return Flow::Stop(StopReason::Unsupported);
                 }
-                let b = read_reg(&self.state.regs, src);
+                let b = read_reg(self.state, src);
                 match dst {
                     Rm::Reg(d) => {
                         if !reg_ok(mode, d) || d.width != w {
                             return Flow::Stop(StopReason::Unsupported);
                         }
-                        let a = read_reg(&self.state.regs, d);
+                        let a = read_reg(self.state, d);
                         let (r, f) = alu(AluOp::Add, w, a, b, self.state.rflags);
                         // The sum is written last: `xadd eax, eax` leaves the sum.
-                        write_reg(&mut self.state.regs, src, a);
-                        write_reg(&mut self.state.regs, d, r);
+                        write_reg(self.state, src, a);
+                        write_reg(self.state, d, r);
                         self.state.rflags = f;
                     }
                     Rm::Mem(m) => {
@@ -1445,7 +1436,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                         if !memory::write_pieces(&mut *self.mem, &p, r) {
                             return Flow::Stop(StopReason::Memory);
                         }
-                        write_reg(&mut self.state.regs, src, a);
+                        write_reg(self.state, src, a);
                         self.state.rflags = f;
                     }
                 }
@@ -1676,9 +1667,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     /// A register (that the executor can access) or memory operand of `width`.
     fn read_rm(&mut self, insn: Insn, rm: Rm, width: Width) -> Result<u64, StopReason> {
         match rm {
-            Rm::Reg(r) if reg_ok(self.mode(), r) && r.width == width => {
-                Ok(read_reg(&self.state.regs, r))
-            }
+            Rm::Reg(r) if reg_ok(self.mode(), r) && r.width == width => Ok(read_reg(self.state, r)),
             Rm::Reg(_) => Err(StopReason::Unsupported),
             Rm::Mem(m) => self.load(insn, m, width),
         }
@@ -1688,7 +1677,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
     fn write_rm(&mut self, insn: Insn, rm: Rm, width: Width, v: u64) -> Result<(), StopReason> {
         match rm {
             Rm::Reg(r) if reg_ok(self.mode(), r) && r.width == width => {
-                write_reg(&mut self.state.regs, r, v);
+                write_reg(self.state, r, v);
                 Ok(())
             }
             Rm::Reg(_) => Err(StopReason::Unsupported),
@@ -1960,11 +1949,7 @@ impl<M: GuestMemory, E: IoEnv> Exec<'_, M, E> {
                     }
                 }
                 StrKind::Lods => {
-                    write_reg(
-                        &mut self.state.regs,
-                        RegRef::new(0, width),
-                        src.unwrap_or(0),
-                    );
+                    write_reg(self.state, RegRef::new(0, width), src.unwrap_or(0));
                 }
                 StrKind::Cmps | StrKind::Scas => {
                     let Some(b) = dst_pieces.and_then(|p| memory::read_pieces(&*self.mem, &p))
@@ -2484,10 +2469,8 @@ mod tests {
     }
 
     #[test]
-    fn operands_the_executor_cannot_reach_are_unsupported() {
-        let cases: [(CodeMode, Insn); 7] = [
-            (CodeMode::Bits64, mov(r(4, W64), imm(0))),
-            (CodeMode::Bits64, mov(r(0, W64), reg(4, W64))),
+    fn registers_that_do_not_exist_are_unsupported_and_rsp_is_a_register() {
+        let cases: [(CodeMode, Insn); 5] = [
             (CodeMode::Bits32, mov(r(8, W32), imm(0))),
             (CodeMode::Bits32, mov(r(0, W64), imm(0))),
             (CodeMode::Bits32, mov(r(5, W8), imm(0))),
@@ -2505,6 +2488,23 @@ mod tests {
             assert_eq!(t.st.rip, 0x11);
             assert_eq!(t.st.regs, before);
         }
+        // RSP is a register like the others: mov rbp, rsp; mov esp, 0x10 (zero-extends);
+        // add sp, 2 in 16-bit code keeps bits 63:16.
+        let mut t = T::new(CodeMode::Bits64);
+        t.st.rsp = 0xFFFF_8000_0000_1000;
+        t.run(
+            &[
+                out_dx(W8),
+                mov(r(5, W64), reg(4, W64)),
+                mov(r(4, W32), imm(0x10)),
+            ],
+            0,
+        );
+        assert_eq!((t.st.regs.rbp, t.st.rsp), (0xFFFF_8000_0000_1000, 0x10));
+        let mut t = T::new(CodeMode::Bits16);
+        t.st.rsp = 0x1234_FFFF;
+        t.run(&[out_dx(W8), alu_i(AluOp::Add, r(4, W16), imm(2))], 0);
+        assert_eq!(t.st.rsp, 0x1234_0001);
         let mut t = T::new(CodeMode::Bits64);
         assert_eq!(
             t.run(&[in_dx(W64)], 0),

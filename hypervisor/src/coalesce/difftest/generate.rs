@@ -17,7 +17,8 @@ struct EncReg {
     num: u8,
     rex_needed: bool,
     rex_forbidden: bool,
-    /// Names RSP/ESP/SP/SPL: the coalescer leaves it to the CPU.
+    /// Names RSP/ESP/SP/SPL (an ordinary operand; forms that would clobber the stack
+    /// pointer before a CALL avoid it).
     rsp: bool,
 }
 
@@ -213,7 +214,7 @@ impl Gen<'_> {
                     };
                     let n = if size == 8 { 8 } else { usize::from(size) };
                     b.extend_from_slice(&v.to_le_bytes()[..n]);
-                    (b, !dst.rsp)
+                    (b, true)
                 }
                 1 => {
                     // C6/C7 /0 with a register operand
@@ -222,7 +223,7 @@ impl Gen<'_> {
                         continue;
                     };
                     b.extend(self.imm(size, v));
-                    (b, !dst.rsp)
+                    (b, true)
                 }
                 _ => {
                     let src = self.reg(size);
@@ -234,7 +235,7 @@ impl Gen<'_> {
                     let Some(b) = self.head(size, &[op], Some(reg), Some((rm, None))) else {
                         continue;
                     };
-                    (b, !dst.rsp && !src.rsp)
+                    (b, true)
                 }
             };
             self.emit(&enc, ok);
@@ -282,7 +283,7 @@ impl Gen<'_> {
                     let Some(b) = self.head(size, &[opc], Some(reg), Some((rm, None))) else {
                         continue;
                     };
-                    (b, !dst.rsp && !src.rsp)
+                    (b, true)
                 }
                 1 => {
                     // op AL/eAX, imm
@@ -312,7 +313,7 @@ impl Gen<'_> {
                         continue;
                     };
                     b.extend(imm);
-                    (b, !dst.rsp)
+                    (b, true)
                 }
                 3 => {
                     // TEST r/m, r ; TEST AL/eAX, imm ; F6/F7 /0 imm
@@ -327,7 +328,7 @@ impl Gen<'_> {
                             ) else {
                                 continue;
                             };
-                            (b, !dst.rsp && !src.rsp)
+                            (b, true)
                         }
                         1 => {
                             let acc = EncReg {
@@ -353,7 +354,7 @@ impl Gen<'_> {
                                 continue;
                             };
                             b.extend(self.imm(size, v));
-                            (b, !dst.rsp)
+                            (b, true)
                         }
                     }
                 }
@@ -366,7 +367,7 @@ impl Gen<'_> {
                         else {
                             continue;
                         };
-                        (b, !dst.rsp)
+                        (b, true)
                     } else {
                         let Some(b) = self.head(
                             size,
@@ -376,7 +377,7 @@ impl Gen<'_> {
                         ) else {
                             continue;
                         };
-                        (b, !dst.rsp)
+                        (b, true)
                     }
                 }
                 5 | 6 => {
@@ -389,7 +390,7 @@ impl Gen<'_> {
                         self.rng.pick(&[0u8, 1, 2, 3, 4, 5, 7, 4, 5])
                     };
                     let form = self.rng.below(8);
-                    let supported = !dst.rsp && ext != 6;
+                    let supported = ext != 6;
                     let b = if form < 2 {
                         self.head(size, &[0xD2 + u8::from(!w8)], None, Some((dst, Some(ext))))
                     } else if form < 4 {
@@ -416,7 +417,7 @@ impl Gen<'_> {
                     else {
                         continue;
                     };
-                    (b, !dst.rsp)
+                    (b, true)
                 }
                 _ => {
                     // op r, imm through 83 with edge values, the usual case.
@@ -429,7 +430,7 @@ impl Gen<'_> {
                         continue;
                     };
                     b.extend(imm);
-                    (b, !dst.rsp)
+                    (b, true)
                 }
             };
             self.emit(&enc, ok);
@@ -549,14 +550,11 @@ impl Gen<'_> {
             let reg = self.reg(size);
             let v = self.value();
             let op8 = self.rng.below(8) as u8;
-            // The register of ModRM.reg: RSP there is left to the CPU.
-            let mut used = None;
             // LOCK on the read-modify-write forms, now and then.
             let mut lockable = false;
             let b = match self.rng.below(16) {
                 15 => {
                     // CMPXCHG / XADD m, r.
-                    used = Some(reg);
                     lockable = true;
                     let opc = if self.rng.chance(1, 2) { 0xB0 } else { 0xC0 } + wide;
                     self.head_mem(size, &[0x0F, opc], Some(reg), None)
@@ -564,7 +562,6 @@ impl Gen<'_> {
                 // MOV r, m / MOV m, r
                 0 => {
                     let load = self.rng.chance(1, 2);
-                    used = Some(reg);
                     self.head_mem(size, &[0x88 + 2 * u8::from(load) + wide], Some(reg), None)
                 }
                 // MOV m, imm
@@ -578,7 +575,6 @@ impl Gen<'_> {
                 2 => {
                     let dir = 2 * u8::from(self.rng.chance(1, 2));
                     lockable = dir == 0 && op8 != 7;
-                    used = Some(reg);
                     self.head_mem(size, &[op8 * 8 + dir + wide], Some(reg), None)
                 }
                 // Group 1 m, imm
@@ -608,10 +604,7 @@ impl Gen<'_> {
                         let ext = 2 + u8::from(self.rng.chance(1, 2));
                         self.head_mem(size, &[0xF6 + wide], None, Some(ext))
                     }
-                    _ => {
-                        used = Some(reg);
-                        self.head_mem(size, &[0x84 + wide], Some(reg), None)
-                    }
+                    _ => self.head_mem(size, &[0x84 + wide], Some(reg), None),
                 },
                 // INC/DEC m
                 5 => {
@@ -638,7 +631,6 @@ impl Gen<'_> {
                     let sizes: &[u8] = if self.long() { &[2, 4, 8] } else { &[2, 4] };
                     let size = self.rng.pick(sizes);
                     let reg = self.reg(size);
-                    used = Some(reg);
                     if size == 8 && self.rng.chance(1, 3) {
                         self.head_mem(8, &[0x63], Some(reg), None)
                     } else {
@@ -648,7 +640,6 @@ impl Gen<'_> {
                 }
                 // CMOVcc r, m
                 10 if size != 1 => {
-                    used = Some(reg);
                     let cc = self.rng.below(16) as u8;
                     self.head_mem(size, &[0x0F, 0x40 + cc], Some(reg), None)
                 }
@@ -658,7 +649,6 @@ impl Gen<'_> {
                         let cc = self.rng.below(16) as u8;
                         self.head_mem(1, &[0x0F, 0x90 + cc], None, Some(0))
                     } else {
-                        used = Some(reg);
                         self.head_mem(size, &[0x86 + wide], Some(reg), None)
                     }
                 }
@@ -666,7 +656,6 @@ impl Gen<'_> {
                 12 if size != 1 => {
                     let k = self.rng.below(4) as u8;
                     if self.rng.chance(1, 2) {
-                        used = Some(reg);
                         self.head_mem(size, &[0x0F, 0xA3 + 8 * k], Some(reg), None)
                     } else {
                         self.head_mem(size, &[0x0F, 0xBA], None, Some(4 + k))
@@ -678,17 +667,11 @@ impl Gen<'_> {
                 }
                 // IMUL r, m ; IMUL r, m, imm8 ; MUL/IMUL/DIV/IDIV m
                 13 => match self.rng.below(3) {
-                    0 if size != 1 => {
-                        used = Some(reg);
-                        self.head_mem(size, &[0x0F, 0xAF], Some(reg), None)
-                    }
-                    1 if size != 1 => {
-                        used = Some(reg);
-                        self.head_mem(size, &[0x6B], Some(reg), None).map(|mut b| {
-                            b.push(v as u8);
-                            b
-                        })
-                    }
+                    0 if size != 1 => self.head_mem(size, &[0x0F, 0xAF], Some(reg), None),
+                    1 if size != 1 => self.head_mem(size, &[0x6B], Some(reg), None).map(|mut b| {
+                        b.push(v as u8);
+                        b
+                    }),
                     _ => {
                         let ext = 4 + self.rng.below(4) as u8;
                         self.head_mem(size, &[0xF6 + wide], None, Some(ext))
@@ -704,7 +687,6 @@ impl Gen<'_> {
                     let sizes: &[u8] = if self.long() { &[2, 4, 8] } else { &[2, 4] };
                     let size = self.rng.pick(sizes);
                     let reg = self.reg(size);
-                    used = Some(reg);
                     self.head_mem(size, &[0x8D], Some(reg), None)
                 }
             };
@@ -712,7 +694,7 @@ impl Gen<'_> {
                 if lockable && self.rng.chance(1, 4) {
                     b.insert(0, 0xF0);
                 }
-                self.emit(&b, !used.is_some_and(|r| r.rsp));
+                self.emit(&b, true);
                 return;
             }
         }
@@ -736,7 +718,7 @@ impl Gen<'_> {
             };
             let dst = self.reg(size);
             let src = self.reg(size);
-            let both = !dst.rsp && !src.rsp;
+            let both = true;
             let cc = self.rng.below(16) as u8;
             let (enc, ok) = match self.rng.below(15) {
                 12 => (vec![self.rng.pick(&[0xFAu8, 0xFB, 0xFB])], true),
@@ -758,7 +740,7 @@ impl Gen<'_> {
                     let Some(b) = self.head(sz, &[0x0F, opc], Some(c), Some((a, None))) else {
                         continue;
                     };
-                    let must = !a.rsp && !c.rsp && (xadd || !(self.long() && sz == 4));
+                    let must = xadd || !(self.long() && sz == 4);
                     (b, must)
                 }
                 0 => {
@@ -774,7 +756,7 @@ impl Gen<'_> {
                     else {
                         continue;
                     };
-                    (b, !r8.rsp)
+                    (b, true)
                 }
                 2 => {
                     let (sz, a, c) = if self.rng.chance(1, 3) {
@@ -792,7 +774,7 @@ impl Gen<'_> {
                         self.head(sz, &[0x86 + u8::from(sz != 1)], Some(a), Some((c, None)))
                     };
                     let Some(b) = b else { continue };
-                    (b, !a.rsp && !c.rsp)
+                    (b, true)
                 }
                 3 => {
                     if size == 2 {
@@ -803,7 +785,7 @@ impl Gen<'_> {
                         continue;
                     };
                     b.push(0xC8 + (dst.num & 7));
-                    (b, !dst.rsp)
+                    (b, true)
                 }
                 4 => {
                     // BT/BTS/BTR/BTC r, r (0F A3/AB/B3/BB) or r, imm8 (0F BA /4..7).
@@ -822,7 +804,7 @@ impl Gen<'_> {
                             continue;
                         };
                         b.push(self.rng.next() as u8);
-                        (b, !dst.rsp)
+                        (b, true)
                     }
                 }
                 5 => {
@@ -880,7 +862,7 @@ impl Gen<'_> {
                     else {
                         continue;
                     };
-                    (b, !r.rsp)
+                    (b, true)
                 }
                 8 => {
                     // CBW/CWDE/CDQE, CWD/CDQ/CQO.
@@ -939,13 +921,13 @@ impl Gen<'_> {
                     let Some(b) = self.head_opreg(size, 0x50 + (r.num & 7), r) else {
                         continue;
                     };
-                    (b, !r.rsp)
+                    (b, true)
                 }
                 2 | 3 => {
                     let Some(b) = self.head_opreg(size, 0x58 + (r.num & 7), r) else {
                         continue;
                     };
-                    (b, !r.rsp)
+                    (b, true)
                 }
                 4 => {
                     let v = self.value();
