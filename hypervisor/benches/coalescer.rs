@@ -18,7 +18,7 @@
 //!
 //! Each workload is a hand-assembled 64-bit code sequence in guest RAM (identity
 //! mapped with 4-level paging, 2 MiB pages) that starts with the exiting IO
-//! instruction and ends with `pushfq`, which is outside the emulated subset. The
+//! instruction and ends with `hlt`, which is outside the emulated subset. The
 //! register file, RIP, RFLAGS and the exit qualification are those of the exit on
 //! the first instruction, reset before every iteration so that every iteration does
 //! identical work. The devices are a stub (`NullDevices`): the LSR at 0x3FD reads
@@ -220,9 +220,9 @@ impl Asm {
     fn rep_outsb(&mut self) -> &mut Self {
         self.emit(&[0xF3, 0x6E])
     }
-    /// `pushfq`: outside the emulated subset, ends every block.
-    fn pushfq(&mut self) -> &mut Self {
-        self.emit(&[0x9C])
+    /// `hlt`: outside the emulated subset, ends every block.
+    fn hlt(&mut self) -> &mut Self {
+        self.emit(&[0xF4])
     }
 }
 
@@ -269,7 +269,7 @@ struct Spec {
     expect_io: u64,
     expect_elements: u64,
     expect_stop: StopReason,
-    /// Offset where RIP ends; `None`: at the final `pushfq`.
+    /// Offset where RIP ends; `None`: at the final `hlt`.
     end_off: Option<usize>,
 }
 
@@ -296,7 +296,7 @@ fn specs() -> Vec<Spec> {
         a.out_imm_al(0xA1).out_imm_al(0x80); // ICW4 slave
         a.mov_al(0xFB).out_imm_al(0x21).out_imm_al(0x80); // mask all but the cascade
         a.mov_al(0xFF).out_imm_al(0xA1).out_imm_al(0x80); // mask the slave
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "pic-init",
             asm: a,
@@ -322,7 +322,7 @@ fn specs() -> Vec<Spec> {
         a.mov_al(0xA9).out_imm_al(0x42); // 1193 = 0x04A9
         a.mov_al(0x04).out_imm_al(0x42);
         a.in_al_imm(0x61).or_al(0x03).out_imm_al(0x61); // gate + speaker
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "pit-program",
             asm: a,
@@ -348,7 +348,7 @@ fn specs() -> Vec<Spec> {
         a.mov_dx(0x3FB).mov_al(0x03).out_dx_al(); // LCR: 8N1
         a.mov_dx(0x3FA).mov_al(0xC7).out_dx_al(); // FCR: FIFO on, cleared
         a.mov_dx(0x3FC).mov_al(0x0B).out_dx_al(); // MCR: DTR, RTS, OUT2
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "uart-init",
             asm: a,
@@ -377,7 +377,7 @@ fn specs() -> Vec<Spec> {
         a.mov_dx(0x3F8).mov_al_bl().out_dx_al();
         let end = a.here();
         a.inc_bl().dec_ecx().jnz(top);
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "uart-puts",
             asm: a,
@@ -405,7 +405,7 @@ fn specs() -> Vec<Spec> {
         a.mov_al_cl();
         a.exit_here().out_imm_al(0x70).in_al_imm(0x71).add_bl_al();
         a.inc_cl().cmp_cl(16).jb(top);
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "cmos-read",
             asm: a,
@@ -433,7 +433,7 @@ fn specs() -> Vec<Spec> {
                 .out_dx_eax();
             a.mov_dx(0xCFC).in_eax_dx();
         }
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "pci-scan",
             asm: a,
@@ -464,7 +464,7 @@ fn specs() -> Vec<Spec> {
                 a.dec_dx().mov_al(i as u8 + 1).out_dx_al();
             }
         }
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "vga-crtc",
             asm: a,
@@ -483,7 +483,7 @@ fn specs() -> Vec<Spec> {
     {
         let mut a = Asm::default();
         a.exit_here().rep_outsb();
-        a.pushfq();
+        a.hlt();
         v.push(Spec {
             name: "rep-outsb",
             asm: a,
@@ -511,7 +511,7 @@ fn workloads() -> Vec<Workload> {
         .map(|(i, s)| {
             let base = CODE_BASE + i as u64 * CODE_STRIDE;
             let start = s.asm.start.expect("workload without an exit instruction");
-            // The final byte is the `pushfq`.
+            // The final byte is the `hlt`.
             let end = s.end_off.unwrap_or(s.asm.bytes.len() - 1);
             Workload {
                 name: s.name,
