@@ -725,8 +725,8 @@ fn map_more(
     }
     let lock = has_prefix(insn, 0xF0);
     let op = map_more_forms(insn, bytes, mode, modrm_reg)?;
-    // LOCK on a memory read-modify-write (SDM Vol. 2A "LOCK"); zydis has already
-    // refused it everywhere else (#UD).
+    // LOCK on a memory read-modify-write (SDM Vol. 2A "LOCK—Assert LOCK# Signal
+    // Prefix"); zydis has already refused it everywhere else (#UD).
     if lock && !lockable(&op) {
         return None;
     }

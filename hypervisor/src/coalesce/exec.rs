@@ -132,9 +132,9 @@ pub struct CpuState {
     /// without IO).
     pub quiet: u32,
     /// The last instruction executed was an STI that set IF: the next one runs with
-    /// interrupts blocked (SDM Vol. 2B "STI"). A run that stops here leaves blocking by
-    /// STI in the VMCS interruptibility state (SDM Vol. 3C 25.4.2 "Guest Non-Register
-    /// State").
+    /// interrupts blocked (SDM Vol. 2B "STI—Set Interrupt Flag"). A run that stops here
+    /// leaves blocking by STI in the VMCS interruptibility state (SDM Vol. 3C 25.4.2
+    /// "Guest Non-Register State").
     pub sti_shadow: bool,
 }
 
@@ -689,10 +689,11 @@ enum Dest {
     Follow,
 }
 
-/// RFLAGS after POPFQ pops `v` at privilege level `cpl` from `old` (SDM Vol. 2B
-/// "POPF", protected and 64-bit mode): CF PF AF ZF SF TF DF OF NT AC ID come from `v`;
-/// IOPL only at CPL 0; IF only at CPL <= IOPL; RF is cleared; VM, VIF, VIP and the
-/// reserved bits keep their values (bit 1 is always set).
+/// RFLAGS after POPFD/POPFQ pops `v` at privilege level `cpl` from `old` (SDM Vol. 2B
+/// "POPF/POPFD/POPFQ—Pop Stack Into EFLAGS Register", outside virtual-8086 mode; real
+/// mode is CPL 0): CF PF AF ZF SF TF DF OF NT AC ID come from `v`; IOPL only at CPL 0;
+/// IF only at CPL <= IOPL; RF is cleared; VM, VIF, VIP and the reserved bits keep their
+/// values (bit 1 is always set). A 16-bit POPF takes bits 15:0 of this.
 pub const fn popf_rflags(old: u64, v: u64, cpl: u8) -> u64 {
     let iopl = (old & Rflags::IOPL.bits()) >> 12;
     let mut take = STATUS
