@@ -2837,6 +2837,67 @@ mod tests {
     }
 
     #[test]
+    fn mul_div_matches_the_host_cpu() {
+        let edges = [
+            0u64,
+            1,
+            2,
+            0x7F,
+            0x80,
+            0xFF,
+            0x7FFF,
+            0x8000,
+            0xFFFF,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            0xFFFF_FFFF,
+            i64::MAX as u64,
+            i64::MIN as u64,
+            u64::MAX,
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0u32;
+        for op in [MulOp::Mul, MulOp::Imul, MulOp::Div, MulOp::Idiv] {
+            for w in WIDTHS {
+                let mut cases = Vec::new();
+                for &a in &edges {
+                    for &b in &edges {
+                        cases.push((0, a, b));
+                        cases.push((u64::MAX, a, b));
+                    }
+                }
+                for _ in 0..3000 {
+                    let d = if rnd() & 1 == 0 { rnd() & 0xFF } else { rnd() };
+                    cases.push((d, rnd(), rnd()));
+                }
+                for (rdx, rax, src) in cases {
+                    // Only what the CPU executes without #DE: exactly where ours is Some.
+                    let Some((d, a, f)) = mul_div(op, w, rdx, rax, src, 0x2) else {
+                        continue;
+                    };
+                    let (hd, ha, hf) = crate::coalesce::host_alu::mul_div(op, w, rdx, rax, src);
+                    let m = if w == W8 { 0xFFFF } else { w.mask() };
+                    assert_eq!(a & m, ha & m, "{op:?} {w:?} {rdx:#x}:{rax:#x} / {src:#x}");
+                    if w != W8 {
+                        assert_eq!(d & w.mask(), hd & w.mask(), "{op:?} {w:?} rdx");
+                    }
+                    if matches!(op, MulOp::Mul | MulOp::Imul) {
+                        assert_eq!(f & (CF | OF), hf & (CF | OF), "{op:?} {w:?} CF/OF");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20_000, "{checked}");
+    }
+
+    #[test]
     fn data_moves_flag_instructions_and_conversions() {
         let mut t = T::new(CodeMode::Bits64);
         t.st.regs.rax = 0xFFFF_FFFF_0000_8081;

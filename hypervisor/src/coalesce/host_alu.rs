@@ -122,3 +122,75 @@ pub fn exec(op: AluOp, w: Width, a: u64, b: u64, f: u64) -> (u64, u64) {
         AluOp::Shr => by_width!(sh, "shr", w, a, b, f),
     }
 }
+
+macro_rules! muldiv {
+    ($insn:literal, $w:expr, $rdx:expr, $rax:expr, $src:expr) => {{
+        let mut rax: u64 = $rax;
+        let mut rdx: u64 = $rdx;
+        let mut f: u64 = 0x2;
+        let src: u64 = $src;
+        // SAFETY: only touches RAX, RDX, the source register, the flags and the stack;
+        // the caller never asks for a divide that raises #DE.
+        unsafe {
+            match $w {
+                Width::W8 => asm!(
+                    "push {f}",
+                    "popfq",
+                    concat!($insn, " {s}"),
+                    "pushfq",
+                    "pop {f}",
+                    s = in(reg_byte) src as u8,
+                    f = inout(reg) f,
+                    inout("rax") rax,
+                    inout("rdx") rdx,
+                ),
+                Width::W16 => asm!(
+                    "push {f}",
+                    "popfq",
+                    concat!($insn, " {s:x}"),
+                    "pushfq",
+                    "pop {f}",
+                    s = in(reg) src,
+                    f = inout(reg) f,
+                    inout("rax") rax,
+                    inout("rdx") rdx,
+                ),
+                Width::W32 => asm!(
+                    "push {f}",
+                    "popfq",
+                    concat!($insn, " {s:e}"),
+                    "pushfq",
+                    "pop {f}",
+                    s = in(reg) src,
+                    f = inout(reg) f,
+                    inout("rax") rax,
+                    inout("rdx") rdx,
+                ),
+                Width::W64 => asm!(
+                    "push {f}",
+                    "popfq",
+                    concat!($insn, " {s:r}"),
+                    "pushfq",
+                    "pop {f}",
+                    s = in(reg) src,
+                    f = inout(reg) f,
+                    inout("rax") rax,
+                    inout("rdx") rdx,
+                ),
+            }
+        }
+        (rdx, rax, f)
+    }};
+}
+
+/// Runs the one-operand MUL/IMUL/DIV/IDIV on the host CPU: (RDX, RAX, RFLAGS) after
+/// it. The caller must not ask for a divide that faults.
+pub fn mul_div(op: super::insn::MulOp, w: Width, rdx: u64, rax: u64, src: u64) -> (u64, u64, u64) {
+    use super::insn::MulOp;
+    match op {
+        MulOp::Mul => muldiv!("mul", w, rdx, rax, src),
+        MulOp::Imul => muldiv!("imul", w, rdx, rax, src),
+        MulOp::Div => muldiv!("div", w, rdx, rax, src),
+        MulOp::Idiv => muldiv!("idiv", w, rdx, rax, src),
+    }
+}
