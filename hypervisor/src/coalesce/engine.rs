@@ -335,6 +335,10 @@ impl<'c> Coalescer<'c> {
             if !((ran_off_full_block || followed_branch) && chainable) {
                 break r.stop;
             }
+            // Emulation must not hold a timer tick back (see `IoEnv::timer_due`).
+            if env.timer_due() {
+                break StopReason::TimerDue;
+            }
             if let Some((lo, hi)) = follow {
                 if !(lo..hi).contains(&state.rip) {
                     // A transfer left the extent: the target's extent is the new one.

@@ -145,6 +145,12 @@ pub trait IoEnv {
     /// After a device access: does the interrupt controller now have an interrupt
     /// pending? (The executor combines this with RFLAGS.IF.)
     fn interrupt_pending(&mut self) -> bool;
+    /// Whether a timer event fell due since the exit (the engine asks between blocks).
+    /// On hardware a run lasts microseconds; in an emulator it can outlast a timer
+    /// period, and a tick the PIC cannot latch in time is lost to the guest.
+    fn timer_due(&mut self) -> bool {
+        false
+    }
 }
 
 /// Bounded work per exit.

@@ -588,6 +588,9 @@ pub enum StopReason {
     /// The next instruction raises an exception that is not about memory (#DE of a
     /// divide): the CPU executes it and delivers the fault.
     Fault,
+    /// A timer event (a PIT tick, an RTC interrupt) fell due while the run was being
+    /// emulated: it ends at the next block so that the guest takes the tick on time.
+    TimerDue,
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,
     /// The exit site's last full run emulated more instructions than the exits it
@@ -598,7 +601,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 13] = [
+    pub const ALL: [StopReason; 14] = [
         StopReason::Unsupported,
         StopReason::Undecodable,
         StopReason::ExtentEnd,
@@ -610,6 +613,7 @@ impl StopReason {
         StopReason::Memory,
         StopReason::Limit,
         StopReason::Fault,
+        StopReason::TimerDue,
         StopReason::Off,
         StopReason::Learned,
     ];
@@ -627,6 +631,7 @@ impl StopReason {
             StopReason::IoPermission => "io_permission",
             StopReason::Memory => "memory",
             StopReason::Fault => "fault",
+            StopReason::TimerDue => "timer_due",
             StopReason::Limit => "limit",
             StopReason::Off => "off",
             StopReason::Learned => "learned",

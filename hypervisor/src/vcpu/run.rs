@@ -67,6 +67,8 @@ pub struct BoardIo<'a, 'b, S: ConsoleSink, H: HostOps> {
     pub timebase: Timebase,
     /// Timer edges the accesses saw, for the statistics.
     pub ticks: Ticks,
+    /// When (PIT ticks) the next timer event was due at the exit; `None`: none.
+    pub deadline: Option<u64>,
 }
 
 impl<S: ConsoleSink, H: HostOps> BoardIo<'_, '_, S, H> {
@@ -92,6 +94,13 @@ impl<S: ConsoleSink, H: HostOps> IoEnv for BoardIo<'_, '_, S, H> {
         let now = self.now();
         self.ticks.add(self.machine.poll(now));
         self.machine.interrupt_pending()
+    }
+
+    fn timer_due(&mut self) -> bool {
+        match self.deadline {
+            Some(d) => self.now() >= d,
+            None => false,
+        }
     }
 }
 
@@ -219,6 +228,7 @@ impl<P: Platform, V: Vmcs, M: GuestMemory, S: ConsoleSink> Vcpu<'_, '_, '_, P, V
             host: &mut *self.platform,
             timebase: self.timebase,
             ticks: Ticks::default(),
+            deadline: self.machine.next_timer_event(now),
         };
         let outcome = self.coalescer.handle(
             &io,

@@ -151,3 +151,61 @@ fn page_crossing_instruction_at_the_extent_end() {
     let co = expect_ok(&c);
     assert_eq!((co.executed, co.stop), (1, Some(StopReason::CodeUnmapped)));
 }
+
+#[test]
+fn a_timer_falling_due_ends_the_run_at_the_next_block() {
+    use super::board::{board_io, Board, NullHost};
+    use crate::coalesce::cache::BlockCache;
+    use crate::coalesce::engine::Coalescer;
+    use crate::coalesce::exec::IoEnv;
+    use crate::stats::Stats;
+    use crate::vcpu::exit::VmExit;
+    use crate::vmx::vmcs::{Vmcs, VmcsField};
+    use crate::x86::guest_mem::SliceMemory;
+    use crate::x86::Width;
+
+    /// The board, with a timer that is always due.
+    struct Due<E: IoEnv>(E);
+    impl<E: IoEnv> IoEnv for Due<E> {
+        fn io_read(&mut self, port: u16, width: Width) -> u32 {
+            self.0.io_read(port, width)
+        }
+        fn io_write(&mut self, port: u16, width: Width, value: u32) {
+            self.0.io_write(port, width, value)
+        }
+        fn interrupt_pending(&mut self) -> bool {
+            self.0.interrupt_pending()
+        }
+        fn timer_due(&mut self) -> bool {
+            true
+        }
+    }
+    // out 0xE0, al; 40 x nop; out 0xE0, al; hlt: more than one block (32 instructions).
+    let mut code = vec![0xE6, 0xE0];
+    code.extend(std::iter::repeat_n(0x90, 40));
+    code.extend_from_slice(&[0xE6, 0xE0, 0xF4]);
+    let mut c = Case::new(CodeMode::Bits64, code);
+    c.settings.limits.max_quiet = 1000;
+    let (mut v, mut regs, mut ram) = c.build();
+    v.write(VmcsField::ExitReason, 30);
+    v.write(VmcsField::ExitQualification, (0xE0 << 16) | (1 << 6));
+    v.write(VmcsField::ExitInstructionLength, 2);
+    let board = Board::new(1);
+    let mut cache = Box::new(BlockCache::new());
+    let mut co = Coalescer::new(c.settings, &mut cache);
+    let mut stats = Stats::new();
+    let outcome = board.with_bus(|bus| {
+        let mut host = NullHost;
+        let mut env = Due(board_io(bus, &board, &mut host));
+        let mut mem = SliceMemory::new(&mut ram);
+        let exit = VmExit::read(&v);
+        let io = exit.io().expect("an IO exit");
+        co.handle(&io, 2, &mut v, &mut regs, &mut mem, &mut env, &mut stats.io)
+    });
+    let (outcome, _) = outcome;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(stats.io.stops[StopReason::TimerDue.index()], 1);
+    // The first block's 32 instructions ran; RIP is at the next one.
+    assert_eq!(stats.io.emulated, 32);
+    assert_eq!(v.read(VmcsField::GuestRip), CODE + 2 + 31);
+}
