@@ -67,7 +67,10 @@ pub struct BoardIo<'a, 'b, S: ConsoleSink, H: HostOps> {
     pub timebase: Timebase,
     /// Timer edges the accesses saw, for the statistics.
     pub ticks: Ticks,
-    /// When (PIT ticks) the next timer event was due at the exit; `None`: none.
+    /// Guest time (PIT ticks) at the exit, from which the first [`IoEnv::timer_due`]
+    /// works out when the next timer event is due; `None`: no deadline.
+    pub exit_now: Option<u64>,
+    /// That time, once worked out (only coalesced runs ask).
     pub deadline: Option<u64>,
 }
 
@@ -97,6 +100,9 @@ impl<S: ConsoleSink, H: HostOps> IoEnv for BoardIo<'_, '_, S, H> {
     }
 
     fn timer_due(&mut self) -> bool {
+        if let Some(at_exit) = self.exit_now.take() {
+            self.deadline = self.machine.next_timer_event(at_exit);
+        }
         match self.deadline {
             Some(d) => self.now() >= d,
             None => false,
@@ -228,7 +234,8 @@ impl<P: Platform, V: Vmcs, M: GuestMemory, S: ConsoleSink> Vcpu<'_, '_, '_, P, V
             host: &mut *self.platform,
             timebase: self.timebase,
             ticks: Ticks::default(),
-            deadline: self.machine.next_timer_event(now),
+            exit_now: Some(now),
+            deadline: None,
         };
         let outcome = self.coalescer.handle(
             &io,

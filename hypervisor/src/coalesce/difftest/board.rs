@@ -255,6 +255,7 @@ pub(in crate::coalesce) fn board_io<'a, 'b>(
         timebase: Timebase::new(0, 1),
         ticks: Ticks::default(),
         // Guest time does not pass in the checker: no timer falls due.
+        exit_now: None,
         deadline: None,
     }
 }
