@@ -588,8 +588,8 @@ pub enum StopReason {
     /// The next instruction raises an exception that is not about memory (#DE of a
     /// divide): the CPU executes it and delivers the fault.
     Fault,
-    /// A timer event (a PIT tick, an RTC interrupt) fell due while the run was being
-    /// emulated: it ends at the next block so that the guest takes the tick on time.
+    /// A timer event the guest can take (IRQ0 or IRQ8 unmasked) fell due while the run
+    /// was being emulated: it ends at the next block so the guest takes it on time.
     TimerDue,
     /// Coalescing is off, or the exiting instruction itself could not be matched.
     Off,

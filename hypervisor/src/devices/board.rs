@@ -446,6 +446,26 @@ impl<S: ConsoleSink> Machine<S> {
         }
     }
 
+    /// [`Self::next_timer_event`] without the events the guest cannot take now: a PIT
+    /// edge while IRQ0 is masked, an RTC interrupt while IRQ8 is.
+    pub fn next_unmasked_timer_event(&self, now: u64) -> Option<u64> {
+        let pic = self.pic.borrow();
+        let pit = if pic.irq_masked(TIMER_IRQ) {
+            None
+        } else {
+            self.pit.borrow().next_irq0_edge(now)
+        };
+        let rtc = if pic.irq_masked(8) {
+            None
+        } else {
+            self.rtc.borrow().next_event(now)
+        };
+        match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether a halted guest could still be woken: an interrupt is pending at the PIC
     /// or the timer will produce another edge.
     pub fn can_wake(&self, now: u64) -> bool {
@@ -549,6 +569,23 @@ mod tests {
         let mut v = SoftVmcs::new();
         v.write(VmcsField::GuestRflags, 0x202);
         v
+    }
+
+    #[test]
+    fn unmasked_timer_events_leave_out_a_masked_irq0() {
+        let m = Machine::new(Sink::default());
+        bus_io(&m, |bus| {
+            init_pic(bus, 0x00); // every IRQ masked
+            bus.write(0x43, 1, 0x34);
+            bus.write(0x40, 1, 1193 & 0xff);
+            bus.write(0x40, 1, 1193 >> 8);
+        });
+        let mut stats = Stats::new();
+        sync(&m, 101, &mut stats);
+        assert!(m.next_timer_event(101).is_some());
+        assert_eq!(m.next_unmasked_timer_event(101), None);
+        bus_io(&m, |bus| bus.write(0x21, 1, 0xFE)); // unmask IRQ0
+        assert_eq!(m.next_unmasked_timer_event(101), m.next_timer_event(101));
     }
 
     #[test]

@@ -594,6 +594,16 @@ impl PicPair {
         self.master.interrupt_output()
     }
 
+    /// Whether IRQ `irq` (0-15) is masked: in the master's IMR, or for 8-15 in the
+    /// slave's IMR or at the cascade input (IRQ2) of the master.
+    pub fn irq_masked(&self, irq: u8) -> bool {
+        if irq < 8 {
+            self.master.imr() & (1 << irq) != 0
+        } else {
+            self.slave.imr() & (1 << (irq & 7)) != 0 || self.master.imr() & (1 << 2) != 0
+        }
+    }
+
     /// Drives IRQ `irq` (0-15) to `level`. IRQ2 (the cascade input) and
     /// numbers above 15 are ignored.
     pub fn set_irq(&mut self, irq: u8, level: bool) {

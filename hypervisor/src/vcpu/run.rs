@@ -101,7 +101,7 @@ impl<S: ConsoleSink, H: HostOps> IoEnv for BoardIo<'_, '_, S, H> {
 
     fn timer_due(&mut self) -> bool {
         if let Some(at_exit) = self.exit_now.take() {
-            self.deadline = self.machine.next_timer_event(at_exit);
+            self.deadline = self.machine.next_unmasked_timer_event(at_exit);
         }
         match self.deadline {
             Some(d) => self.now() >= d,
