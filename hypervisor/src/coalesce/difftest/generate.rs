@@ -678,9 +678,14 @@ impl Gen<'_> {
                     }
                 },
                 // CALL/JMP [m] (the target is whatever the memory holds).
-                14 if self.long() && self.rng.chance(1, 3) => {
+                14 if self.rng.chance(1, 3) => {
                     let ext = if self.rng.chance(1, 2) { 2 } else { 4 };
-                    self.head_mem(4, &[0xFF], None, Some(ext))
+                    let sz = if self.long() {
+                        4
+                    } else {
+                        self.rng.pick(&[2u8, 4])
+                    };
+                    self.head_mem(sz, &[0xFF], None, Some(ext))
                 }
                 // LEA
                 _ => {
@@ -879,10 +884,18 @@ impl Gen<'_> {
                     (b, true)
                 }
                 9 | 10 => (vec![self.rng.pick(&[0xF8u8, 0xF9, 0xF5, 0xFC, 0xFD])], true),
-                _ => {
-                    if !self.long() {
+                _ if !self.long() => {
+                    // call r / jmp r to a register's value (16/32-bit code: mostly out
+                    // of the block, a stop; the hand-written cases run real targets).
+                    let r = self.reg(size);
+                    let ext = if self.rng.chance(1, 2) { 0xD0 } else { 0xE0 };
+                    let Some(mut b) = self.head_opreg(size, 0xFF, r) else {
                         continue;
-                    }
+                    };
+                    b.push(ext | (r.num & 7));
+                    (b, true)
+                }
+                _ => {
                     // lea r64, [rip + target]; jmp r64 / call r64.
                     let r = self.reg(8);
                     if r.rsp {

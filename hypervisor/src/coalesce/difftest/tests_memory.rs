@@ -267,3 +267,50 @@ fn string_moves_and_compares_agree_in_every_mode() {
         assert!(co.elements >= 8, "{mode:?}: {}", co.elements);
     }
 }
+
+#[test]
+fn indirect_calls_and_jumps_in_16_and_32_bit_code() {
+    // 16-bit real mode (CS base 0x7000, IP 0x1000): out; mov bx, f; call bx;
+    // call [cs:si] (the table at t holds f); jmp e; f: out; ret; t: dw f; e: hlt.
+    let ip = 0x1000u16;
+    let f = ip + 0x0F;
+    let t = ip + 0x12;
+    let mut code = vec![0xE6, 0xE0, 0xBB];
+    code.extend_from_slice(&f.to_le_bytes());
+    code.extend_from_slice(&[0xFF, 0xD3, 0xBE]);
+    code.extend_from_slice(&t.to_le_bytes());
+    code.extend_from_slice(&[0x2E, 0xFF, 0x14, 0xEB, 0x05]);
+    // f at +0x0F: out 0xE0, al; ret
+    code.extend_from_slice(&[0xE6, 0xE0, 0xC3]);
+    code.extend_from_slice(&f.to_le_bytes());
+    code.extend_from_slice(&[0x90, 0x90, 0x90, 0xF4]);
+    let mut c = Case::new(CodeMode::Bits16, code);
+    assert_eq!(c.ip, u64::from(ip));
+    c.rsp = 0x0800;
+    let co = expect_ok(&c);
+    // out, mov, call, out, ret, mov, call, out, ret, jmp, nop x3 -> hlt
+    assert_eq!(
+        (co.executed, co.stop),
+        (13, Some(StopReason::Unsupported)),
+        "{}",
+        describe(&c)
+    );
+    // 32-bit flat: out; mov ebx, f; jmp ebx; hlt; f: out; jmp [esi] (to the hlt); hlt.
+    let base = CODE as u32;
+    let f = base + 0x0A;
+    let mut code = vec![0xE6, 0xE0, 0xBB];
+    code.extend_from_slice(&f.to_le_bytes());
+    code.extend_from_slice(&[0xFF, 0xE3, 0xF4, 0xE6, 0xE0, 0xFF, 0x26, 0xF4]);
+    let mut c = Case::new(CodeMode::Bits32, code);
+    c.regs.rsi = DATA + 0x40;
+    c.data_fill = None;
+    let co = expect_ok(&c);
+    // The table holds 0: jmp [esi] goes to 0, within the CS limit but outside the
+    // block: the run stops before it.
+    assert_eq!(
+        (co.executed, co.stop),
+        (4, Some(StopReason::BranchOut)),
+        "{}",
+        describe(&c)
+    );
+}
